@@ -1,0 +1,28 @@
+"""ppl-vae: variational autoencoders and amortized variational inference as plain Pyro programs.
+
+Train with the ELBO estimator of your choice (``fit``), measure it (``evaluate``), and check
+the posterior you got.
+"""
+
+from ppl_vae import datasets
+from ppl_vae.elbo import ESTIMATORS, make_elbo
+from ppl_vae.evaluate import Evaluation, evaluate
+from ppl_vae.fit import fit
+from ppl_vae.result import FitResult, TrainingDivergedError
+from ppl_vae.train import TrainState, init_state, update
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ESTIMATORS",
+    "Evaluation",
+    "FitResult",
+    "TrainState",
+    "TrainingDivergedError",
+    "datasets",
+    "evaluate",
+    "fit",
+    "init_state",
+    "make_elbo",
+    "update",
+]

@@ -1,0 +1,115 @@
+"""Checks run once before training, so that bad input fails with a message naming the problem
+instead of a traceback from deep inside Pyro (and instead of checking every step)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+
+__all__ = ["trace_pair", "check_sites_agree", "check_support", "latent_sites"]
+
+
+def trace_pair(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]):
+    """Run the guide, then the model replayed on the guide's draws; return both traces.
+
+    Errors raised by the user's program are re-raised as ``ValueError`` naming which program
+    failed on which batch shape, with the original error chained.
+    """
+    shapes = [tuple(t.shape) for t in batch]
+    try:
+        guide_trace = poutine.trace(guide).get_trace(*batch)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise ValueError(f"the guide failed on a batch of shape(s) {shapes}: {exc}") from exc
+    try:
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"the model failed on a batch of shape(s) {shapes}: {exc}") from exc
+    return model_trace, guide_trace
+
+
+def _is_enumerated(site) -> bool:
+    return site["infer"].get("enumerate") is not None
+
+
+def latent_sites(trace) -> list[str]:
+    """Names of the non-observed sample sites of a trace, in order."""
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
+
+
+def check_sites_agree(model_trace, guide_trace) -> None:
+    """Raise ``ValueError`` listing the latent sites the guide misses or adds.
+
+    Model sites marked for enumeration need no guide site.
+    """
+    model_latent = {
+        n for n in latent_sites(model_trace) if not _is_enumerated(model_trace.nodes[n])
+    }
+    guide_latent = set(latent_sites(guide_trace))
+    missing = sorted(model_latent - guide_latent)
+    extra = sorted(guide_latent - set(latent_sites(model_trace)))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing from the guide: {missing}")
+        if extra:
+            parts.append(f"in the guide but not in the model: {extra}")
+        raise ValueError("model and guide latent sites disagree; " + "; ".join(parts))
+    observed_in_guide = [
+        n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and s["is_observed"]
+    ]
+    if observed_in_guide:
+        raise ValueError(f"the guide observes sites {observed_in_guide}; only the model may")
+
+
+def _data_dim(site, plate_name: str) -> int | None:
+    for frame in site["cond_indep_stack"]:
+        if frame.name == plate_name and frame.dim is not None:
+            return frame.dim
+    return None
+
+
+def check_support(
+    model: Callable,
+    guide: Callable,
+    tensors: Sequence[torch.Tensor],
+    *,
+    batch_size: int,
+    plate_name: str = "data",
+    max_rows: int = 10,
+) -> None:
+    """Check every observed value against its likelihood's support, over the whole data set.
+
+    Runs with Pyro's validation off so that our message (which rows, which site) is the one the
+    user sees. Rows are reported as indices into ``tensors``.
+    """
+    n = tensors[0].shape[0]
+    with pyro.validation_enabled(False), torch.no_grad():
+        for start in range(0, n, batch_size):
+            batch = tuple(t[start : start + batch_size] for t in tensors)
+            model_trace, _ = trace_pair(model, guide, batch)
+            for name, site in model_trace.nodes.items():
+                if site["type"] != "sample" or not site["is_observed"]:
+                    continue
+                ok = site["fn"].support.check(site["value"])
+                if bool(ok.all()):
+                    continue
+                dim = _data_dim(site, plate_name)
+                if dim is None or ok.dim() < -dim:
+                    raise ValueError(
+                        f"observed site {name!r}: values lie outside the support of "
+                        f"{type(site['fn']).__name__} ({site['fn'].support})"
+                    )
+                bad = ~ok.movedim(dim, 0).reshape(ok.shape[dim], -1).all(dim=1)
+                rows = (torch.nonzero(bad).flatten() + start).tolist()
+                shown = ", ".join(map(str, rows[:max_rows])) + (" ..." if len(rows) > max_rows else "")
+                raise ValueError(
+                    f"observed site {name!r}: {len(rows)} row(s) lie outside the support of its "
+                    f"likelihood {type(site['fn']).__name__} ({site['fn'].support}): rows {shown}"
+                )

@@ -1,0 +1,136 @@
+"""Turning user data into tensors on the right device, checking it, and cutting batches.
+
+A data set is one array-like (rows are data points) or a tuple of them with the same number of
+rows; the model and guide are called as ``model(*batch)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["as_tensors", "check_finite", "iter_batches", "num_rows", "resolve_device"]
+
+
+def resolve_device(device) -> torch.device | None:
+    """Parse a device argument, with a clear error for names torch does not know."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} was asked for but MPS is not available here")
+    return dev
+
+
+def _one_tensor(value, *, name: str, dtype, device) -> torch.Tensor:
+    if isinstance(value, pd.Series):
+        value = value.to_frame()
+    if isinstance(value, pd.DataFrame):
+        non_numeric = [c for c, t in value.dtypes.items() if not np.issubdtype(t, np.number)]
+        if non_numeric:
+            raise ValueError(f"{name}: columns {non_numeric} are not numeric")
+        value = value.to_numpy()
+    if isinstance(value, np.ndarray):
+        if not np.issubdtype(value.dtype, np.number) and value.dtype != bool:
+            raise ValueError(f"{name}: array of dtype {value.dtype} is not numeric")
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{name}: cannot be read as a numeric tensor ({exc})") from None
+    if value.dim() == 0:
+        raise ValueError(f"{name}: a scalar is not a data set; rows must be data points")
+    if value.is_floating_point() or value.dtype == torch.bool:
+        value = value.to(dtype=dtype)
+    # Integer columns (labels, counts) keep their dtype: models index or embed with them.
+    return value.to(device=device) if device is not None else value
+
+
+def as_tensors(data, *, dtype=None, device=None, name: str = "data") -> tuple[torch.Tensor, ...]:
+    """Convert ``data`` (tensor, ndarray, DataFrame, or a tuple of these) to a tuple of tensors.
+
+    Parameters
+    ----------
+    data : array-like or tuple of array-likes
+        Rows are data points; every member must have the same number of rows ``N``.
+    dtype : torch.dtype, optional
+        Floating dtype for floating members. Defaults to the first floating member's dtype when it
+        is a tensor, else ``torch.get_default_dtype()``.
+    device : torch.device, optional
+        Where to put the tensors (moved once, here).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Each of shape ``(N, ...)``.
+    """
+    members = tuple(data) if isinstance(data, tuple | list) else (data,)
+    if not members:
+        raise ValueError(f"{name} is empty")
+    if dtype is None:
+        first = members[0]
+        dtype = first.dtype if isinstance(first, torch.Tensor) and first.is_floating_point() \
+            else torch.get_default_dtype()
+    labels = [name] if len(members) == 1 else [f"{name}[{i}]" for i in range(len(members))]
+    tensors = tuple(
+        _one_tensor(m, name=label, dtype=dtype, device=device) for m, label in zip(members, labels)
+    )
+    sizes = {t.shape[0] for t in tensors}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"{name}: members have different numbers of rows: {[t.shape[0] for t in tensors]}"
+        )
+    if tensors[0].shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    return tensors
+
+
+def num_rows(tensors: Sequence[torch.Tensor]) -> int:
+    return int(tensors[0].shape[0])
+
+
+def check_finite(tensors: Sequence[torch.Tensor], *, name: str = "data", max_rows: int = 10):
+    """Raise ``ValueError`` naming the rows that hold NaN or infinite values."""
+    for i, t in enumerate(tensors):
+        if not t.is_floating_point():
+            continue
+        bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten().tolist()
+            label = name if len(tensors) == 1 else f"{name}[{i}]"
+            shown = ", ".join(map(str, rows[:max_rows])) + (" ..." if len(rows) > max_rows else "")
+            raise ValueError(
+                f"{label} has NaN or infinite values in {len(rows)} row(s): {shown}"
+            )
+
+
+def iter_batches(
+    tensors: Sequence[torch.Tensor],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield batches cut on the tensors' own device.
+
+    The permutation is drawn on the CPU from ``generator`` (so it does not consume the global
+    RNG that sample sites use, and resuming at an epoch boundary reproduces it) and moved once.
+    """
+    n = num_rows(tensors)
+    if shuffle:
+        order = torch.randperm(n, generator=generator).to(tensors[0].device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(t.index_select(0, idx) for t in tensors)
+    else:
+        for start in range(0, n, batch_size):
+            yield tuple(t[start : start + batch_size] for t in tensors)

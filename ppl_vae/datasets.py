@@ -1,0 +1,198 @@
+"""Data sets: scikit-learn's bundled digits, synthetic generators, and local-file loaders.
+
+Nothing here downloads: bigger data sets are read from files the user already has.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Dataset",
+    "load_digits",
+    "load_idx",
+    "load_mnist",
+    "load_array",
+    "make_binary_images",
+    "make_linear_gaussian",
+]
+
+
+@dataclass
+class Dataset:
+    """A train/test split.
+
+    Attributes
+    ----------
+    train, test : torch.Tensor
+        Float tensors of shape ``(n_train, obs_dim)`` and ``(n_test, obs_dim)``.
+    train_labels, test_labels : torch.Tensor or None
+        Integer labels of shape ``(n,)`` when the data set has them.
+    name : str
+    image_shape : tuple of int or None
+        ``(height, width)`` when rows are flattened images (the report draws them).
+    info : dict
+        Anything else worth recording (source, generating parameters).
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    name: str = "data"
+    image_shape: tuple[int, int] | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.train.shape[-1])
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.train_labels is None:
+            return None
+        return int(torch.cat([self.train_labels, self.test_labels]).max()) + 1
+
+    def to(self, dtype: torch.dtype) -> Dataset:
+        return Dataset(self.train.to(dtype), self.test.to(dtype), self.train_labels,
+                       self.test_labels, self.name, self.image_shape, dict(self.info))
+
+
+def _split(x: np.ndarray, y: np.ndarray | None, test_fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    if y is None:
+        xtr, xte = train_test_split(x, test_size=test_fraction, random_state=seed)
+        return xtr, xte, None, None
+    return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+
+
+def _dataset(xtr, xte, ytr, yte, **kw) -> Dataset:
+    to_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    to_l = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return Dataset(to_t(xtr), to_t(xte), to_l(ytr), to_l(yte), **kw)
+
+
+def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, pixel intensities 0..16
+    scaled to [0, 1], split 80/20 (stratified by label, fixed seed): 1,437 train, 360 test."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = bunch.data.astype(np.float32) / 16.0
+    xtr, xte, ytr, yte = _split(x, bunch.target, test_fraction, seed)
+    return _dataset(xtr, xte, ytr, yte, name="digits", image_shape=(8, 8),
+                    info={"source": "sklearn.datasets.load_digits", "seed": seed})
+
+
+def make_binary_images(
+    n: int = 2000, *, obs_dim: int = 784, latent_dim: int = 10, test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """Synthetic {0, 1} data from a random nonlinear decoder: z ~ N(0, I), x ~ Bernoulli(
+    sigmoid(W2 tanh(W1 z))). Stands in for MNIST-sized inputs (784 features) in benchmarks."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = 64
+    w1 = torch.randn(latent_dim, hidden, generator=g) / latent_dim**0.5
+    w2 = torch.randn(hidden, obs_dim, generator=g) * 3 / hidden**0.5
+    z = torch.randn(n, latent_dim, generator=g)
+    probs = torch.sigmoid(torch.tanh(z @ w1) @ w2 - 1.0)
+    x = torch.bernoulli(probs, generator=g).numpy()
+    xtr, xte, _, _ = _split(x, None, test_fraction, seed)
+    side = int(round(obs_dim**0.5))
+    return _dataset(xtr, xte, None, None, name="binary", info={"latent_dim": latent_dim},
+                    image_shape=(side, side) if side * side == obs_dim else None)
+
+
+def make_linear_gaussian(
+    n: int = 1000, *, obs_dim: int = 10, latent_dim: int = 2, noise: float = 0.5,
+    test_fraction: float = 0.2, seed: int = 0,
+) -> Dataset:
+    """Synthetic probabilistic-PCA data: z ~ N(0, I), x = W z + b + noise * eps.
+
+    The generating ``W``, ``b`` and ``noise`` are kept in ``info`` so that tests can compare with
+    the exact marginal N(b, W W^T + noise^2 I) (Tipping & Bishop 1999).
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(obs_dim, latent_dim, generator=g)
+    b = torch.randn(obs_dim, generator=g)
+    z = torch.randn(n, latent_dim, generator=g)
+    x = (z @ w.T + b + noise * torch.randn(n, obs_dim, generator=g)).numpy()
+    xtr, xte, _, _ = _split(x, None, test_fraction, seed)
+    return _dataset(xtr, xte, None, None, name="linear_gaussian",
+                    info={"W": w, "b": b, "noise": noise, "latent_dim": latent_dim})
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def load_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format; gzip-compressed when the name ends in ``.gz``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    body = raw[4 + 4 * ndim :]
+    if len(body) != expected:
+        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes), file has {len(body)}")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).exists():
+            return directory / name
+    raise FileNotFoundError(f"no {stem}[.gz] in {directory} (ppl-vae never downloads data)")
+
+
+def load_mnist(directory: str | Path) -> Dataset:
+    """MNIST (or Fashion-MNIST) from the four IDX files in ``directory``, scaled to [0, 1]."""
+    d = Path(directory)
+    xtr = load_idx(_find(d, "train-images-idx3-ubyte")).reshape(-1, 784) / 255.0
+    ytr = load_idx(_find(d, "train-labels-idx1-ubyte"))
+    xte = load_idx(_find(d, "t10k-images-idx3-ubyte")).reshape(-1, 784) / 255.0
+    yte = load_idx(_find(d, "t10k-labels-idx1-ubyte"))
+    return _dataset(xtr, xte, ytr, yte, name=f"mnist:{d}", image_shape=(28, 28),
+                    info={"source": str(d)})
+
+
+def load_array(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """A numeric table from ``.npy``, ``.npz`` (array ``x``, optional ``y``) or ``.csv``
+    (header row; a column named ``label`` becomes the labels), split train/test."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    y = None
+    if path.suffix == ".npy":
+        x = np.load(path)
+    elif path.suffix == ".npz":
+        with np.load(path) as z:
+            if "x" not in z:
+                raise ValueError(f"{path}: an .npz data file needs an array named 'x'")
+            x, y = z["x"], (z["y"] if "y" in z else None)
+    elif path.suffix == ".csv":
+        frame = pd.read_csv(path)
+        if "label" in frame:
+            y = frame.pop("label").to_numpy()
+        x = frame.to_numpy()
+    else:
+        raise ValueError(f"{path}: unsupported data file type {path.suffix!r} (.npy, .npz, .csv)")
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    xtr, xte, ytr, yte = _split(x, y, test_fraction, seed)
+    return _dataset(xtr, xte, ytr, yte, name=path.stem, info={"source": str(path)})

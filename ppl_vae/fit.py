@@ -1,0 +1,248 @@
+"""``fit``: train any Pyro model/guide pair by SVI on a data set."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ppl_vae.checkpoint import (
+    CHECKPOINT_NAME,
+    capture_params,
+    capture_rng,
+    load_checkpoint,
+    restore_params,
+    restore_rng,
+    save_checkpoint,
+)
+from ppl_vae.checks import check_support
+from ppl_vae.data import as_tensors, check_finite, iter_batches, num_rows, resolve_device
+from ppl_vae.elbo import make_elbo
+from ppl_vae.result import FitResult, TrainingDivergedError
+from ppl_vae.train import ScaledProgram, init_state, mean_loss, update
+
+__all__ = ["fit"]
+
+Callback = Callable[[dict, object], bool | None]
+
+
+def _prepare_programs(model, guide, device, dtype):
+    for program in (model, guide):
+        if isinstance(program, torch.nn.Module):
+            program.to(device=device, dtype=dtype)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # The batch order of epoch e depends on (seed, e) only, so a run resumed at an epoch boundary
+    # sees the same batches as an uninterrupted one.
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data,
+    *,
+    validation_data=None,
+    estimator: str = "analytic",
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    jit: bool = False,
+    epochs: int = 30,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer="adam",
+    device=None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    data_plate: str = "data",
+    callbacks: Sequence[Callback] = (),
+    early_stopping_patience: int | None = None,
+    elbo_options: dict | None = None,
+) -> FitResult:
+    """Train ``model`` and ``guide`` by stochastic variational inference.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs called as ``model(*batch)``: plain functions using ``pyro.param`` /
+        ``pyro.module``, ``PyroModule``s, or ``torch.nn.Module``s.
+    data : tensor, ndarray, DataFrame, or tuple of these
+        ``N`` rows, one per data point. A tuple is passed to the programs as several arguments
+        (for example ``(x, y)``), each cut into the same batches.
+    validation_data : same form as ``data``, optional
+        Its ELBO is reported per epoch and drives early stopping.
+    estimator : str
+        ELBO estimator name (see :func:`ppl_vae.make_elbo`).
+    num_particles, vectorize_particles, jit : see :func:`ppl_vae.make_elbo`.
+    epochs, batch_size, lr : training budget. ``batch_size`` must lie in ``[1, N]``.
+    optimizer : str or optimizer class
+        ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"`` or a
+        ``torch.optim.Optimizer`` class.
+    device : str or torch.device, optional
+        Where data, parameters and every sample site live. Default: the data's device.
+    dtype : torch.dtype, optional
+        Floating dtype of data and parameters. Default: the data's (float32 for NumPy/pandas).
+    seed : int
+        Seeds Pyro, torch, NumPy and the batch order: the same seed gives the same history.
+    progress : bool
+        tqdm bar over epochs (shown only on a terminal).
+    checkpoint_dir : path, optional
+        Write ``checkpoint.pt`` (atomically) and ``history.csv`` there after every epoch.
+    resume : bool
+        Continue from ``checkpoint_dir``'s checkpoint when there is one.
+    data_plate : str
+        Name of the plate over data points; its sites are scaled by N / batch size so that the
+        mini-batch ELBO is unbiased for the whole data set. Sites outside it are global.
+    callbacks : sequence of callables
+        ``callback(record, state)`` after each epoch, with the history row as a dict; returning
+        ``True`` stops training.
+    early_stopping_patience : int, optional
+        With validation data, stop after this many epochs without a better validation ELBO and
+        restore the best parameters.
+    elbo_options : dict, optional
+        Extra keyword arguments for the ELBO constructor (for example ``max_plate_nesting``).
+
+    Returns
+    -------
+    FitResult
+    """
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    dev = resolve_device(device)
+    tensors = as_tensors(data, dtype=dtype, device=dev, name="data")
+    dev = tensors[0].device
+    float_dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
+    n = num_rows(tensors)
+    if not 1 <= int(batch_size) <= n:
+        raise ValueError(f"batch_size must lie in [1, {n}] (the number of data rows), got {batch_size}")
+    batch_size = int(batch_size)
+    check_finite(tensors, name="data")
+    val_tensors = None
+    if validation_data is not None:
+        val_tensors = as_tensors(validation_data, dtype=float_dtype, device=dev, name="validation_data")
+        check_finite(val_tensors, name="validation_data")
+        if len(val_tensors) != len(tensors):
+            raise ValueError(
+                f"validation_data has {len(val_tensors)} member(s) but data has {len(tensors)}"
+            )
+
+    settings = {
+        "estimator": estimator, "num_particles": int(num_particles),
+        "vectorize_particles": bool(vectorize_particles), "jit": bool(jit),
+        "epochs": int(epochs), "batch_size": batch_size, "lr": float(lr),
+        "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", str(optimizer)),
+        "device": str(dev), "dtype": str(float_dtype).replace("torch.", ""), "seed": int(seed),
+        "data_plate": data_plate, "num_data": n,
+        "num_validation": None if val_tensors is None else num_rows(val_tensors),
+        "early_stopping_patience": early_stopping_patience,
+    }
+    elbo = make_elbo(
+        estimator, num_particles=num_particles, vectorize_particles=vectorize_particles,
+        jit=jit, **(elbo_options or {}),
+    )
+
+    pyro.set_rng_seed(seed)
+    _prepare_programs(model, guide, dev, float_dtype)
+    first = tuple(t[:batch_size] for t in tensors)
+    check_support(model, guide, tensors, batch_size=max(batch_size, 1024), plate_name=data_plate)
+    # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
+    state = init_state(
+        model, guide, elbo, first, num_data=n, data_plate=data_plate, optimizer=optimizer, lr=lr
+    )
+    val_loss_fn = None
+    if val_tensors is not None:
+        val_elbo = make_elbo(estimator, num_particles=num_particles,
+                             vectorize_particles=vectorize_particles, **(elbo_options or {}))
+        val_loss_fn = val_elbo(
+            ScaledProgram(model, num_rows(val_tensors), data_plate),
+            ScaledProgram(guide, num_rows(val_tensors), data_plate),
+        )
+
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    records: list[dict] = []
+    start_epoch = 1
+    best = (float("-inf"), None, 0)  # (val elbo, params snapshot, epoch)
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, map_location=dev)
+        restore_params(ckpt["params"], model, guide)
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.step = int(ckpt["step"])
+        records = list(ckpt["history"])
+        restore_rng(ckpt["rng"])
+        start_epoch = int(ckpt["epoch"]) + 1
+    elif resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    else:
+        pyro.set_rng_seed(seed)  # the preflight consumed random numbers; start the loop fresh
+
+    show = progress and sys.stderr.isatty()
+    bar = tqdm(range(start_epoch, int(epochs) + 1), desc="ppl-vae fit", unit="epoch",
+               disable=not show, initial=start_epoch - 1, total=int(epochs))
+    stopped_early = False
+    with pyro.validation_enabled(False):
+        for epoch in bar:
+            t0 = time.perf_counter()
+            losses = []
+            for batch in iter_batches(tensors, batch_size, shuffle=True,
+                                      generator=_epoch_generator(seed, epoch)):
+                state, loss = update(state, batch)
+                losses.append(loss)
+            stacked = torch.stack(losses)
+            finite = torch.isfinite(stacked)
+            if not bool(finite.all()):
+                bad_step = int((~finite).nonzero()[0, 0]) + 1
+                history = pd.DataFrame.from_records(records)
+                where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
+                raise TrainingDivergedError(
+                    f"the loss became {float(stacked[bad_step - 1])} at epoch {epoch}, step "
+                    f"{bad_step} of {len(losses)}: lower the learning rate or check the model's "
+                    f"scales{where}", history, epoch, bad_step,
+                )
+            # Each step's loss estimates -ELBO of all N points; average, then per data point.
+            record = {"epoch": epoch, "train_elbo": -float(stacked.mean()) / n}
+            if val_loss_fn is not None:
+                val = mean_loss(val_loss_fn, iter_batches(val_tensors, batch_size, shuffle=False))
+                record["val_elbo"] = -float(val) / num_rows(val_tensors)
+            record["seconds"] = time.perf_counter() - t0
+            record["steps"] = len(losses)
+            records.append(record)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("elbo")})
+
+            if val_loss_fn is not None and early_stopping_patience is not None:
+                if record["val_elbo"] > best[0]:
+                    best = (record["val_elbo"], capture_params(model, guide, state.param_names), epoch)
+                elif epoch - best[2] >= int(early_stopping_patience):
+                    stopped_early = True
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, {
+                    "epoch": epoch, "step": state.step, "history": records,
+                    "params": capture_params(model, guide, state.param_names),
+                    "optimizer": state.optimizer.state_dict(), "rng": capture_rng(),
+                    "settings": settings,
+                })
+                pd.DataFrame.from_records(records).to_csv(Path(checkpoint_dir) / "history.csv", index=False)
+            if any(cb(record, state) for cb in callbacks):
+                break
+            if stopped_early:
+                break
+    bar.close()
+    if stopped_early and best[1] is not None:
+        restore_params(best[1], model, guide)
+    if val_loss_fn is None and early_stopping_patience is not None:
+        warnings.warn("early_stopping_patience has no effect without validation_data", stacklevel=2)
+    return FitResult(
+        model=model, guide=guide, history=pd.DataFrame.from_records(records),
+        params=capture_params(model, guide, state.param_names), settings=settings,
+        state=state, stopped_early=stopped_early,
+    )

@@ -1,0 +1,33 @@
+"""Effect handlers ppl-vae puts around user programs."""
+
+from __future__ import annotations
+
+from pyro.poutine.messenger import Messenger
+
+__all__ = ["DataPlateScale"]
+
+
+class DataPlateScale(Messenger):
+    """Scale every site inside the plate ``plate_name`` by ``num_data / plate size``.
+
+    A mini-batch ELBO is unbiased for the whole data set only if the terms of local sites (inside
+    the data plate) are multiplied by N / B while global sites are left alone. Users write
+    ``pyro.plate("data", x.shape[0])`` with the batch they are given; this handler supplies the
+    missing factor. A plate the user already declared with ``size=N, subsample_size=B`` has
+    ``frame.size == N`` and so gets a factor of 1 here: Pyro already scales it.
+
+    Applied to both model and guide, so ``TraceMeanField_ELBO`` sees equal scales on both sides.
+    """
+
+    def __init__(self, num_data: int, plate_name: str = "data"):
+        super().__init__()
+        self.num_data = int(num_data)
+        self.plate_name = plate_name
+
+    def _process_message(self, msg):
+        if msg["type"] != "sample":
+            return
+        for frame in msg["cond_indep_stack"]:
+            if frame.name == self.plate_name and frame.size and frame.size != self.num_data:
+                msg["scale"] = msg["scale"] * (self.num_data / frame.size)
+                return

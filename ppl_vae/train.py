@@ -1,0 +1,179 @@
+"""Training as state-in, state-out: ``init_state`` builds a :class:`TrainState`, ``update`` takes
+one step, and ``fit`` is a thin loop over epochs around them (after numpyro's ``infer/svi.py``).
+
+The loss is Pyro's ELBO as a ``torch.nn.Module`` (``elbo(model, guide)``), minimised by a plain
+torch optimizer over every parameter the programs own. Validation of the programs and the data
+happens once, before the first step; the step itself never synchronises with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro import poutine
+
+from ppl_vae.checks import check_sites_agree, trace_pair
+from ppl_vae.handlers import DataPlateScale
+
+__all__ = ["TrainState", "ScaledProgram", "init_state", "update", "collect_params", "make_optimizer"]
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+class ScaledProgram(torch.nn.Module):
+    """A Pyro program with its data-plate sites scaled by N / batch size.
+
+    A ``torch.nn.Module`` so that ``elbo(model, guide)`` (Pyro's ``ELBOModule``) owns the
+    programs' parameters, which is what data-parallel engines all-reduce.
+    """
+
+    def __init__(self, program: Callable, num_data: int, plate_name: str):
+        super().__init__()
+        self.program = program
+        self.scale = DataPlateScale(num_data, plate_name)
+
+    def forward(self, *batch):
+        with self.scale:
+            return self.program(*batch)
+
+
+@dataclass
+class TrainState:
+    """Everything a training step needs.
+
+    Attributes
+    ----------
+    loss_fn : torch.nn.Module
+        ``elbo(scaled_model, scaled_guide)``; ``loss_fn(*batch)`` is the negative ELBO of the
+        whole data set estimated from the batch (a 0-dim tensor).
+    optimizer : torch.optim.Optimizer
+    params : list of torch.Tensor
+        The leaf tensors being trained (unconstrained).
+    param_names : list of str
+        Names of the ``pyro.param`` sites among them (saved in checkpoints).
+    step : int
+        Number of steps taken.
+    """
+
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list[torch.Tensor]
+    param_names: list[str] = field(default_factory=list)
+    step: int = 0
+
+
+def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Tensor]):
+    """Run one loss evaluation and return (leaf tensors, pyro.param names) it touches.
+
+    Includes ``pyro.param`` / ``pyro.module`` sites, ``PyroModule`` parameters, and the
+    parameters of a ``torch.nn.Module`` model or guide even when it never called ``pyro.module``
+    (which in plain Pyro silently trains nothing).
+    """
+    with poutine.trace(param_only=True) as capture:
+        elbo.differentiable_loss(model, guide, *batch)
+    params: dict[int, torch.Tensor] = {}
+    names = []
+    for name, site in capture.trace.nodes.items():
+        leaf = site["value"].unconstrained()
+        if leaf.requires_grad or leaf.is_leaf:
+            params.setdefault(id(leaf), leaf)
+            names.append(name)
+    for program in (model, guide):
+        if isinstance(program, torch.nn.Module):
+            for p in program.parameters():
+                if p.requires_grad:
+                    params.setdefault(id(p), p)
+    return list(params.values()), names
+
+
+def make_optimizer(optimizer, params, lr: float) -> torch.optim.Optimizer:
+    """``optimizer`` is a name (``"adam"``, ...), a ``torch.optim.Optimizer`` class, or any
+    callable ``(params, lr=...) -> Optimizer``."""
+    if isinstance(optimizer, str):
+        key = optimizer.lower()
+        if key not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)} "
+                "or pass a torch.optim.Optimizer class"
+            )
+        cls = OPTIMIZERS[key]
+        # foreach kernels update all tensors in a few launches instead of one per parameter.
+        return cls(params, lr=lr, foreach=True)
+    return optimizer(params, lr=lr)
+
+
+def _move_pyro_params(names, device, dtype) -> None:
+    """Put ``pyro.param`` leaves on the data's device/dtype (they are created where the user's
+    initial value lived, often the CPU in float32)."""
+    with torch.no_grad():
+        for name in names:
+            leaf = pyro.param(name).unconstrained()
+            want_dtype = dtype if leaf.is_floating_point() else leaf.dtype
+            if leaf.device != device or leaf.dtype != want_dtype:
+                leaf.data = leaf.data.to(device=device, dtype=want_dtype)
+
+
+def init_state(
+    model: Callable,
+    guide: Callable,
+    elbo: pyro.infer.ELBO,
+    batch: Sequence[torch.Tensor],
+    *,
+    num_data: int,
+    data_plate: str = "data",
+    optimizer="adam",
+    lr: float = 1e-3,
+) -> TrainState:
+    """Check the programs on ``batch``, create their parameters, and build the optimizer.
+
+    Raises
+    ------
+    ValueError
+        If model or guide fail on the batch, their latent sites disagree, or there is nothing
+        to train.
+    """
+    scaled_model = ScaledProgram(model, num_data, data_plate)
+    scaled_guide = ScaledProgram(guide, num_data, data_plate)
+    model_trace, guide_trace = trace_pair(scaled_model, scaled_guide, batch)
+    check_sites_agree(model_trace, guide_trace)
+    params, names = collect_params(scaled_model, scaled_guide, elbo, batch)
+    ref = batch[0]
+    _move_pyro_params(names, ref.device, ref.dtype if ref.is_floating_point() else None)
+    if not params:
+        raise ValueError(
+            "nothing to train: the model and guide own no parameters (use pyro.param, "
+            "pyro.module, a PyroModule, or pass a torch.nn.Module as model or guide)"
+        )
+    loss_fn = elbo(scaled_model, scaled_guide)
+    return TrainState(loss_fn, make_optimizer(optimizer, params, lr), params, names)
+
+
+def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState, torch.Tensor]:
+    """One gradient step. Returns the state and the loss (a 0-dim tensor; no host sync)."""
+    state.optimizer.zero_grad(set_to_none=True)
+    loss = state.loss_fn(*batch)
+    loss.backward()
+    state.optimizer.step()
+    state.step += 1
+    return state, loss.detach()
+
+
+@torch.no_grad()
+def mean_loss(loss_fn: torch.nn.Module, batches) -> torch.Tensor:
+    """Weighted mean of ``loss_fn`` over batches (each already scaled to the whole data set)."""
+    total, count = None, 0
+    for batch in batches:
+        n = batch[0].shape[0]
+        value = loss_fn(*batch) * n
+        total = value if total is None else total + value
+        count += n
+    return total / count

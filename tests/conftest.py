@@ -1,0 +1,32 @@
+"""Every test starts from a seeded RNG, Pyro validation on, and an empty param store."""
+
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _pyro_reset():
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    # CI has 2 cores; several pytest processes or helpers may share them.
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from ppl_vae.datasets import load_digits
+
+    return load_digits()
