@@ -5,6 +5,22 @@ Every entry is a ``PyroModule`` called as ``model(*batch)``, with a ``from_datas
 ``ppl_vae.models`` in ``pyproject.toml``.
 """
 
+from .conditional import ConditionalVAE
+from .conv import ConvVAE
+from .eight_schools import EightSchools
+from .global_local import GlobalLocalVAE
+from .mixture import MixturePriorVAE
+from .ppca import PPCA
+from .regression import BayesianRegression
 from .vae import VAE
 
-__all__ = ["VAE"]
+__all__ = [
+    "VAE",
+    "BayesianRegression",
+    "ConditionalVAE",
+    "ConvVAE",
+    "EightSchools",
+    "GlobalLocalVAE",
+    "MixturePriorVAE",
+    "PPCA",
+]

@@ -7,9 +7,11 @@ the posterior you got.
 from ppl_vae import datasets
 from ppl_vae.elbo import ESTIMATORS, make_elbo
 from ppl_vae.evaluate import Evaluation, evaluate
+from ppl_vae.explain import explain, monte_carlo_kl_sites
 from ppl_vae.fit import fit
 from ppl_vae.result import FitResult, TrainingDivergedError
 from ppl_vae.train import TrainState, init_state, update
+from ppl_vae.variance import gradient_variance
 
 __version__ = "0.1.0"
 
@@ -21,8 +23,11 @@ __all__ = [
     "TrainingDivergedError",
     "datasets",
     "evaluate",
+    "explain",
     "fit",
+    "gradient_variance",
     "init_state",
     "make_elbo",
+    "monte_carlo_kl_sites",
     "update",
 ]

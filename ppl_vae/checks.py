@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 __all__ = ["trace_pair", "check_sites_agree", "check_support", "latent_sites"]
 
@@ -39,7 +40,7 @@ def latent_sites(trace) -> list[str]:
     return [
         name
         for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"]
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
     ]
 
 
@@ -51,7 +52,10 @@ def check_sites_agree(model_trace, guide_trace) -> None:
     model_latent = {
         n for n in latent_sites(model_trace) if not _is_enumerated(model_trace.nodes[n])
     }
-    guide_latent = set(latent_sites(guide_trace))
+    # Auxiliary guide sites (autoguides' "<site>_unconstrained") have no model counterpart.
+    guide_latent = {
+        n for n in latent_sites(guide_trace) if not guide_trace.nodes[n]["infer"].get("is_auxiliary")
+    }
     missing = sorted(model_latent - guide_latent)
     extra = sorted(guide_latent - set(latent_sites(model_trace)))
     if missing or extra:

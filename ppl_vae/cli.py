@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-COMMAND_MODULES = ["ppl_vae.cli"]
+COMMAND_MODULES = ["ppl_vae.cli", "ppl_vae.cli_estimators"]
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -31,7 +31,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vae", help="zoo name (see `ppl-vae models`) or file.py:name")
     p.add_argument("--guide", default="mlp", help="zoo name or file.py:name")
     p.add_argument("--data", default="digits",
-                   help="digits | binary | linear_gaussian | mnist:DIR | file.npy/.npz/.csv")
+                   help="digits | binary | linear_gaussian | regression | eight_schools | "
+                   "mnist:DIR | file.npy/.npz/.csv")
     p.add_argument("--estimator", default="analytic", help="ELBO estimator (see `ppl-vae estimators`)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
@@ -83,6 +84,9 @@ def train_run(args, out: Path):
     print(f"training {args.model} / {args.guide} on {dataset.name} "
           f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "
           f"with the {args.estimator!r} estimator -> {out}", flush=True)
+    from ppl_vae.cli_estimators import print_plan
+
+    print_plan(model, guide, fit_data(config, dataset, "train"), args.estimator, args.device)
     result = fit(
         model, guide, fit_data(config, dataset, "train"),
         validation_data=fit_data(config, dataset, "test"),

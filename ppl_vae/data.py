@@ -34,7 +34,7 @@ def _one_tensor(value, *, name: str, dtype, device) -> torch.Tensor:
     if isinstance(value, pd.Series):
         value = value.to_frame()
     if isinstance(value, pd.DataFrame):
-        non_numeric = [c for c, t in value.dtypes.items() if not np.issubdtype(t, np.number)]
+        non_numeric = [c for c in value.columns if not pd.api.types.is_numeric_dtype(value[c])]
         if non_numeric:
             raise ValueError(f"{name}: columns {non_numeric} are not numeric")
         value = value.to_numpy()

@@ -21,6 +21,8 @@ __all__ = [
     "load_array",
     "make_binary_images",
     "make_linear_gaussian",
+    "make_regression",
+    "load_eight_schools",
 ]
 
 
@@ -39,6 +41,10 @@ class Dataset:
         ``(height, width)`` when rows are flattened images (the report draws them).
     info : dict
         Anything else worth recording (source, generating parameters).
+    train_targets, test_targets : torch.Tensor or None
+        Float responses of shape ``(n,)`` for data sets whose programs take ``(x, y)`` with a
+        real-valued ``y`` (regression, eight schools): ``run_dir.fit_data`` then passes
+        ``(x, y)`` to the programs.
     """
 
     train: torch.Tensor
@@ -48,6 +54,8 @@ class Dataset:
     name: str = "data"
     image_shape: tuple[int, int] | None = None
     info: dict = field(default_factory=dict)
+    train_targets: torch.Tensor | None = None
+    test_targets: torch.Tensor | None = None
 
     @property
     def obs_dim(self) -> int:
@@ -60,8 +68,10 @@ class Dataset:
         return int(torch.cat([self.train_labels, self.test_labels]).max()) + 1
 
     def to(self, dtype: torch.dtype) -> Dataset:
+        targets = [None if t is None else t.to(dtype)
+                   for t in (self.train_targets, self.test_targets)]
         return Dataset(self.train.to(dtype), self.test.to(dtype), self.train_labels,
-                       self.test_labels, self.name, self.image_shape, dict(self.info))
+                       self.test_labels, self.name, self.image_shape, dict(self.info), *targets)
 
 
 def _split(x: np.ndarray, y: np.ndarray | None, test_fraction: float, seed: int):
@@ -127,6 +137,48 @@ def make_linear_gaussian(
     xtr, xte, _, _ = _split(x, None, test_fraction, seed)
     return _dataset(xtr, xte, None, None, name="linear_gaussian",
                     info={"W": w, "b": b, "noise": noise, "latent_dim": latent_dim})
+
+
+def make_regression(
+    n: int = 250, *, num_features: int = 3, noise: float = 1.0, test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """Synthetic linear regression: x ~ N(0, I), y = x . w + b + noise * eps.
+
+    ``train``/``test`` hold the features ``x`` (shape ``(n, num_features)``), ``train_targets`` /
+    ``test_targets`` the responses ``y`` (shape ``(n,)``); the generating ``w``, ``b`` and
+    ``noise`` are kept in ``info`` (the conjugate posterior is known in closed form).
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(num_features, generator=g)
+    b = torch.randn((), generator=g)
+    x = torch.randn(n, num_features, generator=g)
+    y = x @ w + b + noise * torch.randn(n, generator=g)
+    # Split rows of [x | y] together so that features and responses stay paired.
+    table = np.concatenate([x.numpy(), y.numpy()[:, None]], axis=1).astype(np.float32)
+    tr, te, _, _ = _split(table, None, test_fraction, seed)
+    tr, te = torch.as_tensor(tr), torch.as_tensor(te)
+    return Dataset(tr[:, :-1], te[:, :-1], name="regression",
+                   info={"w": w, "b": b, "noise": noise},
+                   train_targets=tr[:, -1].contiguous(), test_targets=te[:, -1].contiguous())
+
+
+# Rubin (1981), Table 2 / Gelman et al., Bayesian Data Analysis, section 5.5: estimated
+# coaching effects y_j and their standard errors sigma_j in eight schools.
+EIGHT_SCHOOLS_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
+EIGHT_SCHOOLS_SIGMA = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
+
+
+def load_eight_schools() -> Dataset:
+    """The eight-schools data (Rubin 1981): ``train`` holds each school's known standard error
+    sigma_j (shape ``(8, 1)``), ``train_targets`` its estimated effect y_j (shape ``(8,)``).
+
+    There is nothing to hold out, so ``test`` is the same eight schools.
+    """
+    sigma = torch.tensor(EIGHT_SCHOOLS_SIGMA)[:, None]
+    y = torch.tensor(EIGHT_SCHOOLS_Y)
+    return Dataset(sigma, sigma.clone(), name="eight_schools",
+                   info={"source": "Rubin (1981)"}, train_targets=y, test_targets=y.clone())
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

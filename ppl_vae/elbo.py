@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import pyro.infer
 
+from ppl_vae.estimators.iwae import ImportanceWeightedELBO
+from ppl_vae.estimators.jit import TracedELBO, enum_loss, mc_loss, mean_field_loss
+from ppl_vae.estimators.score import ScoreFunctionELBO
+from ppl_vae.estimators.stl import StickingTheLandingELBO
+
 __all__ = ["make_elbo", "ESTIMATORS", "EstimatorSpec"]
 
 
@@ -45,24 +50,55 @@ def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELB
     return build
 
 
+def _traced_elbo(eager: type, loss: Callable) -> Callable[..., pyro.infer.ELBO]:
+    # jit=True records the loss and its gradient once per input shape (ppl_vae.compile) instead
+    # of Pyro's JitTrace*_ELBO: those use the deprecated torch.jit.trace, and Pyro 1.9.2's
+    # JitTraceMeanField_ELBO re-traces every step and leaks memory.
+    def build(*, num_particles: int, vectorize_particles: bool, jit: bool, **options):
+        elbo = eager(num_particles=num_particles, vectorize_particles=vectorize_particles, **options)
+        return TracedELBO(elbo, loss) if jit else elbo
+
+    return build
+
+
 ESTIMATORS: dict[str, EstimatorSpec] = {
     "mc": EstimatorSpec(
-        _pyro_elbo(pyro.infer.Trace_ELBO, pyro.infer.JitTrace_ELBO),
+        _traced_elbo(pyro.infer.Trace_ELBO, mc_loss),
         "Monte Carlo estimate of the whole ELBO, log p(x, z) - log q(z | x) at reparameterized "
         "draws (Kingma & Welling 2014, estimator A; Pyro's Trace_ELBO)",
         True,
     ),
     "analytic": EstimatorSpec(
-        _pyro_elbo(pyro.infer.TraceMeanField_ELBO, pyro.infer.JitTraceMeanField_ELBO),
+        _traced_elbo(pyro.infer.TraceMeanField_ELBO, mean_field_loss),
         "closed-form KL(q || p) where torch registers one, Monte Carlo reconstruction "
         "(Kingma & Welling 2014, estimator B; Pyro's TraceMeanField_ELBO)",
         True,
     ),
     "enum": EstimatorSpec(
-        _pyro_elbo(pyro.infer.TraceEnum_ELBO, pyro.infer.JitTraceEnum_ELBO),
+        _traced_elbo(pyro.infer.TraceEnum_ELBO, enum_loss),
         "Monte Carlo ELBO with discrete latent sites summed out exactly by enumeration "
         "(Pyro's TraceEnum_ELBO; mark sites with infer={'enumerate': 'parallel'})",
         True,
+    ),
+    # No JIT variant for these three: Pyro has none for them (JitTraceGraph_ELBO compiles only
+    # loss_and_grads, not the differentiable_loss a torch training loop calls).
+    "score": EstimatorSpec(
+        _pyro_elbo(ScoreFunctionELBO, None),
+        "score-function (REINFORCE) gradient for every guide site, Rao-Blackwellised per data "
+        "point (Pyro's TraceGraph_ELBO; Ranganath et al. 2014): unbiased, high variance",
+        False,
+    ),
+    "iwae": EstimatorSpec(
+        _pyro_elbo(ImportanceWeightedELBO, None),
+        "importance-weighted bound with K = num_particles, one log-mean-exp per data point "
+        "(Burda et al. 2016); a tighter bound than the ELBO, not the ELBO's gradient",
+        False,
+    ),
+    "stl": EstimatorSpec(
+        _pyro_elbo(StickingTheLandingELBO, None),
+        "Monte Carlo ELBO with the path-derivative gradient: the score term of log q dropped, "
+        "zero variance at the exact posterior (sticking the landing; Roeder et al. 2017)",
+        False,
     ),
 }
 

@@ -24,8 +24,11 @@ from ppl_vae.checkpoint import (
 )
 from ppl_vae.checks import check_support
 from ppl_vae.data import as_tensors, check_finite, iter_batches, num_rows, resolve_device
+from ppl_vae.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.elbo import make_elbo
+from ppl_vae.explain import monte_carlo_kl_sites
 from ppl_vae.result import FitResult, TrainingDivergedError
+from ppl_vae.streaming import DiskData, epoch_batches, sequential_batches
 from ppl_vae.train import ScaledProgram, init_state, mean_loss, update
 
 __all__ = ["fit"]
@@ -43,6 +46,22 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # The batch order of epoch e depends on (seed, e) only, so a run resumed at an epoch boundary
     # sees the same batches as an uninterrupted one.
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+def _rows(data) -> int:
+    return len(data) if isinstance(data, DiskData) else num_rows(data)
+
+
+def _validation_loss(loss_fn, data, batch_size, engine, device, dtype) -> torch.Tensor:
+    """Mean validation loss over all rows; with an engine each process takes every W-th row and
+    the per-process sums are added up (each row counted once, no sampler padding)."""
+    rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
+    batches = sequential_batches(data, batch_size, rank=rank, world_size=world, device=device,
+                                 dtype=dtype)
+    if engine is None:
+        return mean_loss(loss_fn, batches)
+    local = len(range(rank, _rows(data), world))
+    return engine.sum(mean_loss(loss_fn, batches) * local) / _rows(data)
 
 
 def fit(
@@ -69,6 +88,10 @@ def fit(
     callbacks: Sequence[Callback] = (),
     early_stopping_patience: int | None = None,
     elbo_options: dict | None = None,
+    devices=None,
+    strategy: str | None = None,
+    num_nodes: int = 1,
+    _engine=None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -112,30 +135,58 @@ def fit(
         restore the best parameters.
     elbo_options : dict, optional
         Extra keyword arguments for the ELBO constructor (for example ``max_plate_nesting``).
+    devices : int, list or "auto", optional
+        Data-parallel training on this many devices per node (Lightning Fabric, DDP). Default:
+        one process, no engine. ``batch_size`` stays the global batch: each of the ``W``
+        processes takes ``batch_size / W`` rows of every batch, and the data plate is still
+        scaled by the full ``N``. See ``docs/scaling.md``.
+    strategy : str, optional
+        Fabric strategy: ``"ddp"`` (re-runs the script per device; also under torchrun/SLURM),
+        ``"ddp_spawn"``, ``"ddp_fork"``. Default ``"auto"`` when ``devices`` > 1.
+    num_nodes : int
+        Number of machines (launched by torchrun or SLURM, see ``docs/scaling.md``).
 
     Returns
     -------
     FitResult
     """
+    arguments = dict(locals())  # handed unchanged to every process of a distributed launch
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    dev = resolve_device(device)
-    tensors = as_tensors(data, dtype=dtype, device=dev, name="data")
-    dev = tensors[0].device
-    float_dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
-    n = num_rows(tensors)
+    dev = resolve_device(device) if _engine is None else _engine.device
+    rank, world = (0, 1) if _engine is None else (_engine.rank, _engine.world_size)
+    streaming = isinstance(data, DiskData)
+    if streaming:
+        # A stream is checked for NaNs batch by batch as it is read, and its support on a head.
+        dev = dev if dev is not None else torch.device("cpu")
+        float_dtype = dtype if dtype is not None else data.dtype
+        n = len(data)
+        tensors = as_tensors(data.head(max(int(batch_size), 1024)), dtype=float_dtype,
+                             device=dev, name="data")
+    else:
+        tensors = as_tensors(data, dtype=dtype, device=dev, name="data")
+        dev = tensors[0].device
+        float_dtype = next((t.dtype for t in tensors if t.is_floating_point()),
+                           torch.get_default_dtype())
+        n = num_rows(tensors)
     if not 1 <= int(batch_size) <= n:
         raise ValueError(f"batch_size must lie in [1, {n}] (the number of data rows), got {batch_size}")
     batch_size = int(batch_size)
     check_finite(tensors, name="data")
     val_tensors = None
-    if validation_data is not None:
+    if isinstance(validation_data, DiskData):
+        val_tensors = validation_data
+        if len(val_tensors.files) != len(tensors):
+            raise ValueError(f"validation_data has {len(val_tensors.files)} member(s) but "
+                             f"data has {len(tensors)}")
+    elif validation_data is not None:
         val_tensors = as_tensors(validation_data, dtype=float_dtype, device=dev, name="validation_data")
         check_finite(val_tensors, name="validation_data")
         if len(val_tensors) != len(tensors):
             raise ValueError(
                 f"validation_data has {len(val_tensors)} member(s) but data has {len(tensors)}"
             )
+    num_val = None if val_tensors is None else _rows(val_tensors)
 
     settings = {
         "estimator": estimator, "num_particles": int(num_particles),
@@ -144,8 +195,10 @@ def fit(
         "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", str(optimizer)),
         "device": str(dev), "dtype": str(float_dtype).replace("torch.", ""), "seed": int(seed),
         "data_plate": data_plate, "num_data": n,
-        "num_validation": None if val_tensors is None else num_rows(val_tensors),
+        "num_validation": num_val,
         "early_stopping_patience": early_stopping_patience,
+        "devices": devices, "strategy": strategy, "num_nodes": int(num_nodes or 1),
+        "world_size": world, "global_rank": rank,
     }
     elbo = make_elbo(
         estimator, num_particles=num_particles, vectorize_particles=vectorize_particles,
@@ -154,19 +207,31 @@ def fit(
 
     pyro.set_rng_seed(seed)
     _prepare_programs(model, guide, dev, float_dtype)
-    first = tuple(t[:batch_size] for t in tensors)
+    first = tuple(t[: max(batch_size // world, 1)] for t in tensors)
     check_support(model, guide, tensors, batch_size=max(batch_size, 1024), plate_name=data_plate)
     # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
     state = init_state(
         model, guide, elbo, first, num_data=n, data_plate=data_plate, optimizer=optimizer, lr=lr
     )
+    if estimator == "analytic" and (fallback := monte_carlo_kl_sites(model, guide, first)):
+        warnings.warn(
+            f"estimator 'analytic' (TraceMeanField_ELBO) has no closed-form KL for latent "
+            f"site(s) {fallback} and falls back to a Monte Carlo KL there; see "
+            "ppl_vae.explain(model, guide, batch)", stacklevel=2,
+        )
+    if _engine is None and wants_engine(devices, strategy, num_nodes):
+        # Checked and initialised here, so errors are raised in this process, not in a worker.
+        check_data_parallel(state)
+        arguments["device"] = device if device is not None else dev
+        return launch_fit(fit, **arguments)
+    if _engine is not None:
+        state = _engine.setup(state)
     val_loss_fn = None
     if val_tensors is not None:
         val_elbo = make_elbo(estimator, num_particles=num_particles,
                              vectorize_particles=vectorize_particles, **(elbo_options or {}))
         val_loss_fn = val_elbo(
-            ScaledProgram(model, num_rows(val_tensors), data_plate),
-            ScaledProgram(guide, num_rows(val_tensors), data_plate),
+            ScaledProgram(model, num_val, data_plate), ScaledProgram(guide, num_val, data_plate)
         )
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -194,14 +259,24 @@ def fit(
         for epoch in bar:
             t0 = time.perf_counter()
             losses = []
-            for batch in iter_batches(tensors, batch_size, shuffle=True,
-                                      generator=_epoch_generator(seed, epoch)):
+            if _engine is None and not streaming:
+                batches = iter_batches(tensors, batch_size, shuffle=True,
+                                       generator=_epoch_generator(seed, epoch))
+            else:
+                if _engine is not None:
+                    _engine.seed_epoch(seed, epoch)
+                batches = epoch_batches(data if streaming else tensors, batch_size, seed=seed,
+                                        epoch=epoch, rank=rank,
+                                        world_size=world, device=dev, dtype=float_dtype)
+            for batch in batches:
                 state, loss = update(state, batch)
                 losses.append(loss)
             stacked = torch.stack(losses)
             finite = torch.isfinite(stacked)
-            if not bool(finite.all()):
-                bad_step = int((~finite).nonzero()[0, 0]) + 1
+            epoch_loss = stacked.mean() if _engine is None else _engine.mean(stacked.mean())
+            if not bool(torch.isfinite(epoch_loss)):
+                # Another process may hold the bad step; report ours when we have one.
+                bad_step = int((~finite).nonzero()[0, 0]) + 1 if not bool(finite.all()) else 1
                 history = pd.DataFrame.from_records(records)
                 where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
                 raise TrainingDivergedError(
@@ -210,10 +285,11 @@ def fit(
                     f"scales{where}", history, epoch, bad_step,
                 )
             # Each step's loss estimates -ELBO of all N points; average, then per data point.
-            record = {"epoch": epoch, "train_elbo": -float(stacked.mean()) / n}
+            record = {"epoch": epoch, "train_elbo": -float(epoch_loss) / n}
             if val_loss_fn is not None:
-                val = mean_loss(val_loss_fn, iter_batches(val_tensors, batch_size, shuffle=False))
-                record["val_elbo"] = -float(val) / num_rows(val_tensors)
+                val = _validation_loss(val_loss_fn, val_tensors, batch_size, _engine, dev,
+                                       float_dtype)
+                record["val_elbo"] = -float(val) / num_val
             record["seconds"] = time.perf_counter() - t0
             record["steps"] = len(losses)
             records.append(record)
@@ -224,7 +300,7 @@ def fit(
                     best = (record["val_elbo"], capture_params(model, guide, state.param_names), epoch)
                 elif epoch - best[2] >= int(early_stopping_patience):
                     stopped_early = True
-            if ckpt_path is not None:
+            if ckpt_path is not None and (_engine is None or _engine.is_main):
                 save_checkpoint(ckpt_path, {
                     "epoch": epoch, "step": state.step, "history": records,
                     "params": capture_params(model, guide, state.param_names),
@@ -232,7 +308,8 @@ def fit(
                     "settings": settings,
                 })
                 pd.DataFrame.from_records(records).to_csv(Path(checkpoint_dir) / "history.csv", index=False)
-            if any(cb(record, state) for cb in callbacks):
+            stop = any(cb(record, state) for cb in callbacks)
+            if stop if _engine is None else _engine.any(stop):
                 break
             if stopped_early:
                 break

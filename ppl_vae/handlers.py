@@ -13,8 +13,8 @@ class DataPlateScale(Messenger):
     A mini-batch ELBO is unbiased for the whole data set only if the terms of local sites (inside
     the data plate) are multiplied by N / B while global sites are left alone. Users write
     ``pyro.plate("data", x.shape[0])`` with the batch they are given; this handler supplies the
-    missing factor. A plate the user already declared with ``size=N, subsample_size=B`` has
-    ``frame.size == N`` and so gets a factor of 1 here: Pyro already scales it.
+    missing factor. A plate the user declared with ``size=N, subsample_size=B`` is already scaled
+    by Pyro (its frame records ``full_size``), so it is left alone.
 
     Applied to both model and guide, so ``TraceMeanField_ELBO`` sees equal scales on both sides.
     """
@@ -28,6 +28,8 @@ class DataPlateScale(Messenger):
         if msg["type"] != "sample":
             return
         for frame in msg["cond_indep_stack"]:
-            if frame.name == self.plate_name and frame.size and frame.size != self.num_data:
+            if frame.name != self.plate_name:
+                continue
+            if frame.full_size is None or frame.full_size == frame.size:
                 msg["scale"] = msg["scale"] * (self.num_data / frame.size)
-                return
+            return

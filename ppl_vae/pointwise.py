@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from pyro.poutine.util import site_is_subsample
 
 __all__ = ["Draws", "draw", "max_plate_nesting"]
 
@@ -160,8 +162,8 @@ def draw(
     log_prior_g, log_q_g = zeros_kn[:, 0].clone(), zeros_kn[:, 0].clone()
     latents, observed, local_sites, global_sites, data_dims = {}, {}, [], [], {}
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or name == PARTICLE_PLATE:
-            continue
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue  # plates record themselves as sample sites; they are not latents
         dim = _data_dim(site, data_plate)
         lp = _reduce(_site_log_prob(site), rank, dim, n)
         if site["is_observed"]:
@@ -182,5 +184,15 @@ def draw(
             local_sites.append(name)
             log_prior += lp
             log_q += lq
+    for name, gsite in guide_trace.nodes.items():
+        # Auxiliary guide sites (an autoguide's "<site>_unconstrained") belong to q only; the
+        # guide's Delta site at the constrained value carries just the Jacobian term.
+        if gsite["type"] == "sample" and gsite["infer"].get("is_auxiliary"):
+            dim = _data_dim(gsite, data_plate)
+            lq = _reduce(_site_log_prob(gsite), rank, dim, n)
+            if dim is None:
+                log_q_g += lq
+            else:
+                log_q += lq
     return Draws(latents, observed, log_lik, log_prior, log_q, log_prior_g, log_q_g,
                  local_sites, global_sites, data_dims)

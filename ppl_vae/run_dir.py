@@ -24,11 +24,13 @@ DATASETS = {
     "digits": datasets.load_digits,
     "binary": datasets.make_binary_images,
     "linear_gaussian": datasets.make_linear_gaussian,
+    "regression": datasets.make_regression,
+    "eight_schools": datasets.load_eight_schools,
 }
 
 
 def load_data(spec: str) -> datasets.Dataset:
-    """``digits``, ``binary``, ``linear_gaussian``, ``mnist:DIR`` or a ``.npy``/``.npz``/``.csv``
+    """A name in ``DATASETS``, ``mnist:DIR`` or a ``.npy``/``.npz``/``.csv``
     file."""
     if spec in DATASETS:
         return DATASETS[spec]()
@@ -50,12 +52,18 @@ def build_programs(config: dict, dataset):
 
 def fit_data(config: dict, dataset, split: str = "train"):
     """The ``data`` argument ``fit`` gets for this run: features, plus labels when the model
-    is conditional (``config["use_labels"]``)."""
+    is conditional (``config["use_labels"]``), plus real-valued targets when the data set has
+    them (``Dataset.train_targets``: regression-type data, programs called as ``(x, y)``)."""
     x = dataset.train if split == "train" else dataset.test
+    parts = [x]
     if config.get("use_labels"):
-        y = dataset.train_labels if split == "train" else dataset.test_labels
-        return (x, y)
-    return x
+        if dataset.train_labels is None:
+            raise ValueError(f"use_labels (--with-labels) was given but data {dataset.name!r} "
+                             "has no labels")
+        parts.append(dataset.train_labels if split == "train" else dataset.test_labels)
+    if dataset.train_targets is not None:
+        parts.append(dataset.train_targets if split == "train" else dataset.test_targets)
+    return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 def save_run(out: Path, config: dict, result) -> None:

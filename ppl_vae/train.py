@@ -81,17 +81,19 @@ def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Te
     with poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, *batch)
     params: dict[int, torch.Tensor] = {}
-    names = []
-    for name, site in capture.trace.nodes.items():
-        leaf = site["value"].unconstrained()
-        if leaf.requires_grad or leaf.is_leaf:
-            params.setdefault(id(leaf), leaf)
-            names.append(name)
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
             for p in program.parameters():
                 if p.requires_grad:
                     params.setdefault(id(p), p)
+    # Names only for pyro.param sites that no module owns: module parameters are saved with the
+    # module's state_dict, and a PyroModule's param-store names change from instance to instance.
+    names = []
+    for name, site in capture.trace.nodes.items():
+        leaf = site["value"].unconstrained()
+        if id(leaf) not in params:
+            params[id(leaf)] = leaf
+            names.append(name)
     return list(params.values()), names
 
 

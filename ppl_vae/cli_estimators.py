@@ -1,0 +1,78 @@
+"""``ppl-vae compare-estimators RUN_DIR``: the gradient-variance table of a trained run, and the
+plan table ``ppl-vae train`` prints before it starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+__all__ = ["register", "print_plan", "cmd_compare_estimators"]
+
+
+def _first_rows(data, rows: int, device=None, dtype=None) -> tuple:
+    from ppl_vae.data import as_tensors
+
+    tensors = as_tensors(data, dtype=dtype, device=device, name="data")
+    return tuple(t[:rows] for t in tensors)
+
+
+def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
+    """Print :func:`ppl_vae.explain`'s table for the first rows of ``data``; return it."""
+    from ppl_vae.data import resolve_device
+    from ppl_vae.explain import explain
+
+    dev = resolve_device(device)
+    if dev is not None:
+        for program in (model, guide):
+            if isinstance(program, torch.nn.Module):
+                program.to(device=dev)
+    plan = explain(model, guide, _first_rows(data, 2, device=dev), estimator=estimator)
+    print(f"plan for the {estimator!r} estimator (one row per latent site):")
+    print(plan.to_string(index=False), flush=True)
+    return plan
+
+
+def cmd_compare_estimators(args) -> int:
+    from ppl_vae.run_dir import load_run
+    from ppl_vae.variance import gradient_variance
+
+    run = load_run(Path(args.run_dir))
+    data = run.data(args.split)
+    first = _as_tuple(data)[0]
+    batch = _first_rows(data, min(args.batch_size, first.shape[0]))
+    table = gradient_variance(
+        run.model, run.guide, batch, estimators=args.estimators, num_draws=args.num_draws,
+        num_particles=args.num_particles, seed=args.seed,
+    )
+    print(f"gradient of the loss on {batch[0].shape[0]} {args.split} rows of {run.path}, "
+          f"{args.num_draws} draws per estimator; reference: {table.attrs['reference']!r}")
+    shown = table.drop(columns=["num_params"])
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"written: {args.csv}")
+    return 0
+
+
+def _as_tuple(data):
+    return data if isinstance(data, tuple) else (data,)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare-estimators",
+        help="gradient mean, variance and cost of each ELBO estimator on a trained run",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--estimators", nargs="+", default=["mc", "analytic", "score", "stl"],
+                   help="estimator names (see `ppl-vae estimators`)")
+    p.add_argument("--num-draws", type=int, default=100, help="gradient estimates per estimator")
+    p.add_argument("--batch-size", type=int, default=128, help="rows the gradient is taken on")
+    p.add_argument("--num-particles", type=int, default=1, help="particles (K for iwae)")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    p.set_defaults(func=cmd_compare_estimators)

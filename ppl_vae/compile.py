@@ -1,0 +1,218 @@
+"""Trace a Pyro loss once per input signature and replay it as one flat graph of tensor ops.
+
+A Pyro step spends most of its Python time in effect handlers, trace bookkeeping and
+distribution objects, not in tensor arithmetic. :class:`TraceOnce` runs the loss *and its
+gradient* once under ``torch.fx``'s ``make_fx`` (tracing at the ATen level, so the backward pass
+is recorded too), drops dead code, and afterwards calls the recorded graph directly: no handlers,
+no ``Trace`` objects, no autograd graph to build. :class:`_Replay` hands the recorded gradients
+to autograd, so ``loss.backward()`` and any torch optimizer work unchanged.
+
+Why not the alternatives: ``torch.jit.trace`` (which Pyro's ``JitTrace*_ELBO`` use) is
+deprecated in current torch, and Pyro 1.9.2's ``JitTraceMeanField_ELBO`` re-traces on every
+step and leaks memory. ``torch.compile`` of a Pyro program compiles for a minute or more on a
+small CPU and breaks the graph at every handler; it can still be applied to the recorded graph
+(``backend=``) when the compile time pays off.
+
+Contract (the same as Pyro's JIT ELBOs): the programs must have a static structure for a given
+input signature; no Python control flow on tensor values, no ``.item()`` that changes what is
+computed. The first replay of every new signature is checked against an eager evaluation with
+the same random numbers, and a mismatch raises ``ValueError`` instead of training on a wrong
+graph.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from torch.fx.experimental.proxy_tensor import make_fx
+
+__all__ = ["TraceOnce"]
+
+
+def _signature(value) -> tuple:
+    if isinstance(value, torch.Tensor):
+        return ("T", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+    return ("V", type(value), repr(value))
+
+
+class _Replay(torch.autograd.Function):
+    """Autograd node whose forward runs a recorded loss-and-gradient graph.
+
+    The gradients are already computed in the forward; backward only scales them by the
+    incoming gradient (1 for ``loss.backward()``).
+    """
+
+    @staticmethod
+    def forward(ctx, graph, num_leaves, *inputs):
+        outputs = graph(list(inputs[:num_leaves]), list(inputs[num_leaves:]))
+        ctx.grads = outputs[1:]
+        ctx.num_args = len(inputs) - num_leaves
+        return outputs[0]
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grads, ctx.grads = ctx.grads, None
+        scaled = [None if g is None else g * grad_loss for g in grads]
+        return (None, None, *scaled, *([None] * ctx.num_args))
+
+
+class _Entry:
+    """One recorded graph, the parameter names it reads, and how often it has been replayed
+    (the second call, the first on a batch other than the recorded one, is checked)."""
+
+    def __init__(self, graph, names, with_grad):
+        self.graph = graph
+        self.names = names
+        self.with_grad = with_grad
+        self.calls = 0
+
+
+class TraceOnce:
+    """Record ``fn(*args)`` (a 0-dim loss built from Pyro programs) once per input signature.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*args) -> torch.Tensor`` (0-dim); it may read ``pyro.param`` sites, ``PyroModule``
+        and ``torch.nn.Module`` parameters, and draw random numbers (recorded as ops, so every
+        replay draws fresh ones from torch's generator).
+    programs : sequence of callables
+        The model and guide ``fn`` runs. Parameters of those that are ``torch.nn.Module``s are
+        graph inputs even when they never pass through the param store.
+    max_entries : int
+        At most this many graphs are kept (least recently used dropped), so a stream of new
+        shapes cannot grow memory without bound.
+    backend : str, optional
+        Passed to ``torch.compile`` on the recorded graph (e.g. ``"inductor"``); ``None`` replays
+        the graph as recorded.
+
+    Notes
+    -----
+    Calls made while a Pyro effect handler is active (``poutine.trace``, ``poutine.condition``,
+    ...) run ``fn`` eagerly: a recorded graph would bypass the handler.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], programs: Sequence, *,
+                 max_entries: int = 8, backend: str | None = None):
+        self.fn = fn
+        self.programs = list(programs)
+        self.max_entries = int(max_entries)
+        self.backend = backend
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self.num_traces = 0
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        if poutine.runtime.am_i_wrapped() or any(
+            isinstance(v, torch.Tensor) for v in kwargs.values()
+        ):
+            return self.fn(*args, **kwargs)
+        with_grad = torch.is_grad_enabled()
+        key = (with_grad, tuple(_signature(a) for a in args),
+               tuple((k, _signature(v)) for k, v in sorted(kwargs.items())))
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._record(args, kwargs, with_grad)
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        leaves = self._leaves(entry.names)
+        if leaves is None:  # a parameter was deleted or renamed: record again
+            del self._entries[key]
+            return self(*args, **kwargs)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        entry.calls += 1
+        if entry.calls == 2:
+            return self._checked_replay(entry, leaves, args, kwargs, tensors)
+        return self._replay(entry, leaves, tensors)
+
+    # -- recording -------------------------------------------------------------------------
+    def _module_params(self) -> list[torch.Tensor]:
+        found: dict[int, torch.Tensor] = {}
+        for program in self.programs:
+            if isinstance(program, torch.nn.Module):
+                for p in program.parameters():
+                    if p.requires_grad:
+                        found.setdefault(id(p), p)
+        return list(found.values())
+
+    def _leaves(self, names) -> list[torch.Tensor] | None:
+        store = dict(pyro.get_param_store().named_parameters())
+        leaves: dict[int, torch.Tensor] = {}
+        for name in names:
+            leaf = store.get(name)
+            if leaf is None:
+                return None
+            if leaf.requires_grad:
+                leaves.setdefault(id(leaf), leaf)
+        for p in self._module_params():
+            leaves.setdefault(id(p), p)
+        return list(leaves.values())
+
+    def _record(self, args, kwargs, with_grad: bool) -> _Entry:
+        # One eager run (random state restored afterwards) creates lazily built parameters,
+        # lets the ELBO guess max_plate_nesting, and names the param sites the graph reads.
+        with torch.random.fork_rng(devices=_cuda_devices(args)), torch.no_grad():
+            with poutine.trace(param_only=True) as capture:
+                self.fn(*args, **kwargs)
+        names = list(dict.fromkeys(capture.trace.nodes))
+        leaves = self._leaves(names)
+        tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+        def loss_and_grads(leaves, tensors):
+            call_args = list(args)
+            for i, t in zip(tensor_positions, tensors):
+                call_args[i] = t
+            loss = self.fn(*call_args, **kwargs)
+            if not with_grad:
+                return (loss.detach(),)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            return (loss.detach(), *grads)
+
+        tensors = [args[i] for i in tensor_positions]
+        grad_mode = torch.enable_grad() if with_grad else torch.no_grad()
+        # Pyro's ELBOs read .item() for the *reported* loss value in places; that value is
+        # not what the recorded graph returns (see ppl_vae.estimators.jit), so data-dependent
+        # reads are allowed while recording and the first replay is checked instead.
+        with pyro.validation_enabled(False), grad_mode, torch.random.fork_rng(
+            devices=_cuda_devices(args)
+        ):
+            graph = make_fx(loss_and_grads, _error_on_data_dependent_ops=False)(leaves, tensors)
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+        if self.backend is not None:
+            graph = torch.compile(graph, backend=self.backend, fullgraph=True, dynamic=False)
+        self.num_traces += 1
+        return _Entry(graph, names, with_grad)
+
+    # -- replay ----------------------------------------------------------------------------
+    def _replay(self, entry: _Entry, leaves, tensors) -> torch.Tensor:
+        if entry.with_grad:
+            return _Replay.apply(entry.graph, len(leaves), *leaves, *tensors)
+        return entry.graph(leaves, tensors)[0]
+
+    def _checked_replay(self, entry: _Entry, leaves, args, kwargs, tensors) -> torch.Tensor:
+        with torch.random.fork_rng(devices=_cuda_devices(args)), torch.no_grad():
+            with pyro.validation_enabled(False):
+                eager = self.fn(*args, **kwargs).detach()
+        # fork_rng restored the generator: the replay draws the same numbers as the eager run.
+        loss = self._replay(entry, leaves, tensors)
+        tol = 1e3 * torch.finfo(eager.dtype).eps * (1.0 + eager.abs())
+        if not bool((loss.detach() - eager).abs() <= tol):
+            raise ValueError(
+                "jit=True: the recorded graph gave a different loss than the eager program "
+                f"({float(loss):.6g} vs {float(eager):.6g}) on a new batch of the same shape. "
+                "The model or guide must have a static structure (no Python branches on tensor "
+                "values, no .item() that changes the computation); use jit=False for it."
+            )
+        return loss
+
+
+def _cuda_devices(args) -> list:
+    return sorted({a.device.index or 0 for a in args
+                   if isinstance(a, torch.Tensor) and a.device.type == "cuda"})

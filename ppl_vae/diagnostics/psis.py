@@ -1,0 +1,130 @@
+"""Pareto-smoothed importance sampling per data point (Vehtari et al. 2024, "Pareto smoothed
+importance sampling", JMLR 25).
+
+For a guide q(z | x_i) and draws z_k ~ q, the importance ratios r_k = p(x_i, z_k) / q(z_k | x_i)
+have a right tail that a generalized Pareto fit summarises by its shape k-hat: below 0.5 the
+ratios have finite variance and importance sampling (and the IWAE bound) is reliable; between
+0.5 and 0.7 it still works with more draws; above 0.7 q misses mass that p has, and estimates
+built on q (ELBO, IWAE, posterior means) cannot be trusted for that point (Yao et al. 2018,
+"Yes, but did it work?: Evaluating variational inference", ICML).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from arviz_stats.base import array_stats
+from scipy.special import logsumexp
+
+__all__ = ["KHAT_THRESHOLDS", "psis", "khat_category", "pointwise_psis", "khat_shares"]
+
+KHAT_THRESHOLDS = (0.5, 0.7)
+
+
+def _constant(log_ratios: np.ndarray, rtol: float) -> np.ndarray:
+    """Rows whose ratios are equal up to rounding: q is the posterior there (up to a constant)."""
+    spread = log_ratios.max(-1) - log_ratios.min(-1)
+    scale = 1.0 + np.abs(log_ratios).max(-1)
+    return spread <= rtol * scale
+
+
+def psis(log_ratios, *, rtol: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed log weights and k-hat for each row of ``log_ratios``.
+
+    Parameters
+    ----------
+    log_ratios : array, shape (..., K)
+        log p(x, z_k) - log q(z_k | x) for K independent draws (the last axis).
+    rtol : float, optional
+        Rows whose spread max - min is below ``rtol * (1 + max |log ratio|)`` are constant
+        weights: q equals the posterior there, which is reported as ``k_hat = -inf`` (a perfect
+        fit) with uniform weights instead of fitting a tail that does not exist. Defaults to 64
+        machine epsilons of the input's precision (float32 ratios carry float32 rounding).
+
+    Returns
+    -------
+    log_weights : array, shape (..., K)
+        Smoothed, normalised log weights (logsumexp over the last axis is 0).
+    k_hat : array, shape (...)
+        Pareto shape estimate per row.
+
+    Notes
+    -----
+    ``arviz_stats``' ``psislw`` takes the negated log ratio (its 1.x convention: it expects
+    log-likelihood values of a leave-one-out ratio) so the ratio is negated on the way in. Its
+    ``pareto_khat(..., log_weights=True)`` fits the tail of the log weights, not of the weights,
+    and is not used here. Draws from a guide are independent, so the relative efficiency is 1.
+    """
+    arr = np.asarray(log_ratios)
+    if arr.ndim == 0 or arr.shape[-1] < 5:
+        raise ValueError("log_ratios: need at least 5 draws on the last axis, got shape "
+                         f"{arr.shape}")
+    if rtol is None:
+        eps = np.finfo(arr.dtype).eps if np.issubdtype(arr.dtype, np.floating) else 1e-12
+        rtol = 64 * eps
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr).all(-1))
+        raise ValueError(f"log_ratios: non-finite values in rows {bad[:5].tolist()} "
+                         "(the guide puts mass where the model has none?)")
+    flat = arr.reshape(-1, arr.shape[-1])
+    constant = _constant(flat, rtol)
+    log_w = np.full_like(flat, -np.log(flat.shape[-1]))
+    khat = np.full(flat.shape[0], -np.inf)
+    fit = ~constant
+    if fit.any():
+        lw, k = array_stats.psislw(-flat[fit], r_eff=1.0, axis=-1)
+        log_w[fit] = lw
+        khat[fit] = k
+    return log_w.reshape(arr.shape), khat.reshape(arr.shape[:-1])
+
+
+def khat_category(k_hat) -> np.ndarray:
+    """``"exact"`` (constant weights), ``"good"`` (< 0.5), ``"ok"`` (0.5-0.7), ``"bad"`` (> 0.7)."""
+    k = np.asarray(k_hat, dtype=float)
+    low, high = KHAT_THRESHOLDS
+    return np.select([np.isneginf(k), k < low, k <= high], ["exact", "good", "ok"], "bad")
+
+
+def pointwise_psis(tree) -> pd.DataFrame:
+    """PSIS diagnostics of every data point (and chain) of a ``to_arviz`` DataTree.
+
+    The log ratios are ``sample_stats.log_p - sample_stats.log_q`` (local sites, so the ratio
+    of a point is conditional on the global latents of the same draw).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (chain, data point): ``chain``, ``point``, ``k_hat``, ``category``,
+        ``ess`` (PSIS effective sample size 1 / sum w^2 of the smoothed weights), ``log_px``
+        (importance-weighted estimate log mean_k r_k, the IWAE bound of Burda et al. 2016),
+        ``elbo`` (mean_k log r_k) and ``elbo_gap`` = log_px - elbo (>= 0; close to
+        KL(q || p(z | x_i)) when K is large and k-hat is small).
+    """
+    stats = tree["sample_stats"]
+    plate = tree.attrs.get("data_plate", "data")
+    log_r = (stats["log_p"] - stats["log_q"]).transpose("chain", plate, "draw").values
+    num = log_r.shape[-1]
+    log_w, khat = psis(log_r)
+    log_px = logsumexp(log_r.astype(np.float64), axis=-1) - np.log(num)
+    elbo = log_r.astype(np.float64).mean(-1)
+    chains, points = np.meshgrid(stats["chain"].values, stats[plate].values, indexing="ij")
+    return pd.DataFrame({
+        "chain": chains.ravel(),
+        "point": points.ravel(),
+        "k_hat": khat.ravel(),
+        "category": khat_category(khat).ravel(),
+        "ess": (1.0 / np.exp(logsumexp(2 * log_w, axis=-1))).ravel(),
+        "log_px": log_px.ravel(),
+        "elbo": elbo.ravel(),
+        "elbo_gap": (log_px - elbo).ravel(),
+    })
+
+
+def khat_shares(table: pd.DataFrame) -> dict:
+    """Share of rows with k-hat above each threshold and of exact (constant-weight) rows."""
+    k = table["k_hat"].to_numpy()
+    out = {f"share_khat_gt_{t}": float(np.mean(k > t)) for t in KHAT_THRESHOLDS}
+    out["share_exact"] = float(np.mean(np.isneginf(k)))
+    out["max_khat"] = float(np.max(k))
+    return out

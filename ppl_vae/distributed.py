@@ -1,0 +1,174 @@
+"""Data-parallel SVI on Lightning Fabric: ``fit(..., devices=N, strategy=..., num_nodes=M)``.
+
+Why Fabric (``lightning.fabric``) and not the Lightning ``Trainer`` or bare ``torch.distributed``:
+``fit`` already has its training loop (``init_state`` / ``update``, checkpoints whose batch order
+and RNG make resumption exact). The ``Trainer`` would bring a second loop with its own
+optimisation, checkpoint and epoch logic; bare ``torch.distributed`` would leave process
+launching and cluster detection (torchrun, SLURM, LSF, MPI) to us. Fabric gives exactly the
+engine parts -- launchers, cluster environments, ``DistributedDataParallel`` wrapping, the
+distributed sampler, collectives, accelerator placement -- around the one loop in ``fit``.
+
+Each process runs ``fit``'s loop on its shard of every batch. The loss module is Pyro's
+``ELBOModule`` (``elbo(ScaledProgram(model), ScaledProgram(guide))``, built by ``init_state``),
+wrapped in ``DistributedDataParallel``, whose all-reduce averages the gradients over processes.
+Each process scales its data-plate sites by ``N / (B / W)`` with ``N`` the full data size, so each
+process's loss is an unbiased estimate of the whole data set's negative ELBO, and so is their
+average: for a deterministic loss, ``W`` processes with local batches ``B / W`` take exactly the
+step that one process takes with batch ``B`` (see ``tests/test_distributed.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+
+from ppl_vae.train import TrainState
+
+__all__ = ["Engine", "check_data_parallel", "launch_fit", "wants_engine"]
+
+
+def wants_engine(devices, strategy, num_nodes) -> bool:
+    """Whether ``fit`` runs through the distributed engine (any of the three arguments set to
+    something other than one plain process)."""
+    return (devices not in (None, 1, "1")) or strategy is not None or int(num_nodes or 1) > 1
+
+
+def _accelerator(device) -> str:
+    if device is None:
+        return "cpu"
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: data-parallel runs support cpu, cuda and mps")
+    return kind
+
+
+def _fabric(devices, strategy, num_nodes, device):
+    try:
+        from lightning.fabric import Fabric
+    except ImportError:  # pragma: no cover - lightning is a dependency of the distributed extra
+        raise ValueError(
+            "devices/strategy/num_nodes need Lightning: pip install 'ppl-vae[distributed]'"
+        ) from None
+    return Fabric(
+        accelerator=_accelerator(device), strategy=strategy or "auto",
+        devices=devices if devices is not None else 1, num_nodes=int(num_nodes or 1),
+    )
+
+
+def check_data_parallel(state: TrainState) -> None:
+    """Raise ``ValueError`` when a trained tensor is not a parameter of the loss module (a
+    ``pyro.param`` site or a ``pyro.module`` of a plain function): DDP would not all-reduce its
+    gradient and the processes would drift apart silently."""
+    owned = {id(p) for p in state.loss_fn.parameters()}
+    loose = [n for n in state.param_names if id(pyro.param(n).unconstrained()) not in owned]
+    if loose or any(id(p) not in owned for p in state.params):
+        raise ValueError(
+            "data-parallel training needs every trained tensor to be a parameter of the model "
+            "or guide module (a PyroModule or torch.nn.Module passed as model/guide); these "
+            f"pyro.param sites are not: {loose or 'parameters of a pyro.module call'}"
+        )
+
+
+class Engine:
+    """One process's handle on a launched data-parallel run (a Lightning ``Fabric``).
+
+    Attributes
+    ----------
+    rank, world_size : int
+        Global rank of this process and the number of processes.
+    device : torch.device
+        Where this process trains (``cuda:<local rank>`` on GPUs, ``cpu`` otherwise).
+    """
+
+    def __init__(self, fabric):
+        self.fabric = fabric
+        self.rank = int(fabric.global_rank)
+        self.world_size = int(fabric.world_size)
+        self.device = fabric.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self, state: TrainState) -> TrainState:
+        """Wrap the loss module in DDP (through Fabric) and its optimizer."""
+        check_data_parallel(state)
+        module, optimizer = self.fabric.setup(state.loss_fn, state.optimizer)
+        state.loss_fn, state.optimizer = module, optimizer
+        return state
+
+    def seed_epoch(self, seed: int, epoch: int) -> None:
+        """Seed this process's sampling for ``epoch`` from (seed, epoch, rank): processes draw
+        independent noise, and a run resumed at an epoch boundary draws the same noise again
+        without having to gather every process's RNG state into the checkpoint."""
+        entropy = [int(seed), int(epoch), self.rank]
+        pyro.set_rng_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        return self.fabric.all_reduce(value.detach().clone(), reduce_op="mean")
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return self.fabric.all_reduce(value.detach().clone(), reduce_op="sum")
+
+    def any(self, flag: bool) -> bool:
+        value = torch.tensor(float(bool(flag)), device=self.device)
+        return bool(self.sum(value) > 0)
+
+    def barrier(self) -> None:
+        self.fabric.barrier()
+
+
+def _worker(fabric, fit: Callable, args: tuple, kwargs: dict, parent_pid: int):
+    result = fit(*args, **kwargs, _engine=Engine(fabric))
+    if os.getpid() == parent_pid:
+        return result
+    # A worker process of a spawn/fork launcher: send back what the parent needs; the state (DDP
+    # module, optimizer) stays behind. As bytes: tensors put on torch's multiprocessing queue
+    # travel as shared-memory handles that die with this process.
+    buffer = io.BytesIO()
+    torch.save({
+        "history": result.history.to_dict("records"), "params": result.params,
+        "settings": result.settings, "stopped_early": result.stopped_early,
+    }, buffer)
+    return buffer.getvalue()
+
+
+def launch_fit(fit: Callable, model, guide, data, *, devices, strategy, num_nodes, device,
+               **kwargs):
+    """Run ``fit`` in every process of a Fabric launch and return rank 0's ``FitResult``.
+
+    With a spawn/fork strategy (``ddp_spawn``, ``ddp_fork``) this process starts the workers and
+    afterwards holds the trained parameters in ``model`` / ``guide``; ``FitResult.state`` is then
+    ``None`` (the training state lived in the workers). With ``ddp`` (Lightning re-runs the
+    script for the other local ranks), torchrun or SLURM, every process returns its own
+    ``FitResult``, state included.
+    """
+    from ppl_vae.checkpoint import restore_params
+    from ppl_vae.result import FitResult
+
+    fabric = _fabric(devices, strategy, num_nodes, device)
+    world = int(fabric.world_size)
+    if int(kwargs["batch_size"]) % world:
+        raise ValueError(
+            f"batch_size={kwargs['batch_size']} (the global batch) must be divisible by the "
+            f"number of processes ({world} = devices x num_nodes)"
+        )
+    kwargs.pop("_engine", None)
+    kwargs = {**kwargs, "device": None, "devices": devices, "strategy": strategy,
+              "num_nodes": num_nodes}
+    out = fabric.launch(_worker, fit, (model, guide, data), kwargs, os.getpid())
+    if isinstance(out, FitResult):
+        return out
+    out = torch.load(io.BytesIO(out), weights_only=True)
+    restore_params(out["params"], model, guide)
+    return FitResult(
+        model=model, guide=guide, history=pd.DataFrame.from_records(out["history"]),
+        params=out["params"], settings=out["settings"], state=None,
+        stopped_early=out["stopped_early"],
+    )

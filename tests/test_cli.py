@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from ppl_vae.cli import main
+
+TINY = ["--epochs", "1", "--latent-dim", "3", "--hidden", "16", "--no-progress",
+        "--eval-samples", "5"]
+
+
+def test_train_writes_the_run_folder_and_evaluate_reads_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "vae", "--guide", "mlp", "--data", "digits",
+                 "--estimator", "analytic", "--out", str(out), *TINY]) == 0
+    for name in ("config.json", "history.csv", "checkpoint.pt", "final.pt", "evaluation.csv"):
+        assert (out / name).exists(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "vae" and config["settings"]["epochs"] == 1
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--num-samples", "5"]) == 0
+    assert "iwae" in capsys.readouterr().out
+
+
+def test_user_program_from_a_file(tmp_path, capsys):
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "import pyro, pyro.distributions as dist, torch\n"
+        "def model(x):\n"
+        "    w = pyro.param('w', lambda: torch.zeros(2, 64, dtype=x.dtype))\n"
+        "    with pyro.plate('data', x.shape[0]):\n"
+        "        z = pyro.sample('z', dist.Normal(x.new_zeros(2), 1.0).to_event(1))\n"
+        "        pyro.sample('x', dist.Normal(z @ w, 1.0).to_event(1), obs=x)\n"
+        "def guide(x):\n"
+        "    a = pyro.param('a', lambda: torch.zeros(64, 2, dtype=x.dtype))\n"
+        "    with pyro.plate('data', x.shape[0]):\n"
+        "        pyro.sample('z', dist.Normal(x @ a, 1.0).to_event(1))\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--model", f"{source}:model", "--guide", f"{source}:guide",
+                 "--out", str(out), "--epochs", "1", "--no-progress", "--eval-samples", "3"]) == 0
+    assert main(["evaluate", str(out), "--num-samples", "3"]) == 0
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "vae" in out and "mlp" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--estimator", "nope"], "unknown estimator"),
+        (["--data", "nope"], "unknown data"),
+        (["--model", "missing.py:model"], "no such file"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    assert main(["train", "--out", str(tmp_path / "r"), *TINY, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a ppl-vae run folder" in capsys.readouterr().err
