@@ -82,7 +82,7 @@ def as_tensors(data, *, dtype=None, device=None, name: str = "data") -> tuple[to
             else torch.get_default_dtype()
     labels = [name] if len(members) == 1 else [f"{name}[{i}]" for i in range(len(members))]
     tensors = tuple(
-        _one_tensor(m, name=label, dtype=dtype, device=device) for m, label in zip(members, labels)
+        _one_tensor(m, name=label, dtype=dtype, device=device) for m, label in zip(members, labels, strict=True)
     )
     sizes = {t.shape[0] for t in tensors}
     if len(sizes) != 1:

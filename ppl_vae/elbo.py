@@ -124,7 +124,9 @@ def make_elbo(
         Draw the particles in one vectorized pass (an extra leftmost plate) instead of a
         Python loop.
     jit : bool
-        Use Pyro's JIT-compiled variant where one exists.
+        Record the loss and its gradient once per input shape and replay the recorded graph
+        (``ppl_vae.compile.TraceOnce``; needs a static model structure). Available for
+        ``"mc"``, ``"analytic"`` and ``"enum"``.
     **options
         Passed to the ELBO constructor (for example ``max_plate_nesting``).
 

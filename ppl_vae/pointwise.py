@@ -15,7 +15,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from pyro.poutine.util import site_is_subsample
 
 __all__ = ["Draws", "draw", "max_plate_nesting"]
 
@@ -184,7 +183,7 @@ def draw(
             local_sites.append(name)
             log_prior += lp
             log_q += lq
-    for name, gsite in guide_trace.nodes.items():
+    for gsite in guide_trace.nodes.values():
         # Auxiliary guide sites (an autoguide's "<site>_unconstrained") belong to q only; the
         # guide's Delta site at the constrained value carries just the Jacobian term.
         if gsite["type"] == "sample" and gsite["infer"].get("is_auxiliary"):

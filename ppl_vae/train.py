@@ -169,13 +169,14 @@ def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState
     return state, loss.detach()
 
 
-@torch.no_grad()
 def mean_loss(loss_fn: torch.nn.Module, batches) -> torch.Tensor:
     """Weighted mean of ``loss_fn`` over batches (each already scaled to the whole data set)."""
     total, count = None, 0
     for batch in batches:
         n = batch[0].shape[0]
-        value = loss_fn(*batch) * n
+        # Not under no_grad: TraceEnum_ELBO's differentiable_loss raises when its result does not
+        # require grad. Each batch's graph is dropped at once by detach().
+        value = loss_fn(*batch).detach() * n
         total = value if total is None else total + value
         count += n
     return total / count

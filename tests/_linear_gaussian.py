@@ -88,7 +88,7 @@ def exact_loss_and_gradient(x, init):
     kl = 0.5 * (s2 + m**2 - 1 - 2 * p["log_s"]).sum(1)
     loss = -(recon - kl).sum()
     grads = torch.autograd.grad(loss, [p[k] for k in PARAMS])
-    return float(loss), torch.cat([g.reshape(-1) for g in grads])
+    return float(loss.detach()), torch.cat([g.reshape(-1) for g in grads])
 
 
 def param_slices(init) -> dict:

@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from linear_gaussian import LinearGaussian
 
 import ppl_vae
-from linear_gaussian import LinearGaussian
 
 
 def test_exact_posterior_gives_the_exact_evidence():

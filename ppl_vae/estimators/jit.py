@@ -105,6 +105,9 @@ class TracedELBO(pyro.infer.ELBO):
             self._recorders.popitem(last=False)
         return recorder
 
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.inner._get_trace(model, guide, args, kwargs)
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """Negative ELBO (0-dim tensor) whose gradient is the inner estimator's."""
         return self.recorder(model, guide)(*args, **kwargs)
