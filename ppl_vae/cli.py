@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-COMMAND_MODULES = ["ppl_vae.cli", "ppl_vae.cli_estimators"]
+COMMAND_MODULES = ["ppl_vae.cli", "ppl_vae.cli_estimators", "ppl_vae.cli_diagnostics"]
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -56,6 +56,15 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--eval-samples", type=int, default=100, help="K for the evaluation's IWAE")
+    p.add_argument("--devices", type=_devices, default=None,
+                   help="data-parallel processes per node (int or 'auto'; see docs/scaling.md)")
+    p.add_argument("--strategy", default=None,
+                   help="Lightning Fabric strategy: ddp (default with --devices), ddp_spawn, ...")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines (torchrun / SLURM)")
+
+
+def _devices(text: str):
+    return text if text == "auto" else int(text)
 
 
 def config_from_args(args) -> dict:
@@ -96,7 +105,11 @@ def train_run(args, out: Path):
         optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
         progress=not args.no_progress, checkpoint_dir=out, resume=args.resume,
         early_stopping_patience=args.early_stopping,
+        devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
     )
+    if result.settings.get("global_rank", 0) != 0:
+        # Data-parallel workers other than rank 0 are done: rank 0 writes and evaluates the run.
+        raise SystemExit(0)
     save_run(out, config, result)
     return config, result, dataset
 
@@ -131,6 +144,11 @@ def cmd_run(args) -> int:
     train_run(args, out)
     _print_evaluation(out, args.eval_samples)
     print(f"run folder: {out.resolve()}")
+    from ppl_vae.report import report_run
+
+    print("diagnosing the posterior and writing the report ...", flush=True)
+    path = report_run(out)
+    print(f"report: {path.resolve()}")
     return 0
 
 

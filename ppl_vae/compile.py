@@ -69,9 +69,10 @@ class _Entry:
     """One recorded graph, the parameter names it reads, and how often it has been replayed
     (the second call, the first on a batch other than the recorded one, is checked)."""
 
-    def __init__(self, graph, names, with_grad):
+    def __init__(self, graph, names, module_params, with_grad):
         self.graph = graph
         self.names = names
+        self.module_params = module_params
         self.with_grad = with_grad
         self.calls = 0
 
@@ -126,7 +127,7 @@ class TraceOnce:
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
-        leaves = self._leaves(entry.names)
+        leaves = _leaves(entry.names, entry.module_params)
         if leaves is None:  # a parameter was deleted or renamed: record again
             del self._entries[key]
             return self(*args, **kwargs)
@@ -146,27 +147,18 @@ class TraceOnce:
                         found.setdefault(id(p), p)
         return list(found.values())
 
-    def _leaves(self, names) -> list[torch.Tensor] | None:
-        store = dict(pyro.get_param_store().named_parameters())
-        leaves: dict[int, torch.Tensor] = {}
-        for name in names:
-            leaf = store.get(name)
-            if leaf is None:
-                return None
-            if leaf.requires_grad:
-                leaves.setdefault(id(leaf), leaf)
-        for p in self._module_params():
-            leaves.setdefault(id(p), p)
-        return list(leaves.values())
-
     def _record(self, args, kwargs, with_grad: bool) -> _Entry:
         # One eager run (random state restored afterwards) creates lazily built parameters,
         # lets the ELBO guess max_plate_nesting, and names the param sites the graph reads.
-        with torch.random.fork_rng(devices=_cuda_devices(args)), torch.no_grad():
+        # Same grad mode as the call: some ELBOs (TraceEnum_ELBO) refuse a loss without grad.
+        with torch.random.fork_rng(devices=_cuda_devices(args)), _grad_mode(with_grad):
             with poutine.trace(param_only=True) as capture:
                 self.fn(*args, **kwargs)
         names = list(dict.fromkeys(capture.trace.nodes))
-        leaves = self._leaves(names)
+        # Torch modules' parameters are looked up once (walking the modules costs more than a
+        # small model's step); load_state_dict and optimizers update them in place.
+        module_params = self._module_params()
+        leaves = _leaves(names, module_params)
         tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
 
         def loss_and_grads(leaves, tensors):
@@ -180,11 +172,10 @@ class TraceOnce:
             return (loss.detach(), *grads)
 
         tensors = [args[i] for i in tensor_positions]
-        grad_mode = torch.enable_grad() if with_grad else torch.no_grad()
         # Pyro's ELBOs read .item() for the *reported* loss value in places; that value is
         # not what the recorded graph returns (see ppl_vae.estimators.jit), so data-dependent
         # reads are allowed while recording and the first replay is checked instead.
-        with pyro.validation_enabled(False), grad_mode, torch.random.fork_rng(
+        with pyro.validation_enabled(False), _grad_mode(with_grad), torch.random.fork_rng(
             devices=_cuda_devices(args)
         ):
             graph = make_fx(loss_and_grads, _error_on_data_dependent_ops=False)(leaves, tensors)
@@ -193,7 +184,7 @@ class TraceOnce:
         if self.backend is not None:
             graph = torch.compile(graph, backend=self.backend, fullgraph=True, dynamic=False)
         self.num_traces += 1
-        return _Entry(graph, names, with_grad)
+        return _Entry(graph, names, module_params, with_grad)
 
     # -- replay ----------------------------------------------------------------------------
     def _replay(self, entry: _Entry, leaves, tensors) -> torch.Tensor:
@@ -202,7 +193,7 @@ class TraceOnce:
         return entry.graph(leaves, tensors)[0]
 
     def _checked_replay(self, entry: _Entry, leaves, args, kwargs, tensors) -> torch.Tensor:
-        with torch.random.fork_rng(devices=_cuda_devices(args)), torch.no_grad():
+        with torch.random.fork_rng(devices=_cuda_devices(args)), _grad_mode(entry.with_grad):
             with pyro.validation_enabled(False):
                 eager = self.fn(*args, **kwargs).detach()
         # fork_rng restored the generator: the replay draws the same numbers as the eager run.
@@ -211,11 +202,32 @@ class TraceOnce:
         if not bool((loss.detach() - eager).abs() <= tol):
             raise ValueError(
                 "jit=True: the recorded graph gave a different loss than the eager program "
-                f"({float(loss):.6g} vs {float(eager):.6g}) on a new batch of the same shape. "
+                f"({float(loss.detach()):.6g} vs {float(eager):.6g}) on a new batch of the same shape. "
                 "The model or guide must have a static structure (no Python branches on tensor "
                 "values, no .item() that changes the computation); use jit=False for it."
             )
         return loss
+
+
+def _grad_mode(enabled: bool):
+    return torch.enable_grad() if enabled else torch.no_grad()
+
+
+def _leaves(names, module_params) -> list[torch.Tensor] | None:
+    """The trainable tensors a recorded graph takes, in recording order: the param store's
+    current tensors for ``names`` (looked up on every call, so a replaced entry is seen), then
+    the torch modules' parameters. ``None`` when a name has disappeared from the store."""
+    store = dict(pyro.get_param_store().named_parameters())
+    leaves: dict[int, torch.Tensor] = {}
+    for name in names:
+        leaf = store.get(name)
+        if leaf is None:
+            return None
+        if leaf.requires_grad:
+            leaves.setdefault(id(leaf), leaf)
+    for p in module_params:
+        leaves.setdefault(id(p), p)
+    return list(leaves.values())
 
 
 def _cuda_devices(args) -> list:

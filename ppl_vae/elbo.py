@@ -80,8 +80,9 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "(Pyro's TraceEnum_ELBO; mark sites with infer={'enumerate': 'parallel'})",
         True,
     ),
-    # No JIT variant for these three: Pyro has none for them (JitTraceGraph_ELBO compiles only
-    # loss_and_grads, not the differentiable_loss a torch training loop calls).
+    # No jit=True variant for these three: Pyro has none (JitTraceGraph_ELBO compiles only
+    # loss_and_grads, not the differentiable_loss a torch training loop calls), and the traced
+    # losses of ppl_vae.estimators.jit cover mc, analytic and enum only.
     "score": EstimatorSpec(
         _pyro_elbo(ScoreFunctionELBO, None),
         "score-function (REINFORCE) gradient for every guide site, Rao-Blackwellised per data "

@@ -11,7 +11,7 @@ saying so (:func:`monte_carlo_kl_sites` lists where).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pandas as pd
 import pyro

@@ -241,9 +241,12 @@ def epoch_batches(
     )
     sampler.set_epoch(int(epoch))
     if isinstance(data, DiskData):
+        # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG
+        # that the sample sites use, and a streamed run would drift from an in-memory one.
         loader = DataLoader(
             data, batch_size=local, sampler=sampler, collate_fn=_as_batch,
             num_workers=data.num_workers, persistent_workers=False,
+            generator=torch.Generator().manual_seed(sampler_seed(seed) + int(epoch)),
         )
         for batch in loader:
             yield _place(batch, device, dtype)

@@ -73,8 +73,10 @@ def _draws(loss_fn, params, batch, num_draws):
         loss = loss_fn(*batch)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         flat = torch.cat([
-            (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
+            (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)
         ]).double()
+        if flat.is_cuda:
+            torch.cuda.synchronize(flat.device)  # time the work, not its asynchronous launch
         seconds += time.perf_counter() - t0
         moments.add(flat)
     return moments, seconds / num_draws
@@ -159,6 +161,7 @@ def gradient_variance(
         - ``seconds_per_estimate``: wall time of one loss evaluation plus backward pass.
     """
     batch = _as_batch(batch)
+    rng_state = torch.get_rng_state()  # finding the parameters runs the programs, which draw
     estimators = list(estimators)
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown:
@@ -171,6 +174,8 @@ def gradient_variance(
         raise ValueError(f"num_draws must be >= 2 to estimate a variance, got {num_draws}")
     n_rows = batch[0].shape[0]
     num_data = n_rows if num_data is None else int(num_data)
+    if seed is None:
+        rng_state = None
     scaled_model = ScaledProgram(model, num_data, data_plate)
     scaled_guide = ScaledProgram(guide, num_data, data_plate)
     guide_params = _program_params(guide, batch)
@@ -184,7 +189,6 @@ def gradient_variance(
     groups = {"guide": slice(0, n_guide), "model": slice(n_guide, sum(sizes)),
               "all": slice(0, sum(sizes))}
 
-    rng_state = torch.get_rng_state()
     results = {}
     try:
         for i, name in enumerate(estimators):
@@ -195,7 +199,8 @@ def gradient_variance(
                              vectorize_particles=vectorize_particles)
             results[name] = _draws(elbo(scaled_model, scaled_guide), params, batch, int(num_draws))
     finally:
-        torch.set_rng_state(rng_state)
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
 
     def objective(name):
         # With K = 1 the IWAE bound is the ELBO itself.

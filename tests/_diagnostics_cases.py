@@ -12,6 +12,9 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.nn import PyroModule, PyroParam
+
+from ppl_vae.nn import unique_name
 
 SIGMA = 1.0
 
@@ -63,18 +66,25 @@ def global_model(x):
     mu = pyro.sample("mu", dist.Normal(x.new_zeros(()), x.new_ones(()) * 3.0))
     with pyro.plate("data", x.shape[0]):
         z = pyro.sample("z", dist.Normal(x.new_zeros(()), x.new_ones(())))
-        pyro.sample("x", dist.Normal((mu + z).unsqueeze(-1), 0.5).expand([x.shape[0], x.shape[1]])
-                    .to_event(1), obs=x)
+        loc = (mu + z).unsqueeze(-1)
+        loc = loc.expand(loc.shape[:-1] + x.shape[-1:])
+        pyro.sample("x", dist.Normal(loc, 0.5).to_event(1), obs=x)
 
 
-def global_guide(x):
-    loc = pyro.param("mu_loc", x.new_zeros(()))
-    scale = pyro.param("mu_scale", x.new_ones(()) * 0.5, constraint=dist.constraints.positive)
-    mu = pyro.sample("mu", dist.Normal(loc, scale))
-    a = pyro.param("enc_a", x.new_ones(()) * 0.5)
-    s = pyro.param("enc_s", x.new_ones(()) * 0.5, constraint=dist.constraints.positive)
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(a * (x.mean(-1) - mu), s))
+class GlobalGuide(PyroModule):
+    """q(mu) = N(loc, scale) (global), q(z_i | x_i) = N(a (mean(x_i) - mu), s) (amortized)."""
+
+    def __init__(self, loc=0.0):
+        super().__init__(name=unique_name("global_guide"))
+        self.loc = PyroParam(torch.tensor(float(loc)))
+        self.scale = PyroParam(torch.tensor(0.5), constraint=dist.constraints.positive)
+        self.a = PyroParam(torch.tensor(0.5))
+        self.s = PyroParam(torch.tensor(0.5), constraint=dist.constraints.positive)
+
+    def forward(self, x):
+        mu = pyro.sample("mu", dist.Normal(self.loc, self.scale))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.a * (x.mean(-1) - mu), self.s))
 
 
 def global_data(n=40, seed=0, dtype=torch.float64):

@@ -118,7 +118,7 @@ def gradient_draws(estimator, x, init, *, calls, particles, loss_fn=None):
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         rows.append(torch.cat([
             (g if g is not None else torch.zeros_like(p)).reshape(-1).double()
-            for g, p in zip(grads, params)
+            for g, p in zip(grads, params, strict=True)
         ]))
     return torch.stack(rows)
 

@@ -50,7 +50,7 @@ def test_differentiable_loss_gradient_matches_tracegraph_loss_and_grads():
     for p in params:
         p.grad = None
     elbo.loss_and_grads(model, guide, x)
-    for g, p in zip(grads, params):
+    for g, p in zip(grads, params, strict=True):
         torch.testing.assert_close(g, p.grad)
 
 
@@ -87,9 +87,10 @@ def test_score_has_no_jit_variant():
 
 
 def test_score_trains_the_digits_vae(digits, dtype):
-    from ppl_vae import fit
     from ppl_vae.guides import MLPEncoder
     from ppl_vae.models import VAE
+
+    from ppl_vae import fit
 
     model, guide = VAE(64, 4, hidden=16), MLPEncoder(64, 4, hidden=16)
     result = fit(model, guide, digits.train, estimator="score", num_particles=2,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from _diagnostics_cases import global_data, global_guide, global_model, make_guide, model, simulate
+from _diagnostics_cases import GlobalGuide, global_data, global_model, make_guide, model, simulate
 
 from ppl_vae.diagnostics.sbc import sbc
 
@@ -29,7 +29,7 @@ def test_half_spread_fails_with_u_shaped_ranks():
 
 def test_global_latent_is_calibrated_per_run():
     x = global_data(n=10)
-    result = sbc(global_model, global_guide, x, num_draws=19, bins=5, num_runs=20, seed=0)
+    result = sbc(global_model, GlobalGuide().double(), x, num_draws=19, bins=5, num_runs=20, seed=0)
     assert list(result.ranks.columns) == ["mu[0]", "z[0]"]
     # mu has one simulation per run, z one per row per run.
     assert result.table.set_index("site")["simulations"].to_dict() == {"mu": 20, "z": 200}

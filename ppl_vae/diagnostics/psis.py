@@ -56,9 +56,10 @@ def psis(log_ratios, *, rtol: float | None = None) -> tuple[np.ndarray, np.ndarr
     and is not used here. Draws from a guide are independent, so the relative efficiency is 1.
     """
     arr = np.asarray(log_ratios)
-    if arr.ndim == 0 or arr.shape[-1] < 5:
-        raise ValueError("log_ratios: need at least 5 draws on the last axis, got shape "
-                         f"{arr.shape}")
+    if arr.ndim == 0 or arr.shape[-1] < 25:
+        # The tail fit uses K / 5 draws (3 sqrt(K) for K > 225) and needs at least 5 of them.
+        raise ValueError("log_ratios: PSIS needs at least 25 draws on the last axis (num_draws),"
+                         f" got shape {arr.shape}")
     if rtol is None:
         eps = np.finfo(arr.dtype).eps if np.issubdtype(arr.dtype, np.floating) else 1e-12
         rtol = 64 * eps

@@ -34,7 +34,7 @@ class SBCResult:
     ----------
     ranks : pandas.DataFrame
         One column per latent dimension (``"<site>[<j>]"``), one row per simulation, values in
-        0..num_draws.
+        0..num_draws (global dimensions have fewer simulations; their columns end in NaN).
     table : pandas.DataFrame
         One row per latent dimension: ``site``, ``dim``, ``simulations``, ``chi2``, ``p_value``
         (Pearson's chi-square test of uniform ranks over ``bins`` equal bins), ``passed``
@@ -59,7 +59,8 @@ class SBCResult:
     def histograms(self) -> pd.DataFrame:
         """Counts per bin (rows) and dimension (columns)."""
         edges = np.linspace(0, self.num_draws + 1, self.bins + 1)
-        return pd.DataFrame({c: np.histogram(self.ranks[c], bins=edges)[0] for c in self.ranks})
+        return pd.DataFrame({c: np.histogram(self.ranks[c].dropna(), bins=edges)[0]
+                             for c in self.ranks})
 
 
 def _default_simulation_args(model_trace, batch) -> tuple:
@@ -114,13 +115,13 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
 
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
-    nesting = max_plate_nesting(model, guide, batch)
-    rank = nesting + 1
     columns: dict[str, list] = {}
     state = torch.get_rng_state()
     if seed is not None:
         torch.manual_seed(seed)
     try:
+        nesting = max_plate_nesting(model, guide, batch)
+        rank = nesting + 1
         for _ in range(num_runs):
             with pyro.validation_enabled(False):
                 sim = poutine.trace(poutine.uncondition(model)).get_trace(*batch)
@@ -137,7 +138,9 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
     finally:
         if seed is not None:
             torch.set_rng_state(state)
-    ranks = pd.DataFrame({c: np.concatenate(v) for c, v in columns.items()}) if columns else None
+    # Global dimensions have fewer simulations than local ones: shorter columns end in NaN.
+    ranks = (pd.DataFrame({c: pd.Series(np.concatenate(v)) for c, v in columns.items()})
+             if columns else None)
     if ranks is None:
         raise ValueError("guide: no latent sites to calibrate")
     edges = np.linspace(0, num_draws + 1, bins + 1)

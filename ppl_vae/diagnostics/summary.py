@@ -173,10 +173,15 @@ def verdicts(diag: Diagnostics, *, num_chains: int = 1) -> pd.DataFrame:
     if diag.gaps is not None:
         am, ap = diag.gaps["amortization_gap"].mean(), diag.gaps["approximation_gap"].mean()
         status = "warning" if am > max(ap, 0.5) else "ok"
-        why = ("the encoder is the bottleneck: per-point optimisation closes most of the gap "
-               "(a larger encoder or more training helps)" if status == "warning" else
-               "the amortization gap is small next to the approximation gap (the family "
-               "limits the fit, not the encoder)")
+        if status == "warning":
+            why = ("the encoder is the bottleneck: per-point optimisation closes most of the gap "
+                   "(a larger encoder or more training helps)")
+        elif am > ap:
+            why = ("both gaps are small (amortization below 0.5 nats), the encoder's share is "
+                   "the larger one")
+        else:
+            why = ("the amortization gap is small next to the approximation gap (the family "
+                   "limits the fit, not the encoder)")
         rows.append(_row("Inference gaps", f"amortization {am:.3f}, approximation {ap:.3f} nats",
                          status, why))
     if diag.sbc is not None:

@@ -59,7 +59,7 @@ def _log_weight(model_trace, guide_trace) -> torch.Tensor:
     sum_dims = get_dependent_plate_dims(sites)
     scale = _common_scale(sites)
     total = None
-    for in_model, name, site in _sample_sites(model_trace, guide_trace):
+    for in_model, _, site in _sample_sites(model_trace, guide_trace):
         if scale is None:
             lp = site["log_prob"]  # mixed scales: the joint bound of the batch, scales inside
         else:

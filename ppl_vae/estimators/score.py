@@ -70,7 +70,7 @@ class NonReparameterized(TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         return NonReparameterized(self.base_dist.expand(batch_shape))
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         with torch.no_grad():
             return self.base_dist.sample(sample_shape)
 

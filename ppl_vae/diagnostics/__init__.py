@@ -1,0 +1,37 @@
+"""Did the variational inference work? Per-data-point checks of a trained guide.
+
+- :mod:`~ppl_vae.diagnostics.psis`: Pareto k-hat of the importance ratios per data point;
+- :mod:`~ppl_vae.diagnostics.gaps`: log-evidence, ELBO gap, amortization/approximation gaps;
+- :mod:`~ppl_vae.diagnostics.latent`: KL per dimension, active units, mutual information;
+- :mod:`~ppl_vae.diagnostics.sbc`: simulation-based calibration;
+- :mod:`~ppl_vae.diagnostics.summary`: ``diagnose`` runs them all with verdicts.
+"""
+
+from ppl_vae.diagnostics.gaps import inference_gaps, log_evidence
+from ppl_vae.diagnostics.latent import (
+    active_units,
+    kl_summary,
+    latent_table,
+    mutual_information,
+)
+from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS, khat_shares, pointwise_psis, psis
+from ppl_vae.diagnostics.sbc import SBCResult, sbc
+from ppl_vae.diagnostics.summary import Diagnostics, diagnose, posterior_summary
+
+__all__ = [
+    "KHAT_THRESHOLDS",
+    "Diagnostics",
+    "SBCResult",
+    "active_units",
+    "diagnose",
+    "inference_gaps",
+    "khat_shares",
+    "kl_summary",
+    "latent_table",
+    "log_evidence",
+    "mutual_information",
+    "pointwise_psis",
+    "posterior_summary",
+    "psis",
+    "sbc",
+]

@@ -1,0 +1,276 @@
+"""``report``: one self-contained HTML page (figures embedded as base64 PNG) answering "did my
+variational inference work?" for a trained model and guide, readable offline."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+
+from ppl_vae import report_figures as figs
+
+__all__ = ["report", "report_run"]
+
+_STATUS_COLOR = {"ok": "#1a7f37", "warning": "#b35900", "failing": "#c62828"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:24px auto;padding:0 16px;color:#1f2328;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;
+margin-top:32px}.sub{color:#57606a;margin-top:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:0.92em}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f6f8fa}.status{font-weight:600;text-transform:uppercase;font-size:0.85em}
+figure{margin:12px 0}figcaption{color:#57606a;font-size:0.9em}img{max-width:100%}
+.verdict{padding:10px 14px;border-radius:6px;margin:12px 0;color:#fff;font-weight:600}
+"""
+
+
+def _img(png: bytes | None, caption: str) -> str:
+    if png is None:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(frame: pd.DataFrame, *, index=False, digits=4) -> str:
+    return frame.to_html(index=index, border=0, float_format=lambda v: f"{v:.{digits}g}",
+                         escape=True)
+
+
+def _checks_html(checks: pd.DataFrame) -> str:
+    rows = []
+    for _, r in checks.iterrows():
+        color = _STATUS_COLOR[r["status"]]
+        rows.append(f"<tr><td>{html.escape(r['check'])}</td><td>{html.escape(str(r['value']))}"
+                    f"</td><td class='status' style='color:{color}'>{r['status']}</td>"
+                    f"<td>{html.escape(r['why'])}</td></tr>")
+    return ("<table><tr><th>check</th><th>value</th><th>verdict</th><th>why</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _overall(checks: pd.DataFrame) -> tuple[str, str]:
+    worst = "failing" if (checks["status"] == "failing").any() else (
+        "warning" if (checks["status"] == "warning").any() else "ok")
+    text = {"ok": "All checks passed: the guide is a good posterior approximation here.",
+            "warning": "Usable with care: some checks raise warnings (see below).",
+            "failing": "Inference did not work well: at least one check is failing."}[worst]
+    return worst, text
+
+
+@torch.no_grad()
+def _prior_means(model, batch, count):
+    """E[x | z] for z from the prior, on the first ``count`` rows (None without a mean)."""
+    rows = tuple(t[:count] for t in batch)
+    with pyro.validation_enabled(False):
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(*rows)
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and site["infer"].get("was_observed"):
+            try:
+                return site["fn"].mean.expand(site["value"].shape).cpu().numpy()
+            except (NotImplementedError, RuntimeError):
+                return site["value"].cpu().numpy()
+    return None
+
+
+def _images(tree, model, batch, image_shape, count=10):
+    if image_shape is None:
+        return None
+    obs = json.loads(tree.attrs.get("observed_sites", "[]"))
+    if not obs or int(np.prod(image_shape)) != int(np.prod(tree["observed_data"][obs[0]].shape[1:])):
+        return None
+    data = tree["observed_data"][obs[0]].values[:count]
+    pp = tree["posterior_predictive"] if "posterior_predictive" in tree.children else None
+    recon = None
+    if pp is not None and f"{obs[0]}_mean" in pp:
+        recon = pp[f"{obs[0]}_mean"].isel(chain=0).mean("draw").values[:count]
+    rows = {"data": data.reshape(len(data), -1), "reconstruction": None, "prior sample": None}
+    if recon is not None:
+        rows["reconstruction"] = recon.reshape(len(recon), -1)
+    prior = _prior_means(model, batch, count)
+    if prior is not None:
+        rows["prior sample"] = prior.reshape(prior.shape[0], -1)
+    return figs.image_grid(rows, image_shape)
+
+
+def _latent_means(tree):
+    sites = json.loads(tree.attrs.get("local_sites", "[]"))
+    if not sites:
+        return None
+    z = tree["posterior"][sites[0]].isel(chain=0).mean("draw").values
+    return z.reshape(z.shape[0], -1)
+
+
+def _plan(settings: dict) -> pd.DataFrame:
+    from ppl_vae.elbo import ESTIMATORS
+
+    name = str(settings.get("estimator", "unknown"))
+    spec = ESTIMATORS.get(name)
+    rows = {"estimator": name,
+            "what it computes": spec.summary if spec is not None else "(not a registered name)"}
+    for key in ("num_particles", "vectorize_particles", "jit", "epochs", "batch_size", "lr",
+                "optimizer", "seed", "dtype", "device"):
+        if key in settings:
+            rows[key] = settings[key]
+    return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
+
+
+def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
+           diagnostics=None, history=None, settings=None, evaluation=None, image_shape=None,
+           labels=None, title: str | None = None, num_draws: int = 200, gaps: bool = True,
+           calibrate: bool = True, data_plate: str = "data") -> Path:
+    """Write the diagnostics report of a trained model and guide as one HTML file.
+
+    Parameters
+    ----------
+    model, guide, data, runs, num_draws, data_plate
+        As for :func:`ppl_vae.to_arviz`; ``model`` may be a ``FitResult`` (its history and
+        settings are then used).
+    out : path
+        The HTML file to write.
+    diagnostics : ppl_vae.diagnostics.Diagnostics, optional
+        Reuse a :func:`~ppl_vae.diagnostics.diagnose` result instead of computing it.
+    history : pandas.DataFrame, optional
+        Per-epoch ``train_elbo`` / ``val_elbo`` for the training curves.
+    settings : dict, optional
+        Training settings shown with the estimator plan.
+    evaluation : dict or Evaluation, optional
+        ELBO / IWAE / KL / reconstruction table (computed when not given).
+    image_shape : tuple, optional
+        For image data: draws data, reconstructions and prior samples as images.
+    labels : array, optional
+        One label per data point, to colour the 2-D view of the latent means.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file. Every figure is embedded, so the file can be mailed or archived.
+    """
+    from ppl_vae.arviz import runs_from
+    from ppl_vae.data import as_tensors
+    from ppl_vae.diagnostics import diagnose
+    from ppl_vae.evaluate import evaluate
+
+    chains = runs_from(model, guide, runs)
+    m0, g0, s0 = chains[0]
+    from ppl_vae.result import FitResult
+
+    first = model if runs is None else runs[0]
+    if history is None and isinstance(first, FitResult):
+        history = first.history
+    settings = dict(settings if settings is not None else s0)
+    if diagnostics is None:
+        diagnostics = diagnose(model, guide, data, runs=runs, num_draws=num_draws, gaps=gaps,
+                               calibrate=calibrate, data_plate=data_plate, settings=settings)
+    if evaluation is None:
+        evaluation = evaluate(m0, g0, data, data_plate=data_plate)
+    from ppl_vae.arviz import program_dtype
+
+    dtype, device = program_dtype(m0, g0)
+    batch = as_tensors(data, dtype=dtype, device=device, name="data")
+    tree = diagnostics.tree
+    pointwise = diagnostics.pointwise
+    worst_rows = pointwise.sort_values("k_hat", ascending=False).head(10)
+    worst = worst_rows[worst_rows["chain"] == worst_rows["chain"].iloc[0]]["point"].tolist()
+    status, verdict = _overall(diagnostics.checks)
+    summary = diagnostics.summary()
+    parts = [
+        f"<h1>{html.escape(title or 'ppl-vae posterior diagnostics')}</h1>",
+        f"<p class='sub'>{len(chains)} run(s), {batch[0].shape[0]} data points, "
+        f"{tree.attrs.get('num_draws')} guide draws per point; written "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}</p>",
+        f"<div class='verdict' style='background:{_STATUS_COLOR[status]}'>{status.upper()}: "
+        f"{html.escape(verdict)}</div>",
+        "<h2>Verdicts</h2>", _checks_html(diagnostics.checks),
+        "<h2>Run settings and estimator plan</h2>", _table(_plan(settings)),
+    ]
+    parts.append("<h2>Training</h2>")
+    curves = figs.elbo_curves(history)
+    parts.append(_img(curves, "ELBO per epoch (nats per data point)") if curves else
+                 "<p>No training history was given.</p>")
+    ev = pd.DataFrame({"quantity": list(evaluation), "value": [float(v) for v in
+                                                                evaluation.values()]})
+    parts += ["<h2>Evaluation</h2>", _table(ev),
+              "<p>nats per data point; iwae is the importance-weighted bound on log p(x).</p>"]
+    parts += ["<h2>Pareto k-hat per data point</h2>",
+              f"<p>{summary['share_khat_gt_0.5']:.1%} of points above 0.5, "
+              f"{summary['share_khat_gt_0.7']:.1%} above 0.7 (Vehtari et al. 2024 thresholds; "
+              "above 0.7 the guide misses posterior mass there).</p>",
+              _img(figs.khat_figure(pointwise), "k-hat per data point; dashed: 0.5 and 0.7"),
+              "<p>The data points with the largest k-hat:</p>", _table(worst_rows)]
+    parts += ["<h2>Latent usage</h2>",
+              f"<p>{summary['active_units']} of {summary['num_dims']} dimensions active; total "
+              f"KL {summary['kl_total']:.3f} nats; mutual information I(x; z) "
+              f"{summary['mutual_information']:.3f} nats.</p>",
+              _img(figs.kl_figure(diagnostics.latent), "KL(q(z_d | x) || p(z_d)) per dimension")]
+    grid = _images(tree, m0, batch, image_shape)
+    if grid is not None:
+        parts += ["<h2>Data, reconstructions and prior samples</h2>",
+                  _img(grid, "rows: data, E[x | z] at the guide's draws, E[x | z] with z from the "
+                       "prior")]
+    means = _latent_means(tree)
+    if means is not None and labels is not None and len(labels) == means.shape[0]:
+        parts += ["<h2>Latent space</h2>",
+                  _img(figs.latent_map(means, np.asarray(labels)), "guide means coloured by label")]
+    elif means is not None:
+        parts += ["<h2>Latent space</h2>", _img(figs.latent_map(means), "guide means")]
+    png, caption = figs.arviz_figure(tree, worst)
+    if png is not None:
+        parts += ["<h2>ArviZ view of the posterior</h2>", _img(png, caption)]
+        if len(diagnostics.posterior):
+            parts.append(_table(diagnostics.posterior.reset_index().head(12)))
+    if diagnostics.gaps is not None:
+        g = diagnostics.gaps.mean().to_frame("mean (nats)").reset_index(names="quantity")
+        parts += ["<h2>Inference gaps (Cremer et al. 2018)</h2>",
+                  "<p>Per-point refinement of q from the encoder's output: the amortization gap "
+                  "is what a per-point optimiser gains over the encoder; the approximation gap "
+                  "is what the guide's family cannot represent.</p>",
+                  _table(g), _img(figs.gap_figure(diagnostics.gaps), "gaps per refined point")]
+    if diagnostics.sbc is not None:
+        parts += ["<h2>Simulation-based calibration (Talts et al. 2018)</h2>",
+                  "<p>Ranks of latents simulated from the prior among guide draws given the "
+                  "simulated data; uniform when the guide is calibrated. Gray band: 99% range "
+                  "of a bin under uniformity; red: failing dimension.</p>",
+                  _img(figs.sbc_figure(diagnostics.sbc), "SBC rank histograms")]
+    body = "\n".join(p for p in parts if p)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title or 'ppl-vae report')}</title><style>{_CSS}</style>"
+            f"</head><body>{body}</body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def report_run(run_dir, *, out=None, num_draws: int = 200, gaps: bool = True,
+               calibrate: bool = True) -> Path:
+    """Diagnose a run folder (writing diagnostics.nc / .csv) and write its report
+    (``RUN_DIR/report.html`` by default)."""
+    from ppl_vae.cli_diagnostics import diagnose_run
+    from ppl_vae.evaluate import evaluate
+
+    run_dir = Path(run_dir)
+    run, diag = diagnose_run(run_dir, num_draws=num_draws, gaps=gaps, calibrate=calibrate)
+    ev_file = run_dir / "evaluation.csv"
+    if ev_file.exists():
+        frame = pd.read_csv(ev_file, index_col=0)
+        evaluation = dict(frame.iloc[:, 0])
+    else:
+        evaluation = evaluate(run.model, run.guide, run.data("test"))
+    labels = run.dataset.test_labels
+    settings = {**run.config.get("settings", {}), "model": run.config.get("model"),
+                "guide": run.config.get("guide"), "data": run.config.get("data")}
+    return report(run.model, run.guide, run.data("test"), out=out or run_dir / "report.html",
+                  diagnostics=diag, history=run.history, settings=settings,
+                  evaluation=evaluation, image_shape=run.dataset.image_shape,
+                  labels=None if labels is None else np.asarray(labels),
+                  title=f"ppl-vae report: {run_dir.name}")

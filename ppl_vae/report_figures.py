@@ -1,0 +1,209 @@
+"""Figures of the HTML report, each returned as PNG bytes (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+__all__ = [
+    "arviz_figure", "elbo_curves", "gap_figure", "image_grid", "kl_figure", "khat_figure",
+    "latent_map", "sbc_figure",
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def elbo_curves(history) -> bytes | None:
+    """Training and validation ELBO (nats per data point) per epoch."""
+    if history is None or len(history) == 0 or "train_elbo" not in history:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(history["epoch"], history["train_elbo"], marker="o", ms=3, label="train ELBO")
+    if "val_elbo" in history and history["val_elbo"].notna().any():
+        ax.plot(history["epoch"], history["val_elbo"], marker="o", ms=3, label="validation ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def khat_figure(pointwise) -> bytes:
+    """k-hat of every data point with the 0.5 / 0.7 thresholds, and its histogram."""
+    from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS
+
+    plt = _plt()
+    k = pointwise["k_hat"].to_numpy()
+    finite = np.isfinite(k)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [2, 1]})
+    colors = np.where(k > KHAT_THRESHOLDS[1], "tab:red",
+                      np.where(k > KHAT_THRESHOLDS[0], "tab:orange", "tab:blue"))
+    a1.scatter(np.arange(len(k))[finite], k[finite], s=6, c=colors[finite])
+    for t, c in zip(KHAT_THRESHOLDS, ("tab:orange", "tab:red"), strict=True):
+        a1.axhline(t, color=c, ls="--", lw=1)
+        a2.axvline(t, color=c, ls="--", lw=1)
+    a1.set_xlabel("data point (and chain)")
+    a1.set_ylabel("Pareto k-hat")
+    if finite.any():
+        a2.hist(k[finite], bins=30, color="tab:blue", alpha=0.8)
+    if (~finite).any():
+        a1.set_title(f"{int((~finite).sum())} points with constant weights (exact fit) not shown",
+                     fontsize=9)
+    a2.set_xlabel("k-hat")
+    a2.set_ylabel("data points")
+    return _png(fig)
+
+
+def kl_figure(latent) -> bytes | None:
+    """KL(q || prior) per latent dimension, inactive units hatched."""
+    if latent is None or len(latent) == 0:
+        return None
+    plt = _plt()
+    labels = [f"{s}[{d}]" for s, d in zip(latent["site"], latent["dim"], strict=True)]
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(labels) + 2), 3.2))
+    colors = ["tab:blue" if a else "lightgray" for a in latent["active"]]
+    ax.bar(range(len(labels)), latent["kl"], color=colors, edgecolor="k", lw=0.3)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_ylabel("KL (nats, mean over data)")
+    ax.set_title("KL per dimension (gray: inactive unit)", fontsize=10)
+    return _png(fig)
+
+
+def image_grid(rows: dict, image_shape) -> bytes | None:
+    """Rows of images (name -> array (M, prod(image_shape)))."""
+    rows = {k: v for k, v in rows.items() if v is not None and len(v)}
+    if not rows or image_shape is None:
+        return None
+    plt = _plt()
+    cols = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.8, len(rows) * 0.95),
+                             squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(np.asarray(images[c]).reshape(image_shape), cmap="gray_r",
+                          vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    return _png(fig)
+
+
+def latent_map(means: np.ndarray, labels=None) -> bytes | None:
+    """2-D view (PCA when the latent has more than 2 dimensions) of the guide's means."""
+    if means is None or means.ndim != 2 or means.shape[0] < 3:
+        return None
+    plt = _plt()
+    if means.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=2).fit_transform(means)
+        xlab, ylab = "principal component 1", "principal component 2"
+    elif means.shape[1] == 2:
+        xy, xlab, ylab = means, "z[0]", "z[1]"
+    else:
+        xy = np.column_stack([means[:, 0], np.zeros(len(means))])
+        xlab, ylab = "z[0]", ""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if labels is not None:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(labels), cmap="tab10", s=8)
+        fig.colorbar(sc, ax=ax, label="label")
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=8)
+    ax.set_xlabel(xlab)
+    ax.set_ylabel(ylab)
+    ax.set_title("guide means E_q[z | x]", fontsize=10)
+    return _png(fig)
+
+
+def sbc_figure(result, max_dims: int = 12) -> bytes | None:
+    """Rank histograms of the first ``max_dims`` dimensions with the uniform band (99%)."""
+    if result is None:
+        return None
+    from scipy import stats
+
+    plt = _plt()
+    hist = result.histograms()
+    names = list(hist.columns)[:max_dims]
+    cols = min(6, len(names))
+    nrows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.7, nrows * 1.5), squeeze=False)
+    table = result.table.set_index(result.table["site"] + "[" + result.table["dim"].astype(str)
+                                   + "]")
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        counts = hist[name].to_numpy()
+        n = counts.sum()
+        lo, hi = stats.binom.ppf([0.005, 0.995], n, 1 / len(counts))
+        ax.axhspan(lo, hi, color="lightgray")
+        ok = bool(table.loc[name, "passed"])
+        ax.bar(range(len(counts)), counts, color="tab:blue" if ok else "tab:red", width=1.0)
+        ax.set_title(f"{name} p={table.loc[name, 'p_value']:.2g}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    return _png(fig)
+
+
+def gap_figure(gaps) -> bytes | None:
+    """Stacked amortization and approximation gaps per refined data point."""
+    if gaps is None or len(gaps) == 0:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    idx = np.arange(len(gaps))
+    ax.bar(idx, gaps["approximation_gap"], label="approximation gap", color="tab:purple")
+    ax.bar(idx, gaps["amortization_gap"], bottom=gaps["approximation_gap"],
+           label="amortization gap", color="tab:green")
+    ax.set_xlabel("data point")
+    ax.set_ylabel("nats")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def arviz_figure(tree, worst=None, max_local: int = 3, max_dims: int = 6) -> tuple[bytes | None, str]:
+    """arviz-plots (matplotlib backend): ``plot_dist`` of the global latents, or a
+    ``plot_forest`` of the local latents of the worst points when there are no globals."""
+    import arviz_plots
+
+    plt = _plt()
+    sites_global = json.loads(tree.attrs.get("global_sites", "[]"))
+    sites_local = json.loads(tree.attrs.get("local_sites", "[]"))
+    plate = tree.attrs.get("data_plate", "data")
+    if sites_global:
+        pc = arviz_plots.plot_dist(tree, var_names=sites_global, backend="matplotlib")
+        caption = "posterior of the global latents (arviz-plots plot_dist)"
+    elif sites_local and worst:
+        points = list(worst)[:max_local]
+        coords = {plate: points}
+        event = f"{sites_local[0]}_dim_0"
+        if event in tree["posterior"].dims:  # a few dimensions keep the plot readable
+            coords[event] = tree["posterior"][event].values[:max_dims]
+        pc = arviz_plots.plot_forest(tree, var_names=sites_local[:1], coords=coords,
+                                     backend="matplotlib")
+        caption = (f"guide posterior of {sites_local[0]!r} at the {len(points)} points with the "
+                   "largest k-hat (arviz-plots plot_forest)")
+    else:
+        return None, ""
+    fig = pc.viz["chart"].item() if "chart" in pc.viz else plt.gcf()
+    return _png(fig), caption

@@ -1,0 +1,113 @@
+"""The HTML report: self-contained, written by ``ppl-vae run`` / ``ppl-vae report``, and
+rendered for real by headless Chromium (skipped, with the reason, when no browser exists)."""
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from _diagnostics_cases import GlobalGuide, global_data, global_model
+
+from ppl_vae.cli import main
+from ppl_vae.cli_diagnostics import diagnose_run, read_tree
+from ppl_vae.report import report
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def _browser():
+    return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+
+
+def _chromium(args, tmp_path, timeout=120):
+    cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def _images(page: str) -> list[str]:
+    return re.findall(r"<img [^>]*src=\"([^\"]+)\"", page)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """The main job with tiny settings: train, evaluate, diagnose, report."""
+    out = tmp_path_factory.mktemp("run") / "digits"
+    code = main(["run", "--data", "digits", "--epochs", "2", "--latent-dim", "2", "--hidden", "16",
+                 "--batch-size", "256", "--no-progress", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_main_job_writes_a_self_contained_report(digits_run, capsys):
+    page = (digits_run / "report.html").read_text()
+    srcs = _images(page)
+    assert len(srcs) >= 7  # curves, k-hat, KL, images, latent map, ArviZ, gaps, SBC
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in page and "https://" not in page  # readable offline
+    for section in ("Verdicts", "estimator plan", "Training", "Evaluation", "Pareto k-hat",
+                    "Data, reconstructions and prior samples", "Latent space", "ArviZ",
+                    "Simulation-based calibration", "Inference gaps"):
+        assert section in page
+    assert re.search(r"class='status' style='color:#[0-9a-f]+'>(ok|warning|failing)<", page)
+
+
+def test_diagnose_files_read_back_identically(digits_run):
+    _, result = diagnose_run(digits_run, num_draws=30, gaps=False, calibrate=False)
+    import xarray as xr
+
+    xr.testing.assert_identical(read_tree(digits_run / "diagnostics.nc"), result.tree)
+    import pandas as pd
+
+    table = pd.read_csv(digits_run / "diagnostics.csv")
+    assert len(table) == 360 and {"k_hat", "log_px", "elbo_gap"} <= set(table.columns)
+    assert main(["report", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc",
+                 "--out", str(digits_run / "again.html")]) == 0
+    assert (digits_run / "again.html").stat().st_size > 10_000
+    assert main(["diagnose", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc"]) == 0
+    assert len(pd.read_csv(digits_run / "diagnostics_checks.csv")) >= 4
+
+
+def test_report_of_a_custom_global_model_with_two_runs(tmp_path):
+    x = global_data(n=30)
+    runs = [(global_model, GlobalGuide(loc=1.4).double()),
+            (global_model, GlobalGuide(loc=1.6).double())]
+    path = report(data=x, runs=runs, out=tmp_path / "global.html", num_draws=40,
+                  gaps=False, calibrate=False, title="custom model")
+    page = path.read_text()
+    assert "posterior of the global latents" in page  # arviz-plots plot_dist of mu
+    assert "R-hat across runs" in page
+    assert all(s.startswith("data:image/png;base64,") for s in _images(page))
+
+
+@pytest.mark.skipif(_browser() is None,
+                    reason="no headless browser (install Debian's `chromium`; .ci/run does)")
+def test_chromium_renders_every_image(digits_run, tmp_path):
+    page = (digits_run / "report.html").read_text()
+    # A copy that writes every image's decoded width into the DOM once the page has loaded.
+    probe = ("<script>window.addEventListener('load',()=>{const w=[...document.images]"
+             ".map(i=>i.complete?i.naturalWidth:0);document.body.setAttribute("
+             "'data-widths',w.join(','));});</script>")
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", probe + "</body>"))
+    dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", probed.as_uri()], tmp_path)
+    widths = re.search(r'data-widths="([0-9,]*)"', dom.stdout)
+    assert widths, dom.stderr[-2000:]
+    widths = [int(w) for w in widths.group(1).split(",")]
+    assert len(widths) == len(_images(page)) and min(widths) > 0
+
+    shot = tmp_path / "shot.png"
+    run = _chromium([f"--screenshot={shot}", "--window-size=1200,3000",
+                     (digits_run / "report.html").as_uri()], tmp_path)
+    assert shot.exists(), run.stderr[-2000:]
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (3000, 1200)
+    # Not blank: the rendered page has text, coloured verdicts and plotted figures.
+    assert pixels.std() > 0.05
+    rgb = (pixels.reshape(-1, 3) * 255).astype(np.int64)
+    assert len(np.unique(rgb[:, 0] * 65536 + rgb[:, 1] * 256 + rgb[:, 2])) > 200
+

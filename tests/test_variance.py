@@ -1,0 +1,113 @@
+"""gradient_variance on the linear-Gaussian model (closed-form gradient) and from the CLI."""
+
+import pyro
+import pytest
+import torch
+from _linear_gaussian import NaiveELBO, exact_gradient, make_programs, setup
+
+from ppl_vae import gradient_variance
+from ppl_vae.elbo import ESTIMATORS, EstimatorSpec
+from ppl_vae.variance import VARIANCE_COLUMNS
+
+DRAWS = 60
+
+
+def _programs(init, x):
+    model, guide = make_programs(init)
+    model(x), guide(x)  # create the params
+    return model, guide
+
+
+def _by(table, group):
+    return table[table.group == group].set_index("estimator")
+
+
+def test_variance_ordering_and_agreement_on_linear_gaussian():
+    x, init = setup()
+    model, guide = _programs(init, x)
+    table = gradient_variance(model, guide, x, estimators=["mc", "analytic", "score", "stl"],
+                              num_draws=DRAWS, num_particles=20, vectorize_particles=True)
+    assert list(table.columns) == VARIANCE_COLUMNS
+    guide_rows, all_rows = _by(table, "guide"), _by(table, "all")
+    tv = guide_rows["total_variance"]
+    # Closed-form KL removes the KL's sampling noise: lower variance than whole-ELBO Monte Carlo.
+    assert tv["analytic"] < tv["mc"]
+    # The score function is far noisier than either reparameterized estimator.
+    assert tv["score"] > 10 * tv["mc"]
+    assert guide_rows.loc["analytic", "variance_ratio"] == 1.0
+    # All four estimate the same gradient.
+    assert all_rows["agrees_in_mean"].all()
+    # |mean_norm - |exact|| <= |mean - exact|, whose expected square is the total variance /
+    # draws; 5 of those standard deviations is a loose but sure bound.
+    exact_norm = float(exact_gradient(x, init).norm())
+    for name, row in all_rows.iterrows():
+        assert abs(row["mean_norm"] - exact_norm) < 5 * (row["total_variance"] / DRAWS) ** 0.5, name
+    assert (table["seconds_per_estimate"] > 0).all()
+    assert table.attrs["reference"] == "analytic"
+
+
+def test_stl_variance_is_zero_at_the_exact_posterior():
+    x, init = setup(exact_posterior=True)
+    model, guide = _programs(init, x)
+    table = gradient_variance(model, guide, x, estimators=["mc", "stl"], num_draws=20)
+    tv = _by(table, "guide")["total_variance"]
+    assert tv["stl"] < 1e-20 and tv["mc"] > 1.0
+
+
+def test_a_biased_estimator_is_flagged(monkeypatch):
+    # The detached-path gradient estimates something else; the equal-means test must say so.
+    monkeypatch.setitem(ESTIMATORS, "naive", EstimatorSpec(
+        lambda num_particles, vectorize_particles, jit, **o: NaiveELBO(num_particles=num_particles),
+        "detached sample path (wrong on purpose)", False))
+    x, init = setup()
+    model, guide = _programs(init, x)
+    table = gradient_variance(model, guide, x, estimators=["analytic", "naive"], num_draws=60,
+                              num_particles=5)
+    naive = _by(table, "guide").loc["naive"]
+    assert not naive["agrees_in_mean"] and naive["mean_discrepancy"] > 100
+    assert _by(table, "model").loc["naive", "agrees_in_mean"]  # the model's gradient is right
+
+
+def test_iwae_is_compared_only_with_itself():
+    x, init = setup()
+    model, guide = _programs(init, x)
+    table = gradient_variance(model, guide, x, estimators=["mc", "iwae"], num_draws=5,
+                              num_particles=3)
+    iwae = _by(table, "all").loc["iwae"]
+    assert iwae["objective"] == "IWAE (K=3)" and iwae["variance_ratio"] == 1.0
+
+
+def test_float64_and_rng_state_restored():
+    x, init = setup(torch.float64)
+    model, guide = _programs(init, x)
+    state = torch.get_rng_state()
+    table = gradient_variance(model, guide, x, estimators=["mc"], num_draws=3)
+    assert torch.equal(state, torch.get_rng_state())
+    assert table["total_variance"].notna().all()
+
+
+def test_bad_arguments():
+    x, init = setup()
+    model, guide = _programs(init, x)
+    with pytest.raises(ValueError, match="unknown estimator"):
+        gradient_variance(model, guide, x, estimators=["mc", "bogus"])
+    with pytest.raises(ValueError, match="num_draws"):
+        gradient_variance(model, guide, x, num_draws=1)
+
+
+def test_compare_estimators_command(tmp_path, capsys):
+    from ppl_vae.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--latent-dim", "3", "--hidden", "8", "--out", str(run),
+                 "--no-progress", "--eval-samples", "5"]) == 0
+    capsys.readouterr()
+    pyro.clear_param_store()
+    csv = tmp_path / "var.csv"
+    assert main(["compare-estimators", str(run), "--num-draws", "4", "--batch-size", "16",
+                 "--estimators", "mc", "analytic", "stl", "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    for name in ("mc", "analytic", "stl", "total_variance", "guide"):
+        assert name in out
+    assert csv.exists()
+    assert main(["compare-estimators", str(tmp_path / "missing")]) == 2
