@@ -37,9 +37,9 @@ class ConvEncoder(PyroModule):
         self.obs_dim, c = h * w, int(channels)
         self.conv = nn.Sequential(
             nn.Conv2d(1, c // 2, kernel_size=4, stride=2, padding=1),
-            nn.Softplus(),
+            nn.ReLU(),
             nn.Conv2d(c // 2, c, kernel_size=4, stride=2, padding=1),
-            nn.Softplus(),
+            nn.ReLU(),
             nn.Flatten(),
             nn.Linear(c * (h // 4) * (w // 4), 2 * self.latent_dim),
         )

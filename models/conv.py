@@ -57,9 +57,9 @@ class ConvVAE(PyroModule):
         c = self.channels
         self.project = nn.Linear(self.latent_dim, c * (h // 4) * (w // 4))
         self.deconv = nn.Sequential(
-            nn.Softplus(),
+            nn.ReLU(),
             nn.ConvTranspose2d(c, c // 2, kernel_size=4, stride=2, padding=1),
-            nn.Softplus(),
+            nn.ReLU(),
             nn.ConvTranspose2d(c // 2, 1, kernel_size=4, stride=2, padding=1),
         )
         self.log_scale = nn.Parameter(torch.zeros(self.obs_dim)) if likelihood == "normal" else None

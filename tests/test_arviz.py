@@ -123,9 +123,8 @@ def test_two_observed_sites_and_tuple_data():
     def two_obs_model(x, y):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
-            pyro.sample("x", dist.Normal(z.unsqueeze(-1).expand(x.shape[-1:] if z.dim() == 1
-                                                                else z.shape + x.shape[-1:]),
-                                         1.0).to_event(1), obs=x)
+            loc = z.unsqueeze(-1).expand(z.shape + x.shape[-1:])
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
             pyro.sample("y", dist.Normal(2 * z, 0.5), obs=y)
 
     def two_obs_guide(x, y):

@@ -21,10 +21,11 @@ import math
 from typing import final
 
 import torch
-from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
-from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims
+
+from ppl_vae.estimators._traces import reparameterized_traces
 
 __all__ = ["ImportanceWeightedELBO"]
 
@@ -96,31 +97,8 @@ class ImportanceWeightedELBO(ELBO):
         As for :class:`pyro.infer.ELBO`.
     """
 
-    def __init__(
-        self,
-        num_particles: int = 1,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = False,
-        **options,
-    ):
-        super().__init__(
-            num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles, **options,
-        )
-
     def _get_trace(self, model, guide, args, kwargs):
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs
-        )
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and not is_identically_zero(
-                site["score_parts"].score_function
-            ):
-                raise ValueError(
-                    f"the 'iwae' estimator needs reparameterizable guide sites; site {name!r} "
-                    f"({type(site['fn']).__name__}) has no rsample: use 'score' or 'mc'"
-                )
-        return model_trace, guide_trace
+        return reparameterized_traces("iwae", self.max_plate_nesting, model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """-L_K as a 0-dim tensor, differentiable through reparameterized draws."""

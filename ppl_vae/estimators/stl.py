@@ -22,10 +22,10 @@ from typing import final
 
 import torch
 from pyro import poutine
-from pyro.distributions.util import is_identically_zero
 from pyro.infer import ELBO
-from pyro.infer.enum import get_importance_trace
 from pyro.poutine.trace_struct import Trace
+
+from ppl_vae.estimators._traces import reparameterized_traces
 
 __all__ = ["StickingTheLandingELBO"]
 
@@ -51,30 +51,10 @@ class StickingTheLandingELBO(ELBO):
         As for :class:`pyro.infer.ELBO`.
     """
 
-    def __init__(
-        self,
-        num_particles: int = 1,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = False,
-        **options,
-    ):
-        super().__init__(
-            num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles, **options,
-        )
-
     def _get_trace(self, model, guide, args, kwargs):
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs
+        model_trace, guide_trace = reparameterized_traces(
+            "stl", self.max_plate_nesting, model, guide, args, kwargs
         )
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and not is_identically_zero(
-                site["score_parts"].score_function
-            ):
-                raise ValueError(
-                    f"the 'stl' estimator needs reparameterizable guide sites; site {name!r} "
-                    f"({type(site['fn']).__name__}) has no rsample: use 'score' or 'mc'"
-                )
         # ``guide`` is already wrapped in the particle plate when particles are vectorized.
         fixed_trace = poutine.trace(poutine.replay(guide, trace=_detached(guide_trace))).get_trace(
             *args, **kwargs
