@@ -51,7 +51,7 @@ def parse(argv):
     p.add_argument("--estimator", nargs="+", default=["analytic", "mc"], choices=["analytic", "mc"])
     p.add_argument("--particles", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--contenders", nargs="+", default=list(DEFAULT_CONTENDERS), choices=CONTENDERS)
-    p.add_argument("--budget", type=float, default=4.0, help="seconds of timing per case")
+    p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per case")
     p.add_argument("--warmup", type=int, default=3, help="rounds discarded per case")
     p.add_argument("--min-rounds", type=int, default=5)
     p.add_argument("--max-rounds", type=int, default=400)
@@ -94,8 +94,11 @@ def main(argv=None) -> int:
         results.append(r)
     memory_runs = []
     if not args.no_memory:
-        for contender, estimator in itertools.product(("ppl_vae", "ppl_vae_jit"),
-                                                      ("analytic", "mc", "enum")):
+        # Hand-written PyTorch and plain Pyro as references (peak memory of each contender),
+        # then every estimator with jit off and on (the flat-memory target).
+        runs = [("torch", "analytic"), ("pyro", "analytic"), *itertools.product(
+            ("ppl_vae", "ppl_vae_jit"), ("analytic", "mc", "enum"))]
+        for contender, estimator in runs:
             m = measure(contender, estimator, steps=args.memory_steps, device=args.device,
                         threads=args.threads)
             print(f"memory {contender} {estimator}: "

@@ -11,7 +11,7 @@ from ppl_vae.nn import check_width, hidden_sizes, mlp, unique_name
 
 
 class MLPEncoder(PyroModule):
-    """q(z | x) = N(mu(x), diag sigma(x)^2) with an MLP encoder.
+    """MLP encoder (Kingma & Welling 2014): q(z | x) = N(mu(x), diag sigma(x)^2).
 
     Parameters
     ----------

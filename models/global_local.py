@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from torch import nn
 
 from ppl_vae.nn import check_width, hidden_sizes, mlp, unique_name
 
@@ -41,7 +42,11 @@ class GlobalLocalVAE(PyroModule):
         super().__init__(name=unique_name("global_local_vae"))
         self.obs_dim, self.latent_dim = int(obs_dim), int(latent_dim)
         self.offset_scale = float(offset_scale)
-        self.decoder = mlp((self.latent_dim, *hidden_sizes(hidden), self.obs_dim))
+        sizes = (self.latent_dim, *hidden_sizes(hidden), self.obs_dim)
+        self.decoder = mlp(sizes)
+        # The global offset b is the output bias: a second, deterministic one would make b
+        # unidentifiable (only their sum matters).
+        self.decoder[-1] = nn.Linear(sizes[-2], sizes[-1], bias=False)
 
     @classmethod
     def from_dataset(cls, dataset, **options):

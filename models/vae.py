@@ -14,7 +14,7 @@ from ._common import LIKELIHOODS, likelihood
 
 
 class VAE(PyroModule):
-    """p(z) = N(0, I), p(x | z) from an MLP decoder.
+    """Variational autoencoder (Kingma & Welling 2014): p(z) = N(0, I), p(x | z) from an MLP.
 
     Sites: latent ``"z"`` of shape ``(batch, latent_dim)``, observed ``"x"`` of shape
     ``(batch, obs_dim)``, inside the plate ``"data"``.

@@ -37,6 +37,10 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # Flush to disk before the rename: a killed process never leaves half a file, and a
+        # crashed machine (a cluster node going down) does not leave a renamed empty one.
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

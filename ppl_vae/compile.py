@@ -30,7 +30,7 @@ import torch
 from pyro import poutine
 from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["TraceOnce"]
+__all__ = ["TraceOnce", "simplify"]
 
 
 def _signature(value) -> tuple:
@@ -159,11 +159,12 @@ class TraceOnce:
         # small model's step); load_state_dict and optimizers update them in place.
         module_params = self._module_params()
         leaves = _leaves(names, module_params)
+        with_grad = with_grad and bool(leaves)  # nothing to differentiate: a forward graph
         tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
 
         def loss_and_grads(leaves, tensors):
             call_args = list(args)
-            for i, t in zip(tensor_positions, tensors):
+            for i, t in zip(tensor_positions, tensors, strict=True):
                 call_args[i] = t
             loss = self.fn(*call_args, **kwargs)
             if not with_grad:
@@ -180,6 +181,8 @@ class TraceOnce:
         ):
             graph = make_fx(loss_and_grads, _error_on_data_dependent_ops=False)(leaves, tensors)
         graph.graph.eliminate_dead_code()
+        while simplify(graph.graph):  # a rewrite can expose another (a dropped view)
+            pass
         graph.recompile()
         if self.backend is not None:
             graph = torch.compile(graph, backend=self.backend, fullgraph=True, dynamic=False)
@@ -207,6 +210,71 @@ class TraceOnce:
                 "values, no .item() that changes the computation); use jit=False for it."
             )
         return loss
+
+
+_aten = torch.ops.aten
+_SUMS = (_aten.sum.default, _aten.sum.dim_IntList)
+_SHAPE_ONLY = (_aten.view.default, _aten.reshape.default, _aten.expand.default)
+
+
+def _val(node):
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _mutates(node) -> bool:
+    target = node.target
+    return node.op != "call_function" or (
+        isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable)
+
+
+def simplify(graph: torch.fx.Graph) -> int:
+    """Rewrites that are exact in floating point and save full passes over large tensors.
+
+    - ``view``/``reshape``/``expand`` to the shape the tensor already has: dropped.
+    - ``sum(neg(x))`` -> ``neg(sum(x))``: negation commutes exactly with rounding.
+    - ``neg(expand(a))`` -> ``expand(neg(a))``: negate the small tensor, not its broadcast
+      (only when no consumer mutates or returns the result, which becomes a view).
+
+    Returns the number of rewrites.
+    """
+    done = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in _SHAPE_ONLY:
+            src, out = _val(node.args[0]), _val(node)
+            if (src is not None and out is not None and src.shape == out.shape
+                    and not any(_mutates(u) for u in node.users)):
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+                done += 1
+            continue
+        if node.target is not _aten.neg.default:
+            continue
+        (src,) = node.args
+        users = list(node.users)
+        if len(users) == 1 and users[0].target in _SUMS and users[0].args[0] is node:
+            total = users[0]
+            with graph.inserting_after(total):
+                negated = graph.call_function(_aten.neg.default, (total,))
+            negated.meta.update(total.meta)
+            total.replace_all_uses_with(negated, delete_user_cb=lambda n, keep=negated: n is not keep)
+            total.args = (src, *total.args[1:])
+            graph.erase_node(node)
+            done += 1
+        elif (isinstance(src, torch.fx.Node) and src.target is _aten.expand.default
+              and not any(_mutates(u) for u in users)):
+            with graph.inserting_before(node):
+                small = graph.call_function(_aten.neg.default, (src.args[0],))
+                wide = graph.call_function(_aten.expand.default, (small, *src.args[1:]), src.kwargs)
+            small.meta["val"] = _val(src.args[0])
+            wide.meta.update(node.meta)
+            node.replace_all_uses_with(wide)
+            graph.erase_node(node)
+            if not src.users:
+                graph.erase_node(src)
+            done += 1
+    return done
 
 
 def _grad_mode(enabled: bool):

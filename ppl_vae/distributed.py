@@ -19,15 +19,17 @@ step that one process takes with batch ``B`` (see ``tests/test_distributed.py``)
 
 from __future__ import annotations
 
-import io
 import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyro
 import torch
 
+from ppl_vae.checkpoint import load_checkpoint, restore_params, save_checkpoint
 from ppl_vae.train import TrainState
 
 __all__ = ["Engine", "check_data_parallel", "launch_fit", "wants_engine"]
@@ -124,19 +126,20 @@ class Engine:
         self.fabric.barrier()
 
 
-def _worker(fabric, fit: Callable, args: tuple, kwargs: dict, parent_pid: int):
+def _worker(fabric, fit: Callable, args: tuple, kwargs: dict, parent_pid: int, handover: str):
     result = fit(*args, **kwargs, _engine=Engine(fabric))
     if os.getpid() == parent_pid:
         return result
-    # A worker process of a spawn/fork launcher: send back what the parent needs; the state (DDP
-    # module, optimizer) stays behind. As bytes: tensors put on torch's multiprocessing queue
-    # travel as shared-memory handles that die with this process.
-    buffer = io.BytesIO()
-    torch.save({
-        "history": result.history.to_dict("records"), "params": result.params,
-        "settings": result.settings, "stopped_early": result.stopped_early,
-    }, buffer)
-    return buffer.getvalue()
+    if fabric.local_rank == 0:  # the launcher returns local process 0's value to its parent
+        # A worker of a spawn/fork launcher hands its result over in a file, as Lightning's
+        # Trainer does: tensors on the launcher's return queue travel as shared-memory handles
+        # that die with this process, and a large payload written into the queue's pipe would
+        # block until the parent reads, which it only does once every worker has exited.
+        save_checkpoint(Path(handover), {
+            "history": result.history.to_dict("records"), "params": result.params,
+            "settings": result.settings, "stopped_early": result.stopped_early,
+        })
+    return handover
 
 
 def launch_fit(fit: Callable, model, guide, data, *, devices, strategy, num_nodes, device,
@@ -149,7 +152,6 @@ def launch_fit(fit: Callable, model, guide, data, *, devices, strategy, num_node
     script for the other local ranks), torchrun or SLURM, every process returns its own
     ``FitResult``, state included.
     """
-    from ppl_vae.checkpoint import restore_params
     from ppl_vae.result import FitResult
 
     fabric = _fabric(devices, strategy, num_nodes, device)
@@ -162,10 +164,12 @@ def launch_fit(fit: Callable, model, guide, data, *, devices, strategy, num_node
     kwargs.pop("_engine", None)
     kwargs = {**kwargs, "device": None, "devices": devices, "strategy": strategy,
               "num_nodes": num_nodes}
-    out = fabric.launch(_worker, fit, (model, guide, data), kwargs, os.getpid())
-    if isinstance(out, FitResult):
-        return out
-    out = torch.load(io.BytesIO(out), weights_only=True)
+    with tempfile.TemporaryDirectory(prefix="ppl-vae-launch-") as folder:
+        handover = os.path.join(folder, "rank0.pt")
+        out = fabric.launch(_worker, fit, (model, guide, data), kwargs, os.getpid(), handover)
+        if isinstance(out, FitResult):
+            return out
+        out = load_checkpoint(Path(handover))
     restore_params(out["params"], model, guide)
     return FitResult(
         model=model, guide=guide, history=pd.DataFrame.from_records(out["history"]),

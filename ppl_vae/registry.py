@@ -60,6 +60,19 @@ def resolve(kind: str, spec: str):
     return registry[spec].load()
 
 
+def _check_options(kind: str, spec: str, cls, options: dict) -> None:
+    """``ValueError`` naming the options ``cls``'s constructor does not take (the CLI's shared
+    ``--latent-dim`` / ``--hidden`` reach every program, and not every one has them)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        takes = [n for n, p in params.items() if n != "self" and p.default is not p.empty]
+        raise ValueError(f"{kind} {spec!r} does not take option(s) {unknown}; its options are: "
+                         f"{', '.join(takes)}")
+
+
 def build(kind: str, spec: str, dataset, **options):
     """Instantiate ``spec`` for ``dataset``.
 
@@ -68,6 +81,7 @@ def build(kind: str, spec: str, dataset, **options):
     """
     obj = resolve(kind, spec)
     if inspect.isclass(obj):
+        _check_options(kind, spec, obj, options)
         return obj.from_dataset(dataset, **options)
     if options:
         raise ValueError(f"{kind} {spec!r} is a function; options {sorted(options)} do not apply")

@@ -6,20 +6,21 @@ hand-written PyTorch VAE must follow the same loss trajectory.
 """
 
 import gc
+
 import pyro
 import pytest
 import torch
+from ppl_vae.guides import MLPEncoder
+from ppl_vae.models import VAE
 
-from benchmarks.contenders import Setting, TorchVAE, initial_weights, make_contender
 from benchmarks.__main__ import main
+from benchmarks.contenders import Setting, TorchVAE, initial_weights, make_contender
 from benchmarks.memory import rss_mib, worker
 from benchmarks.timing import fixed_batches
 from ppl_vae import fit
 from ppl_vae.data import iter_batches
 from ppl_vae.elbo import make_elbo
 from ppl_vae.fit import _epoch_generator
-from ppl_vae.guides import MLPEncoder
-from ppl_vae.models import VAE
 from ppl_vae.train import init_state, update
 
 CPU = torch.device("cpu")

@@ -98,3 +98,28 @@ def test_gradient_reaches_every_parameter():
             grads = {k: v.unconstrained().grad for k, v in pyro.get_param_store().items()}
             assert set(grads) == {"noise", "mu_loc", "mu_scale"}
             assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+
+
+def test_simplify_moves_negations_off_large_tensors():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ppl_vae.compile import simplify
+
+    def f(logits, x, g):
+        ll = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        wide = -g.unsqueeze(-1).expand(logits.shape)  # a broadcast scalar per row, negated
+        return ll.view(logits.shape).sum(-1), wide * logits
+
+    args = (torch.randn(4, 5, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64),
+            torch.randn(4, dtype=torch.float64))
+    graph = make_fx(f)(*args)
+    expected = graph(*args)
+    rewrites = 0
+    while step := simplify(graph.graph):
+        rewrites += step
+    graph.recompile()
+    assert rewrites == 3  # the view dropped, sum(neg) and neg(expand) swapped
+    negated = [n for n in graph.graph.nodes if n.target is torch.ops.aten.neg.default]
+    assert all(tuple(n.meta["val"].shape) in {(4,), (4, 1)} for n in negated)
+    for got, want in zip(graph(*args), expected, strict=True):
+        assert torch.equal(got, want)  # exact: negation commutes with rounding

@@ -61,3 +61,25 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="non-finite"):
         psis(np.r_[np.arange(29.0), np.inf][None])
     assert list(khat_category([-np.inf, 0.2, 0.6, 0.9])) == ["exact", "good", "ok", "bad"]
+
+
+def test_joint_khat_covers_global_latents():
+    from _diagnostics_cases import GlobalGuide, global_data, global_model
+
+    from ppl_vae.diagnostics.psis import joint_khat
+
+    assert joint_khat(to_arviz(model, make_guide(), simulate(5), num_draws=30)) is None
+    x = global_data(n=20)
+    # Exact local part: given mu, mean(x_i) ~ N(mu + z_i, 0.5^2 / 4), so z_i | x_i, mu has
+    # precision 1 + 16 = 17 and mean (16 / 17)(mean(x_i) - mu). The posterior of mu has sd ~0.23;
+    # q(mu) with sd 0.4 gives bounded joint ratios, sd 0.02 a tail index 1 - (0.02 / 0.23)^2.
+    guides = []
+    for scale in (0.02, 0.4):
+        g = GlobalGuide(loc=1.5).double()
+        g.scale = torch.tensor(scale, dtype=torch.float64)
+        g.a = torch.tensor(16 / 17, dtype=torch.float64)
+        g.s = torch.tensor(17**-0.5, dtype=torch.float64)
+        guides.append(g)
+    k = joint_khat(to_arviz(data=x, runs=[(global_model, g) for g in guides], num_draws=1000))
+    assert k.shape == (2,)
+    assert k[0] > 0.7 and k[1] < 0.5

@@ -121,8 +121,10 @@ def test_batch_size_must_split_over_processes():
 
 
 def _digits_vae(dataset):
-    return (VAE.from_dataset(dataset, latent_dim=8, hidden=64),
-            MLPEncoder.from_dataset(dataset, latent_dim=8, hidden=64))
+    # Hidden 128: the parameters (about 140 kB) are larger than a pipe's buffer, as real models
+    # are, so handing rank 0's result back to the launching process is exercised for real.
+    return (VAE.from_dataset(dataset, latent_dim=8, hidden=128),
+            MLPEncoder.from_dataset(dataset, latent_dim=8, hidden=128))
 
 
 def test_two_process_digits_vae_reaches_the_same_test_elbo(digits, tmp_path):
@@ -137,9 +139,12 @@ def test_two_process_digits_vae_reaches_the_same_test_elbo(digits, tmp_path):
     ev_two = evaluate(two.model, two.guide, digits.test, num_samples=10)
     # Both trained far from the untrained ELBO (about -44 nats per image) ...
     assert ev_one["elbo"] > untrained + 8 and ev_two["elbo"] > untrained + 8
-    # ... into the same band. Single-process runs with seeds 0-3 at these settings spread over
-    # 0.3 nats (the test-set mean's own standard error is about 0.3 nats); 1 nat is ~3 of them.
-    assert abs(ev_two["elbo"] - ev_one["elbo"]) < 1.0
+    # ... into the same band. Single-process runs with seeds 0-3 at these settings end within
+    # 0.045 nats of each other (sd 0.017) on this fixed test set; 0.25 nats is about 5 such
+    # spreads. (The test-set mean's own standard error, 0.13 nats, does not enter: both runs are
+    # scored on the same rows.) A wrong N/B scale is caught by the SGD test above, not here:
+    # this VAE has no global site, so a wrong N rescales its whole loss, which Adam ignores.
+    assert abs(ev_two["elbo"] - ev_one["elbo"]) < 0.25
     assert len(two.history) == 6 and (tmp_path / "checkpoint.pt").exists()
 
 

@@ -6,10 +6,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from ppl_vae.guides import FlowEncoder, MLPEncoder
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
-from ppl_vae.guides import FlowEncoder, MLPEncoder
 
 NOISE = 0.3
 
@@ -75,6 +75,6 @@ def test_flow_density_is_exact(dtype):
 
 def test_cli_trains_with_flow_guide(tmp_path):
     code = main(["train", "--model", "ppca", "--guide", "flow", "--data", "linear_gaussian",
-                 "--latent-dim", "2", "--guide-option", "hidden=8", "--epochs", "1",
+                 "--latent-dim", "2", "--guide-option", "hidden=8", "--estimator", "mc", "--epochs", "1",
                  "--eval-samples", "5", "--no-progress", "--out", str(tmp_path / "run")])
     assert code == 0

@@ -5,10 +5,10 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+from ppl_vae.guides import LowRankEncoder
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
-from ppl_vae.guides import LowRankEncoder
 
 NOISE = 0.3
 
@@ -41,6 +41,6 @@ def test_low_rank_beats_the_diagonal_floor(dtype):
 
 def test_cli_trains_with_low_rank_guide(tmp_path):
     code = main(["train", "--model", "vae", "--guide", "low_rank", "--latent-dim", "3",
-                 "--hidden", "16", "--guide-option", "rank=2", "--epochs", "1",
+                 "--hidden", "16", "--guide-option", "rank=2", "--estimator", "mc", "--epochs", "1",
                  "--eval-samples", "5", "--no-progress", "--out", str(tmp_path / "run")])
     assert code == 0

@@ -2,17 +2,17 @@
 
 import pytest
 import torch
+from ppl_vae.guides import ConvEncoder
+from ppl_vae.models import ConvVAE
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
 from ppl_vae.distributions import SoftBernoulli
-from ppl_vae.guides import ConvEncoder
-from ppl_vae.models import ConvVAE
 
 
 def test_beats_independent_pixels_on_digits(digits):
-    model, guide = ConvVAE((8, 8), latent_dim=4, channels=32), ConvEncoder((8, 8), 4, channels=32)
-    fit(model, guide, digits.train.double(), epochs=6, batch_size=64, lr=3e-3, progress=False,
+    model, guide = ConvVAE((8, 8), latent_dim=8, channels=32), ConvEncoder((8, 8), 8, channels=32)
+    fit(model, guide, digits.train.double(), epochs=10, batch_size=64, lr=3e-3, progress=False,
         seed=0)
     x = digits.test.double()
     ev = evaluate(model, guide, x, num_samples=20)
@@ -20,11 +20,12 @@ def test_beats_independent_pixels_on_digits(digits):
     # log-likelihood is exact; the VAE's ELBO is a lower bound on its own log p(x), so ELBO >
     # baseline means the model certainly explains the images better than the pixel marginals
     # (a collapsed posterior, KL = 0, cannot). Most of the -27 nats is the entropy of the grey
-    # levels, which no model removes; measured margin 0.56 nats, the ELBO's Monte Carlo standard
-    # error (K = 20, 360 images) is about 0.02, so 0.25 is a margin noise cannot fake.
+    # levels, which no model removes; measured margin 0.9 to 1.6 nats over seeds, the ELBO's
+    # Monte Carlo standard error (K = 20, 360 images) is about 0.02: 0.4 is a margin noise cannot
+    # fake.
     p = digits.train.double().mean(0).clamp(1e-3, 1 - 1e-3)
     baseline = float(SoftBernoulli(probs=p).log_prob(x).sum(-1).mean())
-    assert ev["elbo"] > baseline + 0.25, (ev["elbo"], baseline)
+    assert ev["elbo"] > baseline + 0.4, (ev["elbo"], baseline)
     assert ev["kl"] > 0.3
 
 
@@ -39,7 +40,8 @@ def test_shapes_and_dtypes(shape, dtype):
     # Decoding a (K, N, latent) stack of draws (vectorized particles) keeps the leading dims.
     assert model.decode(torch.randn(7, 5, 3, dtype=dtype)).shape == (7, 5, h * w)
     ev = evaluate(model, guide, x, num_samples=4)
-    assert ev["iwae"] >= ev["elbo"] - 1e-6 or abs(ev["iwae"] - ev["elbo"]) < 1.0
+    # On the same draws logmeanexp >= mean (Jensen), so IWAE >= ELBO up to rounding.
+    assert ev["iwae"] >= ev["elbo"] - 1e-4
 
 
 def test_bad_image_shapes():

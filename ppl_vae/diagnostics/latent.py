@@ -95,7 +95,8 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
     pandas.DataFrame
         One row per (site, dim): ``kl`` (nats, averaged over data points), ``activity``
         (variance over data points of the guide mean), ``active`` (bool), ``method``
-        (``"analytic"`` or ``"monte carlo"``).
+        (``"analytic"``, ``"monte carlo"``, ``"marginal"`` for a correlated Gaussian guide
+        against a factorised prior, ``"unavailable"`` (KL NaN) where none of these applies).
     """
     from ppl_vae.arviz import program_dtype
 
@@ -115,31 +116,53 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
         q, _ = _unwrap(gsite["fn"])
         p, _ = _unwrap(msite["fn"])
         z = gsite["value"]
-        try:
-            kl = torch.distributions.kl_divergence(q, p)
-            batch_shape = z.shape[: z.dim() - len(q.event_shape)]
-            kl = kl.expand(torch.broadcast_shapes(kl.shape, batch_shape))
-            method = "analytic"
-        except NotImplementedError:
-            kl = q.log_prob(z) - p.log_prob(z)
-            method = "monte carlo"
-        if q.event_shape or p.event_shape:
-            kl = kl.unsqueeze(-1)  # a multivariate base: one row for the whole site
+        kl, method = _kl_per_dim(q, p, z)
         kl = _to_kn(kl, rank, dim, n).mean(0).mean(0)
-        try:
-            mean = q.mean.expand(z.shape)
-        except (NotImplementedError, RuntimeError):
-            mean = z
-        mean = _to_kn(mean, rank, dim, n).mean(0)  # (N, D)
-        activity = mean.double().var(0, unbiased=False) if n > 1 else torch.zeros(mean.shape[1])
-        if kl.numel() != activity.numel():
-            activity = activity.new_full(kl.shape, float(activity.sum()))
-        for d in range(kl.numel()):
-            rows.append({"site": name, "dim": d, "kl": float(kl[d]), "activity": float(activity[d]),
+        activity = _activity(q, z, rank, dim, n)
+        for d in range(activity.numel()):
+            value = float(kl[d]) if kl.numel() == activity.numel() else float("nan")
+            rows.append({"site": name, "dim": d, "kl": value, "activity": float(activity[d]),
                          "active": bool(activity[d] > threshold), "method": method})
     if not rows:
         return pd.DataFrame(columns=["site", "dim", "kl", "activity", "active", "method"])
     return pd.DataFrame(rows)
+
+
+def _kl_per_dim(q, p, z):
+    """Elementwise KL(q_d || p_d) (closed form, else Monte Carlo at the draws z), laid out like
+    z. A multivariate q (correlated or flow guide) against a factorised prior gets the KL of
+    each dimension's Gaussian marginal when q has a mean and variance, else NaN."""
+    batch_shape = z.shape[: z.dim() - len(q.event_shape)]
+    if not q.event_shape and not p.event_shape:
+        try:
+            kl = torch.distributions.kl_divergence(q, p)
+            return kl.expand(torch.broadcast_shapes(kl.shape, batch_shape)), "analytic"
+        except NotImplementedError:
+            return q.log_prob(z) - p.log_prob(z), "monte carlo"
+    if not p.event_shape:
+        try:
+            marginal = torch.distributions.Normal(q.mean, q.variance.sqrt())
+            kl = torch.distributions.kl_divergence(marginal, p)
+            return kl.expand(z.shape), "marginal"
+        except (NotImplementedError, RuntimeError):
+            pass
+    return torch.full(z.shape, float("nan"), dtype=z.dtype, device=z.device), "unavailable"
+
+
+def _activity(q, z, rank, dim, n) -> torch.Tensor:
+    """Cov_x(E_q[z_d | x]) per dimension, shape (D,). Without a closed-form mean the K draws'
+    average is used, minus its own Monte Carlo variance (mean_x Var_q / K) so that noise does not
+    make collapsed units look active."""
+    try:
+        mean = _to_kn(q.mean.expand(z.shape), rank, dim, n).mean(0).double()
+        noise = 0.0
+    except (NotImplementedError, RuntimeError):
+        draws = _to_kn(z, rank, dim, n).double()  # (K, N, D)
+        mean = draws.mean(0)
+        noise = draws.var(0).mean(0) / draws.shape[0] if draws.shape[0] > 1 else 0.0
+    if n < 2:
+        return torch.zeros(mean.shape[1], dtype=torch.float64)
+    return (mean.var(0, unbiased=False) - noise).clamp(min=0.0)
 
 
 def active_units(table: pd.DataFrame) -> int:
@@ -155,7 +178,7 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
     With z_i ~ q(z | x_i): I = mean_i [log q(z_i | x_i) - log mean_j q(z_i | x_j)]. This needs
     q(z_i | x_j) for all pairs, O(N^2) density evaluations, so at most ``max_points`` points are
     used. Returns NaN when the guide's local sites do not have one batch dimension per data
-    point (the pairwise evaluation needs it).
+    point or their density cannot be evaluated pairwise (conditional flows).
     """
     from ppl_vae.arviz import program_dtype
 
@@ -185,7 +208,10 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
         if len(frames) != 1 or fn.batch_shape != (n,):
             return float("nan")
         z = site["value"]  # (N, *event)
-        pair = fn.log_prob(z.unsqueeze(1))  # (N_i, N_j): q(z_i | x_j)
+        try:
+            pair = fn.log_prob(z.unsqueeze(1))  # (N_i, N_j): q(z_i | x_j)
+        except (RuntimeError, ValueError):
+            return float("nan")  # e.g. a conditional flow, whose transform cannot broadcast
         own = torch.diagonal(pair)
         agg = torch.logsumexp(pair, dim=1) - math.log(n)
         term = own - agg
@@ -198,7 +224,7 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
 
 def kl_summary(table: pd.DataFrame) -> dict:
     """Total KL, active units and the number of dimensions of a :func:`latent_table`."""
-    return {"kl_total": float(table["kl"].sum()), "active_units": active_units(table),
+    return {"kl_total": float(table["kl"].sum(min_count=1)), "active_units": active_units(table),
             "num_dims": int(len(table)), "kl_max_dim": float(table["kl"].max())
             if len(table) else float("nan")}
 

@@ -16,7 +16,7 @@ import pandas as pd
 from arviz_stats.base import array_stats
 from scipy.special import logsumexp
 
-__all__ = ["KHAT_THRESHOLDS", "psis", "khat_category", "pointwise_psis", "khat_shares"]
+__all__ = ["KHAT_THRESHOLDS", "joint_khat", "khat_category", "khat_shares", "pointwise_psis", "psis"]
 
 KHAT_THRESHOLDS = (0.5, 0.7)
 
@@ -129,3 +129,20 @@ def khat_shares(table: pd.DataFrame) -> dict:
     out["share_exact"] = float(np.mean(np.isneginf(k)))
     out["max_khat"] = float(np.max(k))
     return out
+
+
+def joint_khat(tree) -> np.ndarray | None:
+    """k-hat of the whole-data ratio p(x, z, theta) / q(z, theta | x) per chain, or None without
+    global latents.
+
+    With globals theta the per-point ratios are conditional on each draw's theta; the joint
+    ratio sum_i log r_i + log p(theta) - log q(theta) diagnoses the global part as well
+    (Yao et al. 2018 apply k-hat to the full posterior this way).
+    """
+    stats = tree["sample_stats"]
+    if "log_p_global" not in stats:
+        return None
+    plate = tree.attrs.get("data_plate", "data")
+    local = (stats["log_p"] - stats["log_q"]).sum(plate)
+    joint = (local + stats["log_p_global"] - stats["log_q_global"]).transpose("chain", "draw")
+    return psis(joint.values)[1]

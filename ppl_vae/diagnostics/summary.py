@@ -13,7 +13,7 @@ import pandas as pd
 from ppl_vae.arviz import runs_from, to_arviz
 from ppl_vae.diagnostics.gaps import inference_gaps
 from ppl_vae.diagnostics.latent import kl_summary, latent_table, mutual_information
-from ppl_vae.diagnostics.psis import khat_shares, pointwise_psis
+from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS, joint_khat, khat_shares, pointwise_psis
 from ppl_vae.diagnostics.sbc import SBCResult, sbc
 
 __all__ = ["Diagnostics", "diagnose", "posterior_summary"]
@@ -119,16 +119,31 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
     first = pointwise[pointwise["chain"] == pointwise["chain"].iloc[0]]
     worst = first.nlargest(num_worst, "k_hat")["point"].tolist()
     posterior = posterior_summary(tree, worst=worst)
-    gap_table = None
+    gap_table, sbc_result, skipped = None, None, []
+    # The two optional checks need more of the programs (reparameterised local sites, a way to
+    # feed simulations to the guide); when a model does not allow them the report says why.
     if gaps and latent.shape[0]:
-        gap_table = inference_gaps(m0, g0, data, num_points=gap_points, steps=gap_steps,
-                                   data_plate=data_plate, seed=seed)
-    sbc_result = None
+        try:
+            gap_table = inference_gaps(m0, g0, data, num_points=gap_points, steps=gap_steps,
+                                       data_plate=data_plate, seed=seed)
+        except ValueError as exc:
+            skipped.append(_row("Inference gaps", "not computed", "warning", _first_line(exc)))
     if calibrate:
-        sbc_result = sbc(m0, g0, data, num_draws=sbc_draws, data_plate=data_plate, seed=seed)
+        try:
+            sbc_result = sbc(m0, g0, data, num_draws=sbc_draws, data_plate=data_plate,
+                             seed=seed)
+        except ValueError as exc:
+            skipped.append(_row("Simulation-based calibration", "not computed", "warning",
+                                _first_line(exc)))
     result = Diagnostics(tree, pointwise, latent, mi, posterior, gap_table, sbc_result)
-    result.checks = verdicts(result, num_chains=len(chains))
+    result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
+                              ignore_index=True)
     return result
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _row(check, value, status, why):
@@ -150,6 +165,15 @@ def verdicts(diag: Diagnostics, *, num_chains: int = 1) -> pd.DataFrame:
                          "k-hat > 0.7 means q misses posterior mass there and importance "
                          "sampling (IWAE, reweighting) is unreliable; failing above 10% of points,"
                          " warning if any point is above 0.7 or over 25% above 0.5"))
+    joint = joint_khat(diag.tree)
+    if joint is not None:
+        worst = float(np.max(joint))
+        status = ("ok" if worst <= KHAT_THRESHOLDS[0] else
+                  "warning" if worst <= KHAT_THRESHOLDS[1] else "failing")
+        rows.append(_row("Joint k-hat (global latents)",
+                         "exact" if np.isneginf(worst) else f"{worst:.2f}", status,
+                         "k-hat of the whole-data ratio p(x, z, globals) / q: the per-point k-hat "
+                         "is conditional on the global draws, this one covers them too"))
     gap = float(diag.pointwise["elbo_gap"].mean())
     status = "ok" if gap < 1.0 else "warning" if gap < 5.0 else "failing"
     rows.append(_row("ELBO gap", f"{gap:.3f} nats per point", status,
