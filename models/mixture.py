@@ -23,10 +23,12 @@ class MixturePriorVAE(PyroModule):
     The component ``"c"`` is marked for parallel enumeration, so the ``"enum"`` estimator
     (Pyro's ``TraceEnum_ELBO``) sums it out exactly and the guide only needs q(z | x) (for
     example ``MLPEncoder``). :meth:`prior` gives the same marginal p(z) as a
-    ``MixtureSameFamily`` for closed-form checks.
+    ``MixtureSameFamily``; with ``enumerate=False`` the model samples z from it directly (the same
+    model, no discrete site), which every estimator and ``evaluate`` handle exactly (``evaluate``
+    scores an enumerated site at a draw from its prior: a valid but looser bound).
 
-    Sites: enumerated ``"c"`` ``(batch,)``, latent ``"z"`` ``(batch, latent_dim)``, observed
-    ``"x"`` ``(batch, obs_dim)``, plate ``"data"``.
+    Sites: enumerated ``"c"`` ``(batch,)`` (only with ``enumerate=True``), latent ``"z"``
+    ``(batch, latent_dim)``, observed ``"x"`` ``(batch, obs_dim)``, plate ``"data"``.
 
     Parameters
     ----------
@@ -36,17 +38,19 @@ class MixturePriorVAE(PyroModule):
     hidden : int or sequence of int
         Decoder hidden widths.
     likelihood : {"bernoulli", "normal", "continuous_bernoulli"}
+    enumerate : bool
+        Sample the component ``"c"`` as an enumerated site (default) or use the marginal prior.
     """
 
     def __init__(self, obs_dim: int, latent_dim: int = 8, num_components: int = 10, hidden=256,
-                 likelihood: str = "bernoulli"):
+                 likelihood: str = "bernoulli", enumerate: bool = True):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
         if int(num_components) < 1:
             raise ValueError(f"num_components must be >= 1, got {num_components}")
         super().__init__(name=unique_name("mixture_vae"))
         self.obs_dim, self.latent_dim, self.likelihood = int(obs_dim), int(latent_dim), likelihood
-        self.num_components = int(num_components)
+        self.num_components, self.enumerate = int(num_components), bool(enumerate)
         self.decoder = mlp((self.latent_dim, *hidden_sizes(hidden), self.obs_dim))
         self.logits = nn.Parameter(torch.zeros(self.num_components))
         # Spread the component means so that they start distinguishable (symmetric init would
@@ -77,10 +81,14 @@ class MixturePriorVAE(PyroModule):
     def forward(self, x: torch.Tensor):
         check_width(x, self.obs_dim, "MixturePriorVAE")
         with pyro.plate("data", x.shape[0]):
-            c = pyro.sample("c", dist.Categorical(logits=self.logits),
-                            infer={"enumerate": "parallel"})
-            # Under enumeration c has shape (num_components, 1): indexing broadcasts over it.
-            z = pyro.sample("z", dist.Normal(self.means[c], self.component_scales()[c]).to_event(1))
+            if self.enumerate:
+                c = pyro.sample("c", dist.Categorical(logits=self.logits),
+                                infer={"enumerate": "parallel"})
+                # Under enumeration c has shape (num_components, 1): indexing broadcasts over it.
+                z_given_c = dist.Normal(self.means[c], self.component_scales()[c]).to_event(1)
+                z = pyro.sample("z", z_given_c)
+            else:
+                z = pyro.sample("z", self.prior())
             pyro.sample("x", self.observation_dist(z), obs=x)
         return z
 

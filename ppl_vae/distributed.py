@@ -53,14 +53,22 @@ def _accelerator(device) -> str:
 def _fabric(devices, strategy, num_nodes, device):
     try:
         from lightning.fabric import Fabric
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
     except ImportError:  # pragma: no cover - lightning is a dependency of the distributed extra
         raise ValueError(
             "devices/strategy/num_nodes need Lightning: pip install 'ppl-vae[distributed]'"
         ) from None
-    return Fabric(
-        accelerator=_accelerator(device), strategy=strategy or "auto",
-        devices=devices if devices is not None else 1, num_nodes=int(num_nodes or 1),
-    )
+    try:
+        return Fabric(
+            accelerator=_accelerator(device), strategy=strategy or "auto",
+            devices=devices if devices is not None else 1, num_nodes=int(num_nodes or 1),
+        )
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:
+        # Lightning's own message, said about our arguments.
+        raise ValueError(
+            f"devices={devices!r}, strategy={strategy!r}, num_nodes={num_nodes!r}, "
+            f"device={device!r}: {exc}"
+        ) from None
 
 
 def check_data_parallel(state: TrainState) -> None:

@@ -28,7 +28,7 @@ from ppl_vae.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.elbo import make_elbo
 from ppl_vae.explain import monte_carlo_kl_sites
 from ppl_vae.result import FitResult, TrainingDivergedError
-from ppl_vae.streaming import DiskData, epoch_batches, sequential_batches
+from ppl_vae.streaming import DiskData, EpochBatches, sequential_batches
 from ppl_vae.train import ScaledProgram, init_state, mean_loss, update
 
 __all__ = ["fit"]
@@ -251,6 +251,8 @@ def fit(
     else:
         pyro.set_rng_seed(seed)  # the preflight consumed random numbers; start the loop fresh
 
+    stream = EpochBatches(data if streaming else tensors, batch_size, seed=seed, rank=rank,
+                          world_size=world, device=dev, dtype=float_dtype)
     show = progress and sys.stderr.isatty()
     bar = tqdm(range(start_epoch, int(epochs) + 1), desc="ppl-vae fit", unit="epoch",
                disable=not show, initial=start_epoch - 1, total=int(epochs))
@@ -265,9 +267,7 @@ def fit(
             else:
                 if _engine is not None:
                     _engine.seed_epoch(seed, epoch)
-                batches = epoch_batches(data if streaming else tensors, batch_size, seed=seed,
-                                        epoch=epoch, rank=rank,
-                                        world_size=world, device=dev, dtype=float_dtype)
+                batches = stream(epoch)
             for batch in batches:
                 state, loss = update(state, batch)
                 losses.append(loss)

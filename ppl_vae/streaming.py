@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["DiskData", "write_shards", "sampler_seed", "epoch_batches", "sequential_batches"]
+__all__ = [
+    "DiskData", "EpochBatches", "epoch_batches", "sampler_seed", "sequential_batches",
+    "write_shards",
+]
 
 
 def sampler_seed(seed: int) -> int:
@@ -204,18 +207,11 @@ def _local_size(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-def epoch_batches(
-    data,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    device=None,
-    dtype=None,
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """This process's batches of one shuffled epoch.
+class EpochBatches:
+    """This process's batches, one shuffled epoch per call: ``stream(epoch)``.
+
+    One ``DataLoader`` serves every epoch (``DistributedSampler.set_epoch`` reshuffles it), so
+    with ``DiskData(..., num_workers=k)`` the reader processes start once, not once an epoch.
 
     Parameters
     ----------
@@ -223,38 +219,56 @@ def epoch_batches(
         ``N`` rows.
     batch_size : int
         Global batch size ``B``; each of the ``world_size`` processes takes ``B / world_size``.
-    seed, epoch : int
-        The permutation depends on these only (a resumed run reproduces it).
+    seed : int
+        With the epoch, fixes the permutation (a resumed run reproduces it).
     rank, world_size : int
         This process and the number of processes.
+    device, dtype : optional
+        Where to put streamed batches and their floating dtype (in-memory tensors are cut on
+        their own device).
 
-    Yields
-    ------
-    tuple of torch.Tensor
-        Local batches of shape ``(B / world_size, ...)`` (the last may be smaller). Every process
-        gets the same number of batches (``DistributedSampler`` pads by repeating a few rows).
+    Notes
+    -----
+    Each call yields local batches of shape ``(B / world_size, ...)`` (the last may be smaller).
+    Every process gets the same number of batches (``DistributedSampler`` pads by repeating a
+    few rows), or DDP would wait forever for the missing ones.
     """
-    local = _local_size(int(batch_size), int(world_size))
-    rows = len(data) if isinstance(data, DiskData) else int(data[0].shape[0])
-    sampler = DistributedSampler(
-        range(rows), num_replicas=world_size, rank=rank, shuffle=True, seed=sampler_seed(seed)
-    )
-    sampler.set_epoch(int(epoch))
-    if isinstance(data, DiskData):
-        # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG
-        # that the sample sites use, and a streamed run would drift from an in-memory one.
-        loader = DataLoader(
-            data, batch_size=local, sampler=sampler, collate_fn=_as_batch,
-            num_workers=data.num_workers, persistent_workers=False,
-            generator=torch.Generator().manual_seed(sampler_seed(seed) + int(epoch)),
+
+    def __init__(self, data, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 device=None, dtype=None):
+        self.data, self.device, self.dtype = data, device, dtype
+        self.local = _local_size(int(batch_size), int(world_size))
+        rows = len(data) if isinstance(data, DiskData) else int(data[0].shape[0])
+        self.sampler = DistributedSampler(
+            range(rows), num_replicas=world_size, rank=rank, shuffle=True, seed=sampler_seed(seed)
         )
-        for batch in loader:
-            yield _place(batch, device, dtype)
-        return
-    order = torch.tensor(list(sampler), dtype=torch.long, device=data[0].device)
-    for start in range(0, order.numel(), local):
-        idx = order[start : start + local]
-        yield tuple(t.index_select(0, idx) for t in data)
+        self.loader = None
+        if isinstance(data, DiskData):
+            # Its own generator: a DataLoader otherwise draws its worker seed from the global
+            # RNG that the sample sites use, and a streamed run would drift from an in-memory one.
+            self.loader = DataLoader(
+                data, batch_size=self.local, sampler=self.sampler, collate_fn=_as_batch,
+                num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
+                generator=torch.Generator().manual_seed(sampler_seed(seed)),
+            )
+
+    def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        self.sampler.set_epoch(int(epoch))
+        if self.loader is not None:
+            for batch in self.loader:
+                yield _place(batch, self.device, self.dtype)
+            return
+        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.data[0].device)
+        for start in range(0, order.numel(), self.local):
+            idx = order[start : start + self.local]
+            yield tuple(t.index_select(0, idx) for t in self.data)
+
+
+def epoch_batches(data, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
+                  world_size: int = 1, device=None, dtype=None):
+    """The batches of one epoch: ``EpochBatches(data, batch_size, seed=seed, ...)(epoch)``."""
+    return EpochBatches(data, batch_size, seed=seed, rank=rank, world_size=world_size,
+                        device=device, dtype=dtype)(epoch)
 
 
 def sequential_batches(

@@ -181,3 +181,24 @@ def test_two_process_run_resumes_from_its_checkpoint(digits, tmp_path):
     for part in ("model", "guide"):
         for name, value in uninterrupted.params[part].items():
             assert torch.equal(resumed.params[part][name], value), name
+
+
+def test_cli_flags_reach_fit(tmp_path):
+    from ppl_vae.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--epochs", "1", "--hidden", "32", "--latent-dim", "4",
+                 "--batch-size", "128", "--eval-samples", "5", "--no-progress", "--out", str(out),
+                 "--devices", "2", "--strategy", STRATEGY, "--num-nodes", "1"])
+    assert code == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["settings"]["world_size"] == 2
+    assert checkpoint["settings"]["strategy"] == STRATEGY
+    assert (out / "evaluation.csv").exists()
+
+
+def test_unknown_strategy_is_a_value_error():
+    model, guide = _deterministic_pair(torch.float32)
+    with pytest.raises(ValueError, match="strategy='nonsense'"):
+        fit(model, guide, torch.randn(8, 5), epochs=1, batch_size=4, devices=2,
+            strategy="nonsense", progress=False)
