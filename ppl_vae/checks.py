@@ -27,8 +27,33 @@ def trace_pair(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]):
     try:
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
     except Exception as exc:  # noqa: BLE001
+        _explain_shape_mismatch(model, guide_trace, batch)
         raise ValueError(f"the model failed on a batch of shape(s) {shapes}: {exc}") from exc
     return model_trace, guide_trace
+
+
+def _explain_shape_mismatch(model, guide_trace, batch) -> None:
+    """The model choked on the guide's draws: if, run on its own prior draws, it works and its
+    sites have other event shapes than the guide's, say so (the usual cause)."""
+    try:
+        prior_trace = poutine.trace(model).get_trace(*batch)
+    except Exception:  # noqa: BLE001 - the model fails on its own too; keep the first error
+        return
+    check_event_shapes(prior_trace, guide_trace)
+
+
+def check_event_shapes(model_trace, guide_trace) -> None:
+    """Raise ``ValueError`` when a latent site's event shape differs between model and guide."""
+    for name in latent_sites(model_trace):
+        if name not in guide_trace.nodes:
+            continue
+        want = tuple(model_trace.nodes[name]["fn"].event_shape)
+        got = tuple(guide_trace.nodes[name]["fn"].event_shape)
+        if want != got:
+            raise ValueError(
+                f"site {name!r}: the model's distribution has event shape {want} but the guide's "
+                f"has {got} (do model and guide have the same latent dimension?)"
+            )
 
 
 def _is_enumerated(site) -> bool:
@@ -70,6 +95,7 @@ def check_sites_agree(model_trace, guide_trace) -> None:
     ]
     if observed_in_guide:
         raise ValueError(f"the guide observes sites {observed_in_guide}; only the model may")
+    check_event_shapes(model_trace, guide_trace)
 
 
 def _data_dim(site, plate_name: str) -> int | None:

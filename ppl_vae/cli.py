@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import pyro
 import torch
 
 COMMAND_MODULES = ["ppl_vae.cli", "ppl_vae.cli_estimators", "ppl_vae.cli_diagnostics"]
@@ -89,6 +90,9 @@ def train_run(args, out: Path):
     config = config_from_args(args)
     dtype = getattr(torch, args.dtype)
     dataset = load_data(args.data).to(dtype)
+    # Seed before building: the networks' initial weights come from torch's global RNG, and a
+    # resumed or data-parallel run must start from the same ones.
+    pyro.set_rng_seed(args.seed)
     model, guide = build_programs(config, dataset)
     print(f"training {args.model} / {args.guide} on {dataset.name} "
           f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "

@@ -192,6 +192,13 @@ def test_model_and_guide_sites_must_agree(digits):
         ppl_vae.fit(model, guide, digits.train[:32], epochs=1, batch_size=32, progress=False)
 
 
+def test_latent_shapes_must_agree(digits):
+    model = VAE(64, 4, hidden=8)
+    guide = MLPEncoder(64, 5, hidden=8)
+    with pytest.raises(ValueError, match=r"site 'z'.*event shape \(4,\).*\(5,\)"):
+        ppl_vae.fit(model, guide, digits.train[:32], epochs=1, batch_size=32, progress=False)
+
+
 def test_checkpoint_resume_continues_the_same_run(digits, tmp_path):
     x = digits.train[:128]
     torch.manual_seed(0)
