@@ -235,11 +235,21 @@ def simplify(graph: torch.fx.Graph) -> int:
     - ``neg(expand(a))`` -> ``expand(neg(a))``: negate the small tensor, not its broadcast
       (only when no consumer mutates or returns the result, which becomes a view).
 
+    - identities left by Pyro's bookkeeping: ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1``,
+      ``x ** 1``, ``t(t(x))``, ``neg(neg(x))``, ``detach`` (the replay runs without autograd):
+      dropped when the result has the shape and dtype of ``x``.
+
     Returns the number of rewrites.
     """
     done = 0
     for node in list(graph.nodes):
         if node.op != "call_function":
+            continue
+        same = _identity_of(node)
+        if same is not None:
+            node.replace_all_uses_with(same)
+            graph.erase_node(node)
+            done += 1
             continue
         if node.target in _SHAPE_ONLY:
             src, out = _val(node.args[0]), _val(node)
@@ -275,6 +285,34 @@ def simplify(graph: torch.fx.Graph) -> int:
                 graph.erase_node(src)
             done += 1
     return done
+
+
+_NEUTRAL = {_aten.add.Tensor: 0, _aten.sub.Tensor: 0, _aten.mul.Tensor: 1, _aten.div.Tensor: 1,
+            _aten.pow.Tensor_Scalar: 1}
+_INVOLUTIONS = (_aten.t.default, _aten.neg.default)
+
+
+def _identity_of(node):
+    """The node ``node`` computes the value of, if it is an identity (see :func:`simplify`)."""
+    args, target = node.args, node.target
+    if node.kwargs or not args or not isinstance(args[0], torch.fx.Node):
+        return None
+    if target in _NEUTRAL:
+        other = args[1] if len(args) == 2 else None
+        if isinstance(other, bool) or not isinstance(other, int | float) or other != _NEUTRAL[target]:
+            return None
+        same = args[0]
+    elif target in _INVOLUTIONS and args[0].target is target and not args[0].kwargs:
+        same = args[0].args[0]
+    elif target is _aten.detach.default and args[0].op == "call_function":
+        same = args[0]
+    else:
+        return None
+    mine, theirs = _val(node), _val(same)
+    if (mine is None or theirs is None or mine.shape != theirs.shape
+            or mine.dtype != theirs.dtype or any(_mutates(u) for u in node.users)):
+        return None
+    return same
 
 
 def _grad_mode(enabled: bool):
