@@ -2,8 +2,8 @@
 
 Examples
 --------
-``python -m benchmarks``                      the default grid (about 6-8 minutes on 2 cores)
-``python -m benchmarks --quick``              a smoke run (about a minute)
+``python -m benchmarks``                      the default grid and memory runs (about 8 minutes on 2 cores)
+``python -m benchmarks --quick``              a smoke run (one to two minutes)
 ``python -m benchmarks --data digits --batch 128 --particles 1 --no-memory``
 """
 

@@ -4,7 +4,7 @@ Run as ``python -m benchmarks.memory --contender ppl_vae --estimator mc --steps 
 one JSON line. :func:`measure` launches it and parses the line.
 
 Resident set size (RSS) is read from ``/proc/self/statm`` after ``gc.collect()``; peak RSS is
-``ru_maxrss``. Growth is RSS at the end minus RSS after the warm-up steps (allocator pools and
+the process's high-water mark (``VmHWM``). Growth is RSS at the end minus RSS after the warm-up steps (allocator pools and
 lazily created state settle during the warm-up).
 """
 
@@ -31,7 +31,19 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    """Peak resident set size of this process in MiB.
+
+    Linux's ``ru_maxrss`` survives ``execve`` (a worker would report its parent's peak), so the
+    high-water mark of the process's own address space (``VmHWM``) is read where it exists.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 

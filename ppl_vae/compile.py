@@ -15,9 +15,9 @@ small CPU and breaks the graph at every handler; it can still be applied to the 
 
 Contract (the same as Pyro's JIT ELBOs): the programs must have a static structure for a given
 input signature; no Python control flow on tensor values, no ``.item()`` that changes what is
-computed. The first replay of every new signature is checked against an eager evaluation with
-the same random numbers, and a mismatch raises ``ValueError`` instead of training on a wrong
-graph.
+computed. The second call of every new signature (the first on a batch other than the recorded
+one) is checked against an eager evaluation with the same random numbers, and a mismatch raises
+``ValueError`` instead of training on a wrong graph.
 """
 
 from __future__ import annotations

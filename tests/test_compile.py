@@ -123,3 +123,19 @@ def test_simplify_moves_negations_off_large_tensors():
     assert all(tuple(n.meta["val"].shape) in {(4,), (4, 1)} for n in negated)
     for got, want in zip(graph(*args), expected, strict=True):
         assert torch.equal(got, want)  # exact: negation commutes with rounding
+
+
+def test_backend_compiles_the_recorded_graph():
+    pyro.clear_param_store()
+    elbo = make_elbo("mc")
+    fn = lambda x: elbo.differentiable_loss(model, guide, x)  # noqa: E731
+    plain, compiled = TraceOnce(fn, (model, guide)), TraceOnce(fn, (model, guide), backend="eager")
+    x = torch.randn(16)
+    with pyro.validation_enabled(False):
+        pyro.set_rng_seed(4)
+        want = [plain(x) for _ in range(3)]
+        pyro.set_rng_seed(4)
+        got = [compiled(x) for _ in range(3)]
+    torch.testing.assert_close(torch.stack(got), torch.stack(want).detach())
+    got[-1].backward()  # the compiled graph's gradients reach the parameters
+    assert pyro.param("mu_loc").unconstrained().grad is not None
