@@ -18,8 +18,17 @@ from arviz_base import dict_to_dataset
 from pyro import poutine
 from xarray import DataTree
 
+from ppl_vae.checks import data_dim
 from ppl_vae.data import as_tensors, check_finite
-from ppl_vae.pointwise import PARTICLE_PLATE, Draws, draw, max_plate_nesting
+from ppl_vae.pointwise import (
+    Draws,
+    draw,
+    in_draw_plate,
+    max_plate_nesting,
+    program_dtype,
+    reduce_to_points,
+    site_log_prob,
+)
 
 __all__ = ["to_arviz", "runs_from"]
 
@@ -59,30 +68,13 @@ def _is_fit_result(obj) -> bool:
     return isinstance(obj, FitResult)
 
 
-def program_dtype(*programs):
-    """The dtype and device of the first parameter of any module program (else None, None)."""
-    for program in programs:
-        if isinstance(program, torch.nn.Module):
-            p = next(program.parameters(), None)
-            if p is not None:
-                return p.dtype, p.device
-    return None, None
-
-
-def _in_plate(fn, num, rank):
-    def wrapped(*args):
-        with pyro.plate(PARTICLE_PLATE, num, dim=-rank):
-            return fn(*args)
-    return wrapped
 
 
 @torch.no_grad()
 def _replicate(model, latents, batch, num, rank, data_plate):
     """Replicated observations x_rep ~ p(x | z_k) for the given latent draws, the means of
     p(x | z_k) (None where the distribution has no closed-form mean) and each site's data dim."""
-    from ppl_vae.pointwise import _data_dim
-
-    program = poutine.condition(poutine.uncondition(_in_plate(model, num, rank)), data=latents)
+    program = poutine.condition(poutine.uncondition(in_draw_plate(model, num, rank)), data=latents)
     with pyro.validation_enabled(False):
         trace = poutine.trace(program).get_trace(*batch)
     reps, means, dims = {}, {}, {}
@@ -90,7 +82,7 @@ def _replicate(model, latents, batch, num, rank, data_plate):
         if site["type"] == "sample" and site["infer"].get("was_observed"):
             value = site["value"]
             reps[name] = value
-            dims[name] = _data_dim(site, data_plate)
+            dims[name] = data_dim(site, data_plate)
             try:
                 means[name] = site["fn"].mean.expand(value.shape)
             except (NotImplementedError, RuntimeError):
@@ -281,13 +273,11 @@ def _one_chain(model, guide, batch, num, data_plate, with_replicates) -> dict:
 
 
 def _site_log_lik(model, d, batch, site, num, rank, data_plate):
-    from ppl_vae.pointwise import _data_dim, _reduce, _site_log_prob
-
-    program = poutine.condition(_in_plate(model, num, rank), data=d.latents)
+    program = poutine.condition(in_draw_plate(model, num, rank), data=d.latents)
     with torch.no_grad(), pyro.validation_enabled(False):
         trace = poutine.trace(program).get_trace(*batch)
     s = trace.nodes[site]
-    return _reduce(_site_log_prob(s), rank, _data_dim(s, data_plate), batch[0].shape[0])
+    return reduce_to_points(site_log_prob(s), rank, data_dim(s, data_plate), batch[0].shape[0])
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

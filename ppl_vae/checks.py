@@ -98,7 +98,8 @@ def check_sites_agree(model_trace, guide_trace) -> None:
     check_event_shapes(model_trace, guide_trace)
 
 
-def _data_dim(site, plate_name: str) -> int | None:
+def data_dim(site, plate_name: str) -> int | None:
+    """The (negative) dimension of the plate ``plate_name`` in a site's batch shape, or None."""
     for frame in site["cond_indep_stack"]:
         if frame.name == plate_name and frame.dim is not None:
             return frame.dim
@@ -130,7 +131,7 @@ def check_support(
                 ok = site["fn"].support.check(site["value"])
                 if bool(ok.all()):
                     continue
-                dim = _data_dim(site, plate_name)
+                dim = data_dim(site, plate_name)
                 if dim is None or ok.dim() < -dim:
                     raise ValueError(
                         f"observed site {name!r}: values lie outside the support of "

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ppl_vae.data import as_tensors, check_finite, num_rows
-from ppl_vae.pointwise import draw, max_plate_nesting
+from ppl_vae.pointwise import draw, max_plate_nesting, program_dtype
 
 __all__ = ["evaluate", "Evaluation", "logmeanexp"]
 
@@ -58,14 +58,8 @@ def evaluate(
     Evaluation
         Keys ``elbo``, ``iwae``, ``kl``, ``recon`` (floats, nats per data point), ``num_samples``.
     """
-    ref_dtype = None
-    for program in (model, guide):
-        if isinstance(program, torch.nn.Module):
-            p = next(program.parameters(), None)
-            if p is not None:
-                ref_dtype, device = p.dtype, p.device
-                break
-    tensors = as_tensors(data, dtype=ref_dtype, device=device if ref_dtype else None, name="data")
+    ref_dtype, device = program_dtype(model, guide)
+    tensors = as_tensors(data, dtype=ref_dtype, device=device, name="data")
     check_finite(tensors)
     n = num_rows(tensors)
     gen_state = torch.get_rng_state()

@@ -16,7 +16,12 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["Draws", "draw", "max_plate_nesting"]
+from ppl_vae.checks import data_dim, trace_pair
+
+__all__ = [
+    "Draws", "draw", "in_draw_plate", "max_plate_nesting", "program_dtype", "reduce_to_points",
+    "site_log_prob",
+]
 
 PARTICLE_PLATE = "_ppl_vae_draws"
 
@@ -72,8 +77,6 @@ class Draws:
 
 def max_plate_nesting(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]) -> int:
     """Deepest plate dimension used by either program (as a positive number)."""
-    from ppl_vae.checks import trace_pair
-
     with torch.no_grad(), pyro.validation_enabled(False):
         model_trace, guide_trace = trace_pair(model, guide, batch)
     depth = 0
@@ -86,7 +89,28 @@ def max_plate_nesting(model: Callable, guide: Callable, batch: Sequence[torch.Te
     return depth
 
 
-def _reduce(log_prob: torch.Tensor, rank: int, data_dim: int | None, n: int) -> torch.Tensor:
+def in_draw_plate(fn: Callable, num: int, rank: int) -> Callable:
+    """``fn`` run inside a plate of ``num`` draws at dimension ``-rank`` (left of every plate the
+    program uses), so that one pass draws all of them."""
+
+    def wrapped(*args):
+        with pyro.plate(PARTICLE_PLATE, num, dim=-rank):
+            return fn(*args)
+
+    return wrapped
+
+
+def program_dtype(*programs):
+    """The dtype and device of the first parameter of any module program (else None, None)."""
+    for program in programs:
+        if isinstance(program, torch.nn.Module):
+            p = next(program.parameters(), None)
+            if p is not None:
+                return p.dtype, p.device
+    return None, None
+
+
+def reduce_to_points(log_prob: torch.Tensor, rank: int, data_dim: int | None, n: int) -> torch.Tensor:
     """Sum a site's log-density down to (K, N) (data_dim given) or (K,)."""
     lp = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
     if data_dim is None:
@@ -96,7 +120,7 @@ def _reduce(log_prob: torch.Tensor, rank: int, data_dim: int | None, n: int) -> 
     return lp.expand(lp.shape[0], n)
 
 
-def _site_log_prob(site) -> torch.Tensor:
+def site_log_prob(site) -> torch.Tensor:
     lp = site["fn"].log_prob(site["value"])
     mask = site["mask"]
     if isinstance(mask, torch.Tensor):
@@ -106,11 +130,6 @@ def _site_log_prob(site) -> torch.Tensor:
     return lp
 
 
-def _data_dim(site, plate_name):
-    for frame in site["cond_indep_stack"]:
-        if frame.name == plate_name:
-            return frame.dim
-    return None
 
 
 @torch.no_grad()
@@ -142,17 +161,11 @@ def draw(
     if nesting is None:
         nesting = max_plate_nesting(model, guide, batch)
     rank = nesting + 1
-    plate = pyro.plate(PARTICLE_PLATE, num_samples, dim=-rank)
-
-    def in_plate(fn):
-        def wrapped(*args):
-            with plate:
-                return fn(*args)
-        return wrapped
-
     with pyro.validation_enabled(False):
-        guide_trace = poutine.trace(in_plate(guide)).get_trace(*batch)
-        model_trace = poutine.trace(poutine.replay(in_plate(model), trace=guide_trace)).get_trace(*batch)
+        guide_trace = poutine.trace(in_draw_plate(guide, num_samples, rank)).get_trace(*batch)
+        model_trace = poutine.trace(
+            poutine.replay(in_draw_plate(model, num_samples, rank), trace=guide_trace)
+        ).get_trace(*batch)
 
     ref = next((t for t in batch if t.is_floating_point()), batch[0])
     dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
@@ -163,8 +176,8 @@ def draw(
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue  # plates record themselves as sample sites; they are not latents
-        dim = _data_dim(site, data_plate)
-        lp = _reduce(_site_log_prob(site), rank, dim, n)
+        dim = data_dim(site, data_plate)
+        lp = reduce_to_points(site_log_prob(site), rank, dim, n)
         if site["is_observed"]:
             observed[name] = site["value"]
             log_lik += lp if dim is not None else lp[:, None] / n
@@ -172,7 +185,7 @@ def draw(
         if name not in guide_trace.nodes:
             continue  # drawn from the prior: its density cancels in p/q
         gsite = guide_trace.nodes[name]
-        lq = _reduce(_site_log_prob(gsite), rank, dim, n)
+        lq = reduce_to_points(site_log_prob(gsite), rank, dim, n)
         latents[name] = site["value"]
         data_dims[name] = dim
         if dim is None:
@@ -187,8 +200,8 @@ def draw(
         # Auxiliary guide sites (an autoguide's "<site>_unconstrained") belong to q only; the
         # guide's Delta site at the constrained value carries just the Jacobian term.
         if gsite["type"] == "sample" and gsite["infer"].get("is_auxiliary"):
-            dim = _data_dim(gsite, data_plate)
-            lq = _reduce(_site_log_prob(gsite), rank, dim, n)
+            dim = data_dim(gsite, data_plate)
+            lq = reduce_to_points(site_log_prob(gsite), rank, dim, n)
             if dim is None:
                 log_q_g += lq
             else:

@@ -16,6 +16,7 @@ import torch
 from pyro import poutine
 
 from ppl_vae import report_figures as figs
+from ppl_vae.pointwise import program_dtype
 
 __all__ = ["report", "report_run"]
 
@@ -173,8 +174,6 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
                                calibrate=calibrate, data_plate=data_plate, settings=settings)
     if evaluation is None:
         evaluation = evaluate(m0, g0, data, data_plate=data_plate)
-    from ppl_vae.arviz import program_dtype
-
     dtype, device = program_dtype(m0, g0)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     tree = diagnostics.tree

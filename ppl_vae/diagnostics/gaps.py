@@ -24,7 +24,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from ppl_vae.data import as_tensors, check_finite
-from ppl_vae.pointwise import draw, max_plate_nesting
+from ppl_vae.pointwise import draw, max_plate_nesting, program_dtype
 
 __all__ = ["inference_gaps", "log_evidence", "RefinedGuide"]
 
@@ -44,8 +44,6 @@ def log_evidence(model, guide, data, *, num_samples: int = 1000, data_plate: str
         ``num_samples`` (a lower bound that tightens with K), ``elbo`` = mean_k log ratio and
         ``elbo_gap`` = log_px - elbo (nats).
     """
-    from ppl_vae.arviz import program_dtype
-
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
@@ -155,8 +153,6 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 300
         elbo_refined, ``inference_gap`` = their sum (nats). Where the refined ELBO came out
         below the amortized one (a noisy optimiser), the amortized q is kept as q*.
     """
-    from ppl_vae.arviz import program_dtype
-
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)

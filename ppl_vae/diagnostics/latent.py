@@ -21,7 +21,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.data import as_tensors
-from ppl_vae.pointwise import PARTICLE_PLATE, max_plate_nesting
+from ppl_vae.pointwise import in_draw_plate, max_plate_nesting, program_dtype
 
 __all__ = ["ACTIVITY_THRESHOLD", "active_units", "kl_summary", "latent_table", "mutual_information"]
 
@@ -46,16 +46,11 @@ def _local_pairs(model, guide, batch, num, data_plate):
     """Guide and model traces with ``num`` draws in a particle plate, and the local latents."""
     nesting = max_plate_nesting(model, guide, batch)
     rank = nesting + 1
-
-    def in_plate(fn):
-        def wrapped(*args):
-            with pyro.plate(PARTICLE_PLATE, num, dim=-rank):
-                return fn(*args)
-        return wrapped
-
     with torch.no_grad(), pyro.validation_enabled(False):
-        gtr = poutine.trace(in_plate(guide)).get_trace(*batch)
-        mtr = poutine.trace(poutine.replay(in_plate(model), trace=gtr)).get_trace(*batch)
+        gtr = poutine.trace(in_draw_plate(guide, num, rank)).get_trace(*batch)
+        mtr = poutine.trace(
+            poutine.replay(in_draw_plate(model, num, rank), trace=gtr)
+        ).get_trace(*batch)
     sites = []
     for name, site in gtr.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
@@ -98,8 +93,6 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
         (``"analytic"``, ``"monte carlo"``, ``"marginal"`` for a correlated Gaussian guide
         against a factorised prior, ``"unavailable"`` (KL NaN) where none of these applies).
     """
-    from ppl_vae.arviz import program_dtype
-
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     n = batch[0].shape[0]
@@ -180,8 +173,6 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
     used. Returns NaN when the guide's local sites do not have one batch dimension per data
     point or their density cannot be evaluated pairwise (conditional flows).
     """
-    from ppl_vae.arviz import program_dtype
-
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     batch = tuple(t[:max_points] for t in batch)

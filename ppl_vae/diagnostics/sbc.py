@@ -21,7 +21,7 @@ from pyro import poutine
 from scipy import stats
 
 from ppl_vae.data import as_tensors
-from ppl_vae.pointwise import draw, max_plate_nesting
+from ppl_vae.pointwise import draw, max_plate_nesting, program_dtype
 
 __all__ = ["SBCResult", "sbc"]
 
@@ -111,8 +111,6 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
     """
     if (num_draws + 1) % bins:
         raise ValueError(f"bins: num_draws + 1 = {num_draws + 1} must be divisible by bins={bins}")
-    from ppl_vae.arviz import program_dtype
-
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     columns: dict[str, list] = {}

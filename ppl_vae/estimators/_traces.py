@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from pyro.distributions.util import is_identically_zero
 from pyro.infer.enum import get_importance_trace
 
@@ -22,3 +23,18 @@ def reparameterized_traces(estimator: str, max_plate_nesting, model, guide, args
                 f"({type(site['fn']).__name__}) has no rsample: use 'score' or 'mc'"
             )
     return model_trace, guide_trace
+
+
+def loss_value(differentiable_loss, *args, **kwargs) -> float:
+    """``ELBO.loss`` from ``differentiable_loss``: the estimate as a float, no graph kept."""
+    with torch.no_grad():
+        return float(differentiable_loss(*args, **kwargs))
+
+
+def loss_and_grads(differentiable_loss, retain_graph, *args, **kwargs) -> float:
+    """``ELBO.loss_and_grads`` from ``differentiable_loss``: accumulate ``.grad``, return the
+    estimate."""
+    loss = differentiable_loss(*args, **kwargs)
+    if loss.requires_grad:
+        loss.backward(retain_graph=retain_graph)
+    return float(loss.detach())

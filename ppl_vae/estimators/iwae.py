@@ -25,7 +25,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.util import get_dependent_plate_dims
 
-from ppl_vae.estimators._traces import reparameterized_traces
+from ppl_vae.estimators._traces import loss_and_grads, loss_value, reparameterized_traces
 
 __all__ = ["ImportanceWeightedELBO"]
 
@@ -119,14 +119,12 @@ class ImportanceWeightedELBO(ELBO):
         bound = torch.logsumexp(log_w, dim=particle_dim) - math.log(self.num_particles)
         return -scale * bound.sum()
 
-    @torch.no_grad()
     def loss(self, model, guide, *args, **kwargs) -> float:
         """-L_K estimate (a float)."""
-        return float(self.differentiable_loss(model, guide, *args, **kwargs))
+        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """-L_K estimate; accumulates its gradient into ``.grad``."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward(retain_graph=self.retain_graph)
-        return float(loss.detach())
+        return loss_and_grads(
+            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
+        )

@@ -25,7 +25,7 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 
-from ppl_vae.estimators._traces import reparameterized_traces
+from ppl_vae.estimators._traces import loss_and_grads, loss_value, reparameterized_traces
 
 __all__ = ["StickingTheLandingELBO"]
 
@@ -80,14 +80,12 @@ class StickingTheLandingELBO(ELBO):
             loss = loss - self._elbo_particle(*traces) / self.num_particles
         return torch.as_tensor(loss)
 
-    @torch.no_grad()
     def loss(self, model, guide, *args, **kwargs) -> float:
         """-ELBO estimate (a float)."""
-        return float(self.differentiable_loss(model, guide, *args, **kwargs))
+        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """-ELBO estimate; accumulates the STL gradient into ``.grad``."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward(retain_graph=self.retain_graph)
-        return float(loss.detach())
+        return loss_and_grads(
+            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
+        )
