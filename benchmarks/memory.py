@@ -64,11 +64,11 @@ def worker(argv=None) -> dict:
 
     import pyro
     import torch
-    from ppl_vae.guides import MLPEncoder
-    from ppl_vae.models import VAE
 
     from benchmarks.contenders import Setting, initial_weights, make_contender
     from benchmarks.timing import fixed_batches, load_data
+    from ppl_vae.guides import MLPEncoder
+    from ppl_vae.models import VAE
 
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)

@@ -107,10 +107,9 @@ def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, w
 
 def check_sites_on_device(device, dtype) -> dict[str, str]:
     """Device of every sample site of the zoo VAE's model and guide on a batch on ``device``."""
+    from ppl_vae.checks import trace_pair
     from ppl_vae.guides import MLPEncoder
     from ppl_vae.models import VAE
-
-    from ppl_vae.checks import trace_pair
 
     x = load_data("784", torch.device(device), dtype)[:8]
     model = VAE(784).to(device, dtype)

@@ -30,11 +30,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
-from ppl_vae.guides import MLPEncoder  # noqa: E402
-from ppl_vae.models import VAE  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import ppl_vae  # noqa: E402
+from ppl_vae.guides import MLPEncoder  # noqa: E402
+from ppl_vae.models import VAE  # noqa: E402
 
 MU, SIGMA = 1.5, 0.8
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+import ppl_vae
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
-
-import ppl_vae
 
 
 def main(argv=None) -> dict:

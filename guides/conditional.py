@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from ppl_vae.models.conditional import label_one_hot
 from pyro.nn import PyroModule
 
+from ppl_vae.models.conditional import label_one_hot
 from ppl_vae.nn import check_width, hidden_sizes, mlp, unique_name
 
 

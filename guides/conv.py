@@ -6,10 +6,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from ppl_vae.models.conv import check_image_shape
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppl_vae.models.conv import check_image_shape
 from ppl_vae.nn import check_width, unique_name
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from ppl_vae.models.eight_schools import school_vector
 from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
 
+from ppl_vae.models.eight_schools import school_vector
 from ppl_vae.nn import unique_name
 
 # softplus^-1(0.1): every site starts with a small scale, as AutoNormal's init_scale=0.1 does.

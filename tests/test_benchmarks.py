@@ -10,8 +10,6 @@ import gc
 import pyro
 import pytest
 import torch
-from ppl_vae.guides import MLPEncoder
-from ppl_vae.models import VAE
 
 from benchmarks.__main__ import main
 from benchmarks.contenders import Setting, TorchVAE, initial_weights, make_contender
@@ -21,6 +19,8 @@ from ppl_vae import fit
 from ppl_vae.data import iter_batches
 from ppl_vae.elbo import make_elbo
 from ppl_vae.fit import _epoch_generator
+from ppl_vae.guides import MLPEncoder
+from ppl_vae.models import VAE
 from ppl_vae.train import init_state, update
 
 CPU = torch.device("cpu")

@@ -4,12 +4,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppl_vae.guides import MLPEncoder
-from ppl_vae.models import VAE
 from pyro.nn import PyroModule, PyroParam
 
 from ppl_vae import evaluate, fit
 from ppl_vae.distributed import wants_engine
+from ppl_vae.guides import MLPEncoder
+from ppl_vae.models import VAE
 from ppl_vae.nn import unique_name
 from ppl_vae.streaming import DiskData, write_shards
 

@@ -131,10 +131,9 @@ def test_stl_has_no_jit_variant():
 
 
 def test_stl_trains_the_digits_vae(digits, dtype):
+    from ppl_vae import fit
     from ppl_vae.guides import MLPEncoder
     from ppl_vae.models import VAE
-
-    from ppl_vae import fit
 
     model, guide = VAE(64, 4, hidden=16), MLPEncoder(64, 4, hidden=16)
     result = fit(model, guide, digits.train, estimator="stl", epochs=1, dtype=dtype,

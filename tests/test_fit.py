@@ -6,13 +6,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppl_vae.guides import MLPEncoder
-from ppl_vae.models import VAE
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 import ppl_vae
+from ppl_vae.guides import MLPEncoder
+from ppl_vae.models import VAE
 
 
 def small_vae(dtype=torch.float32, obs=64, latent=4, hidden=32):

@@ -1,13 +1,13 @@
 """LocalGlobalGuide: an amortized local guide plus an AutoNormal over the global latents."""
 
 import torch
-from ppl_vae.guides import LocalGlobalGuide, MLPEncoder, global_part
-from ppl_vae.models import GlobalLocalVAE
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae import evaluate, fit
 from ppl_vae.datasets import make_linear_gaussian
+from ppl_vae.guides import LocalGlobalGuide, MLPEncoder, global_part
+from ppl_vae.models import GlobalLocalVAE
 
 
 def test_global_part_hides_data_plate_sites():

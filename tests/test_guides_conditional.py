@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from ppl_vae.guides import ConditionalEncoder
-from ppl_vae.models import ConditionalVAE
 
 from ppl_vae import evaluate
+from ppl_vae.guides import ConditionalEncoder
+from ppl_vae.models import ConditionalVAE
 
 
 def test_location_depends_on_the_label(dtype):

@@ -1,11 +1,11 @@
 """ConvEncoder: an image encoder that also pairs with the MLP decoder."""
 
 import torch
-from ppl_vae.guides import ConvEncoder
-from ppl_vae.models import VAE
 
 from ppl_vae import fit
 from ppl_vae.cli import main
+from ppl_vae.guides import ConvEncoder
+from ppl_vae.models import VAE
 
 
 def test_encoder_locations_separate_classes(digits):

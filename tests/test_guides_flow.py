@@ -6,10 +6,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppl_vae.guides import FlowEncoder, MLPEncoder
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
+from ppl_vae.guides import FlowEncoder, MLPEncoder
 
 NOISE = 0.3
 

@@ -5,10 +5,10 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from ppl_vae.guides import LowRankEncoder
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
+from ppl_vae.guides import LowRankEncoder
 
 NOISE = 0.3
 

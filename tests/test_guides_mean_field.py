@@ -3,12 +3,12 @@
 import pyro
 import pytest
 import torch
-from ppl_vae.guides import EightSchoolsGuide, RegressionGuide
-from ppl_vae.guides.mean_field import mean_field_site
 from pyro import poutine
 from pyro.distributions import constraints
 
 from ppl_vae.datasets import load_eight_schools
+from ppl_vae.guides import EightSchoolsGuide, RegressionGuide
+from ppl_vae.guides.mean_field import mean_field_site
 
 
 def test_positive_site_is_lognormal(dtype):

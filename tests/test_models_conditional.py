@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from ppl_vae.guides import ConditionalEncoder
-from ppl_vae.models import ConditionalVAE
 
 from ppl_vae import fit
 from ppl_vae.cli import main
+from ppl_vae.guides import ConditionalEncoder
+from ppl_vae.models import ConditionalVAE
 
 
 def test_samples_move_toward_the_class_means(digits):

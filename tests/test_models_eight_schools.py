@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-from ppl_vae.guides import EightSchoolsGuide
-from ppl_vae.models import EightSchools
 from torch.nn.functional import softplus
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
 from ppl_vae.datasets import load_eight_schools
+from ppl_vae.guides import EightSchoolsGuide
+from ppl_vae.models import EightSchools
 
 # NUTS on the non-centred model (ArviZ's "non_centered_eight", 4 x 500 draws): posterior mean
 # and sd of mu 4.39 and 3.3, of tau 3.6 and 3.2. Their Monte Carlo errors are below 0.1.

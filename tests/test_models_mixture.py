@@ -3,12 +3,12 @@
 import pyro
 import pytest
 import torch
-from ppl_vae.guides import MLPEncoder
-from ppl_vae.models import MixturePriorVAE
 from pyro import poutine
 
 from ppl_vae import evaluate, fit, make_elbo
 from ppl_vae.cli import main
+from ppl_vae.guides import MLPEncoder
+from ppl_vae.models import MixturePriorVAE
 
 
 def test_enumerated_elbo_equals_the_marginal_prior_elbo(digits, dtype):

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from ppl_vae.guides import MLPEncoder
-from ppl_vae.models import PPCA
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
 from ppl_vae.datasets import make_linear_gaussian
+from ppl_vae.guides import MLPEncoder
+from ppl_vae.models import PPCA
 from ppl_vae.pointwise import draw
 
 

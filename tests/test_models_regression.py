@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from ppl_vae.guides import RegressionGuide
-from ppl_vae.models import BayesianRegression
 
 from ppl_vae import fit
 from ppl_vae.cli import main
 from ppl_vae.datasets import make_regression
+from ppl_vae.guides import RegressionGuide
+from ppl_vae.models import BayesianRegression
 
 
 def _train(model, guide, data, dtype, seed=0):

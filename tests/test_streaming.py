@@ -6,11 +6,11 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from ppl_vae.guides import MLPEncoder
-from ppl_vae.models import VAE
 
 from ppl_vae import fit
 from ppl_vae.data import iter_batches
+from ppl_vae.guides import MLPEncoder
+from ppl_vae.models import VAE
 from ppl_vae.streaming import DiskData, epoch_batches, sequential_batches, write_shards
 
 
