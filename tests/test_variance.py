@@ -32,8 +32,10 @@ def test_variance_ordering_and_agreement_on_linear_gaussian():
     tv = guide_rows["total_variance"]
     # Closed-form KL removes the KL's sampling noise: lower variance than whole-ELBO Monte Carlo.
     assert tv["analytic"] < tv["mc"]
-    # The score function is far noisier than either reparameterized estimator.
-    assert tv["score"] > 10 * tv["mc"]
+    # The score function is noisier than either reparameterized estimator, even with the
+    # leave-one-out baseline that vectorized particles give it (measured: about 7x mc here; 23x
+    # without a baseline, see test_estimators_score).
+    assert tv["score"] > 3 * tv["mc"]
     assert guide_rows.loc["analytic", "variance_ratio"] == 1.0
     # All four estimate the same gradient.
     assert all_rows["agrees_in_mean"].all()
