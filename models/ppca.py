@@ -56,7 +56,6 @@ class PPCA(PyroModule):
 
     @classmethod
     def from_dataset(cls, dataset, **options):
-        options.setdefault("latent_dim", int(dataset.info.get("latent_dim", 2)))
         return cls(dataset.obs_dim, **options)
 
     def noise_scale(self) -> torch.Tensor:

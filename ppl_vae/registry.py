@@ -73,14 +73,17 @@ def _check_options(kind: str, spec: str, cls, options: dict) -> None:
                          f"{', '.join(takes)}")
 
 
-def build(kind: str, spec: str, dataset, **options):
+def build(kind: str, spec: str, dataset, *, defaults: dict | None = None, **options):
     """Instantiate ``spec`` for ``dataset``.
 
     A class is built with ``cls.from_dataset(dataset, **options)`` (the zoo's constructor
-    contract); a function is a ready Pyro program and is returned as it is.
+    contract); a function is a ready Pyro program and is returned as it is. ``defaults`` are
+    options a class gets when its constructor takes them and ``options`` do not set them.
     """
     obj = resolve(kind, spec)
     if inspect.isclass(obj):
+        params = inspect.signature(obj.__init__).parameters
+        options = {**{k: v for k, v in (defaults or {}).items() if k in params}, **options}
         _check_options(kind, spec, obj, options)
         return obj.from_dataset(dataset, **options)
     if options:

@@ -45,8 +45,13 @@ def load_data(spec: str) -> datasets.Dataset:
 
 
 def build_programs(config: dict, dataset):
-    model = build("model", config["model"], dataset, **config.get("model_options", {}))
-    guide = build("guide", config["guide"], dataset, **config.get("guide_options", {}))
+    """Model and guide of a run. A synthetic data set's generating latent dimension is the
+    default ``latent_dim`` of both (so that, say, ``ppca`` and ``mlp`` agree without flags)."""
+    defaults = {"latent_dim": int(dataset.info["latent_dim"])} if "latent_dim" in dataset.info else {}
+    model = build("model", config["model"], dataset, defaults=defaults,
+                  **config.get("model_options", {}))
+    guide = build("guide", config["guide"], dataset, defaults=defaults,
+                  **config.get("guide_options", {}))
     return model, guide
 
 

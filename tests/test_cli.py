@@ -65,3 +65,18 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
 def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a ppl-vae run folder" in capsys.readouterr().err
+
+
+def test_synthetic_latent_dim_is_the_default_of_both_programs(tmp_path):
+    # linear_gaussian is generated with 2 latents: ppca and mlp both default to it.
+    out = tmp_path / "run"
+    assert main(["train", "--model", "ppca", "--guide", "mlp", "--data", "linear_gaussian",
+                 "--epochs", "1", "--no-progress", "--eval-samples", "3", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "ppca"
+
+
+def test_mismatched_latent_dims_are_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--model", "vae", "--guide", "mlp", "--model-option", "latent_dim=3",
+                 "--out", str(tmp_path / "r"), *TINY[:2], "--no-progress"]) == 2
+    assert "event shape (3,) but the guide's has (20,)" in capsys.readouterr().err
