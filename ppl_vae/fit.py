@@ -28,7 +28,7 @@ from ppl_vae.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.elbo import make_elbo
 from ppl_vae.explain import monte_carlo_kl_sites
 from ppl_vae.result import FitResult, TrainingDivergedError
-from ppl_vae.streaming import DiskData, EpochBatches, sequential_batches
+from ppl_vae.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
 from ppl_vae.train import ScaledProgram, init_state, mean_loss, update
 
 __all__ = ["fit"]
@@ -44,8 +44,9 @@ def _prepare_programs(model, guide, device, dtype):
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # The batch order of epoch e depends on (seed, e) only, so a run resumed at an epoch boundary
-    # sees the same batches as an uninterrupted one.
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    # sees the same batches as an uninterrupted one; the same seed as DistributedSampler's, so a
+    # data-parallel or streamed run cuts the same global batches.
+    return torch.Generator().manual_seed(sampler_seed(seed) + int(epoch))
 
 
 def _rows(data) -> int:

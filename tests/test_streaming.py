@@ -9,6 +9,7 @@ import torch
 
 from ppl_vae import fit
 from ppl_vae.data import iter_batches
+from ppl_vae.fit import _epoch_generator
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
 from ppl_vae.streaming import DiskData, epoch_batches, sequential_batches, write_shards
@@ -71,8 +72,7 @@ def test_sampler_shards_union_to_the_single_process_batches(arrays, num_workers)
     path, x, _ = arrays
     data = DiskData(path / "x", dtype=torch.float64, num_workers=num_workers)
     tensors = (torch.from_numpy(x),)
-    generator = torch.Generator().manual_seed(5 * 1_000_003 + 2)  # fit's (seed, epoch) = (5, 2)
-    whole = list(iter_batches(tensors, 8, shuffle=True, generator=generator))
+    whole = list(iter_batches(tensors, 8, shuffle=True, generator=_epoch_generator(5, 2)))
     single = list(epoch_batches(data, 8, seed=5, epoch=2))
     assert [b[0].shape[0] for b in single] == [8] * 6 + [5]
     for a, b in zip(whole, single, strict=True):
