@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
-from ppl_vae.elbo import make_elbo
-from ppl_vae.train import init_state, update
+from ppl_vae.estimators.registry import make_elbo
+from ppl_vae.train.state import init_state, update
 
 CONTENDERS = ("torch", "pyro", "pyro_jit", "ppl_vae", "ppl_vae_jit")
 LATENT, HIDDEN, MIN_SCALE = 20, 400, 1e-4
@@ -50,7 +50,7 @@ class Setting:
 
 
 def networks(obs_dim: int) -> tuple[nn.Sequential, nn.Sequential]:
-    """Encoder and decoder with the zoo's layout (``ppl_vae.nn.mlp``)."""
+    """Encoder and decoder with the zoo's layout (``ppl_vae.programs.nn.mlp``)."""
     encoder = nn.Sequential(nn.Linear(obs_dim, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, 2 * LATENT))
     decoder = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, obs_dim))
     return encoder, decoder

@@ -12,7 +12,7 @@ import pyro
 import torch
 
 from benchmarks.contenders import Setting, initial_weights, make_contender
-from ppl_vae.datasets import load_digits, make_binary_images
+from ppl_vae.data.datasets import load_digits, make_binary_images
 
 _DATA_CACHE: dict[str, torch.Tensor] = {}
 
@@ -107,9 +107,9 @@ def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, w
 
 def check_sites_on_device(device, dtype) -> dict[str, str]:
     """Device of every sample site of the zoo VAE's model and guide on a batch on ``device``."""
-    from ppl_vae.checks import trace_pair
     from ppl_vae.guides import MLPEncoder
     from ppl_vae.models import VAE
+    from ppl_vae.programs.checks import trace_pair
 
     x = load_data("784", torch.device(device), dtype)[:8]
     model = VAE(784).to(device, dtype)

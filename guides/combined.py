@@ -12,7 +12,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppl_vae.nn import unique_name
+from ppl_vae.programs.nn import unique_name
 
 from .mean_field import _INIT_RAW_SCALE, mean_field_site
 from .mlp import MLPEncoder

@@ -8,7 +8,7 @@ import torch
 from pyro.nn import PyroModule
 
 from ppl_vae.models.conditional import label_one_hot
-from ppl_vae.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
 
 
 class ConditionalEncoder(PyroModule):

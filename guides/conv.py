@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppl_vae.models.conv import check_image_shape
-from ppl_vae.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, unique_name
 
 
 class ConvEncoder(PyroModule):

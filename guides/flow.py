@@ -10,7 +10,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import nn
 
-from ppl_vae.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
 
 
 class FlowEncoder(PyroModule):

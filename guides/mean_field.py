@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from ppl_vae.models.eight_schools import school_vector
-from ppl_vae.nn import unique_name
+from ppl_vae.programs.nn import unique_name
 
 # softplus^-1(0.1): every site starts with a small scale, as AutoNormal's init_scale=0.1 does.
 _INIT_RAW_SCALE = -2.2521684610440903

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-from ppl_vae.distributions import SoftBernoulli
+from ppl_vae.programs.distributions import SoftBernoulli
 
 LIKELIHOODS = ("bernoulli", "normal", "continuous_bernoulli")
 

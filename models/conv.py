@@ -9,7 +9,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppl_vae.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, unique_name
 
 from ._common import LIKELIHOODS, likelihood
 

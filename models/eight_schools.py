@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppl_vae.nn import unique_name
+from ppl_vae.programs.nn import unique_name
 
 
 class EightSchools(PyroModule):

@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
 
-from ppl_vae.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, unique_name
 
 NOISE_MODELS = ("isotropic", "diagonal")
 

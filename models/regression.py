@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppl_vae.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, unique_name
 
 
 class BayesianRegression(PyroModule):

@@ -1,11 +1,17 @@
 """ppl-vae: variational autoencoders and amortized variational inference as plain Pyro programs.
 
 Train with the ELBO estimator of your choice (``fit``), measure it (``evaluate``), and check
-the posterior you got.
+the posterior you got (``diagnose``, ``report``).
+
+The subpackages follow the data flow, each using only those before it:
+``data`` -> ``programs`` -> ``estimators`` -> ``train`` -> ``evaluation`` -> ``diagnostics`` ->
+``reporting`` -> ``cli`` (see docs/architecture.md).
 """
 
-from ppl_vae import datasets
-from ppl_vae.arviz import to_arviz
+import sys as _sys
+
+from ppl_vae.data import datasets
+from ppl_vae.data.streaming import DiskData, write_shards
 from ppl_vae.diagnostics import (
     diagnose,
     inference_gaps,
@@ -15,15 +21,18 @@ from ppl_vae.diagnostics import (
     pointwise_psis,
     sbc,
 )
-from ppl_vae.elbo import ESTIMATORS, make_elbo
-from ppl_vae.evaluate import Evaluation, evaluate
-from ppl_vae.explain import explain, monte_carlo_kl_sites
-from ppl_vae.fit import fit
-from ppl_vae.report import report
-from ppl_vae.result import FitResult, TrainingDivergedError
-from ppl_vae.streaming import DiskData, write_shards
-from ppl_vae.train import TrainState, init_state, update
-from ppl_vae.variance import gradient_variance
+from ppl_vae.estimators.explain import explain, monte_carlo_kl_sites
+from ppl_vae.estimators.registry import ESTIMATORS, make_elbo
+from ppl_vae.estimators.variance import gradient_variance
+from ppl_vae.evaluation.arviz import to_arviz
+from ppl_vae.evaluation.metrics import Evaluation, evaluate
+from ppl_vae.reporting.page import report
+from ppl_vae.train.loop import fit
+from ppl_vae.train.result import FitResult, TrainingDivergedError
+from ppl_vae.train.state import TrainState, init_state, update
+
+# ``import ppl_vae.datasets`` keeps working: the data sets module is public under its old name.
+_sys.modules[__name__ + ".datasets"] = datasets
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam
 
-from ppl_vae.nn import unique_name
+from ppl_vae.programs.nn import unique_name
 
 SIGMA = 1.0
 

@@ -19,7 +19,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 
-from ppl_vae.elbo import make_elbo
+from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.estimators.score import score_function_only
 
 SIGMA = 0.7

@@ -27,6 +27,6 @@ def dtype(request):
 
 @pytest.fixture(scope="session")
 def digits():
-    from ppl_vae.datasets import load_digits
+    from ppl_vae.data.datasets import load_digits
 
     return load_digits()

@@ -9,9 +9,9 @@ import torch
 import xarray as xr
 from _diagnostics_cases import GlobalGuide, global_data, global_model, make_guide, model, simulate
 
-from ppl_vae.arviz import to_arviz
-from ppl_vae.cli_diagnostics import read_tree, write_tree
-from ppl_vae.pointwise import draw
+from ppl_vae.diagnostics.run import read_tree, write_tree
+from ppl_vae.evaluation.arviz import to_arviz
+from ppl_vae.evaluation.pointwise import draw
 
 
 def _vae_pair(seed, obs_dim=64, dtype=torch.float32):
@@ -89,7 +89,7 @@ def test_custom_model_with_a_global_latent():
 
 
 def test_fit_results_as_runs(digits):
-    from ppl_vae.fit import fit
+    from ppl_vae.train.loop import fit
 
     x = torch.as_tensor(digits.train[:64])
     results = []

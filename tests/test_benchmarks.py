@@ -16,12 +16,12 @@ from benchmarks.contenders import Setting, TorchVAE, initial_weights, make_conte
 from benchmarks.memory import rss_mib, worker
 from benchmarks.timing import fixed_batches
 from ppl_vae import fit
-from ppl_vae.data import iter_batches
-from ppl_vae.elbo import make_elbo
-from ppl_vae.fit import _epoch_generator
+from ppl_vae.data.tensors import iter_batches
+from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
-from ppl_vae.train import init_state, update
+from ppl_vae.train.loop import _epoch_generator
+from ppl_vae.train.state import init_state, update
 
 CPU = torch.device("cpu")
 

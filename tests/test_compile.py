@@ -7,9 +7,9 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from ppl_vae.compile import TraceOnce
-from ppl_vae.elbo import make_elbo
-from ppl_vae.train import init_state, update
+from ppl_vae.estimators.compile import TraceOnce
+from ppl_vae.estimators.registry import make_elbo
+from ppl_vae.train.state import init_state, update
 
 
 def model(x):
@@ -103,7 +103,7 @@ def test_gradient_reaches_every_parameter():
 def test_simplify_moves_negations_off_large_tensors():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ppl_vae.compile import simplify
+    from ppl_vae.estimators.compile import simplify
 
     def f(logits, x, g):
         ll = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ppl_vae.data import as_tensors, check_finite, iter_batches, resolve_device
+from ppl_vae.data.tensors import as_tensors, check_finite, iter_batches, resolve_device
 
 
 def test_accepts_tensor_ndarray_and_dataframe():

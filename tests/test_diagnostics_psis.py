@@ -5,8 +5,8 @@ import pytest
 import torch
 from _diagnostics_cases import make_guide, model, simulate
 
-from ppl_vae.arviz import to_arviz
 from ppl_vae.diagnostics.psis import khat_category, khat_shares, pointwise_psis, psis
+from ppl_vae.evaluation.arviz import to_arviz
 
 
 def _table(width, n=40, draws=2000, dtype=torch.float64):

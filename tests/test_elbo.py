@@ -2,7 +2,7 @@ import pyro.infer
 import pytest
 
 from ppl_vae import make_elbo
-from ppl_vae.elbo import ESTIMATORS
+from ppl_vae.estimators.registry import ESTIMATORS
 
 
 def test_core_names_map_to_pyro_elbos():

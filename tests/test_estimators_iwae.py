@@ -10,9 +10,9 @@ from _linear_gaussian import exact_loss_and_gradient, log_evidence, make_program
 from pyro.infer import RenyiELBO, Trace_ELBO
 from pyro.poutine.messenger import Messenger
 
-from ppl_vae.elbo import make_elbo
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
-from ppl_vae.train import ScaledProgram
+from ppl_vae.estimators.registry import make_elbo
+from ppl_vae.programs.handlers import ScaledProgram
 
 
 class _Record(Messenger):

@@ -7,7 +7,7 @@ import torch
 from _linear_gaussian import exact_loss_and_gradient, gradient_draws, make_programs, setup
 from pyro import poutine
 
-from ppl_vae.elbo import make_elbo
+from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.estimators.score import NonReparameterized, ScoreFunctionELBO, score_function_only
 
 

@@ -15,7 +15,7 @@ from _linear_gaussian import (
 )
 from pyro.infer import Trace_ELBO
 
-from ppl_vae.elbo import make_elbo
+from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.estimators.stl import StickingTheLandingELBO
 
 

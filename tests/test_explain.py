@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppl_vae import explain, fit, monte_carlo_kl_sites
-from ppl_vae.explain import PLAN_COLUMNS
+from ppl_vae.estimators.explain import PLAN_COLUMNS
 
 
 def _vae(latent=4):

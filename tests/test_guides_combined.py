@@ -5,7 +5,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae import evaluate, fit
-from ppl_vae.datasets import make_linear_gaussian
+from ppl_vae.data.datasets import make_linear_gaussian
 from ppl_vae.guides import LocalGlobalGuide, MLPEncoder, global_part
 from ppl_vae.models import GlobalLocalVAE
 

@@ -6,7 +6,7 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 
-from ppl_vae.datasets import load_eight_schools
+from ppl_vae.data.datasets import load_eight_schools
 from ppl_vae.guides import EightSchoolsGuide, RegressionGuide
 from ppl_vae.guides.mean_field import mean_field_site
 

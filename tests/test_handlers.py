@@ -4,7 +4,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from ppl_vae.handlers import DataPlateScale
+from ppl_vae.programs.handlers import DataPlateScale
 
 
 def program(x, subsample_of=None):

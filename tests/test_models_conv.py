@@ -5,9 +5,9 @@ import torch
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
-from ppl_vae.distributions import SoftBernoulli
 from ppl_vae.guides import ConvEncoder
 from ppl_vae.models import ConvVAE
+from ppl_vae.programs.distributions import SoftBernoulli
 
 
 def test_beats_independent_pixels_on_digits(digits):

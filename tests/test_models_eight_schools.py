@@ -8,7 +8,7 @@ from torch.nn.functional import softplus
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
-from ppl_vae.datasets import load_eight_schools
+from ppl_vae.data.datasets import load_eight_schools
 from ppl_vae.guides import EightSchoolsGuide
 from ppl_vae.models import EightSchools
 

@@ -5,10 +5,10 @@ import torch
 
 from ppl_vae import evaluate, fit, make_elbo
 from ppl_vae.cli import main
-from ppl_vae.datasets import make_linear_gaussian
+from ppl_vae.data.datasets import make_linear_gaussian
 from ppl_vae.guides import GlobalLocalGuide
 from ppl_vae.models import GlobalLocalVAE
-from ppl_vae.train import ScaledProgram
+from ppl_vae.programs.handlers import ScaledProgram
 
 
 def check_globals(b_mean, sigma, x, noise):

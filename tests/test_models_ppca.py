@@ -7,10 +7,10 @@ import torch
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
-from ppl_vae.datasets import make_linear_gaussian
+from ppl_vae.data.datasets import make_linear_gaussian
+from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import PPCA
-from ppl_vae.pointwise import draw
 
 
 def _posterior(model, x):

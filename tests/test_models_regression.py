@@ -5,7 +5,7 @@ import torch
 
 from ppl_vae import fit
 from ppl_vae.cli import main
-from ppl_vae.datasets import make_regression
+from ppl_vae.data.datasets import make_regression
 from ppl_vae.guides import RegressionGuide
 from ppl_vae.models import BayesianRegression
 

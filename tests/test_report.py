@@ -10,8 +10,8 @@ import pytest
 from _diagnostics_cases import GlobalGuide, global_data, global_model
 
 from ppl_vae.cli import main
-from ppl_vae.cli_diagnostics import diagnose_run, read_tree
-from ppl_vae.report import report
+from ppl_vae.diagnostics.run import diagnose_run, read_tree
+from ppl_vae.reporting.page import report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 

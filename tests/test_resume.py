@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ppl_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ppl_vae.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 EPOCHS = 4
 
@@ -22,7 +22,7 @@ import pyro
 import torch
 torch.set_num_threads(1)
 from ppl_vae import fit
-from ppl_vae.datasets import load_digits
+from ppl_vae.data.datasets import load_digits
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ppl_vae import fit
-from ppl_vae.data import iter_batches
-from ppl_vae.fit import _epoch_generator
+from ppl_vae.data.streaming import DiskData, epoch_batches, sequential_batches, write_shards
+from ppl_vae.data.tensors import iter_batches
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
-from ppl_vae.streaming import DiskData, epoch_batches, sequential_batches, write_shards
+from ppl_vae.train.loop import _epoch_generator
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import torch
 from _linear_gaussian import NaiveELBO, exact_gradient, make_programs, setup
 
 from ppl_vae import gradient_variance
-from ppl_vae.elbo import ESTIMATORS, EstimatorSpec
-from ppl_vae.variance import VARIANCE_COLUMNS
+from ppl_vae.estimators.registry import ESTIMATORS, EstimatorSpec
+from ppl_vae.estimators.variance import VARIANCE_COLUMNS
 
 DRAWS = 60
 

@@ -1,4 +1,4 @@
-"""Did the variational inference work? Per-data-point checks of a trained guide.
+"""Stage 6 of the flow: diagnostics. Did the variational inference work? Per-data-point checks of a trained guide.
 
 - :mod:`~ppl_vae.diagnostics.psis`: Pareto k-hat of the importance ratios per data point;
 - :mod:`~ppl_vae.diagnostics.gaps`: log-evidence, ELBO gap, amortization/approximation gaps;

@@ -23,8 +23,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from ppl_vae.data import as_tensors, check_finite
-from ppl_vae.pointwise import draw, max_plate_nesting, program_dtype
+from ppl_vae.data.tensors import as_tensors, check_finite
+from ppl_vae.evaluation.pointwise import draw
+from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["inference_gaps", "log_evidence", "RefinedGuide"]
 

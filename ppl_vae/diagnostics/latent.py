@@ -20,8 +20,9 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ppl_vae.data import as_tensors
-from ppl_vae.pointwise import in_draw_plate, max_plate_nesting, program_dtype
+from ppl_vae.data.tensors import as_tensors
+from ppl_vae.evaluation.pointwise import in_draw_plate
+from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["ACTIVITY_THRESHOLD", "active_units", "kl_summary", "latent_table", "mutual_information"]
 

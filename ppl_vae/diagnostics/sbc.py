@@ -20,8 +20,9 @@ import torch
 from pyro import poutine
 from scipy import stats
 
-from ppl_vae.data import as_tensors
-from ppl_vae.pointwise import draw, max_plate_nesting, program_dtype
+from ppl_vae.data.tensors import as_tensors
+from ppl_vae.evaluation.pointwise import draw
+from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["SBCResult", "sbc"]
 

@@ -10,11 +10,11 @@ import arviz_stats
 import numpy as np
 import pandas as pd
 
-from ppl_vae.arviz import runs_from, to_arviz
 from ppl_vae.diagnostics.gaps import inference_gaps
 from ppl_vae.diagnostics.latent import kl_summary, latent_table, mutual_information
 from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS, joint_khat, khat_shares, pointwise_psis
 from ppl_vae.diagnostics.sbc import SBCResult, sbc
+from ppl_vae.evaluation.arviz import runs_from, to_arviz
 
 __all__ = ["Diagnostics", "diagnose", "posterior_summary"]
 

@@ -1,4 +1,4 @@
-"""``jit=True``: Pyro's ELBOs recorded once per input signature (:class:`ppl_vae.compile.TraceOnce`).
+"""``jit=True``: Pyro's ELBOs recorded once per input signature (:class:`ppl_vae.estimators.compile.TraceOnce`).
 
 :class:`TracedELBO` wraps an eager Pyro ELBO. Its loss is a *traceable* function of the batch:
 one that computes the reported loss value from tensors instead of ``.item()`` (Pyro's eager
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pyro.infer
 import torch
 
-from ppl_vae.compile import TraceOnce
+from ppl_vae.estimators.compile import TraceOnce
 
 __all__ = ["TracedELBO", "mc_loss", "mean_field_loss", "enum_loss"]
 

@@ -18,9 +18,9 @@ import torch
 from pyro import poutine
 from scipy.stats import chi2
 
-from ppl_vae.elbo import ESTIMATORS, make_elbo
-from ppl_vae.explain import _as_batch
-from ppl_vae.train import ScaledProgram
+from ppl_vae.estimators.explain import _as_batch
+from ppl_vae.estimators.registry import ESTIMATORS, make_elbo
+from ppl_vae.programs.handlers import ScaledProgram
 
 __all__ = ["gradient_variance", "VARIANCE_COLUMNS"]
 

@@ -16,10 +16,11 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ppl_vae.checks import data_dim, trace_pair
+from ppl_vae.programs.checks import data_dim
+from ppl_vae.programs.util import max_plate_nesting
 
 __all__ = [
-    "Draws", "draw", "in_draw_plate", "max_plate_nesting", "program_dtype", "reduce_to_points",
+    "Draws", "draw", "in_draw_plate", "reduce_to_points",
     "site_log_prob",
 ]
 
@@ -75,20 +76,6 @@ class Draws:
         return self.log_p - self.log_q
 
 
-def max_plate_nesting(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]) -> int:
-    """Deepest plate dimension used by either program (as a positive number)."""
-    with torch.no_grad(), pyro.validation_enabled(False):
-        model_trace, guide_trace = trace_pair(model, guide, batch)
-    depth = 0
-    for trace in (model_trace, guide_trace):
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized:
-                        depth = max(depth, -frame.dim)
-    return depth
-
-
 def in_draw_plate(fn: Callable, num: int, rank: int) -> Callable:
     """``fn`` run inside a plate of ``num`` draws at dimension ``-rank`` (left of every plate the
     program uses), so that one pass draws all of them."""
@@ -98,16 +85,6 @@ def in_draw_plate(fn: Callable, num: int, rank: int) -> Callable:
             return fn(*args)
 
     return wrapped
-
-
-def program_dtype(*programs):
-    """The dtype and device of the first parameter of any module program (else None, None)."""
-    for program in programs:
-        if isinstance(program, torch.nn.Module):
-            p = next(program.parameters(), None)
-            if p is not None:
-                return p.dtype, p.device
-    return None, None
 
 
 def reduce_to_points(log_prob: torch.Tensor, rank: int, data_dim: int | None, n: int) -> torch.Tensor:
@@ -128,8 +105,6 @@ def site_log_prob(site) -> torch.Tensor:
     elif mask is False:
         lp = torch.zeros_like(lp)
     return lp
-
-
 
 
 @torch.no_grad()

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
-from ppl_vae.data import as_tensors, check_finite, num_rows
-from ppl_vae.pointwise import draw, max_plate_nesting, program_dtype
+from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
+from ppl_vae.evaluation.pointwise import draw
+from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["evaluate", "Evaluation", "logmeanexp"]
 

@@ -29,8 +29,8 @@ import pandas as pd
 import pyro
 import torch
 
-from ppl_vae.checkpoint import load_checkpoint, restore_params, save_checkpoint
-from ppl_vae.train import TrainState
+from ppl_vae.train.checkpoint import load_checkpoint, restore_params, save_checkpoint
+from ppl_vae.train.state import TrainState
 
 __all__ = ["Engine", "check_data_parallel", "launch_fit", "wants_engine"]
 
@@ -160,7 +160,7 @@ def launch_fit(fit: Callable, model, guide, data, *, devices, strategy, num_node
     script for the other local ranks), torchrun or SLURM, every process returns its own
     ``FitResult``, state included.
     """
-    from ppl_vae.result import FitResult
+    from ppl_vae.train.result import FitResult
 
     fabric = _fabric(devices, strategy, num_nodes, device)
     world = int(fabric.world_size)

@@ -15,10 +15,10 @@ import pyro
 import torch
 from pyro import poutine
 
-from ppl_vae.checks import check_sites_agree, trace_pair
-from ppl_vae.handlers import DataPlateScale
+from ppl_vae.programs.checks import check_sites_agree, trace_pair
+from ppl_vae.programs.handlers import ScaledProgram
 
-__all__ = ["TrainState", "ScaledProgram", "init_state", "update", "collect_params", "make_optimizer"]
+__all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -27,23 +27,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "rmsprop": torch.optim.RMSprop,
     "adagrad": torch.optim.Adagrad,
 }
-
-
-class ScaledProgram(torch.nn.Module):
-    """A Pyro program with its data-plate sites scaled by N / batch size.
-
-    A ``torch.nn.Module`` so that ``elbo(model, guide)`` (Pyro's ``ELBOModule``) owns the
-    programs' parameters, which is what data-parallel engines all-reduce.
-    """
-
-    def __init__(self, program: Callable, num_data: int, plate_name: str):
-        super().__init__()
-        self.program = program
-        self.scale = DataPlateScale(num_data, plate_name)
-
-    def forward(self, *batch):
-        with self.scale:
-            return self.program(*batch)
 
 
 @dataclass

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["DataPlateScale"]
+__all__ = ["DataPlateScale", "ScaledProgram"]
 
 
 class DataPlateScale(Messenger):
@@ -33,3 +36,20 @@ class DataPlateScale(Messenger):
             if frame.full_size is None or frame.full_size == frame.size:
                 msg["scale"] = msg["scale"] * (self.num_data / frame.size)
             return
+
+
+class ScaledProgram(torch.nn.Module):
+    """A Pyro program with its data-plate sites scaled by N / batch size.
+
+    A ``torch.nn.Module`` so that ``elbo(model, guide)`` (Pyro's ``ELBOModule``) owns the
+    programs' parameters, which is what data-parallel engines all-reduce.
+    """
+
+    def __init__(self, program: Callable, num_data: int, plate_name: str):
+        super().__init__()
+        self.program = program
+        self.scale = DataPlateScale(num_data, plate_name)
+
+    def forward(self, *batch):
+        with self.scale:
+            return self.program(*batch)

@@ -18,8 +18,8 @@ import pyro
 import torch
 from torch.distributions import kl_divergence
 
-from ppl_vae.checks import latent_sites, trace_pair
-from ppl_vae.elbo import ESTIMATORS
+from ppl_vae.estimators.registry import ESTIMATORS
+from ppl_vae.programs.checks import latent_sites, trace_pair
 
 __all__ = ["explain", "monte_carlo_kl_sites", "PLAN_COLUMNS"]
 

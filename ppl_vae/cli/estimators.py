@@ -12,7 +12,7 @@ __all__ = ["register", "print_plan", "cmd_compare_estimators"]
 
 
 def _first_rows(data, rows: int, device=None, dtype=None) -> tuple:
-    from ppl_vae.data import as_tensors
+    from ppl_vae.data.tensors import as_tensors
 
     tensors = as_tensors(data, dtype=dtype, device=device, name="data")
     return tuple(t[:rows] for t in tensors)
@@ -20,8 +20,8 @@ def _first_rows(data, rows: int, device=None, dtype=None) -> tuple:
 
 def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
     """Print :func:`ppl_vae.explain`'s table for the first rows of ``data``; return it."""
-    from ppl_vae.data import resolve_device
-    from ppl_vae.explain import explain
+    from ppl_vae.data.tensors import resolve_device
+    from ppl_vae.estimators.explain import explain
 
     dev = resolve_device(device)
     if dev is not None:
@@ -35,8 +35,8 @@ def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
 
 
 def cmd_compare_estimators(args) -> int:
-    from ppl_vae.run_dir import load_run
-    from ppl_vae.variance import gradient_variance
+    from ppl_vae.estimators.variance import gradient_variance
+    from ppl_vae.train.run_dir import load_run
 
     run = load_run(Path(args.run_dir))
     data = run.data(args.split)

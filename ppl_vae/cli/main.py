@@ -15,7 +15,7 @@ from pathlib import Path
 import pyro
 import torch
 
-COMMAND_MODULES = ["ppl_vae.cli", "ppl_vae.cli_estimators", "ppl_vae.cli_diagnostics"]
+COMMAND_MODULES = ["ppl_vae.cli.main", "ppl_vae.cli.estimators", "ppl_vae.cli.diagnostics"]
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -84,8 +84,8 @@ def config_from_args(args) -> dict:
 
 def train_run(args, out: Path):
     """Train as the arguments say and write the run folder. Returns (config, result, run data)."""
-    from ppl_vae.fit import fit
-    from ppl_vae.run_dir import build_programs, fit_data, load_data, save_run
+    from ppl_vae.train.loop import fit
+    from ppl_vae.train.run_dir import build_programs, fit_data, load_data, save_run
 
     config = config_from_args(args)
     dtype = getattr(torch, args.dtype)
@@ -97,7 +97,7 @@ def train_run(args, out: Path):
     print(f"training {args.model} / {args.guide} on {dataset.name} "
           f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "
           f"with the {args.estimator!r} estimator -> {out}", flush=True)
-    from ppl_vae.cli_estimators import print_plan
+    from ppl_vae.cli.estimators import print_plan
 
     print_plan(model, guide, fit_data(config, dataset, "train"), args.estimator, args.device)
     result = fit(
@@ -119,8 +119,8 @@ def train_run(args, out: Path):
 
 
 def _print_evaluation(run_dir: Path, num_samples: int) -> None:
-    from ppl_vae.evaluate import evaluate
-    from ppl_vae.run_dir import load_run
+    from ppl_vae.evaluation.metrics import evaluate
+    from ppl_vae.train.run_dir import load_run
 
     run = load_run(run_dir)
     ev = evaluate(run.model, run.guide, run.data("test"), num_samples=num_samples)
@@ -148,7 +148,7 @@ def cmd_run(args) -> int:
     train_run(args, out)
     _print_evaluation(out, args.eval_samples)
     print(f"run folder: {out.resolve()}")
-    from ppl_vae.report import report_run
+    from ppl_vae.reporting.run import report_run
 
     print("diagnosing the posterior and writing the report ...", flush=True)
     path = report_run(out)
@@ -157,7 +157,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ppl_vae.registry import describe
+    from ppl_vae.programs.registry import describe
 
     for kind in ("model", "guide"):
         print(f"{kind}s:")
@@ -167,7 +167,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_estimators(args) -> int:
-    from ppl_vae.elbo import ESTIMATORS
+    from ppl_vae.estimators.registry import ESTIMATORS
 
     for name, spec in ESTIMATORS.items():
         print(f"  {name:<10} {spec.summary}")

@@ -13,7 +13,13 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ppl_vae.checkpoint import (
+from ppl_vae.data.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
+from ppl_vae.data.tensors import as_tensors, check_finite, iter_batches, num_rows, resolve_device
+from ppl_vae.estimators.explain import monte_carlo_kl_sites
+from ppl_vae.estimators.registry import make_elbo
+from ppl_vae.programs.checks import check_support
+from ppl_vae.programs.handlers import ScaledProgram
+from ppl_vae.train.checkpoint import (
     CHECKPOINT_NAME,
     capture_params,
     capture_rng,
@@ -22,14 +28,9 @@ from ppl_vae.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from ppl_vae.checks import check_support
-from ppl_vae.data import as_tensors, check_finite, iter_batches, num_rows, resolve_device
-from ppl_vae.distributed import check_data_parallel, launch_fit, wants_engine
-from ppl_vae.elbo import make_elbo
-from ppl_vae.explain import monte_carlo_kl_sites
-from ppl_vae.result import FitResult, TrainingDivergedError
-from ppl_vae.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
-from ppl_vae.train import ScaledProgram, init_state, mean_loss, update
+from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
+from ppl_vae.train.result import FitResult, TrainingDivergedError
+from ppl_vae.train.state import init_state, mean_loss, update
 
 __all__ = ["fit"]
 

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from ppl_vae import datasets
-from ppl_vae.checkpoint import atomic_write, load_checkpoint, restore_params, save_checkpoint
-from ppl_vae.registry import build
+from ppl_vae.programs.registry import build
+from ppl_vae.train.checkpoint import atomic_write, load_checkpoint, restore_params, save_checkpoint
 
 __all__ = ["Run", "load_data", "save_run", "load_run", "build_programs"]
 
@@ -114,7 +114,7 @@ def load_run(run_dir) -> Run:
         raise ValueError(f"{path} holds no trained parameters (final.pt or checkpoint.pt)")
     ckpt = load_checkpoint(final, map_location="cpu")
     # pyro.param sites are created by running the programs once before their values load.
-    from ppl_vae.pointwise import max_plate_nesting
+    from ppl_vae.programs.util import max_plate_nesting
 
     max_plate_nesting(model, guide, tuple(t[:2] for t in _as_tuple(fit_data(config, dataset))))
     restore_params(ckpt["params"], model, guide)

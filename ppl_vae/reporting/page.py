@@ -15,10 +15,10 @@ import pyro
 import torch
 from pyro import poutine
 
-from ppl_vae import report_figures as figs
-from ppl_vae.pointwise import program_dtype
+from ppl_vae.programs.util import program_dtype
+from ppl_vae.reporting import figures as figs
 
-__all__ = ["report", "report_run"]
+__all__ = ["report"]
 
 _STATUS_COLOR = {"ok": "#1a7f37", "warning": "#b35900", "failing": "#c62828"}
 
@@ -112,7 +112,7 @@ def _latent_means(tree):
 
 
 def _plan(settings: dict) -> pd.DataFrame:
-    from ppl_vae.elbo import ESTIMATORS
+    from ppl_vae.estimators.registry import ESTIMATORS
 
     name = str(settings.get("estimator", "unknown"))
     spec = ESTIMATORS.get(name)
@@ -156,14 +156,14 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     pathlib.Path
         The written file. Every figure is embedded, so the file can be mailed or archived.
     """
-    from ppl_vae.arviz import runs_from
-    from ppl_vae.data import as_tensors
+    from ppl_vae.data.tensors import as_tensors
     from ppl_vae.diagnostics import diagnose
-    from ppl_vae.evaluate import evaluate
+    from ppl_vae.evaluation.arviz import runs_from
+    from ppl_vae.evaluation.metrics import evaluate
 
     chains = runs_from(model, guide, runs)
     m0, g0, s0 = chains[0]
-    from ppl_vae.result import FitResult
+    from ppl_vae.train.result import FitResult
 
     first = model if runs is None else runs[0]
     if history is None and isinstance(first, FitResult):
@@ -250,26 +250,3 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     return out
 
 
-def report_run(run_dir, *, out=None, num_draws: int = 200, gaps: bool = True,
-               calibrate: bool = True) -> Path:
-    """Diagnose a run folder (writing diagnostics.nc / .csv) and write its report
-    (``RUN_DIR/report.html`` by default)."""
-    from ppl_vae.cli_diagnostics import diagnose_run
-    from ppl_vae.evaluate import evaluate
-
-    run_dir = Path(run_dir)
-    run, diag = diagnose_run(run_dir, num_draws=num_draws, gaps=gaps, calibrate=calibrate)
-    ev_file = run_dir / "evaluation.csv"
-    if ev_file.exists():
-        frame = pd.read_csv(ev_file, index_col=0)
-        evaluation = dict(frame.iloc[:, 0])
-    else:
-        evaluation = evaluate(run.model, run.guide, run.data("test"))
-    labels = run.dataset.test_labels
-    settings = {**run.config.get("settings", {}), "model": run.config.get("model"),
-                "guide": run.config.get("guide"), "data": run.config.get("data")}
-    return report(run.model, run.guide, run.data("test"), out=out or run_dir / "report.html",
-                  diagnostics=diag, history=run.history, settings=settings,
-                  evaluation=evaluation, image_shape=run.dataset.image_shape,
-                  labels=None if labels is None else np.asarray(labels),
-                  title=f"ppl-vae report: {run_dir.name}")

@@ -51,7 +51,7 @@ def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELB
 
 
 def _traced_elbo(eager: type, loss: Callable) -> Callable[..., pyro.infer.ELBO]:
-    # jit=True records the loss and its gradient once per input shape (ppl_vae.compile) instead
+    # jit=True records the loss and its gradient once per input shape (ppl_vae.estimators.compile) instead
     # of Pyro's JitTrace*_ELBO: those use the deprecated torch.jit.trace, and Pyro 1.9.2's
     # JitTraceMeanField_ELBO re-traces every step and leaks memory.
     def build(*, num_particles: int, vectorize_particles: bool, jit: bool, **options):
@@ -126,7 +126,7 @@ def make_elbo(
         Python loop.
     jit : bool
         Record the loss and its gradient once per input shape and replay the recorded graph
-        (``ppl_vae.compile.TraceOnce``; needs a static model structure). Available for
+        (``ppl_vae.estimators.compile.TraceOnce``; needs a static model structure). Available for
         ``"mc"``, ``"analytic"`` and ``"enum"``.
     **options
         Passed to the ELBO constructor (for example ``max_plate_nesting``).

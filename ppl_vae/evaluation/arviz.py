@@ -18,17 +18,16 @@ from arviz_base import dict_to_dataset
 from pyro import poutine
 from xarray import DataTree
 
-from ppl_vae.checks import data_dim
-from ppl_vae.data import as_tensors, check_finite
-from ppl_vae.pointwise import (
+from ppl_vae.data.tensors import as_tensors, check_finite
+from ppl_vae.evaluation.pointwise import (
     Draws,
     draw,
     in_draw_plate,
-    max_plate_nesting,
-    program_dtype,
     reduce_to_points,
     site_log_prob,
 )
+from ppl_vae.programs.checks import data_dim
+from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["to_arviz", "runs_from"]
 
@@ -63,7 +62,7 @@ def runs_from(model, guide, runs) -> list[tuple[Callable, Callable, dict]]:
 
 
 def _is_fit_result(obj) -> bool:
-    from ppl_vae.result import FitResult
+    from ppl_vae.train.result import FitResult
 
     return isinstance(obj, FitResult)
 
