@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ppl_vae import datasets
+from ppl_vae.data import datasets
 from ppl_vae.programs.registry import build
 from ppl_vae.train.checkpoint import atomic_write, load_checkpoint, restore_params, save_checkpoint
 
