@@ -134,3 +134,34 @@ def test_the_checker_sees_a_planted_cycle_and_an_upward_import():
     assert _stage("ppl_vae.reporting.page") > _stage("ppl_vae.data.tensors")
     with pytest.raises(AssertionError):
         _stage("ppl_vae.somewhere_else")
+
+
+def _name_comparisons(path: Path, names: set[str]) -> list[str]:
+    """``x == "mc"``, ``"iwae" in (...)`` and the like: a string constant that is an estimator's
+    name, inside a comparison."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.Compare):
+            continue
+        for part in [node.left, *node.comparators]:
+            for const in ast.walk(part):
+                if isinstance(const, ast.Constant) and const.value in names:
+                    found.append(f"{path.name}:{node.lineno} compares {const.value!r}")
+    return found
+
+
+def test_no_estimator_name_is_compared_outside_the_estimators():
+    from ppl_vae.estimators.registry import ESTIMATORS
+
+    names = set(ESTIMATORS)
+    found = []
+    for module, path in MODULES.items():
+        if not module.startswith("ppl_vae.estimators"):
+            found += _name_comparisons(path, names)
+    assert not found, "capabilities belong in the EstimatorSpec:\n" + "\n".join(found)
+
+
+def test_the_name_check_sees_a_planted_comparison(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text('def f(estimator):\n    return estimator in ("mc", "analytic")\n')
+    assert _name_comparisons(planted, {"analytic"}) == ["planted.py:2 compares 'analytic'"]

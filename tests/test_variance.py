@@ -6,7 +6,7 @@ import torch
 from _linear_gaussian import NaiveELBO, exact_gradient, make_programs, setup
 
 from ppl_vae import gradient_variance
-from ppl_vae.estimators.registry import ESTIMATORS, EstimatorSpec
+from ppl_vae.estimators.registry import EstimatorSpec, register_estimator, unregister_estimator
 from ppl_vae.estimators.variance import VARIANCE_COLUMNS
 
 DRAWS = 60
@@ -56,11 +56,12 @@ def test_stl_variance_is_zero_at_the_exact_posterior():
     assert tv["stl"] < 1e-20 and tv["mc"] > 1.0
 
 
-def test_a_biased_estimator_is_flagged(monkeypatch):
+def test_a_biased_estimator_is_flagged(request):
     # The detached-path gradient estimates something else; the equal-means test must say so.
-    monkeypatch.setitem(ESTIMATORS, "naive", EstimatorSpec(
+    register_estimator("naive", EstimatorSpec(
         lambda num_particles, vectorize_particles, jit, **o: NaiveELBO(num_particles=num_particles),
-        "detached sample path (wrong on purpose)", False))
+        "detached sample path (wrong on purpose)"))
+    request.addfinalizer(lambda: unregister_estimator("naive"))
     x, init = setup()
     model, guide = _programs(init, x)
     table = gradient_variance(model, guide, x, estimators=["analytic", "naive"], num_draws=60,

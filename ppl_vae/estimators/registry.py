@@ -1,12 +1,17 @@
-"""Estimator registry: one name per ELBO gradient estimator.
+"""Estimator registry: one name per ELBO gradient estimator, and what each one can do.
 
 Each estimator lives in its own module (``ppl_vae/estimators/``) or is one of Pyro's own ELBOs.
-``make_elbo`` is the single entry point: ``fit``, ``evaluate``, ``explain`` and the CLI all go
-through it, so a name means the same estimator everywhere.
+Its :class:`EstimatorSpec` holds its capabilities as data: how to build it, the objective it
+estimates, the term it uses for each latent site (what :func:`ppl_vae.explain` shows), its
+pre-flight checks, and whether a ``jit=True`` variant exists. Code outside this package asks the
+spec; it never compares an estimator's name. ``make_elbo`` is the single entry point: ``fit``,
+``evaluate``, ``explain`` and the CLI all go through it, so a name means the same estimator
+everywhere; :func:`register_estimator` adds one.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,15 +19,52 @@ import pyro.infer
 
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
 from ppl_vae.estimators.jit import TracedELBO, enum_loss, mc_loss, mean_field_loss
+from ppl_vae.estimators.kl import monte_carlo_kl_sites
 from ppl_vae.estimators.score import ScoreFunctionELBO
 from ppl_vae.estimators.stl import StickingTheLandingELBO
 
-__all__ = ["make_elbo", "ESTIMATORS", "EstimatorSpec"]
+__all__ = [
+    "ESTIMATORS", "EstimatorSpec", "SiteFacts", "get_spec", "make_elbo", "preflight_warnings",
+    "register_estimator", "unregister_estimator",
+]
+
+CLOSED_FORM, MONTE_CARLO, SCORE = "closed-form KL", "Monte Carlo KL", "score function"
+NO_RSAMPLE = "not supported: no rsample"
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    """What an estimator's plan needs to know about one latent site.
+
+    Attributes
+    ----------
+    reparameterized : bool
+        The guide's distribution has ``rsample``.
+    closed_form_kl : bool
+        torch's KL registry has KL(guide || prior) for the site's pair of distributions.
+    """
+
+    reparameterized: bool
+    closed_form_kl: bool
+
+
+def elbo_objective(num_particles: int) -> str:
+    """The objective of an ELBO estimator, whatever the number of particles."""
+    return "ELBO"
+
+
+def monte_carlo_plan(site: SiteFacts) -> tuple[str, str]:
+    """Trace_ELBO's plan: reparameterized draws where possible, the score function elsewhere."""
+    return (MONTE_CARLO, "reparameterized") if site.reparameterized else (SCORE, "score function")
+
+
+def no_preflight(model, guide, batch) -> list[str]:
+    return []
 
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """How to build one estimator.
+    """One estimator and its capabilities.
 
     Parameters
     ----------
@@ -30,14 +72,31 @@ class EstimatorSpec:
         ``build(num_particles=..., vectorize_particles=..., jit=..., **options)`` returning a
         :class:`pyro.infer.ELBO`.
     summary : str
-        One line shown in ``ppl-vae estimators`` and the README.
+        One line shown in ``ppl-vae estimators``, the report and the README.
     has_jit : bool
         Whether a ``jit=True`` variant exists.
+    objective : callable
+        ``objective(num_particles) -> str``: what the estimator's loss estimates (``"ELBO"``,
+        ``"IWAE (K=5)"``). Estimators with the same objective are compared with each other by
+        :func:`ppl_vae.gradient_variance`.
+    plan : callable
+        ``plan(SiteFacts) -> (term, gradient)``: the term used for one latent site and how its
+        gradient is formed (the ``term`` / ``gradient`` columns of :func:`ppl_vae.explain`).
+        Enumerated sites are summed out exactly whatever the plan says.
+    preflight : callable
+        ``preflight(model, guide, batch) -> list of str``: warnings to show before training
+        (raise ``ValueError`` for programs the estimator cannot handle).
+    variance_reference : bool
+        The estimator others with its objective are compared with (the lowest-variance standard).
     """
 
     build: Callable[..., pyro.infer.ELBO]
     summary: str
-    has_jit: bool
+    has_jit: bool = False
+    objective: Callable[[int], str] = elbo_objective
+    plan: Callable[[SiteFacts], tuple[str, str]] = monte_carlo_plan
+    preflight: Callable[..., list[str]] = no_preflight
+    variance_reference: bool = False
 
 
 def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELBO]:
@@ -61,24 +120,57 @@ def _traced_elbo(eager: type, loss: Callable) -> Callable[..., pyro.infer.ELBO]:
     return build
 
 
-ESTIMATORS: dict[str, EstimatorSpec] = {
+def _analytic_plan(site: SiteFacts) -> tuple[str, str]:
+    term = CLOSED_FORM if site.closed_form_kl else MONTE_CARLO
+    return term, "reparameterized" if site.reparameterized else NO_RSAMPLE
+
+
+def _analytic_preflight(model, guide, batch) -> list[str]:
+    fallback = monte_carlo_kl_sites(model, guide, batch)
+    if not fallback:
+        return []
+    return [f"estimator 'analytic' (TraceMeanField_ELBO) has no closed-form KL for latent "
+            f"site(s) {fallback} and falls back to a Monte Carlo KL there; see "
+            "ppl_vae.explain(model, guide, batch)"]
+
+
+def _score_plan(site: SiteFacts) -> tuple[str, str]:
+    return SCORE, "score function (Rao-Blackwellised)"
+
+
+def _stl_plan(site: SiteFacts) -> tuple[str, str]:
+    return MONTE_CARLO, "path derivative (score term dropped)" if site.reparameterized else NO_RSAMPLE
+
+
+def _iwae_plan(site: SiteFacts) -> tuple[str, str]:
+    gradient = "reparameterized, through log-mean-exp over K"
+    return MONTE_CARLO, gradient if site.reparameterized else NO_RSAMPLE
+
+
+def _iwae_objective(num_particles: int) -> str:
+    # With K = 1 the IWAE bound is the ELBO itself.
+    return f"IWAE (K={num_particles})" if num_particles > 1 else "ELBO"
+
+
+_REGISTRY: dict[str, EstimatorSpec] = {
     "mc": EstimatorSpec(
         _traced_elbo(pyro.infer.Trace_ELBO, mc_loss),
         "Monte Carlo estimate of the whole ELBO, log p(x, z) - log q(z | x) at reparameterized "
         "draws (Kingma & Welling 2014, estimator A; Pyro's Trace_ELBO)",
-        True,
+        has_jit=True,
     ),
     "analytic": EstimatorSpec(
         _traced_elbo(pyro.infer.TraceMeanField_ELBO, mean_field_loss),
         "closed-form KL(q || p) where torch registers one, Monte Carlo reconstruction "
         "(Kingma & Welling 2014, estimator B; Pyro's TraceMeanField_ELBO)",
-        True,
+        has_jit=True, plan=_analytic_plan, preflight=_analytic_preflight,
+        variance_reference=True,
     ),
     "enum": EstimatorSpec(
         _traced_elbo(pyro.infer.TraceEnum_ELBO, enum_loss),
         "Monte Carlo ELBO with discrete latent sites summed out exactly by enumeration "
         "(Pyro's TraceEnum_ELBO; mark sites with infer={'enumerate': 'parallel'})",
-        True,
+        has_jit=True,
     ),
     # No jit=True variant for these three: Pyro has none (JitTraceGraph_ELBO compiles only
     # loss_and_grads, not the differentiable_loss a torch training loop calls), and the traced
@@ -87,21 +179,65 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         _pyro_elbo(ScoreFunctionELBO, None),
         "score-function (REINFORCE) gradient for every guide site, Rao-Blackwellised per data "
         "point (Pyro's TraceGraph_ELBO; Ranganath et al. 2014): unbiased, high variance",
-        False,
+        plan=_score_plan,
     ),
     "iwae": EstimatorSpec(
         _pyro_elbo(ImportanceWeightedELBO, None),
         "importance-weighted bound with K = num_particles, one log-mean-exp per data point "
         "(Burda et al. 2016); a tighter bound than the ELBO, not the ELBO's gradient",
-        False,
+        objective=_iwae_objective, plan=_iwae_plan,
     ),
     "stl": EstimatorSpec(
         _pyro_elbo(StickingTheLandingELBO, None),
         "Monte Carlo ELBO with the path-derivative gradient: the score term of log q dropped, "
         "zero variance at the exact posterior (sticking the landing; Roeder et al. 2017)",
-        False,
+        plan=_stl_plan,
     ),
 }
+
+#: Every registered estimator by name (read-only: add one with :func:`register_estimator`).
+ESTIMATORS = types.MappingProxyType(_REGISTRY)
+
+
+def register_estimator(name: str, spec: EstimatorSpec, *, replace: bool = False) -> None:
+    """Add an estimator under ``name``: ``fit``, ``make_elbo``, ``explain``,
+    ``gradient_variance`` and the CLI's ``--estimator`` accept it from then on.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is taken (unless ``replace``) or not a non-empty string.
+    TypeError
+        If ``spec`` is not an :class:`EstimatorSpec`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an estimator name must be a non-empty string, got {name!r}")
+    if not isinstance(spec, EstimatorSpec):
+        raise TypeError(f"spec must be an EstimatorSpec, got {type(spec).__name__}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"estimator {name!r} is already registered; pass replace=True to "
+                         "replace it")
+    _REGISTRY[name] = spec
+
+
+def unregister_estimator(name: str) -> EstimatorSpec:
+    """Remove an estimator added by :func:`register_estimator`; returns its spec."""
+    get_spec(name)
+    return _REGISTRY.pop(name)
+
+
+def get_spec(estimator: str) -> EstimatorSpec:
+    """The spec of a registered estimator (``ValueError`` naming the choices otherwise)."""
+    if estimator not in _REGISTRY:
+        raise ValueError(
+            f"unknown estimator {estimator!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[estimator]
+
+
+def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
+    """The estimator's pre-flight warnings for these programs on ``batch`` (a few rows)."""
+    return list(get_spec(estimator).preflight(model, guide, batch))
 
 
 def make_elbo(
@@ -137,13 +273,9 @@ def make_elbo(
         Calling it as ``elbo(model, guide)`` gives a ``torch.nn.Module`` whose forward returns
         the differentiable negative ELBO.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(
-            f"unknown estimator {estimator!r}; choose one of: {', '.join(sorted(ESTIMATORS))}"
-        )
+    spec = get_spec(estimator)
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    spec = ESTIMATORS[estimator]
     if jit and not spec.has_jit:
         raise ValueError(f"estimator {estimator!r} has no jit=True variant; use jit=False")
     return spec.build(

@@ -18,8 +18,8 @@ import torch
 from pyro import poutine
 from scipy.stats import chi2
 
-from ppl_vae.estimators.explain import _as_batch
-from ppl_vae.estimators.registry import ESTIMATORS, make_elbo
+from ppl_vae.estimators.kl import as_batch
+from ppl_vae.estimators.registry import ESTIMATORS, get_spec, make_elbo
 from ppl_vae.programs.handlers import ScaledProgram
 
 __all__ = ["gradient_variance", "VARIANCE_COLUMNS"]
@@ -160,7 +160,7 @@ def gradient_variance(
           whatever the correlations between elements); ``agrees_in_mean``: p > ``alpha``;
         - ``seconds_per_estimate``: wall time of one loss evaluation plus backward pass.
     """
-    batch = _as_batch(batch)
+    batch = as_batch(batch)
     rng_state = torch.get_rng_state()  # finding the parameters runs the programs, which draw
     estimators = list(estimators)
     unknown = [e for e in estimators if e not in ESTIMATORS]
@@ -203,13 +203,12 @@ def gradient_variance(
             torch.set_rng_state(rng_state)
 
     def objective(name):
-        # With K = 1 the IWAE bound is the ELBO itself.
-        return f"IWAE (K={num_particles})" if name == "iwae" and num_particles > 1 else "ELBO"
+        return get_spec(name).objective(int(num_particles))
 
     rows = []
     for name, (moments, seconds) in results.items():
         same = [e for e in estimators if objective(e) == objective(name)]
-        ref = "analytic" if "analytic" in same else same[0]
+        ref = next((e for e in same if get_spec(e).variance_reference), same[0])
         ref_moments = results[ref][0]
         for group, sl in groups.items():
             if sl.stop == sl.start:
@@ -233,6 +232,7 @@ def gradient_variance(
                 "seconds_per_estimate": seconds,
             })
     table = pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
-    table.attrs["reference"] = "analytic" if "analytic" in estimators else estimators[0]
+    table.attrs["reference"] = next(
+        (e for e in estimators if get_spec(e).variance_reference), estimators[0])
     table.attrs["num_draws"] = int(num_draws)
     return table

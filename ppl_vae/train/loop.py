@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.data.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
 from ppl_vae.data.tensors import as_tensors, check_finite, iter_batches, num_rows, resolve_device
-from ppl_vae.estimators.explain import monte_carlo_kl_sites
-from ppl_vae.estimators.registry import make_elbo
+from ppl_vae.estimators.registry import make_elbo, preflight_warnings
 from ppl_vae.programs.checks import check_support
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.train.checkpoint import (
@@ -215,12 +214,8 @@ def fit(
     state = init_state(
         model, guide, elbo, first, num_data=n, data_plate=data_plate, optimizer=optimizer, lr=lr
     )
-    if estimator == "analytic" and (fallback := monte_carlo_kl_sites(model, guide, first)):
-        warnings.warn(
-            f"estimator 'analytic' (TraceMeanField_ELBO) has no closed-form KL for latent "
-            f"site(s) {fallback} and falls back to a Monte Carlo KL there; see "
-            "ppl_vae.explain(model, guide, batch)", stacklevel=2,
-        )
+    for message in preflight_warnings(estimator, model, guide, first):
+        warnings.warn(message, stacklevel=2)
     if _engine is None and wants_engine(devices, strategy, num_nodes):
         # Checked and initialised here, so errors are raised in this process, not in a worker.
         check_data_parallel(state)
