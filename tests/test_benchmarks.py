@@ -20,7 +20,7 @@ from ppl_vae.data.tensors import iter_batches
 from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
-from ppl_vae.train.loop import _epoch_generator
+from ppl_vae.train.epoch import epoch_generator
 from ppl_vae.train.state import init_state, update
 
 CPU = torch.device("cpu")
@@ -94,7 +94,7 @@ def test_fit_history_matches_handwritten(digits):
     pyro.set_rng_seed(seed)  # fit re-seeds right before its first step
     for epoch in range(1, epochs + 1):
         losses = []
-        for (b,) in iter_batches((x,), batch, shuffle=True, generator=_epoch_generator(seed, epoch)):
+        for (b,) in iter_batches((x,), batch, shuffle=True, generator=epoch_generator(seed, epoch)):
             optimizer.zero_grad()
             loss = hand.loss(b, n)
             loss.backward()

@@ -12,7 +12,7 @@ from ppl_vae.data.streaming import DiskData, epoch_batches, sequential_batches, 
 from ppl_vae.data.tensors import iter_batches
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
-from ppl_vae.train.loop import _epoch_generator
+from ppl_vae.train.epoch import epoch_generator
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_sampler_shards_union_to_the_single_process_batches(arrays, num_workers)
     path, x, _ = arrays
     data = DiskData(path / "x", dtype=torch.float64, num_workers=num_workers)
     tensors = (torch.from_numpy(x),)
-    whole = list(iter_batches(tensors, 8, shuffle=True, generator=_epoch_generator(5, 2)))
+    whole = list(iter_batches(tensors, 8, shuffle=True, generator=epoch_generator(5, 2)))
     single = list(epoch_batches(data, 8, seed=5, epoch=2))
     assert [b[0].shape[0] for b in single] == [8] * 6 + [5]
     for a, b in zip(whole, single, strict=True):

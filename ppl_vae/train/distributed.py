@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,9 @@ import pandas as pd
 import pyro
 import torch
 
+from ppl_vae.train.arguments import FitConfig
 from ppl_vae.train.checkpoint import load_checkpoint, restore_params, save_checkpoint
+from ppl_vae.train.result import FitResult
 from ppl_vae.train.state import TrainState
 
 __all__ = ["Engine", "check_data_parallel", "launch_fit", "wants_engine"]
@@ -61,7 +64,8 @@ def _fabric(devices, strategy, num_nodes, device):
     try:
         return Fabric(
             accelerator=_accelerator(device), strategy=strategy or "auto",
-            devices=devices if devices is not None else 1, num_nodes=int(num_nodes or 1),
+            devices=list(devices) if isinstance(devices, tuple) else (devices or 1),
+            num_nodes=int(num_nodes or 1),
         )
     except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:
         # Lightning's own message, said about our arguments.
@@ -134,8 +138,9 @@ class Engine:
         self.fabric.barrier()
 
 
-def _worker(fabric, fit: Callable, args: tuple, kwargs: dict, parent_pid: int, handover: str):
-    result = fit(*args, **kwargs, _engine=Engine(fabric))
+def _worker(fabric, run: Callable, args: tuple, config: FitConfig, parent_pid: int,
+            handover: str):
+    result = run(*args, config, engine=Engine(fabric))
     if os.getpid() == parent_pid:
         return result
     if fabric.local_rank == 0:  # the launcher returns local process 0's value to its parent
@@ -150,31 +155,30 @@ def _worker(fabric, fit: Callable, args: tuple, kwargs: dict, parent_pid: int, h
     return handover
 
 
-def launch_fit(fit: Callable, model, guide, data, *, devices, strategy, num_nodes, device,
-               **kwargs):
-    """Run ``fit`` in every process of a Fabric launch and return rank 0's ``FitResult``.
+def launch_fit(run: Callable, model, guide, data, validation_data, config: FitConfig, *,
+               device) -> FitResult:
+    """Run ``run(model, guide, data, validation_data, config, engine=...)`` (``fit``'s loop) in
+    every process of a Fabric launch and return rank 0's ``FitResult``.
 
+    ``device`` picks the accelerator; each worker trains on the device its engine gives it.
     With a spawn/fork strategy (``ddp_spawn``, ``ddp_fork``) this process starts the workers and
     afterwards holds the trained parameters in ``model`` / ``guide``; ``FitResult.state`` is then
     ``None`` (the training state lived in the workers). With ``ddp`` (Lightning re-runs the
     script for the other local ranks), torchrun or SLURM, every process returns its own
     ``FitResult``, state included.
     """
-    from ppl_vae.train.result import FitResult
-
-    fabric = _fabric(devices, strategy, num_nodes, device)
+    fabric = _fabric(config.devices, config.strategy, config.num_nodes, device)
     world = int(fabric.world_size)
-    if int(kwargs["batch_size"]) % world:
+    if config.batch_size % world:
         raise ValueError(
-            f"batch_size={kwargs['batch_size']} (the global batch) must be divisible by the "
+            f"batch_size={config.batch_size} (the global batch) must be divisible by the "
             f"number of processes ({world} = devices x num_nodes)"
         )
-    kwargs.pop("_engine", None)
-    kwargs = {**kwargs, "device": None, "devices": devices, "strategy": strategy,
-              "num_nodes": num_nodes}
+    worker_config = replace(config, device=None)
     with tempfile.TemporaryDirectory(prefix="ppl-vae-launch-") as folder:
         handover = os.path.join(folder, "rank0.pt")
-        out = fabric.launch(_worker, fit, (model, guide, data), kwargs, os.getpid(), handover)
+        out = fabric.launch(_worker, run, (model, guide, data, validation_data), worker_config,
+                            os.getpid(), handover)
         if isinstance(out, FitResult):
             return out
         out = load_checkpoint(Path(handover))

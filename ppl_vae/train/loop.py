@@ -1,10 +1,16 @@
-"""``fit``: train any Pyro model/guide pair by SVI on a data set."""
+"""``fit``: train any Pyro model/guide pair by SVI on a data set.
+
+``fit`` is a thin loop in the style of NumPyro's ``SVI.run``: check the arguments
+(:mod:`~ppl_vae.train.arguments`), prepare the data and the training state
+(:mod:`~ppl_vae.train.prepare`), launch the data-parallel workers when asked
+(:mod:`~ppl_vae.train.distributed`), resume (:mod:`~ppl_vae.train.resume`), then one epoch at a
+time (:mod:`~ppl_vae.train.epoch`) with the built-in callbacks, early stopping and checkpoints
+(:mod:`~ppl_vae.train.callbacks`), and the user's callbacks.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,56 +19,18 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ppl_vae.data.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
-from ppl_vae.data.tensors import as_tensors, check_finite, iter_batches, num_rows, resolve_device
-from ppl_vae.estimators.registry import make_elbo, preflight_warnings
-from ppl_vae.programs.checks import check_support
-from ppl_vae.programs.handlers import ScaledProgram
-from ppl_vae.train.checkpoint import (
-    CHECKPOINT_NAME,
-    capture_params,
-    capture_rng,
-    load_checkpoint,
-    restore_params,
-    restore_rng,
-    save_checkpoint,
-)
+from ppl_vae.train.arguments import FitConfig, check_arguments
+from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
+from ppl_vae.train.checkpoint import capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
-from ppl_vae.train.result import FitResult, TrainingDivergedError
-from ppl_vae.train.state import init_state, mean_loss, update
+from ppl_vae.train.epoch import Epochs
+from ppl_vae.train.prepare import make_settings, preflight, prepare_data, validation_loss_fn
+from ppl_vae.train.result import FitResult
+from ppl_vae.train.resume import resume as resume_run
 
-__all__ = ["fit"]
+__all__ = ["fit", "run_fit"]
 
 Callback = Callable[[dict, object], bool | None]
-
-
-def _prepare_programs(model, guide, device, dtype):
-    for program in (model, guide):
-        if isinstance(program, torch.nn.Module):
-            program.to(device=device, dtype=dtype)
-
-
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # The batch order of epoch e depends on (seed, e) only, so a run resumed at an epoch boundary
-    # sees the same batches as an uninterrupted one; the same seed as DistributedSampler's, so a
-    # data-parallel or streamed run cuts the same global batches.
-    return torch.Generator().manual_seed(sampler_seed(seed) + int(epoch))
-
-
-def _rows(data) -> int:
-    return len(data) if isinstance(data, DiskData) else num_rows(data)
-
-
-def _validation_loss(loss_fn, data, batch_size, engine, device, dtype) -> torch.Tensor:
-    """Mean validation loss over all rows; with an engine each process takes every W-th row and
-    the per-process sums are added up (each row counted once, no sampler padding)."""
-    rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
-    batches = sequential_batches(data, batch_size, rank=rank, world_size=world, device=device,
-                                 dtype=dtype)
-    if engine is None:
-        return mean_loss(loss_fn, batches)
-    local = len(range(rank, _rows(data), world))
-    return engine.sum(mean_loss(loss_fn, batches) * local) / _rows(data)
 
 
 def fit(
@@ -92,7 +60,6 @@ def fit(
     devices=None,
     strategy: str | None = None,
     num_nodes: int = 1,
-    _engine=None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -124,16 +91,19 @@ def fit(
     checkpoint_dir : path, optional
         Write ``checkpoint.pt`` (atomically) and ``history.csv`` there after every epoch.
     resume : bool
-        Continue from ``checkpoint_dir``'s checkpoint when there is one.
+        Continue from ``checkpoint_dir``'s checkpoint when there is one. The run must be the
+        checkpoint's run: other settings or other data (compared by shape and a content
+        fingerprint) are a ``ValueError`` listing each difference; more ``epochs`` are allowed
+        and recorded in ``settings["epochs_extended"]``.
     data_plate : str
         Name of the plate over data points; its sites are scaled by N / batch size so that the
         mini-batch ELBO is unbiased for the whole data set. Sites outside it are global.
     callbacks : sequence of callables
-        ``callback(record, state)`` after each epoch, with the history row as a dict; returning
-        ``True`` stops training.
+        ``callback(record, state)`` after each epoch (and its checkpoint), with the history row
+        as a dict; returning ``True`` stops training.
     early_stopping_patience : int, optional
         With validation data, stop after this many epochs without a better validation ELBO and
-        restore the best parameters.
+        restore the best parameters. Its state is part of the checkpoint.
     elbo_options : dict, optional
         Extra keyword arguments for the ELBO constructor (for example ``max_plate_nesting``).
     devices : int, list or "auto", optional
@@ -150,173 +120,86 @@ def fit(
     Returns
     -------
     FitResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before the first epoch, naming the argument: a value of the wrong type (``epochs=1.7``,
+        ``batch_size=True``), out of range (``lr=0``), data or validation data the programs
+        cannot take, an unwritable ``checkpoint_dir``, a resume that is not the same run.
+    TrainingDivergedError
+        When the loss becomes NaN or infinite (naming the epoch, the step and the last good
+        checkpoint).
     """
-    arguments = dict(locals())  # handed unchanged to every process of a distributed launch
-    if int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    dev = resolve_device(device) if _engine is None else _engine.device
-    rank, world = (0, 1) if _engine is None else (_engine.rank, _engine.world_size)
-    streaming = isinstance(data, DiskData)
-    if streaming:
-        # A stream is checked for NaNs batch by batch as it is read, and its support on a head.
-        dev = dev if dev is not None else torch.device("cpu")
-        float_dtype = dtype if dtype is not None else data.dtype
-        n = len(data)
-        tensors = as_tensors(data.head(max(int(batch_size), 1024)), dtype=float_dtype,
-                             device=dev, name="data")
-    else:
-        tensors = as_tensors(data, dtype=dtype, device=dev, name="data")
-        dev = tensors[0].device
-        float_dtype = next((t.dtype for t in tensors if t.is_floating_point()),
-                           torch.get_default_dtype())
-        n = num_rows(tensors)
-    if not 1 <= int(batch_size) <= n:
-        raise ValueError(f"batch_size must lie in [1, {n}] (the number of data rows), got {batch_size}")
-    batch_size = int(batch_size)
-    check_finite(tensors, name="data")
-    val_tensors = None
-    if isinstance(validation_data, DiskData):
-        val_tensors = validation_data
-        if len(val_tensors.files) != len(tensors):
-            raise ValueError(f"validation_data has {len(val_tensors.files)} member(s) but "
-                             f"data has {len(tensors)}")
-    elif validation_data is not None:
-        val_tensors = as_tensors(validation_data, dtype=float_dtype, device=dev, name="validation_data")
-        check_finite(val_tensors, name="validation_data")
-        if len(val_tensors) != len(tensors):
-            raise ValueError(
-                f"validation_data has {len(val_tensors)} member(s) but data has {len(tensors)}"
-            )
-    num_val = None if val_tensors is None else _rows(val_tensors)
-
-    settings = {
-        "estimator": estimator, "num_particles": int(num_particles),
-        "vectorize_particles": bool(vectorize_particles), "jit": bool(jit),
-        "epochs": int(epochs), "batch_size": batch_size, "lr": float(lr),
-        "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", str(optimizer)),
-        "device": str(dev), "dtype": str(float_dtype).replace("torch.", ""), "seed": int(seed),
-        "data_plate": data_plate, "num_data": n,
-        "num_validation": num_val,
-        "early_stopping_patience": early_stopping_patience,
-        "devices": devices, "strategy": strategy, "num_nodes": int(num_nodes or 1),
-        "world_size": world, "global_rank": rank,
-    }
-    elbo = make_elbo(
-        estimator, num_particles=num_particles, vectorize_particles=vectorize_particles,
-        jit=jit, **(elbo_options or {}),
+    config = check_arguments(
+        estimator=estimator, num_particles=num_particles,
+        vectorize_particles=vectorize_particles, jit=jit, epochs=epochs, batch_size=batch_size,
+        lr=lr, optimizer=optimizer, device=device, dtype=dtype, seed=seed, progress=progress,
+        checkpoint_dir=checkpoint_dir, resume=resume, data_plate=data_plate, callbacks=callbacks,
+        early_stopping_patience=early_stopping_patience, elbo_options=elbo_options,
+        devices=devices, strategy=strategy, num_nodes=num_nodes,
     )
+    return run_fit(model, guide, data, validation_data, config)
 
-    pyro.set_rng_seed(seed)
-    _prepare_programs(model, guide, dev, float_dtype)
-    first = tuple(t[: max(batch_size // world, 1)] for t in tensors)
-    check_support(model, guide, tensors, batch_size=max(batch_size, 1024), plate_name=data_plate)
-    # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
-    state = init_state(
-        model, guide, elbo, first, num_data=n, data_plate=data_plate, optimizer=optimizer, lr=lr
-    )
-    for message in preflight_warnings(estimator, model, guide, first):
-        warnings.warn(message, stacklevel=2)
-    if _engine is None and wants_engine(devices, strategy, num_nodes):
+
+def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None) -> FitResult:
+    """``fit`` with checked arguments; in a data-parallel run, what every worker runs (with its
+    :class:`~ppl_vae.train.distributed.Engine`)."""
+    rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
+    prepared = prepare_data(data, validation_data, config,
+                               config.device if engine is None else engine.device)
+    state = preflight(model, guide, prepared, config, world)
+    if engine is None and wants_engine(config.devices, config.strategy, config.num_nodes):
         # Checked and initialised here, so errors are raised in this process, not in a worker.
         check_data_parallel(state)
-        arguments["device"] = device if device is not None else dev
-        return launch_fit(fit, **arguments)
-    if _engine is not None:
-        state = _engine.setup(state)
-    val_loss_fn = None
-    if val_tensors is not None:
-        val_elbo = make_elbo(estimator, num_particles=num_particles,
-                             vectorize_particles=vectorize_particles, **(elbo_options or {}))
-        val_loss_fn = val_elbo(
-            ScaledProgram(model, num_val, data_plate), ScaledProgram(guide, num_val, data_plate)
-        )
-
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    records: list[dict] = []
-    start_epoch = 1
-    best = (float("-inf"), None, 0)  # (val elbo, params snapshot, epoch)
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=dev)
-        restore_params(ckpt["params"], model, guide)
-        state.optimizer.load_state_dict(ckpt["optimizer"])
-        state.step = int(ckpt["step"])
-        records = list(ckpt["history"])
-        restore_rng(ckpt["rng"])
-        start_epoch = int(ckpt["epoch"]) + 1
-    elif resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
+        return launch_fit(run_fit, model, guide, data, validation_data, config,
+                          device=config.device if config.device is not None else prepared.device)
+    if engine is not None:
+        state = engine.setup(state)
+    settings = make_settings(config, prepared, world, rank)
+    stopper = None
+    if config.early_stopping_patience is not None and prepared.validation is not None:
+        stopper = EarlyStopping(config.early_stopping_patience)
+    saver = None
+    if config.checkpoint_dir is not None:
+        saver = Checkpointer(config.checkpoint_dir, is_main=engine is None or engine.is_main)
+    resumed = resume_run(saver, settings, model, guide, state, stopper, prepared.device) \
+        if config.resume else None
+    if resumed is None:
+        records, start = [], 1
+        pyro.set_rng_seed(config.seed)  # the preflight consumed random numbers; start afresh
     else:
-        pyro.set_rng_seed(seed)  # the preflight consumed random numbers; start the loop fresh
-
-    stream = EpochBatches(data if streaming else tensors, batch_size, seed=seed, rank=rank,
-                          world_size=world, device=dev, dtype=float_dtype)
-    show = progress and sys.stderr.isatty()
-    bar = tqdm(range(start_epoch, int(epochs) + 1), desc="ppl-vae fit", unit="epoch",
-               disable=not show, initial=start_epoch - 1, total=int(epochs))
-    stopped_early = False
-    with pyro.validation_enabled(False):
-        for epoch in bar:
-            t0 = time.perf_counter()
-            losses = []
-            if _engine is None and not streaming:
-                batches = iter_batches(tensors, batch_size, shuffle=True,
-                                       generator=_epoch_generator(seed, epoch))
-            else:
-                if _engine is not None:
-                    _engine.seed_epoch(seed, epoch)
-                batches = stream(epoch)
-            for batch in batches:
-                state, loss = update(state, batch)
-                losses.append(loss)
-            stacked = torch.stack(losses)
-            finite = torch.isfinite(stacked)
-            epoch_loss = stacked.mean() if _engine is None else _engine.mean(stacked.mean())
-            if not bool(torch.isfinite(epoch_loss)):
-                # Another process may hold the bad step; report ours when we have one.
-                bad_step = int((~finite).nonzero()[0, 0]) + 1 if not bool(finite.all()) else 1
-                history = pd.DataFrame.from_records(records)
-                where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
-                raise TrainingDivergedError(
-                    f"the loss became {float(stacked[bad_step - 1])} at epoch {epoch}, step "
-                    f"{bad_step} of {len(losses)}: lower the learning rate or check the model's "
-                    f"scales{where}", history, epoch, bad_step,
-                )
-            # Each step's loss estimates -ELBO of all N points; average, then per data point.
-            record = {"epoch": epoch, "train_elbo": -float(epoch_loss) / n}
-            if val_loss_fn is not None:
-                val = _validation_loss(val_loss_fn, val_tensors, batch_size, _engine, dev,
-                                       float_dtype)
-                record["val_elbo"] = -float(val) / num_val
-            record["seconds"] = time.perf_counter() - t0
-            record["steps"] = len(losses)
-            records.append(record)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("elbo")})
-
-            if val_loss_fn is not None and early_stopping_patience is not None:
-                if record["val_elbo"] > best[0]:
-                    best = (record["val_elbo"], capture_params(model, guide, state.param_names), epoch)
-                elif epoch - best[2] >= int(early_stopping_patience):
-                    stopped_early = True
-            if ckpt_path is not None and (_engine is None or _engine.is_main):
-                save_checkpoint(ckpt_path, {
-                    "epoch": epoch, "step": state.step, "history": records,
-                    "params": capture_params(model, guide, state.param_names),
-                    "optimizer": state.optimizer.state_dict(), "rng": capture_rng(),
-                    "settings": settings,
-                })
-                pd.DataFrame.from_records(records).to_csv(Path(checkpoint_dir) / "history.csv", index=False)
-            stop = any(cb(record, state) for cb in callbacks)
-            if stop if _engine is None else _engine.any(stop):
-                break
-            if stopped_early:
-                break
-    bar.close()
-    if stopped_early and best[1] is not None:
-        restore_params(best[1], model, guide)
-    if val_loss_fn is None and early_stopping_patience is not None:
-        warnings.warn("early_stopping_patience has no effect without validation_data", stacklevel=2)
+        records, start, settings = resumed
+    epochs = Epochs(prepared, config, engine, validation_loss_fn(model, guide, prepared, config))
+    if stopper is None or not stopper.stopped:
+        _train(model, guide, state, epochs, range(start, config.epochs + 1), records, settings,
+               stopper, saver)
+    if stopper is not None:
+        stopper.restore_best(model, guide)
     return FitResult(
         model=model, guide=guide, history=pd.DataFrame.from_records(records),
         params=capture_params(model, guide, state.param_names), settings=settings,
-        state=state, stopped_early=stopped_early,
+        state=state, stopped_early=stopper is not None and stopper.stopped,
     )
+
+
+def _train(model, guide, state, epochs: Epochs, todo: range, records: list, settings: dict,
+           stopper: EarlyStopping | None, saver: Checkpointer | None) -> None:
+    """The epochs ``todo``: each one's steps, its history row, early stopping, the checkpoint,
+    the user's callbacks; stops when early stopping or a callback says so."""
+    config, engine = epochs.config, epochs.engine
+    show = config.progress and sys.stderr.isatty()
+    bar = tqdm(todo, desc="ppl-vae fit", unit="epoch", disable=not show, initial=todo.start - 1,
+               total=config.epochs)
+    with pyro.validation_enabled(False):
+        for epoch in bar:
+            record = epochs.train(state, epoch, records, None if saver is None else saver.where)
+            records.append(record)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("elbo")})
+            stop_early = stopper is not None and stopper.update(record, model, guide, state)
+            if saver is not None:
+                saver.save(epoch, records, model, guide, state, settings, stopper)
+            stop = any(callback(record, state) for callback in config.callbacks)
+            if (stop if engine is None else engine.any(stop)) or stop_early:
+                break
+    bar.close()

@@ -1,0 +1,104 @@
+"""``fit``'s built-in callbacks: early stopping and checkpointing.
+
+Both keep their state in plain containers (``state_dict`` / ``load_state_dict``) that the
+checkpoint holds, so a resumed run continues them exactly: an early-stopped run resumed from any
+epoch stops at the same epoch with the same best parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ppl_vae.train.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write,
+    capture_params,
+    capture_rng,
+    restore_params,
+    save_checkpoint,
+)
+from ppl_vae.train.state import TrainState
+
+__all__ = ["EarlyStopping", "Checkpointer"]
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without a better validation ELBO; keep the best parameters.
+
+    Attributes
+    ----------
+    best : float
+        The best ``val_elbo`` so far (``-inf`` before the first epoch).
+    best_epoch : int
+        Its epoch (0 before the first); ``epoch - best_epoch`` is the patience counter.
+    best_params : dict or None
+        A :func:`~ppl_vae.train.checkpoint.capture_params` snapshot at ``best_epoch``.
+    stopped : bool
+        Whether the patience ran out (a resumed run then trains no further).
+    """
+
+    def __init__(self, patience: int):
+        self.patience = int(patience)
+        self.best, self.best_epoch, self.best_params, self.stopped = float("-inf"), 0, None, False
+
+    def update(self, record: dict, model, guide, state: TrainState) -> bool:
+        """Record an epoch's ``val_elbo``; return whether training stops here."""
+        if record["val_elbo"] > self.best:
+            self.best, self.best_epoch = record["val_elbo"], record["epoch"]
+            self.best_params = capture_params(model, guide, state.param_names)
+        elif record["epoch"] - self.best_epoch >= self.patience:
+            self.stopped = True
+        return self.stopped
+
+    def restore_best(self, model, guide) -> None:
+        if self.stopped and self.best_params is not None:
+            restore_params(self.best_params, model, guide)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_params": self.best_params,
+                "stopped": self.stopped, "patience": self.patience}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        self.best_params, self.stopped = state["best_params"], bool(state["stopped"])
+
+
+class Checkpointer:
+    """Write ``history.csv`` and ``checkpoint.pt`` (each atomically) into ``directory`` after every
+    epoch, from the main process only.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The checkpoint file.
+    saved_epoch : int or None
+        The epoch of the checkpoint on disk from this run (or the one it resumed from).
+    """
+
+    def __init__(self, directory: Path, *, is_main: bool = True):
+        self.directory, self.is_main = Path(directory), is_main
+        self.path = self.directory / CHECKPOINT_NAME
+        self.saved_epoch: int | None = None
+
+    def save(self, epoch: int, records: list, model, guide, state: TrainState, settings: dict,
+             early_stopping: EarlyStopping | None) -> None:
+        if self.is_main:
+            # history.csv first: a checkpoint on disk always has its history beside it.
+            history = pd.DataFrame.from_records(records)
+            atomic_write(self.directory / "history.csv",
+                         lambda tmp: history.to_csv(tmp, index=False))
+            save_checkpoint(self.path, {
+                "epoch": epoch, "step": state.step, "history": records,
+                "params": capture_params(model, guide, state.param_names),
+                "optimizer": state.optimizer.state_dict(), "rng": capture_rng(),
+                "settings": settings,
+                "early_stopping": None if early_stopping is None else early_stopping.state_dict(),
+            })
+        self.saved_epoch = epoch  # written by the main process, for every process to name
+
+    @property
+    def where(self) -> tuple[Path, int | None]:
+        """For the divergence message: the checkpoint path and the epoch it holds."""
+        return self.path, self.saved_epoch

@@ -1,0 +1,103 @@
+"""One epoch of ``fit``: its batches, its steps, the divergence check, and its history row."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ppl_vae.data.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
+from ppl_vae.data.tensors import iter_batches
+from ppl_vae.train.arguments import FitConfig
+from ppl_vae.train.prepare import Prepared
+from ppl_vae.train.result import TrainingDivergedError
+from ppl_vae.train.state import TrainState, mean_loss, update
+
+__all__ = ["Epochs", "epoch_generator", "check_divergence", "validation_loss"]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch``'s in-memory batch order."""
+    # The batch order of epoch e depends on (seed, e) only, so a run resumed at an epoch boundary
+    # sees the same batches as an uninterrupted one; the same seed as DistributedSampler's, so a
+    # data-parallel or streamed run cuts the same global batches.
+    return torch.Generator().manual_seed(sampler_seed(seed) + int(epoch))
+
+
+def validation_loss(loss_fn, data, batch_size, engine, device, dtype) -> torch.Tensor:
+    """Mean validation loss over all rows; with an engine each process takes every W-th row and
+    the per-process sums are added up (each row counted once, no sampler padding)."""
+    rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
+    batches = sequential_batches(data, batch_size, rank=rank, world_size=world, device=device,
+                                 dtype=dtype)
+    if engine is None:
+        return mean_loss(loss_fn, batches)
+    rows = len(data) if isinstance(data, DiskData) else int(data[0].shape[0])
+    local = len(range(rank, rows, world))
+    return engine.sum(mean_loss(loss_fn, batches) * local) / rows
+
+
+def check_divergence(losses: torch.Tensor, epoch_loss: torch.Tensor, epoch: int, records: list,
+                     checkpoint: tuple[Path, int | None] | None) -> None:
+    """Raise :class:`TrainingDivergedError` when the epoch's loss is not finite, naming the
+    epoch, the first bad step of this process, and the last good checkpoint (or saying that none
+    was written)."""
+    if bool(torch.isfinite(epoch_loss)):
+        return
+    finite = torch.isfinite(losses)
+    # Another process may hold the bad step; report ours when we have one.
+    bad_step = int((~finite).nonzero()[0, 0]) + 1 if not bool(finite.all()) else 1
+    where = ""
+    if checkpoint is not None:
+        path, saved_epoch = checkpoint
+        where = (f"; the last good checkpoint is {path} (epoch {saved_epoch})"
+                 if saved_epoch is not None else
+                 f"; no checkpoint was written to {path.parent} (none before the first epoch "
+                 "ended)")
+    raise TrainingDivergedError(
+        f"the loss became {float(losses[bad_step - 1])} at epoch {epoch}, step {bad_step} of "
+        f"{len(losses)}: lower the learning rate or check the model's scales{where}",
+        pd.DataFrame.from_records(records), epoch, bad_step,
+    )
+
+
+class Epochs:
+    """The epochs of one run: ``epochs.train(state, epoch)`` takes one epoch of steps and
+    returns its history row (train ELBO, validation ELBO, seconds, steps)."""
+
+    def __init__(self, prepared: Prepared, config: FitConfig, engine, val_loss_fn):
+        self.prepared, self.config, self.engine, self.val_loss_fn = prepared, config, engine, val_loss_fn
+        rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
+        self.stream = EpochBatches(prepared.train, config.batch_size, seed=config.seed, rank=rank,
+                                   world_size=world, device=prepared.device, dtype=prepared.dtype)
+
+    def batches(self, epoch: int):
+        if self.engine is None and not self.prepared.streaming:
+            return iter_batches(self.prepared.train, self.config.batch_size, shuffle=True,
+                                generator=epoch_generator(self.config.seed, epoch))
+        if self.engine is not None:
+            self.engine.seed_epoch(self.config.seed, epoch)
+        return self.stream(epoch)
+
+    def train(self, state: TrainState, epoch: int, records: list,
+              checkpoint: tuple[Path, int | None] | None) -> dict:
+        t0 = time.perf_counter()
+        losses = []
+        for batch in self.batches(epoch):
+            state, loss = update(state, batch)
+            losses.append(loss)
+        stacked = torch.stack(losses)
+        epoch_loss = stacked.mean() if self.engine is None else self.engine.mean(stacked.mean())
+        check_divergence(stacked, epoch_loss, epoch, records, checkpoint)
+        # Each step's loss estimates -ELBO of all N points; average, then per data point.
+        record = {"epoch": epoch, "train_elbo": -float(epoch_loss) / self.prepared.num_data}
+        if self.val_loss_fn is not None:
+            p = self.prepared
+            val = validation_loss(self.val_loss_fn, p.validation, self.config.batch_size,
+                                  self.engine, p.device, p.dtype)
+            record["val_elbo"] = -float(val) / p.num_validation
+        record["seconds"] = time.perf_counter() - t0
+        record["steps"] = len(losses)
+        return record

@@ -1,0 +1,217 @@
+"""Everything ``fit`` does before the first epoch: data to tensors, checks of the data and the
+validation data against the programs, the training state, the estimator's pre-flight warnings,
+the recorded settings and the data fingerprint that a resumed run is compared with."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from ppl_vae.data.streaming import DiskData
+from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
+from ppl_vae.estimators.registry import make_elbo, preflight_warnings
+from ppl_vae.programs.checks import check_support
+from ppl_vae.programs.handlers import ScaledProgram
+from ppl_vae.train.arguments import FitConfig
+from ppl_vae.train.state import TrainState, init_state
+
+__all__ = ["Prepared", "prepare_data", "preflight", "make_settings", "fingerprint",
+           "validation_loss_fn", "warn_user"]
+
+# Rows hashed for the data fingerprint: a fixed-seed sample, so the cost does not grow with N
+# beyond drawing the sample, and a changed data set is caught unless it differs only elsewhere.
+FINGERPRINT_ROWS = 256
+# Rows of a stream read ahead of training for the checks (a stream cannot be checked whole).
+STREAM_HEAD_ROWS = 1024
+_TRAIN_DIR = str(Path(__file__).resolve().parent)
+
+
+def warn_user(message: str) -> None:
+    """``warnings.warn`` pointing at the first frame outside ``ppl_vae/train/`` (the user's
+    ``fit`` call, or the CLI's)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_TRAIN_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+@dataclass
+class Prepared:
+    """The data of one ``fit`` call, on its device and in its dtype.
+
+    Attributes
+    ----------
+    train : tuple of tensors or DiskData
+        What the epochs cut batches from.
+    head : tuple of tensors
+        In-memory rows for the checks: all of ``train``, or a stream's first rows.
+    validation, validation_head : same, optional
+    num_data, num_validation : int
+        Row counts ``N`` (the data plate is scaled by ``N / batch size``).
+    """
+
+    train: tuple[torch.Tensor, ...] | DiskData
+    head: tuple[torch.Tensor, ...]
+    validation: tuple[torch.Tensor, ...] | DiskData | None
+    validation_head: tuple[torch.Tensor, ...] | None
+    num_data: int
+    num_validation: int | None
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.train, DiskData)
+
+
+def _rows(data) -> int:
+    return len(data) if isinstance(data, DiskData) else num_rows(data)
+
+
+def _check_like_training(validation, train) -> None:
+    """Validation rows must look like training rows: same members, row shapes and dtypes."""
+    if len(validation) != len(train):
+        raise ValueError(f"validation_data has {len(validation)} member(s) but data has "
+                         f"{len(train)}")
+    for i, (v, t) in enumerate(zip(validation, train, strict=True)):
+        label = "" if len(train) == 1 else f"[{i}]"
+        if v.shape[1:] != t.shape[1:]:
+            raise ValueError(f"validation_data{label} has rows of shape {tuple(v.shape[1:])} but "
+                             f"data{label} has {tuple(t.shape[1:])}")
+        if v.dtype != t.dtype:
+            raise ValueError(f"validation_data{label} is {v.dtype} but data{label} is {t.dtype}; "
+                             "pass both with the same dtype")
+
+
+def _prepare_validation(validation_data, head, dtype, device):
+    if validation_data is None:
+        return None, None
+    if isinstance(validation_data, DiskData):
+        if len(validation_data.files) != len(head):
+            raise ValueError(f"validation_data has {len(validation_data.files)} member(s) but "
+                             f"data has {len(head)}")
+        rows = validation_data.head(STREAM_HEAD_ROWS)
+        val_head = as_tensors(rows, dtype=dtype, device=device, name="validation_data")
+        _check_like_training(val_head, head)
+        return validation_data, val_head
+    val = as_tensors(validation_data, dtype=dtype, device=device, name="validation_data")
+    _check_like_training(val, head)
+    check_finite(val, name="validation_data")
+    return val, val
+
+
+def prepare_data(data, validation_data, config: FitConfig, device) -> Prepared:
+    """Convert and check the data (and the batch size against it).
+
+    ``device`` is the engine's device in a data-parallel worker, else ``config.device``.
+    """
+    if isinstance(data, DiskData):
+        # A stream is checked for NaNs batch by batch as it is read, and its support on a head.
+        device = device if device is not None else torch.device("cpu")
+        dtype = config.dtype if config.dtype is not None else data.dtype
+        n = len(data)
+        head = as_tensors(data.head(max(config.batch_size, STREAM_HEAD_ROWS)), dtype=dtype,
+                          device=device, name="data")
+        train = data
+    else:
+        head = train = as_tensors(data, dtype=config.dtype, device=device, name="data")
+        device = head[0].device
+        dtype = next((t.dtype for t in head if t.is_floating_point()), torch.get_default_dtype())
+        n = num_rows(head)
+    if not 1 <= config.batch_size <= n:
+        raise ValueError(f"batch_size must lie in [1, {n}] (the number of data rows), got "
+                         f"{config.batch_size}")
+    check_finite(head, name="data")
+    val, val_head = _prepare_validation(validation_data, head, dtype, device)
+    num_val = None if val is None else _rows(val)
+    return Prepared(train, head, val, val_head, n, num_val, device, dtype)
+
+
+def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int) -> TrainState:
+    """Run the programs on the data and the validation data (support, sites, shapes), build the
+    training state, and warn about what the estimator will do with these programs."""
+    pyro.set_rng_seed(config.seed)
+    for program in (model, guide):
+        if isinstance(program, torch.nn.Module):
+            program.to(device=prepared.device, dtype=prepared.dtype)
+    elbo = make_elbo(config.estimator, num_particles=config.num_particles,
+                     vectorize_particles=config.vectorize_particles, jit=config.jit,
+                     **config.elbo_options)
+    check_rows = max(config.batch_size, 1024)
+    check_support(model, guide, prepared.head, batch_size=check_rows, plate_name=config.data_plate)
+    if prepared.validation_head is not None:
+        try:
+            check_support(model, guide, prepared.validation_head, batch_size=check_rows,
+                          plate_name=config.data_plate)
+        except ValueError as exc:
+            raise ValueError(f"validation_data: {exc}") from exc
+    first = tuple(t[: max(config.batch_size // world, 1)] for t in prepared.head)
+    # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
+    state = init_state(model, guide, elbo, first, num_data=prepared.num_data,
+                       data_plate=config.data_plate, optimizer=config.optimizer, lr=config.lr)
+    for message in preflight_warnings(config.estimator, model, guide, first):
+        warn_user(message)
+    if config.early_stopping_patience is not None and prepared.validation is None:
+        warn_user("early_stopping_patience has no effect without validation_data")
+    return state
+
+
+def validation_loss_fn(model, guide, prepared: Prepared, config: FitConfig):
+    """The validation loss module (scaled to the validation set's size), or None."""
+    if prepared.validation is None:
+        return None
+    elbo = make_elbo(config.estimator, num_particles=config.num_particles,
+                     vectorize_particles=config.vectorize_particles, **config.elbo_options)
+    n = prepared.num_validation
+    return elbo(ScaledProgram(model, n, config.data_plate),
+                ScaledProgram(guide, n, config.data_plate))
+
+
+def fingerprint(data) -> list[dict]:
+    """Per member: its shape and the sha256 of a fixed-seed sample of its rows (floating values
+    hashed as float64, so a float32 run and the same data in float64 hash alike)."""
+    n = _rows(data)
+    idx = np.sort(np.random.default_rng(0).choice(n, size=min(n, FINGERPRINT_ROWS), replace=False))
+    if isinstance(data, DiskData):
+        members, shapes = data.__getitems__(idx), None
+    else:
+        members = tuple(t.index_select(0, torch.from_numpy(idx).to(t.device)) for t in data)
+        shapes = [tuple(t.shape) for t in data]
+    out = []
+    for i, rows in enumerate(members):
+        values = rows.detach().to("cpu")
+        values = values.to(torch.float64) if values.is_floating_point() else values
+        shape = shapes[i] if shapes is not None else (n, *rows.shape[1:])
+        digest = hashlib.sha256(values.contiguous().numpy().tobytes()).hexdigest()
+        out.append({"shape": list(shape), "sha256": digest})
+    return out
+
+
+def make_settings(config: FitConfig, prepared: Prepared, world: int, rank: int) -> dict:
+    """What the run used (JSON-serialisable): saved in the checkpoint and ``config.json``, and
+    compared with the checkpoint's when a run resumes."""
+    return {
+        "estimator": config.estimator, "num_particles": config.num_particles,
+        "vectorize_particles": config.vectorize_particles, "jit": config.jit,
+        "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+        "optimizer": config.optimizer_name, "device": str(prepared.device),
+        "dtype": str(prepared.dtype).replace("torch.", ""), "seed": config.seed,
+        "data_plate": config.data_plate, "num_data": prepared.num_data,
+        "num_validation": prepared.num_validation,
+        "early_stopping_patience": config.early_stopping_patience,
+        "elbo_options": {k: repr(v) for k, v in sorted(config.elbo_options.items())},
+        "devices": list(config.devices) if isinstance(config.devices, tuple) else config.devices,
+        "strategy": config.strategy, "num_nodes": config.num_nodes,
+        "world_size": world, "global_rank": rank,
+        "fingerprint": {
+            "data": fingerprint(prepared.train),
+            "validation": None if prepared.validation is None else fingerprint(prepared.validation),
+        },
+    }
