@@ -1,8 +1,13 @@
 import json
 
+import pandas as pd
 import pytest
+import torch
+from _runs import assert_trained_run
 
 from ppl_vae.cli import main
+from ppl_vae.estimators.registry import ESTIMATORS
+from ppl_vae.programs.registry import describe
 
 TINY = ["--epochs", "1", "--latent-dim", "3", "--hidden", "16", "--no-progress",
         "--eval-samples", "5"]
@@ -11,14 +16,22 @@ TINY = ["--epochs", "1", "--latent-dim", "3", "--hidden", "16", "--no-progress",
 def test_train_writes_the_run_folder_and_evaluate_reads_it(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--model", "vae", "--guide", "mlp", "--data", "digits",
-                 "--estimator", "analytic", "--out", str(out), *TINY]) == 0
+                 "--estimator", "analytic", "--out", str(out), *TINY, "--epochs", "2"]) == 0
     for name in ("config.json", "history.csv", "checkpoint.pt", "final.pt", "evaluation.csv"):
         assert (out / name).exists(), name
+    printed = capsys.readouterr().out
+    history = assert_trained_run(out, printed, model="vae", guide="mlp", epochs=2)
     config = json.loads((out / "config.json").read_text())
-    assert config["model"] == "vae" and config["settings"]["epochs"] == 1
-    capsys.readouterr()
+    assert config["settings"]["estimator"] == "analytic" and config["settings"]["num_data"] == 1437
+    assert config["model_options"] == {"latent_dim": 3, "hidden": 16}
+    # The last epochs of the history are printed as a table.
+    assert f"{history['val_elbo'].iloc[-1]:.6f}" in printed
     assert main(["evaluate", str(out), "--num-samples", "5"]) == 0
-    assert "iwae" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "test-set evaluation (360 rows, K=5)" in again
+    ev = pd.read_csv(out / "evaluation.csv", index_col=0).iloc[:, 0]
+    for key in ("elbo", "iwae", "kl", "recon"):
+        assert f"{ev[key]:.4f}" in again
 
 
 def test_user_program_from_a_file(tmp_path, capsys):
@@ -37,14 +50,28 @@ def test_user_program_from_a_file(tmp_path, capsys):
     )
     out = tmp_path / "run"
     assert main(["train", "--model", f"{source}:model", "--guide", f"{source}:guide",
-                 "--out", str(out), "--epochs", "1", "--no-progress", "--eval-samples", "3"]) == 0
+                 "--out", str(out), "--epochs", "2", "--lr", "0.01", "--no-progress",
+                 "--eval-samples", "3"]) == 0
+    assert_trained_run(out, capsys.readouterr().out, model=f"{source}:model",
+                       guide=f"{source}:guide", epochs=2)
     assert main(["evaluate", str(out), "--num-samples", "3"]) == 0
+    assert "test-set evaluation (360 rows, K=3)" in capsys.readouterr().out
 
 
 def test_models_lists_the_zoo(capsys):
     assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for kind in ("model", "guide"):
+        start = lines.index(f"{kind}s:")
+        listed = {line.split()[0] for line in lines[start + 1:] if line.startswith("  ")}
+        assert {name for name, _ in describe(kind)} <= listed
+
+
+def test_estimators_lists_every_registered_estimator(capsys):
+    assert main(["estimators"]) == 0
     out = capsys.readouterr().out
-    assert "vae" in out and "mlp" in out
+    for name in ESTIMATORS:
+        assert any(line.split()[0] == name for line in out.splitlines() if line.strip()), name
 
 
 @pytest.mark.parametrize(
@@ -74,6 +101,11 @@ def test_synthetic_latent_dim_is_the_default_of_both_programs(tmp_path):
                  "--epochs", "1", "--no-progress", "--eval-samples", "3", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "ppca"
+    final = torch.load(out / "final.pt", weights_only=True)["params"]
+    # Both programs were built with the data set's 2 latent dimensions: PPCA's loading matrix
+    # is (10, 2), the encoder's last layer gives a location and a scale per latent.
+    assert final["model"]["weight"].shape == (10, 2)
+    assert final["guide"]["net.2.weight"].shape[0] == 2 * 2
 
 
 def test_mismatched_latent_dims_are_a_clear_error(tmp_path, capsys):

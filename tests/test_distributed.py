@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _runs import assert_trained_run
 from pyro.nn import PyroModule, PyroParam
 
 from ppl_vae import evaluate, fit
@@ -183,7 +184,7 @@ def test_two_process_run_resumes_from_its_checkpoint(digits, tmp_path):
             assert torch.equal(resumed.params[part][name], value), name
 
 
-def test_cli_flags_reach_fit(tmp_path):
+def test_cli_flags_reach_fit(tmp_path, capsys):
     from ppl_vae.cli import main
 
     out = tmp_path / "run"
@@ -194,7 +195,8 @@ def test_cli_flags_reach_fit(tmp_path):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["settings"]["world_size"] == 2
     assert checkpoint["settings"]["strategy"] == STRATEGY
-    assert (out / "evaluation.csv").exists()
+    assert_trained_run(out, capsys.readouterr().out, model="vae", guide="mlp", epochs=1,
+                       rises=False)
 
 
 def test_unknown_strategy_is_a_value_error():

@@ -114,8 +114,11 @@ def test_score_trains_the_digits_vae(digits, dtype):
 
     model, guide = VAE(64, 4, hidden=16), MLPEncoder(64, 4, hidden=16)
     result = fit(model, guide, digits.train, estimator="score", num_particles=2,
-                 vectorize_particles=True, epochs=1, dtype=dtype, progress=False)
-    assert result.history["train_elbo"].notna().all()
+                 vectorize_particles=True, epochs=2, dtype=dtype, progress=False)
+    elbo = result.history["train_elbo"]
+    # Measured: about -43.3 nats per image in epoch 1, -40.7 in epoch 2 (both dtypes); an epoch's
+    # mean over 1437 images moves by well under 0.5 nats from noise alone.
+    assert elbo.iloc[1] > elbo.iloc[0] + 1.0, elbo.tolist()
     assert next(guide.parameters()).dtype == dtype
 
 

@@ -47,15 +47,26 @@ def test_same_seed_same_history(digits):
 def test_float64_pipeline_every_site(digits):
     model, guide = small_vae(torch.float32)  # fit casts the modules to the data's dtype
     x = digits.train[:100].double()
-    ppl_vae.fit(model, guide, x, epochs=1, batch_size=50, estimator="mc", progress=False)
+    result = ppl_vae.fit(model, guide, x, epochs=1, batch_size=50, estimator="mc",
+                         progress=False)
+    assert result.settings["dtype"] == "float64"
     guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    for trace in (guide_trace, model_trace):
+    checked = {"guide": set(), "model": set()}
+    for part, trace in (("guide", guide_trace), ("model", model_trace)):
         for name, site in trace.nodes.items():
             if site["type"] == "sample" and not site_is_subsample(site):
-                assert site["value"].dtype == torch.float64, name
-                assert site["fn"].log_prob(site["value"]).dtype == torch.float64, name
+                assert site["value"].dtype == torch.float64, (part, name)
+                assert site["fn"].log_prob(site["value"]).dtype == torch.float64, (part, name)
+                checked[part].add(name)
+            elif site["type"] == "param":
+                assert site["value"].dtype == torch.float64, (part, name)
+    # Every sample site of both programs was looked at: the guide's latent, the model's latent
+    # and its likelihood.
+    assert checked == {"guide": {"z"}, "model": {"z", "x"}}
     assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert all(p.dtype == torch.float64 for p in guide.parameters())
+    assert all(p.dtype == torch.float64 for p in result.state.params)
 
 
 def test_numpy_and_dataframe_data(digits):
@@ -253,13 +264,25 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(digits, tmp_pat
 
 def test_early_stopping_restores_the_best_parameters(digits):
     model, guide = small_vae()
+    snapshots = {}  # epoch -> every trained tensor after that epoch
+
+    def snapshot(record, state):
+        snapshots[record["epoch"]] = [p.detach().clone() for p in state.params]
+
     result = ppl_vae.fit(model, guide, digits.train[:64], validation_data=digits.test[:64],
                          epochs=60, batch_size=16, lr=0.02, early_stopping_patience=2,
-                         progress=False)
+                         progress=False, callbacks=[snapshot])
     h = result.history
     assert result.stopped_early  # 64 points, lr 0.02: it overfits well before 60 epochs
     best = int(h["val_elbo"].idxmax())
     assert len(h) - 1 - best == 2
+    best_epoch, last_epoch = int(h["epoch"].iloc[best]), int(h["epoch"].iloc[-1])
+    final = [p.detach() for p in result.state.params]
+    # The final parameters are the best epoch's, bit for bit, and not the last epoch's.
+    assert all(torch.equal(a, b) for a, b in zip(final, snapshots[best_epoch], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(final, snapshots[last_epoch], strict=True))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, result.params["model"][k])
 
 
 def test_callbacks_can_stop(digits):

@@ -1,6 +1,7 @@
 """ConvEncoder: an image encoder that also pairs with the MLP decoder."""
 
 import torch
+from _runs import assert_trained_run
 
 from ppl_vae import fit
 from ppl_vae.cli import main
@@ -23,7 +24,7 @@ def test_encoder_locations_separate_classes(digits):
     assert float((a.mean(0) - b.mean(0)).norm() / spread) > 0.7
 
 
-def test_cli_with_conv_encoder(tmp_path):
+def test_cli_with_conv_encoder(tmp_path, capsys):
     code = main(["train", "--model", "vae", "--guide", "conv", "--latent-dim", "3", "--hidden",
                  "16", "--epochs", "1", "--eval-samples", "3", "--no-progress",
                  "--out", str(tmp_path / "run")])
@@ -32,3 +33,5 @@ def test_cli_with_conv_encoder(tmp_path):
                  "--model-option", "hidden=16", "--guide-option", "channels=8", "--epochs", "1",
                  "--eval-samples", "3", "--no-progress", "--out", str(tmp_path / "run2")])
     assert code == 0
+    assert_trained_run(tmp_path / "run2", capsys.readouterr().out, model="vae", guide="conv",
+                       epochs=1, rises=False)

@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _runs import assert_trained_run
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
@@ -80,9 +81,11 @@ def test_flow_density_is_exact(dtype):
         FlowEncoder(3, 1)
 
 
-def test_cli_trains_with_flow_guide(tmp_path):
+def test_cli_trains_with_flow_guide(tmp_path, capsys):
     code = main(["train", "--model", "ppca", "--guide", "flow", "--data", "linear_gaussian",
                  "--latent-dim", "2", "--guide-option", "hidden=8", "--estimator", "mc",
-                 "--epochs", "1", "--eval-samples", "5", "--no-progress",
+                 "--epochs", "2", "--eval-samples", "5", "--no-progress",
                  "--out", str(tmp_path / "run")])
     assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="ppca", guide="flow",
+                       epochs=2)

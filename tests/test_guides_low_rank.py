@@ -5,6 +5,7 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+from _runs import assert_trained_run
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
@@ -39,8 +40,10 @@ def test_low_rank_beats_the_diagonal_floor(dtype):
     assert next(guide.parameters()).dtype == dtype
 
 
-def test_cli_trains_with_low_rank_guide(tmp_path):
+def test_cli_trains_with_low_rank_guide(tmp_path, capsys):
     code = main(["train", "--model", "vae", "--guide", "low_rank", "--latent-dim", "3",
-                 "--hidden", "16", "--guide-option", "rank=2", "--estimator", "mc", "--epochs", "1",
+                 "--hidden", "16", "--guide-option", "rank=2", "--estimator", "mc", "--epochs", "2",
                  "--eval-samples", "5", "--no-progress", "--out", str(tmp_path / "run")])
     assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="vae", guide="low_rank",
+                       epochs=2)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _runs import assert_trained_run
 
 from ppl_vae import fit
 from ppl_vae.cli import main
@@ -44,11 +45,13 @@ def test_labels_are_checked(dtype):
     assert model.sample(torch.tensor([0, 2])).dtype == dtype
 
 
-def test_cli_trains_conditional_vae(tmp_path):
+def test_cli_trains_conditional_vae(tmp_path, capsys):
     code = main(["train", "--model", "conditional_vae", "--guide", "conditional", "--with-labels",
-                 "--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--eval-samples", "5",
+                 "--latent-dim", "4", "--hidden", "32", "--epochs", "2", "--eval-samples", "5",
                  "--no-progress", "--out", str(tmp_path / "run")])
-    assert code == 0 and (tmp_path / "run" / "final.pt").exists()
+    assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="conditional_vae",
+                       guide="conditional", epochs=2)
     # Without --with-labels the program gets no labels: a clear error, not a traceback.
     assert main(["train", "--model", "conditional_vae", "--guide", "conditional", "--epochs", "1",
                  "--no-progress", "--out", str(tmp_path / "bad")]) == 2

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _runs import assert_trained_run
 
 from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
@@ -51,9 +52,11 @@ def test_bad_image_shapes():
         ConvEncoder(None)
 
 
-def test_cli_trains_conv_vae_on_28x28(tmp_path):
+def test_cli_trains_conv_vae_on_28x28(tmp_path, capsys):
     code = main(["train", "--model", "conv_vae", "--guide", "conv", "--data", "binary",
                  "--latent-dim", "3", "--model-option", "channels=4", "--guide-option",
-                 "channels=4", "--epochs", "1", "--batch-size", "256", "--eval-samples", "2",
+                 "channels=4", "--epochs", "2", "--batch-size", "256", "--eval-samples", "2",
                  "--no-progress", "--out", str(tmp_path / "run")])
-    assert code == 0 and (tmp_path / "run" / "final.pt").exists()
+    assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="conv_vae",
+                       guide="conv", epochs=2)

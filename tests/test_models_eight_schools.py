@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from _runs import assert_trained_run
 from torch.nn.functional import softplus
 
 from ppl_vae import evaluate, fit
@@ -51,8 +52,11 @@ def test_float32_runs_and_guide_refuses_unknown_schools():
         model(ds.train, ds.train_targets[:3])
 
 
-def test_cli_trains_eight_schools(tmp_path):
+def test_cli_trains_eight_schools(tmp_path, capsys):
     code = main(["train", "--model", "eight_schools", "--guide", "eight_schools",
-                 "--data", "eight_schools", "--estimator", "mc", "--epochs", "1",
-                 "--eval-samples", "5", "--no-progress", "--out", str(tmp_path / "run")])
-    assert code == 0 and (tmp_path / "run" / "final.pt").exists()
+                 "--data", "eight_schools", "--estimator", "mc", "--epochs", "40",
+                 "--lr", "0.05", "--eval-samples", "5", "--no-progress",
+                 "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="eight_schools",
+                       guide="eight_schools", epochs=40)

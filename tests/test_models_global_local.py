@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _runs import assert_trained_run
 
 from ppl_vae import evaluate, fit, make_elbo
 from ppl_vae.cli import main
@@ -62,9 +63,11 @@ def test_minibatch_loss_estimates_the_full_loss(dtype):
         GlobalLocalVAE(4, offset_scale=-1)
 
 
-def test_cli_trains_global_local(tmp_path):
+def test_cli_trains_global_local(tmp_path, capsys):
     code = main(["train", "--model", "global_local_vae", "--guide", "global_local",
                  "--data", "linear_gaussian", "--estimator", "mc", "--latent-dim", "2",
-                 "--hidden", "8", "--epochs", "1", "--eval-samples", "5", "--no-progress",
+                 "--hidden", "8", "--epochs", "2", "--eval-samples", "5", "--no-progress",
                  "--out", str(tmp_path / "run")])
-    assert code == 0 and (tmp_path / "run" / "final.pt").exists()
+    assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="global_local_vae",
+                       guide="global_local", epochs=2)

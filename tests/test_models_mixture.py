@@ -3,6 +3,7 @@
 import pyro
 import pytest
 import torch
+from _runs import assert_trained_run
 from pyro import poutine
 
 from ppl_vae import evaluate, fit, make_elbo
@@ -60,8 +61,10 @@ def test_bad_options():
         MixturePriorVAE(4, likelihood="poisson")
 
 
-def test_cli_trains_mixture_vae(tmp_path):
+def test_cli_trains_mixture_vae(tmp_path, capsys):
     code = main(["train", "--model", "mixture_vae", "--guide", "mlp", "--estimator", "enum",
-                 "--latent-dim", "3", "--hidden", "16", "--epochs", "1", "--eval-samples", "5",
+                 "--latent-dim", "3", "--hidden", "16", "--epochs", "2", "--eval-samples", "5",
                  "--no-progress", "--out", str(tmp_path / "run")])
-    assert code == 0 and (tmp_path / "run" / "final.pt").exists()
+    assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="mixture_vae",
+                       guide="mlp", epochs=2)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _runs import assert_trained_run
 
 from ppl_vae import fit
 from ppl_vae.cli import main
@@ -55,8 +56,10 @@ def test_bad_shapes_are_named():
         BayesianRegression(3, noise=0.0)
 
 
-def test_cli_trains_regression(tmp_path):
+def test_cli_trains_regression(tmp_path, capsys):
     code = main(["train", "--model", "regression", "--guide", "regression", "--data", "regression",
-                 "--estimator", "mc", "--epochs", "1", "--eval-samples", "5", "--no-progress",
+                 "--estimator", "mc", "--epochs", "30", "--lr", "0.05", "--eval-samples", "5", "--no-progress",
                  "--out", str(tmp_path / "run")])
-    assert code == 0 and (tmp_path / "run" / "final.pt").exists()
+    assert code == 0
+    assert_trained_run(tmp_path / "run", capsys.readouterr().out, model="regression",
+                       guide="regression", epochs=30)

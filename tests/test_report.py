@@ -1,11 +1,13 @@
 """The HTML report: self-contained, written by ``ppl-vae run`` / ``ppl-vae report``, and
 rendered for real by headless Chromium (skipped, with the reason, when no browser exists)."""
 
+import html
 import re
 import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 from _diagnostics_cases import GlobalGuide, global_data, global_model
 
@@ -52,9 +54,17 @@ def test_main_job_writes_a_self_contained_report(digits_run, capsys):
                     "Simulation-based calibration", "Inference gaps"):
         assert section in page
     assert re.search(r"class='status' style='color:#[0-9a-f]+'>(ok|warning|failing)<", page)
+    # The page shows this run's numbers: its evaluation and its settings.
+    ev = pd.read_csv(digits_run / "evaluation.csv", index_col=0).iloc[:, 0]
+    for key in ("elbo", "iwae", "kl", "recon"):
+        assert f"<td>{ev[key]:.4g}</td>" in page, key
+    assert "<td>analytic</td>" in page
+    checks = pd.read_csv(digits_run / "diagnostics_checks.csv")
+    for check in checks["check"]:
+        assert html.escape(check) in page, check
 
 
-def test_diagnose_files_read_back_identically(digits_run):
+def test_diagnose_files_read_back_identically(digits_run, capsys):
     _, result = diagnose_run(digits_run, num_draws=30, gaps=False, calibrate=False)
     import xarray as xr
 
@@ -66,8 +76,15 @@ def test_diagnose_files_read_back_identically(digits_run):
     assert main(["report", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc",
                  "--out", str(digits_run / "again.html")]) == 0
     assert (digits_run / "again.html").stat().st_size > 10_000
+    assert f"report: {(digits_run / 'again.html').resolve()}" in capsys.readouterr().out
+    assert "Verdicts" in (digits_run / "again.html").read_text()
     assert main(["diagnose", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc"]) == 0
-    assert len(pd.read_csv(digits_run / "diagnostics_checks.csv")) >= 4
+    printed = capsys.readouterr().out
+    checks = pd.read_csv(digits_run / "diagnostics_checks.csv")
+    assert len(checks) >= 4
+    for check, status in zip(checks["check"], checks["status"], strict=True):
+        assert any(check in line and status in line for line in printed.splitlines()), check
+    assert f"wrote {digits_run / 'diagnostics.nc'}" in printed
 
 
 def test_report_of_a_custom_global_model_with_two_runs(tmp_path):

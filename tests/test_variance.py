@@ -1,5 +1,7 @@
 """gradient_variance on the linear-Gaussian model (closed-form gradient) and from the CLI."""
 
+import numpy as np
+import pandas as pd
 import pyro
 import pytest
 import torch
@@ -112,5 +114,9 @@ def test_compare_estimators_command(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("mc", "analytic", "stl", "total_variance", "guide"):
         assert name in out
-    assert csv.exists()
+    table = pd.read_csv(csv)
+    assert set(table["estimator"]) == {"mc", "analytic", "stl"}
+    assert np.isfinite(table["total_variance"]).all() and (table["total_variance"] >= 0).all()
+    for value in table["total_variance"]:
+        assert f"{value:.4g}" in out  # the printed table is the written one
     assert main(["compare-estimators", str(tmp_path / "missing")]) == 2

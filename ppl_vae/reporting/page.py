@@ -15,8 +15,14 @@ import pyro
 import torch
 from pyro import poutine
 
+from ppl_vae.data.tensors import as_tensors
+from ppl_vae.diagnostics import diagnose
+from ppl_vae.estimators.registry import ESTIMATORS
+from ppl_vae.evaluation.arviz import runs_from
+from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.reporting import figures as figs
+from ppl_vae.train.result import FitResult
 
 __all__ = ["report"]
 
@@ -112,8 +118,6 @@ def _latent_means(tree):
 
 
 def _plan(settings: dict) -> pd.DataFrame:
-    from ppl_vae.estimators.registry import ESTIMATORS
-
     name = str(settings.get("estimator", "unknown"))
     spec = ESTIMATORS.get(name)
     rows = {"estimator": name,
@@ -156,15 +160,8 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     pathlib.Path
         The written file. Every figure is embedded, so the file can be mailed or archived.
     """
-    from ppl_vae.data.tensors import as_tensors
-    from ppl_vae.diagnostics import diagnose
-    from ppl_vae.evaluation.arviz import runs_from
-    from ppl_vae.evaluation.metrics import evaluate
-
     chains = runs_from(model, guide, runs)
     m0, g0, s0 = chains[0]
-    from ppl_vae.train.result import FitResult
-
     first = model if runs is None else runs[0]
     if history is None and isinstance(first, FitResult):
         history = first.history
@@ -176,70 +173,116 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
         evaluation = evaluate(m0, g0, data, data_plate=data_plate)
     dtype, device = program_dtype(m0, g0)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
-    tree = diagnostics.tree
-    pointwise = diagnostics.pointwise
-    worst_rows = pointwise.sort_values("k_hat", ascending=False).head(10)
-    worst = worst_rows[worst_rows["chain"] == worst_rows["chain"].iloc[0]]["point"].tolist()
-    status, verdict = _overall(diagnostics.checks)
     summary = diagnostics.summary()
+    worst_rows = diagnostics.pointwise.sort_values("k_hat", ascending=False).head(10)
     parts = [
+        *_header(title, len(chains), batch[0].shape[0], diagnostics),
+        "<h2>Run settings and estimator plan</h2>", _table(_plan(settings)),
+        *_training(history), *_evaluation(evaluation),
+        *_khat(summary, diagnostics.pointwise, worst_rows), *_latent_usage(summary, diagnostics),
+        *_reconstructions(diagnostics.tree, m0, batch, image_shape),
+        *_latent_space(diagnostics.tree, labels), *_arviz(diagnostics, worst_rows),
+        *_gaps(diagnostics.gaps), *_sbc(diagnostics.sbc),
+    ]
+    return _write_page(out, title, parts)
+
+
+def _header(title, num_runs: int, num_points: int, diagnostics) -> list[str]:
+    status, verdict = _overall(diagnostics.checks)
+    return [
         f"<h1>{html.escape(title or 'ppl-vae posterior diagnostics')}</h1>",
-        f"<p class='sub'>{len(chains)} run(s), {batch[0].shape[0]} data points, "
-        f"{tree.attrs.get('num_draws')} guide draws per point; written "
+        f"<p class='sub'>{num_runs} run(s), {num_points} data points, "
+        f"{diagnostics.tree.attrs.get('num_draws')} guide draws per point; written "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}</p>",
         f"<div class='verdict' style='background:{_STATUS_COLOR[status]}'>{status.upper()}: "
         f"{html.escape(verdict)}</div>",
         "<h2>Verdicts</h2>", _checks_html(diagnostics.checks),
-        "<h2>Run settings and estimator plan</h2>", _table(_plan(settings)),
     ]
-    parts.append("<h2>Training</h2>")
+
+
+def _training(history) -> list[str]:
     curves = figs.elbo_curves(history)
-    parts.append(_img(curves, "ELBO per epoch (nats per data point)") if curves else
-                 "<p>No training history was given.</p>")
-    ev = pd.DataFrame({"quantity": list(evaluation), "value": [float(v) for v in
-                                                                evaluation.values()]})
-    parts += ["<h2>Evaluation</h2>", _table(ev),
-              "<p>nats per data point; iwae is the importance-weighted bound on log p(x).</p>"]
-    parts += ["<h2>Pareto k-hat per data point</h2>",
-              f"<p>{summary['share_khat_gt_0.5']:.1%} of points above 0.5, "
-              f"{summary['share_khat_gt_0.7']:.1%} above 0.7 (Vehtari et al. 2024 thresholds; "
-              "above 0.7 the guide misses posterior mass there).</p>",
-              _img(figs.khat_figure(pointwise), "k-hat per data point; dashed: 0.5 and 0.7"),
-              "<p>The data points with the largest k-hat:</p>", _table(worst_rows)]
-    parts += ["<h2>Latent usage</h2>",
-              f"<p>{summary['active_units']} of {summary['num_dims']} dimensions active; total "
-              f"KL {summary['kl_total']:.3f} nats; mutual information I(x; z) "
-              f"{summary['mutual_information']:.3f} nats.</p>",
-              _img(figs.kl_figure(diagnostics.latent), "KL(q(z_d | x) || p(z_d)) per dimension")]
-    grid = _images(tree, m0, batch, image_shape)
-    if grid is not None:
-        parts += ["<h2>Data, reconstructions and prior samples</h2>",
-                  _img(grid, "rows: data, E[x | z] at the guide's draws, E[x | z] with z from the "
-                       "prior")]
+    return ["<h2>Training</h2>",
+            _img(curves, "ELBO per epoch (nats per data point)") if curves else
+            "<p>No training history was given.</p>"]
+
+
+def _evaluation(evaluation) -> list[str]:
+    ev = pd.DataFrame({"quantity": list(evaluation),
+                       "value": [float(v) for v in evaluation.values()]})
+    return ["<h2>Evaluation</h2>", _table(ev),
+            "<p>nats per data point; iwae is the importance-weighted bound on log p(x).</p>"]
+
+
+def _khat(summary, pointwise, worst_rows) -> list[str]:
+    return ["<h2>Pareto k-hat per data point</h2>",
+            f"<p>{summary['share_khat_gt_0.5']:.1%} of points above 0.5, "
+            f"{summary['share_khat_gt_0.7']:.1%} above 0.7 (Vehtari et al. 2024 thresholds; "
+            "above 0.7 the guide misses posterior mass there).</p>",
+            _img(figs.khat_figure(pointwise), "k-hat per data point; dashed: 0.5 and 0.7"),
+            "<p>The data points with the largest k-hat:</p>", _table(worst_rows)]
+
+
+def _latent_usage(summary, diagnostics) -> list[str]:
+    return ["<h2>Latent usage</h2>",
+            f"<p>{summary['active_units']} of {summary['num_dims']} dimensions active; total "
+            f"KL {summary['kl_total']:.3f} nats; mutual information I(x; z) "
+            f"{summary['mutual_information']:.3f} nats.</p>",
+            _img(figs.kl_figure(diagnostics.latent), "KL(q(z_d | x) || p(z_d)) per dimension")]
+
+
+def _reconstructions(tree, model, batch, image_shape) -> list[str]:
+    grid = _images(tree, model, batch, image_shape)
+    if grid is None:
+        return []
+    return ["<h2>Data, reconstructions and prior samples</h2>",
+            _img(grid, "rows: data, E[x | z] at the guide's draws, E[x | z] with z from the "
+                 "prior")]
+
+
+def _latent_space(tree, labels) -> list[str]:
     means = _latent_means(tree)
-    if means is not None and labels is not None and len(labels) == means.shape[0]:
-        parts += ["<h2>Latent space</h2>",
-                  _img(figs.latent_map(means, np.asarray(labels)), "guide means coloured by label")]
-    elif means is not None:
-        parts += ["<h2>Latent space</h2>", _img(figs.latent_map(means), "guide means")]
-    png, caption = figs.arviz_figure(tree, worst)
-    if png is not None:
-        parts += ["<h2>ArviZ view of the posterior</h2>", _img(png, caption)]
-        if len(diagnostics.posterior):
-            parts.append(_table(diagnostics.posterior.reset_index().head(12)))
-    if diagnostics.gaps is not None:
-        g = diagnostics.gaps.mean().to_frame("mean (nats)").reset_index(names="quantity")
-        parts += ["<h2>Inference gaps (Cremer et al. 2018)</h2>",
-                  "<p>Per-point refinement of q from the encoder's output: the amortization gap "
-                  "is what a per-point optimiser gains over the encoder; the approximation gap "
-                  "is what the guide's family cannot represent.</p>",
-                  _table(g), _img(figs.gap_figure(diagnostics.gaps), "gaps per refined point")]
-    if diagnostics.sbc is not None:
-        parts += ["<h2>Simulation-based calibration (Talts et al. 2018)</h2>",
-                  "<p>Ranks of latents simulated from the prior among guide draws given the "
-                  "simulated data; uniform when the guide is calibrated. Gray band: 99% range "
-                  "of a bin under uniformity; red: failing dimension.</p>",
-                  _img(figs.sbc_figure(diagnostics.sbc), "SBC rank histograms")]
+    if means is None:
+        return []
+    if labels is not None and len(labels) == means.shape[0]:
+        return ["<h2>Latent space</h2>",
+                _img(figs.latent_map(means, np.asarray(labels)), "guide means coloured by label")]
+    return ["<h2>Latent space</h2>", _img(figs.latent_map(means), "guide means")]
+
+
+def _arviz(diagnostics, worst_rows) -> list[str]:
+    worst = worst_rows[worst_rows["chain"] == worst_rows["chain"].iloc[0]]["point"].tolist()
+    png, caption = figs.arviz_figure(diagnostics.tree, worst)
+    if png is None:
+        return []
+    parts = ["<h2>ArviZ view of the posterior</h2>", _img(png, caption)]
+    if len(diagnostics.posterior):
+        parts.append(_table(diagnostics.posterior.reset_index().head(12)))
+    return parts
+
+
+def _gaps(gaps) -> list[str]:
+    if gaps is None:
+        return []
+    g = gaps.mean().to_frame("mean (nats)").reset_index(names="quantity")
+    return ["<h2>Inference gaps (Cremer et al. 2018)</h2>",
+            "<p>Per-point refinement of q from the encoder's output: the amortization gap "
+            "is what a per-point optimiser gains over the encoder; the approximation gap "
+            "is what the guide's family cannot represent.</p>",
+            _table(g), _img(figs.gap_figure(gaps), "gaps per refined point")]
+
+
+def _sbc(sbc) -> list[str]:
+    if sbc is None:
+        return []
+    return ["<h2>Simulation-based calibration (Talts et al. 2018)</h2>",
+            "<p>Ranks of latents simulated from the prior among guide draws given the "
+            "simulated data; uniform when the guide is calibrated. Gray band: 99% range "
+            "of a bin under uniformity; red: failing dimension.</p>",
+            _img(figs.sbc_figure(sbc), "SBC rank histograms")]
+
+
+def _write_page(out, title, parts: list[str]) -> Path:
     body = "\n".join(p for p in parts if p)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title or 'ppl-vae report')}</title><style>{_CSS}</style>"
@@ -248,5 +291,3 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
-
-
