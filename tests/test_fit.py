@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -260,6 +261,30 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(digits, tmp_pat
     assert len(info.value.history) == info.value.epoch - 1
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == info.value.epoch - 1
+    assert f"the last good checkpoint is {tmp_path / 'checkpoint.pt'} (epoch {ckpt['epoch']})" \
+        in str(info.value)
+
+
+def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(digits, tmp_path):
+    model, guide = small_vae()
+    calls = {"n": 0}
+
+    class Poison(nn.Module):
+        def forward(self, x):
+            calls["n"] += 1
+            if calls["n"] > 5:  # after the preflight calls: the first training step
+                pyro.factor("poison", x.new_tensor(float("nan")))
+            return model(x)
+
+    with pytest.raises(ppl_vae.TrainingDivergedError) as info:
+        ppl_vae.fit(Poison(), guide, digits.train[:128], epochs=3, batch_size=32,
+                    progress=False, checkpoint_dir=tmp_path / "run")
+    message = str(info.value)
+    assert re.search(r"at epoch 1, step [1-4] of 4", message), message
+    assert f"no checkpoint was written to {tmp_path / 'run'}" in message
+    assert "the last good checkpoint is" not in message
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert info.value.epoch == 1 and len(info.value.history) == 0
 
 
 def test_early_stopping_restores_the_best_parameters(digits):
