@@ -81,6 +81,11 @@ def as_integer(name: str, value, *, minimum: int | None = 1, maximum: int | None
     return value
 
 
+def check_epochs(epochs) -> int:
+    """The training budget: an integer >= 1."""
+    return as_integer("epochs", epochs)
+
+
 def as_rate(name: str, value) -> float:
     """A finite real number > 0 (a learning rate)."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
@@ -137,8 +142,9 @@ def check_optimizer(optimizer):
 
 
 def check_callbacks(callbacks) -> tuple[Callable, ...]:
+    # A sequence, not a set: callbacks run in the order given.
     if callable(callbacks) or isinstance(callbacks, str | bytes) or \
-            not isinstance(callbacks, Sequence | set | frozenset):
+            not isinstance(callbacks, Sequence):
         hint = "; pass callbacks=[fn]" if callable(callbacks) else ""
         raise TypeError(f"callbacks must be a sequence of callables, got {_kind(callbacks)}{hint}")
     for i, callback in enumerate(callbacks):
@@ -211,7 +217,7 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
         estimator=_as_name("estimator", estimator),
         num_particles=as_integer("num_particles", num_particles),
         vectorize_particles=as_flag("vectorize_particles", vectorize_particles),
-        jit=as_flag("jit", jit), epochs=as_integer("epochs", epochs),
+        jit=as_flag("jit", jit), epochs=check_epochs(epochs),
         batch_size=as_integer("batch_size", batch_size, minimum=None), lr=as_rate("lr", lr),
         optimizer=check_optimizer(optimizer), device=resolve_device(device),
         dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),

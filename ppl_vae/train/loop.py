@@ -146,8 +146,8 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     """``fit`` with checked arguments; in a data-parallel run, what every worker runs (with its
     :class:`~ppl_vae.train.distributed.Engine`)."""
     rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
-    prepared = prepare_data(data, validation_data, config,
-                               config.device if engine is None else engine.device)
+    device = config.device if engine is None else engine.device
+    prepared = prepare_data(data, validation_data, config, device)
     state = preflight(model, guide, prepared, config, world)
     if engine is None and wants_engine(config.devices, config.strategy, config.num_nodes):
         # Checked and initialised here, so errors are raised in this process, not in a worker.
