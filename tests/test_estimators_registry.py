@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _runs import assert_trained_run
 
 import ppl_vae
 from ppl_vae.cli import main
@@ -104,10 +105,11 @@ def test_the_cli_trains_with_a_registered_estimator(toy, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code = main(["train", "--data", "digits", "--estimator", toy, "--out", str(out),
-                     "--epochs", "1", "--latent-dim", "2", "--hidden", "8", "--no-progress",
+                     "--epochs", "2", "--latent-dim", "2", "--hidden", "8", "--no-progress",
                      "--eval-samples", "3"])
     printed = capsys.readouterr().out
     assert code == 0
+    assert_trained_run(out, printed, model="vae", guide="mlp", epochs=2)
     assert "'toy' estimator" in printed and "toy term" in printed
     capsys.readouterr()
     assert main(["estimators"]) == 0
