@@ -2,6 +2,7 @@
 checkpoint and ends bit-for-bit where an uninterrupted run with the same seed ends; a resume that
 is not the same run is refused, a longer budget is not, and early stopping continues exactly."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -200,7 +201,7 @@ def test_a_resumed_early_stopped_run_ends_like_an_uninterrupted_one(digits, tmp_
     if kill_after == "stopped":
         # The run ended by early stopping and is resumed anyway (the same command run again).
         first = options
-    with pytest.raises(Interrupt) if kill_after != "stopped" else _no_error():
+    with pytest.raises(Interrupt) if kill_after != "stopped" else contextlib.nullcontext():
         fit(*_pair(), x, checkpoint_dir=tmp_path, **first)
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["epoch"] == kill
@@ -212,14 +213,6 @@ def test_a_resumed_early_stopped_run_ends_like_an_uninterrupted_one(digits, tmp_
     for part in ("model", "guide"):
         for name, value in whole.params[part].items():
             assert torch.equal(resumed.params[part][name], value), name  # the best epoch's
-
-
-class _no_error:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_cli_resume_with_another_learning_rate_is_refused(tmp_path, capsys):
