@@ -3,14 +3,19 @@ instead of a traceback from deep inside Pyro (and instead of checking every step
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["trace_pair", "check_sites_agree", "check_support", "latent_sites"]
+from ppl_vae.programs.plates import choose_data_plate, program_plates
+
+__all__ = ["trace_pair", "check_sites_agree", "check_support", "latent_sites",
+           "resolve_data_plate"]
 
 
 def trace_pair(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]):
@@ -106,41 +111,119 @@ def data_dim(site, plate_name: str) -> int | None:
     return None
 
 
+def resolve_data_plate(
+    model: Callable,
+    guide: Callable,
+    batch: Sequence[torch.Tensor],
+    data_plate: str | None = None,
+    *,
+    num_data: int | None = None,
+) -> str:
+    """The name of the plate over data points, checked against a batch.
+
+    The plates are read off a trace of both programs on ``batch``
+    (:func:`~ppl_vae.programs.plates.program_plates`), each with the size it has there, however
+    it got it (declared, size-less and read off its sites, or subsampled by the program).
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs called as ``model(*batch)``; they are run once, without gradients.
+    batch : sequence of tensors
+        B rows each, as the programs get them in training or evaluation.
+    data_plate : str, optional
+        The user's name for the plate. None: the one plate (of model or guide) whose size is B.
+    num_data : int, optional
+        N, the rows of the whole data set: a plate the program subsamples itself may stand for N
+        points (``pyro.plate(name, N, subsample_size=B)``).
+
+    Returns
+    -------
+    str
+        The plate's name. It stands for the batch's B rows (or for all N with subsampling).
+
+    Raises
+    ------
+    ValueError
+        Naming the plates the programs have, when ``data_plate`` is not one of them, when its
+        size is not the batch's, or (with ``data_plate=None``) when no plate or several have the
+        batch's size.
+    """
+    rows = int(batch[0].shape[0])
+    with torch.no_grad(), pyro.validation_enabled(False):
+        plates = program_plates(*trace_pair(model, guide, batch))
+    return choose_data_plate(plates, rows, data_plate, num_data)
+
+
+def _validates(fn) -> bool:
+    """Whether scoring with ``fn`` checks the value against the support.
+
+    Wrappers (``.to_event``, ``.mask``, ``.expand``) score through their base distribution, which
+    does the checking, so the innermost base decides.
+    """
+    while isinstance(fn, (Independent, MaskedDistribution, ExpandedDistribution)):
+        fn = fn.base_dist
+    return bool(fn._validate_args)
+
+
 def check_support(
     model: Callable,
     guide: Callable,
     tensors: Sequence[torch.Tensor],
     *,
     batch_size: int,
-    plate_name: str = "data",
+    plate_name: str | None = None,
     max_rows: int = 10,
 ) -> None:
     """Check every observed value against its likelihood's support, over the whole data set.
 
-    Runs with Pyro's validation off so that our message (which rows, which site) is the one the
-    user sees. Rows are reported as indices into ``tensors``.
+    Rows are reported as indices into ``tensors`` along the plate ``plate_name`` (found as
+    :func:`~ppl_vae.programs.plates.resolve_data_plate` does when None).
+
+    A likelihood built with ``validate_args=False`` is skipped: that is how Pyro users say that
+    values outside the support are meant (Pyro's VAE example scores [0, 1] grey levels with a
+    ``Bernoulli``, a soft cross-entropy), and Pyro itself then scores them without complaint.
+    With validation switched off globally (``pyro.enable_validation(False)``, usually for speed)
+    no distribution says so, so the same finding is a warning instead of an error.
     """
     n = tensors[0].shape[0]
-    with pyro.validation_enabled(False), torch.no_grad():
+    # The programs run under the user's validation setting, so that each distribution's own
+    # validate_args is what the user wrote; nothing is scored here, so Pyro raises nothing.
+    globally_on = bool(torch.distributions.Distribution._validate_args)
+    with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = tuple(t[start : start + batch_size] for t in tensors)
             model_trace, _ = trace_pair(model, guide, batch)
             for name, site in model_trace.nodes.items():
                 if site["type"] != "sample" or not site["is_observed"]:
                     continue
+                if globally_on and not _validates(site["fn"]):
+                    continue
                 ok = site["fn"].support.check(site["value"])
                 if bool(ok.all()):
                     continue
-                dim = data_dim(site, plate_name)
-                if dim is None or ok.dim() < -dim:
-                    raise ValueError(
-                        f"observed site {name!r}: values lie outside the support of "
-                        f"{type(site['fn']).__name__} ({site['fn'].support})"
-                    )
-                bad = ~ok.movedim(dim, 0).reshape(ok.shape[dim], -1).all(dim=1)
-                rows = (torch.nonzero(bad).flatten() + start).tolist()
-                shown = ", ".join(map(str, rows[:max_rows])) + (" ..." if len(rows) > max_rows else "")
-                raise ValueError(
-                    f"observed site {name!r}: {len(rows)} row(s) lie outside the support of its "
-                    f"likelihood {type(site['fn']).__name__} ({site['fn'].support}): rows {shown}"
-                )
+                message = _support_message(model, guide, batch, name, site, ok, start,
+                                           plate_name, max_rows)
+                if globally_on:
+                    raise ValueError(message)
+                warnings.warn(message + " (Pyro validation is off, so they are scored as they "
+                              "are)", stacklevel=3)
+
+
+def _support_message(model, guide, batch, name, site, ok, start, plate_name, max_rows) -> str:
+    if plate_name is None:
+        try:
+            plate_name = resolve_data_plate(model, guide, batch)
+        except ValueError:
+            plate_name = None  # rows cannot be named; the site still is
+    dim = data_dim(site, plate_name) if plate_name is not None else None
+    fn = site["fn"]
+    if dim is None or ok.dim() < -dim:
+        return (f"observed site {name!r}: values lie outside the support of "
+                f"{type(fn).__name__} ({fn.support})")
+    bad = ~ok.movedim(dim, 0).reshape(ok.shape[dim], -1).all(dim=1)
+    rows = (torch.nonzero(bad).flatten() + start).tolist()
+    shown = ", ".join(map(str, rows[:max_rows])) + (" ..." if len(rows) > max_rows else "")
+    return (f"observed site {name!r}: {len(rows)} row(s) lie outside the support of its "
+            f"likelihood {type(fn).__name__} ({fn.support}): rows {shown}; if that is meant "
+            f"(soft targets), build it with validate_args=False")

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from pyro.poutine.messenger import Messenger
 
+from ppl_vae.programs.plates import frame_full_size
+
 __all__ = ["DataPlateScale", "ScaledProgram"]
 
 
@@ -16,8 +18,12 @@ class DataPlateScale(Messenger):
     A mini-batch ELBO is unbiased for the whole data set only if the terms of local sites (inside
     the data plate) are multiplied by N / B while global sites are left alone. Users write
     ``pyro.plate("data", x.shape[0])`` with the batch they are given; this handler supplies the
-    missing factor. A plate the user declared with ``size=N, subsample_size=B`` is already scaled
-    by Pyro (its frame records ``full_size``), so it is left alone.
+    missing factor. The plate's size is the one the trace records, however the plate got it: a
+    size-less ``pyro.plate("data")`` records -1 and leaves the size to the tensors, so it is read
+    off the site (:func:`~ppl_vae.programs.plates.frame_full_size`). A plate the program
+    subsamples itself (``size=M, subsample_size=b``) is already scaled by Pyro by M / b, so only
+    N / M is added: 1 when it declares the whole data set (M = N), N / B when it subsamples the
+    batch it is given (M = B).
 
     Applied to both model and guide, so ``TraceMeanField_ELBO`` sees equal scales on both sides.
     """
@@ -33,8 +39,7 @@ class DataPlateScale(Messenger):
         for frame in msg["cond_indep_stack"]:
             if frame.name != self.plate_name:
                 continue
-            if frame.full_size is None or frame.full_size == frame.size:
-                msg["scale"] = msg["scale"] * (self.num_data / frame.size)
+            msg["scale"] = msg["scale"] * (self.num_data / frame_full_size(frame, msg))
             return
 
 

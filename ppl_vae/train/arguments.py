@@ -49,7 +49,7 @@ class FitConfig:
     progress: bool = True
     checkpoint_dir: Path | None = None
     resume: bool = False
-    data_plate: str = "data"
+    data_plate: str | None = None  # None: found by init_state (the plate of the batch's size)
     callbacks: tuple[Callable, ...] = ()
     early_stopping_patience: int | None = None
     elbo_options: dict = field(default_factory=dict)
@@ -222,7 +222,7 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
         optimizer=check_optimizer(optimizer), device=resolve_device(device),
         dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),
         progress=as_flag("progress", progress), checkpoint_dir=checkpoint_dir, resume=resume,
-        data_plate=_as_name("data_plate", data_plate), callbacks=check_callbacks(callbacks),
+        data_plate=_as_name("data_plate", data_plate, optional=True), callbacks=check_callbacks(callbacks),
         early_stopping_patience=patience, elbo_options=_check_elbo_options(elbo_options),
         devices=devices, strategy=strategy, num_nodes=num_nodes,
     )

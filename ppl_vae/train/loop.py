@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -53,7 +54,7 @@ def fit(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
-    data_plate: str = "data",
+    data_plate: str | None = None,
     callbacks: Sequence[Callback] = (),
     early_stopping_patience: int | None = None,
     elbo_options: dict | None = None,
@@ -95,9 +96,11 @@ def fit(
         checkpoint's run: other settings or other data (compared by shape and a content
         fingerprint) are a ``ValueError`` listing each difference; more ``epochs`` are allowed
         and recorded in ``settings["epochs_extended"]``.
-    data_plate : str
+    data_plate : str, optional
         Name of the plate over data points; its sites are scaled by N / batch size so that the
-        mini-batch ELBO is unbiased for the whole data set. Sites outside it are global.
+        mini-batch ELBO is unbiased for the whole data set. Sites outside it are global. None
+        (default): the one plate of model or guide whose size is the batch's; the name used is
+        ``settings["data_plate"]``. An error lists the plates when none or several fit.
     callbacks : sequence of callables
         ``callback(record, state)`` after each epoch (and its checkpoint), with the history row
         as a dict; returning ``True`` stops training.
@@ -149,6 +152,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     device = config.device if engine is None else engine.device
     prepared = prepare_data(data, validation_data, config, device)
     state = preflight(model, guide, prepared, config, world)
+    config = replace(config, data_plate=state.data_plate)  # the plate init_state found
     if engine is None and wants_engine(config.devices, config.strategy, config.num_nodes):
         # Checked and initialised here, so errors are raised in this process, not in a worker.
         check_data_parallel(state)

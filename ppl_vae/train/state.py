@@ -17,6 +17,7 @@ from pyro import poutine
 
 from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
+from ppl_vae.programs.plates import choose_data_plate, program_plates
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
@@ -45,6 +46,8 @@ class TrainState:
         Names of the ``pyro.param`` sites among them (saved in checkpoints).
     step : int
         Number of steps taken.
+    data_plate : str
+        The plate whose sites are scaled by N / batch size (resolved by ``init_state``).
     """
 
     loss_fn: torch.nn.Module
@@ -52,6 +55,7 @@ class TrainState:
     params: list[torch.Tensor]
     param_names: list[str] = field(default_factory=list)
     step: int = 0
+    data_plate: str = "data"
 
 
 def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Tensor]):
@@ -119,22 +123,28 @@ def init_state(
     batch: Sequence[torch.Tensor],
     *,
     num_data: int,
-    data_plate: str = "data",
+    data_plate: str | None = None,
     optimizer="adam",
     lr: float = 1e-3,
 ) -> TrainState:
     """Check the programs on ``batch``, create their parameters, and build the optimizer.
 
+    ``data_plate`` names the plate over data points; None finds it (the one plate whose size is
+    the batch's, see :func:`~ppl_vae.programs.checks.resolve_data_plate`). The name used is
+    ``state.data_plate``.
+
     Raises
     ------
     ValueError
-        If model or guide fail on the batch, their latent sites disagree, or there is nothing
-        to train.
+        If model or guide fail on the batch, their latent sites disagree, the data plate cannot
+        be resolved, or there is nothing to train.
     """
+    model_trace, guide_trace = trace_pair(model, guide, batch)
+    check_sites_agree(model_trace, guide_trace)
+    data_plate = choose_data_plate(program_plates(model_trace, guide_trace), batch[0].shape[0],
+                                   data_plate, num_data)
     scaled_model = ScaledProgram(model, num_data, data_plate)
     scaled_guide = ScaledProgram(guide, num_data, data_plate)
-    model_trace, guide_trace = trace_pair(scaled_model, scaled_guide, batch)
-    check_sites_agree(model_trace, guide_trace)
     params, names = collect_params(scaled_model, scaled_guide, elbo, batch)
     ref = batch[0]
     _move_pyro_params(names, ref.device, ref.dtype if ref.is_floating_point() else None)
@@ -144,7 +154,8 @@ def init_state(
             "pyro.module, a PyroModule, or pass a torch.nn.Module as model or guide)"
         )
     loss_fn = elbo(scaled_model, scaled_guide)
-    return TrainState(loss_fn, make_optimizer(optimizer, params, lr), params, names)
+    return TrainState(loss_fn, make_optimizer(optimizer, params, lr), params, names,
+                      data_plate=data_plate)
 
 
 def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState, torch.Tensor]:
