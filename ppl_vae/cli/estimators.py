@@ -28,9 +28,13 @@ def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
         for program in (model, guide):
             if isinstance(program, torch.nn.Module):
                 program.to(device=dev)
-    plan = explain(model, guide, _first_rows(data, 2, device=dev), estimator=estimator)
+    # Enough rows that the data plate (the plate of the batch's size) is rarely ambiguous.
+    plan = explain(model, guide, _first_rows(data, 64, device=dev), estimator=estimator)
     print(f"plan for the {estimator!r} estimator (one row per latent site):")
-    print(plan.to_string(index=False), flush=True)
+    print(plan.to_string(index=False))
+    plate = plan.attrs["data_plate"]
+    print(f"data plate (scaled by N / batch size): {plate!r}" if plate is not None
+          else f"data plate: none found: {plan.attrs['data_plate_error']}", flush=True)
     return plan
 
 

@@ -86,7 +86,7 @@ def posterior_summary(tree, *, worst: list | None = None) -> pd.DataFrame:
 def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 200,
              gaps: bool = True, gap_points: int = 32, gap_steps: int = 200,
              calibrate: bool = True, sbc_draws: int = 99, num_worst: int = 5,
-             data_plate: str = "data", seed: int | None = 0, settings: dict | None = None,
+             data_plate: str | None = None, seed: int | None = 0, settings: dict | None = None,
              tree=None) -> Diagnostics:
     """Run every posterior check.
 
@@ -113,6 +113,8 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
     if tree is None:
         tree = to_arviz(model, guide, data, runs=runs, num_draws=num_draws, seed=seed,
                         data_plate=data_plate, settings=settings)
+    # The plate to_arviz resolved (or the one the given export was made with).
+    data_plate = data_plate if data_plate is not None else tree.attrs["data_plate"]
     pointwise = pointwise_psis(tree)
     latent = latent_table(m0, g0, data, data_plate=data_plate, seed=seed)
     mi = mutual_information(m0, g0, data, data_plate=data_plate, seed=seed)

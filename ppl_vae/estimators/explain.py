@@ -16,9 +16,14 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ppl_vae.estimators.kl import has_closed_form_kl, monte_carlo_kl_sites, program_traces
+from ppl_vae.estimators.kl import (
+    as_batch,
+    has_closed_form_kl,
+    monte_carlo_kl_sites,
+    program_traces,
+)
 from ppl_vae.estimators.registry import SiteFacts, get_spec
-from ppl_vae.programs.checks import latent_sites
+from ppl_vae.programs.checks import latent_sites, resolve_data_plate
 
 __all__ = ["explain", "monte_carlo_kl_sites", "PLAN_COLUMNS"]
 
@@ -29,7 +34,8 @@ PLAN_COLUMNS = [
 ENUMERATED = ("enumerated (exact sum)", "exact")
 
 
-def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic") -> pd.DataFrame:
+def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic", *,
+            data_plate: str | None = None) -> pd.DataFrame:
     """One row per latent site: how ``estimator`` will handle it.
 
     Parameters
@@ -40,6 +46,9 @@ def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic"
         A few rows of data; the programs are run once, without gradients.
     estimator : str
         A name from :data:`ppl_vae.ESTIMATORS`.
+    data_plate : str, optional
+        The plate over data points, as for :func:`ppl_vae.fit` (None: found as ``fit`` finds
+        it, the one plate whose size is the batch's).
 
     Returns
     -------
@@ -48,6 +57,8 @@ def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic"
         ``device``, ``dtype``, ``reparameterized`` (whether the guide's distribution has
         rsample), ``term`` (``"closed-form KL"``, ``"Monte Carlo KL"``, ``"score function"``
         or ``"enumerated (exact sum)"``) and ``gradient`` (how its gradient is formed).
+        ``attrs["data_plate"]`` is the plate ``fit`` scales by N / B on this batch, or None with
+        ``attrs["data_plate_error"]`` saying why there is none (``fit`` would raise it).
     """
     spec = get_spec(estimator)
     model_trace, guide_trace = program_traces(model, guide, batch)
@@ -71,4 +82,9 @@ def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic"
             "term": term,
             "gradient": gradient,
         })
-    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    try:
+        plan.attrs["data_plate"] = resolve_data_plate(model, guide, as_batch(batch), data_plate)
+    except ValueError as exc:
+        plan.attrs["data_plate"], plan.attrs["data_plate_error"] = None, str(exc)
+    return plan

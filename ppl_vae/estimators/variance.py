@@ -20,6 +20,7 @@ from scipy.stats import chi2
 
 from ppl_vae.estimators.kl import as_batch
 from ppl_vae.estimators.registry import ESTIMATORS, get_spec, make_elbo
+from ppl_vae.programs.checks import resolve_data_plate
 from ppl_vae.programs.handlers import ScaledProgram
 
 __all__ = ["gradient_variance", "VARIANCE_COLUMNS"]
@@ -109,7 +110,7 @@ def gradient_variance(
     num_particles: int = 1,
     vectorize_particles: bool = False,
     num_data: int | None = None,
-    data_plate: str = "data",
+    data_plate: str | None = None,
     seed: int | None = 0,
     alpha: float = 1e-3,
 ) -> pd.DataFrame:
@@ -134,8 +135,8 @@ def gradient_variance(
         As for :func:`ppl_vae.make_elbo` (``num_particles`` is K for ``"iwae"``).
     num_data : int, optional
         N for the data-plate scale N / B (default B: the gradient of the batch's loss).
-    data_plate : str
-        Name of the plate over data points.
+    data_plate : str, optional
+        Name of the plate over data points (None: found as ``fit`` finds it).
     seed : int, optional
         Seeds torch before each estimator's draws, with a different stream per estimator (the
         global RNG state is restored after).
@@ -176,6 +177,7 @@ def gradient_variance(
     num_data = n_rows if num_data is None else int(num_data)
     if seed is None:
         rng_state = None
+    data_plate = resolve_data_plate(model, guide, batch, data_plate, num_data=num_data)
     scaled_model = ScaledProgram(model, num_data, data_plate)
     scaled_guide = ScaledProgram(guide, num_data, data_plate)
     guide_params = _program_params(guide, batch)

@@ -19,6 +19,7 @@ from pyro import poutine
 from xarray import DataTree
 
 from ppl_vae.data.tensors import as_tensors, check_finite
+from ppl_vae.evaluation.metrics import RESOLVE_ROWS
 from ppl_vae.evaluation.pointwise import (
     Draws,
     draw,
@@ -26,7 +27,7 @@ from ppl_vae.evaluation.pointwise import (
     reduce_to_points,
     site_log_prob,
 )
-from ppl_vae.programs.checks import data_dim
+from ppl_vae.programs.checks import data_dim, resolve_data_plate
 from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["to_arviz", "runs_from"]
@@ -125,7 +126,7 @@ def to_arviz(
     num_draws: int = 100,
     runs=None,
     seed: int | None = 0,
-    data_plate: str = "data",
+    data_plate: str | None = None,
     posterior_predictive: bool = True,
     settings: dict | None = None,
     name: str | None = None,
@@ -145,8 +146,9 @@ def to_arviz(
         Independently trained runs; each becomes one chain.
     seed : int, optional
         Seeds the draws (the global RNG state is restored afterwards).
-    data_plate : str
-        Name of the plate over data points; local sites get a dimension of that name.
+    data_plate : str, optional
+        Name of the plate over data points; local sites get a dimension of that name. None:
+        found as ``fit`` finds it; the name used is ``tree.attrs["data_plate"]``.
     posterior_predictive : bool
         Also draw replicated observations x_rep ~ p(x | z_k).
     settings : dict, optional
@@ -175,6 +177,9 @@ def to_arviz(
     if seed is not None:
         torch.manual_seed(seed)
     try:
+        data_plate = resolve_data_plate(chains[0][0], chains[0][1],
+                                        tuple(t[:RESOLVE_ROWS] for t in batch), data_plate,
+                                        num_data=n)
         per_chain = [_one_chain(m, g, batch, int(num_draws), data_plate, posterior_predictive)
                      for m, g, _ in chains]
     finally:

@@ -10,9 +10,14 @@ import torch
 
 from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
 from ppl_vae.evaluation.pointwise import draw
+from ppl_vae.programs.checks import resolve_data_plate
 from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
-__all__ = ["evaluate", "Evaluation", "logmeanexp"]
+__all__ = ["evaluate", "Evaluation", "logmeanexp", "RESOLVE_ROWS"]
+
+# Rows the programs are run on to find the data plate: enough that an inner plate rarely has the
+# same size by chance, few enough to cost one small trace.
+RESOLVE_ROWS = 256
 
 
 def logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -38,7 +43,7 @@ def evaluate(
     data,
     *,
     num_samples: int = 100,
-    data_plate: str = "data",
+    data_plate: str | None = None,
     batch_size: int | None = None,
     seed: int | None = 0,
 ) -> Evaluation:
@@ -53,6 +58,8 @@ def evaluate(
 
     Terms of global latents (outside ``data_plate``) are shared by all points and divided by N;
     with global latents ``iwae`` is the joint bound on log p(x_1..N) divided by N.
+    ``data_plate=None`` finds the plate over data points as ``fit`` does
+    (:func:`~ppl_vae.programs.checks.resolve_data_plate`).
 
     Returns
     -------
@@ -67,6 +74,8 @@ def evaluate(
     if seed is not None:
         torch.manual_seed(seed)
     try:
+        data_plate = resolve_data_plate(model, guide, tuple(t[:RESOLVE_ROWS] for t in tensors),
+                                        data_plate, num_data=n)
         nesting = max_plate_nesting(model, guide, tuple(t[: min(n, 2)] for t in tensors))
         first = draw(model, guide, tuple(t[:1] for t in tensors), num_samples=1,
                      data_plate=data_plate, nesting=nesting)

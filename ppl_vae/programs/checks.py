@@ -150,7 +150,10 @@ def resolve_data_plate(
         batch's size.
     """
     rows = int(batch[0].shape[0])
-    with torch.no_grad(), pyro.validation_enabled(False):
+    # A query, not a draw: the RNG is left as it was, so a seeded evaluation draws the same
+    # whether or not the plate had to be found first.
+    cuda = [t.device for t in batch if t.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=cuda), torch.no_grad(), pyro.validation_enabled(False):
         plates = program_plates(*trace_pair(model, guide, batch))
     return choose_data_plate(plates, rows, data_plate, num_data)
 

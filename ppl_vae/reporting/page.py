@@ -132,7 +132,7 @@ def _plan(settings: dict) -> pd.DataFrame:
 def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
            diagnostics=None, history=None, settings=None, evaluation=None, image_shape=None,
            labels=None, title: str | None = None, num_draws: int = 200, gaps: bool = True,
-           calibrate: bool = True, data_plate: str = "data") -> Path:
+           calibrate: bool = True, data_plate: str | None = None) -> Path:
     """Write the diagnostics report of a trained model and guide as one HTML file.
 
     Parameters
