@@ -1,0 +1,149 @@
+"""Real Pyro programs (``tests/programs/``) through fit, evaluate, to_arviz, diagnose and report.
+
+For each program and each estimator that applies: a few training steps, then
+
+- the scale of every site in training: N / B (times Pyro's own subsampling factor) inside the
+  data plate, which ppl-vae must find by itself, 1 for globals;
+- the training objective against plain Pyro's counterpart ELBO object, same parameters and
+  seed, on the whole data set (where N / B = 1): equal to float tolerance.
+
+For each program once: ``evaluate``'s ELBO against Pyro's ``Trace_ELBO`` to Monte Carlo error,
+and finite diagnostics from ``to_arviz``, ``diagnose`` and ``report``.
+"""
+
+import importlib
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
+
+import ppl_vae
+from ppl_vae.programs.handlers import ScaledProgram
+
+# The counterpart of each estimator in plain Pyro, for the value of its loss with one particle
+# (iwae, vimco and dreg with K = 1 are the ELBO; stl changes only the gradient).
+COUNTERPART = {
+    "mc": Trace_ELBO, "analytic": TraceMeanField_ELBO, "enum": TraceEnum_ELBO,
+    "score": TraceGraph_ELBO, "tracegraph": TraceGraph_ELBO, "iwae": Trace_ELBO,
+    "stl": Trace_ELBO, "vimco": Trace_ELBO, "dreg": Trace_ELBO,
+}
+
+PENDING_DRAWS = ("pending: evaluate/to_arviz/diagnose draw this program's latents vectorized over "
+                 "an extra plate and fail; fallback to draws one by one (scale helper)")
+PENDING = {
+    "dmm": PENDING_DRAWS + "; inference_gaps' empty parameter list (verdicts helper)",
+    "bayes_regression:diagonal": PENDING_DRAWS + "; mutual_information without local latents "
+                                                 "(verdicts helper)",
+    "bayes_regression:low_rank": PENDING_DRAWS + "; mutual_information without local latents "
+                                                 "(verdicts helper)",
+    "subsampled": "pending: a model that subsamples its own plate is evaluated over all its "
+                  "points (scale helper)",
+    "gmm": PENDING_DRAWS,
+}
+
+PROGRAMS = ["vae_soft", "ssvae", "dmm", "bayes_regression:diagonal", "bayes_regression:low_rank",
+            "subsampled", "prodlda", "gmm"]
+BATCH = 10
+
+
+def load(program, dtype=torch.float32):
+    name, _, variant = program.partition(":")
+    module = importlib.import_module(f"programs.{name}")
+    model, guide = module.make(dtype, variant) if variant else module.make(dtype)
+    return module, model, guide, module.data(dtype)
+
+
+def _cases():
+    for program in PROGRAMS:
+        module = importlib.import_module(f"programs.{program.partition(':')[0]}")
+        for estimator in module.ESTIMATORS:
+            yield program, estimator
+
+
+def _fit(module, model, guide, data, estimator, **kwargs):
+    return ppl_vae.fit(model, guide, data, estimator=estimator, epochs=2, batch_size=BATCH,
+                       progress=False, elbo_options=module.ELBO_OPTIONS, **kwargs)
+
+
+def _in_plate(site, plate):
+    return any(f.name == plate for f in site["cond_indep_stack"])
+
+
+# ssvae's guide marks its label for enumeration; mc and score draw it, as Pyro warns.
+@pytest.mark.filterwarnings("ignore:.*enumerate sites")
+@pytest.mark.parametrize("program, estimator", list(_cases()))
+def test_program_trains_with_pyro_scales_and_pyro_elbo(program, estimator):
+    module, model, guide, data = load(program)
+    n = data[0].shape[0]
+    result = _fit(module, model, guide, data, estimator)
+    assert np.isfinite(result.history["train_elbo"]).all()
+    assert result.settings["data_plate"] == module.DATA_PLATE  # found, not assumed
+
+    # Scales in training: the programs the loss function runs, on a batch of B rows.
+    scaled_model, scaled_guide = result.state.loss_fn.model, result.state.loss_fn.guide
+    batch = tuple(t[:BATCH] for t in data)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        guide_trace = poutine.trace(scaled_guide).get_trace(*batch)
+        model_trace = poutine.trace(poutine.replay(scaled_model, guide_trace)).get_trace(*batch)
+    seen_local = 0
+    for trace in (model_trace, guide_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            local = _in_plate(site, module.DATA_PLATE)
+            seen_local += local
+            want = module.local_scale(n, BATCH) if local else 1.0
+            assert float(site["scale"]) == pytest.approx(want, rel=1e-6), name
+    assert seen_local > 0
+
+    # The objective against plain Pyro on all N rows (scale 1), same parameters and seed.
+    plate = result.settings["data_plate"]
+    ours_elbo = ppl_vae.make_elbo(estimator, **module.ELBO_OPTIONS)
+    pyro.set_rng_seed(11)
+    ours = ours_elbo.loss(ScaledProgram(model, n, plate), ScaledProgram(guide, n, plate), *data)
+    pyro.set_rng_seed(11)
+    ref = COUNTERPART[estimator](**module.ELBO_OPTIONS).loss(model, guide, *data)
+    assert ours == pytest.approx(ref, rel=1e-5, abs=1e-4)
+
+
+def _pyro_elbo_draws(model, guide, data, num):
+    """Per-point ELBO of ``num`` independent single draws of Pyro's Trace_ELBO."""
+    elbo = Trace_ELBO()
+    n = data[0].shape[0]
+    with pyro.validation_enabled(False):
+        return np.array([-elbo.loss(model, guide, *data) / n for _ in range(num)])
+
+
+@pytest.mark.parametrize("program", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=PENDING[p])) if p in PENDING
+    else p for p in PROGRAMS
+])
+def test_program_evaluates_exports_diagnoses_and_reports(program, tmp_path):
+    module, model, guide, data = load(program)
+    result = _fit(module, model, guide, data, module.ESTIMATORS[0])
+    num = 200
+    evaluation = ppl_vae.evaluate(model, guide, data, num_samples=num)
+    assert all(math.isfinite(v) for v in evaluation.values())
+    # The same ELBO as plain Pyro's, to Monte Carlo error: evaluate's K draws and Pyro's M
+    # draws are independent, each per-draw value with standard deviation sd.
+    pyro.set_rng_seed(5)
+    draws = _pyro_elbo_draws(model, guide, data, num)
+    se = draws.std(ddof=1) * math.sqrt(1 / num + 1 / num)
+    assert abs(evaluation["elbo"] - draws.mean()) < 4 * se + 1e-6
+
+    tree = ppl_vae.to_arviz(result, data=data, num_draws=30)
+    assert tree.attrs["data_plate"] == module.DATA_PLATE
+    for var in tree["log_likelihood"].data_vars:
+        assert np.isfinite(tree["log_likelihood"][var].values).all()
+    diagnostics = ppl_vae.diagnose(result, data=data, num_draws=30, gap_points=3, gap_steps=3,
+                                   sbc_draws=9, tree=tree)
+    assert np.isfinite(diagnostics.pointwise["k_hat"]).all()
+    assert set(diagnostics.checks["status"]) <= {"ok", "warning", "failing"}
+    out = ppl_vae.report(result, data=data, diagnostics=diagnostics, evaluation=evaluation,
+                         out=tmp_path / "report.html")
+    assert "Pareto" in out.read_text()
