@@ -18,20 +18,13 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from programs import COUNTERPART
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
 import ppl_vae
 from ppl_vae.programs.handlers import ScaledProgram
-
-# The counterpart of each estimator in plain Pyro, for the value of its loss with one particle
-# (iwae, vimco and dreg with K = 1 are the ELBO; stl changes only the gradient).
-COUNTERPART = {
-    "mc": Trace_ELBO, "analytic": TraceMeanField_ELBO, "enum": TraceEnum_ELBO,
-    "score": TraceGraph_ELBO, "tracegraph": TraceGraph_ELBO, "iwae": Trace_ELBO,
-    "stl": Trace_ELBO, "vimco": Trace_ELBO, "dreg": Trace_ELBO,
-}
 
 PENDING_DRAWS = ("pending: evaluate/to_arviz/diagnose draw this program's latents vectorized over "
                  "an extra plate and fail; fallback to draws one by one (scale helper)")
