@@ -103,4 +103,19 @@ def test_train_prints_the_plan_before_training(tmp_path, capsys):
     assert rc == 0
     plan_at = out.index("plan for the 'analytic' estimator")
     assert "closed-form KL" in out[plan_at:]
+    assert "data plate (scaled by N / batch size): 'data'" in out[plan_at:]
     assert plan_at < out.index("test-set evaluation")
+
+
+def test_plan_names_the_data_plate_or_why_there_is_none(digits):
+    model, guide = _vae()
+    x = torch.as_tensor(digits.train[:16])
+    plan = explain(model, guide, x)
+    assert plan.attrs["data_plate"] == "data"
+
+    def no_plate(x):
+        pyro.sample("x", dist.Normal(x.new_zeros(x.shape), 1.0).to_event(2), obs=x)
+
+    plan = explain(no_plate, lambda x: None, x, estimator="mc")
+    assert plan.attrs["data_plate"] is None
+    assert "no plate" in plan.attrs["data_plate_error"]

@@ -106,6 +106,20 @@ def _exact_posterior(x):
     return post_var * float(x.sum()), math.sqrt(post_var)
 
 
+def test_data_plate_is_found_recorded_and_checked():
+    def model(x):  # the plate over data points has its own name
+        mu = pyro.sample("mu", dist.Normal(x.new_tensor(0.0), x.new_tensor(PRIOR_SD)))
+        with pyro.plate("points", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    x = torch.randn(20)
+    result = ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=5, progress=False)
+    assert result.settings["data_plate"] == "points"
+    with pytest.raises(ValueError, match=r"data_plate='data': .*their plates: 'points' \(size 5\)"):
+        ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=5, progress=False,
+                    data_plate="data")
+
+
 def test_minibatch_gradient_is_unbiased_for_the_full_data_gradient():
     # With the same noise draw for the global latent, the gradient of the scaled mini-batch loss,
     # averaged over a partition of the data, equals the full-batch gradient exactly.

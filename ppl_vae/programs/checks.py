@@ -158,15 +158,12 @@ def resolve_data_plate(
     return choose_data_plate(plates, rows, data_plate, num_data)
 
 
-def _validates(fn) -> bool:
-    """Whether scoring with ``fn`` checks the value against the support.
-
-    Wrappers (``.to_event``, ``.mask``, ``.expand``) score through their base distribution, which
-    does the checking, so the innermost base decides.
-    """
+def _base(fn):
+    """The distribution that scores: wrappers (``.to_event``, ``.mask``, ``.expand``) score
+    through their base distribution, which also does the support checking."""
     while isinstance(fn, (Independent, MaskedDistribution, ExpandedDistribution)):
         fn = fn.base_dist
-    return bool(fn._validate_args)
+    return fn
 
 
 def check_support(
@@ -181,18 +178,20 @@ def check_support(
     """Check every observed value against its likelihood's support, over the whole data set.
 
     Rows are reported as indices into ``tensors`` along the plate ``plate_name`` (found as
-    :func:`~ppl_vae.programs.plates.resolve_data_plate` does when None).
+    :func:`resolve_data_plate` does when None), all chunks of ``batch_size`` rows together.
 
     A likelihood built with ``validate_args=False`` is skipped: that is how Pyro users say that
     values outside the support are meant (Pyro's VAE example scores [0, 1] grey levels with a
     ``Bernoulli``, a soft cross-entropy), and Pyro itself then scores them without complaint.
     With validation switched off globally (``pyro.enable_validation(False)``, usually for speed)
-    no distribution says so, so the same finding is a warning instead of an error.
+    no distribution says so, and a soft target cannot be told from a bug (0..255 pixels in a
+    Bernoulli), so the same finding is a warning instead of an error.
     """
     n = tensors[0].shape[0]
     # The programs run under the user's validation setting, so that each distribution's own
     # validate_args is what the user wrote; nothing is scored here, so Pyro raises nothing.
     globally_on = bool(torch.distributions.Distribution._validate_args)
+    found: dict[str, tuple] = {}  # site -> (distribution, bad rows or None when unknown)
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = tuple(t[start : start + batch_size] for t in tensors)
@@ -200,33 +199,46 @@ def check_support(
             for name, site in model_trace.nodes.items():
                 if site["type"] != "sample" or not site["is_observed"]:
                     continue
-                if globally_on and not _validates(site["fn"]):
+                base = _base(site["fn"])
+                if globally_on and not base._validate_args:
                     continue
                 ok = site["fn"].support.check(site["value"])
                 if bool(ok.all()):
                     continue
-                message = _support_message(model, guide, batch, name, site, ok, start,
-                                           plate_name, max_rows)
-                if globally_on:
-                    raise ValueError(message)
-                warnings.warn(message + " (Pyro validation is off, so they are scored as they "
-                              "are)", stacklevel=3)
+                if plate_name is None:
+                    plate_name = _plate_or_none(model, guide, batch)
+                rows = _bad_rows(site, ok, plate_name)
+                _, before = found.get(name, (base, []))
+                found[name] = (base, None if rows is None or before is None
+                               else before + [r + start for r in rows])
+    for name, (base, rows) in found.items():
+        message = _support_message(name, base, rows, max_rows)
+        if globally_on:
+            raise ValueError(message)
+        warnings.warn(message + " (Pyro validation is off, so they are scored as they are)",
+                      stacklevel=3)
 
 
-def _support_message(model, guide, batch, name, site, ok, start, plate_name, max_rows) -> str:
-    if plate_name is None:
-        try:
-            plate_name = resolve_data_plate(model, guide, batch)
-        except ValueError:
-            plate_name = None  # rows cannot be named; the site still is
+def _plate_or_none(model, guide, batch) -> str | None:
+    try:
+        return resolve_data_plate(model, guide, batch)
+    except ValueError:
+        return None  # rows cannot be named; the site still is
+
+
+def _bad_rows(site, ok, plate_name) -> list[int] | None:
     dim = data_dim(site, plate_name) if plate_name is not None else None
-    fn = site["fn"]
     if dim is None or ok.dim() < -dim:
-        return (f"observed site {name!r}: values lie outside the support of "
-                f"{type(fn).__name__} ({fn.support})")
+        return None
     bad = ~ok.movedim(dim, 0).reshape(ok.shape[dim], -1).all(dim=1)
-    rows = (torch.nonzero(bad).flatten() + start).tolist()
+    return torch.nonzero(bad).flatten().tolist()
+
+
+def _support_message(name, base, rows, max_rows) -> str:
+    what = f"{type(base).__name__} ({base.support})"
+    if rows is None:
+        return f"observed site {name!r}: values lie outside the support of {what}"
     shown = ", ".join(map(str, rows[:max_rows])) + (" ..." if len(rows) > max_rows else "")
     return (f"observed site {name!r}: {len(rows)} row(s) lie outside the support of its "
-            f"likelihood {type(fn).__name__} ({fn.support}): rows {shown}; if that is meant "
-            f"(soft targets), build it with validate_args=False")
+            f"likelihood {what}: rows {shown}; if that is meant (soft targets), build it with "
+            f"validate_args=False")
