@@ -1,5 +1,6 @@
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -346,3 +347,18 @@ def test_cuda_every_site_on_the_gpu(digits):
     x = digits.train[:8].cuda()
     trace = poutine.trace(guide).get_trace(x)
     assert trace.nodes["z"]["value"].is_cuda
+
+
+def test_observations_outside_the_data_plate_are_named_with_mini_batches():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(x.new_tensor(0.0), x.new_tensor(PRIOR_SD)))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        pyro.sample("total", dist.Normal(mu * x.shape[0], 1.0), obs=x.sum())  # per batch!
+
+    x = torch.randn(20)
+    with pytest.warns(UserWarning, match=r"\['total'\] lie outside the data plate 'data'"):
+        ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=5, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # full batches: nothing to scale, nothing to say
+        ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=20, progress=False)

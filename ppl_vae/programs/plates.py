@@ -16,7 +16,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 __all__ = ["PlateInfo", "site_plate_size", "frame_full_size", "program_plates",
-           "choose_data_plate"]
+           "choose_data_plate", "observed_outside"]
 
 
 def site_plate_size(site, dim: int | None) -> int:
@@ -89,6 +89,17 @@ def program_plates(*traces) -> dict[str, PlateInfo]:
                 info.sized = info.sized and frame.size is not None and frame.size >= 0
                 info.sites.append(name)
     return plates
+
+
+def observed_outside(model_trace, plate: str) -> list[str]:
+    """Observed sites of the model outside the plate ``plate``: with mini-batches they are not
+    scaled by N / B, so they count as global terms (right for an observation of a global, wrong
+    for per-point observations written outside the plate)."""
+    return [
+        name for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site)
+        and not any(f.name == plate for f in site["cond_indep_stack"])
+    ]
 
 
 def _listing(plates: dict[str, PlateInfo]) -> str:

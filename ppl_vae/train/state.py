@@ -8,6 +8,7 @@ happens once, before the first step; the step itself never synchronises with the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from pyro import poutine
 
 from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
-from ppl_vae.programs.plates import choose_data_plate, program_plates
+from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
@@ -141,8 +142,16 @@ def init_state(
     """
     model_trace, guide_trace = trace_pair(model, guide, batch)
     check_sites_agree(model_trace, guide_trace)
-    data_plate = choose_data_plate(program_plates(model_trace, guide_trace), batch[0].shape[0],
-                                   data_plate, num_data)
+    rows = batch[0].shape[0]
+    data_plate = choose_data_plate(program_plates(model_trace, guide_trace), rows, data_plate,
+                                   num_data)
+    if rows != num_data and (outside := observed_outside(model_trace, data_plate)):
+        warnings.warn(
+            f"observed site(s) {outside} lie outside the data plate {data_plate!r}: they are not "
+            f"scaled by N / batch size and count once per step, as global terms; if they hold "
+            f"one value per data point, put them inside pyro.plate({data_plate!r}, ...)",
+            stacklevel=3,
+        )
     scaled_model = ScaledProgram(model, num_data, data_plate)
     scaled_guide = ScaledProgram(guide, num_data, data_plate)
     params, names = collect_params(scaled_model, scaled_guide, elbo, batch)
