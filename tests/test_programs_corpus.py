@@ -62,6 +62,16 @@ def _cases():
             yield program, estimator
 
 
+def _dtype_cases():
+    """Every pair in float32, and each program's first estimator in float64 as well."""
+    for program, estimator in _cases():
+        yield pytest.param(program, estimator, torch.float32, id=f"{program}-{estimator}")
+    for program in PROGRAMS:
+        module = importlib.import_module(f"programs.{program.partition(':')[0]}")
+        yield pytest.param(program, module.ESTIMATORS[0], torch.float64,
+                           id=f"{program}-{module.ESTIMATORS[0]}-float64")
+
+
 def _fit(module, model, guide, data, estimator, **kwargs):
     return ppl_vae.fit(model, guide, data, estimator=estimator, epochs=2, batch_size=BATCH,
                        progress=False, elbo_options=module.ELBO_OPTIONS, **kwargs)
@@ -73,13 +83,14 @@ def _in_plate(site, plate):
 
 # ssvae's guide marks its label for enumeration; mc and score draw it, as Pyro warns.
 @pytest.mark.filterwarnings("ignore:.*enumerate sites")
-@pytest.mark.parametrize("program, estimator", list(_cases()))
-def test_program_trains_with_pyro_scales_and_pyro_elbo(program, estimator):
-    module, model, guide, data = load(program)
+@pytest.mark.parametrize("program, estimator, dtype", list(_dtype_cases()))
+def test_program_trains_with_pyro_scales_and_pyro_elbo(program, estimator, dtype):
+    module, model, guide, data = load(program, dtype)
     n = data[0].shape[0]
     result = _fit(module, model, guide, data, estimator)
     assert np.isfinite(result.history["train_elbo"]).all()
     assert result.settings["data_plate"] == module.DATA_PLATE  # found, not assumed
+    assert result.settings["dtype"] == str(dtype).replace("torch.", "")
 
     # Scales in training: the programs the loss function runs, on a batch of B rows.
     scaled_model, scaled_guide = result.state.loss_fn.model, result.state.loss_fn.guide

@@ -18,15 +18,16 @@ def local_scale(num_data, batch_size):
 
 
 class BayesianRegression(PyroModule):
-    def __init__(self, in_features, out_features=1):
+    def __init__(self, in_features, out_features=1, dtype=torch.float32):
         super().__init__()
+        zero = torch.zeros((), dtype=dtype)  # the priors' dtype is the data's
         self.linear = PyroModule[torch.nn.Linear](in_features, out_features)
         self.linear.weight = PyroSample(
-            dist.Normal(0.0, 1.0).expand([out_features, in_features]).to_event(2))
-        self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([out_features]).to_event(1))
+            dist.Normal(zero, 1.0).expand([out_features, in_features]).to_event(2))
+        self.linear.bias = PyroSample(dist.Normal(zero, 10.0).expand([out_features]).to_event(1))
 
     def forward(self, x, y=None):
-        sigma = pyro.sample("sigma", dist.Uniform(0.0, 10.0))
+        sigma = pyro.sample("sigma", dist.Uniform(x.new_zeros(()), 10.0))
         mean = self.linear(x).squeeze(-1)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
@@ -34,7 +35,7 @@ class BayesianRegression(PyroModule):
 
 
 def make(dtype=torch.float32, guide="diagonal"):
-    model = BayesianRegression(3).to(dtype)
+    model = BayesianRegression(3, dtype=dtype)
     return model, GUIDES[guide](model)
 
 
