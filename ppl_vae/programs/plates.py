@@ -58,14 +58,14 @@ def frame_full_size(frame, site) -> int:
 
 @dataclass
 class PlateInfo:
-    """One plate as the programs use it: its size (rows per run), the number of points it stands
-    for (``full_size``; larger when the program subsamples it) and the sites inside it."""
+    """One plate as the programs use it: its sizes (rows per run; one, unless its sites disagree)
+    and the numbers of points it stands for (``full_size``, larger when the program subsamples
+    it), and whether it was declared with a size."""
 
     name: str
     sizes: set[int] = field(default_factory=set)
     full_sizes: set[int] = field(default_factory=set)
     sized: bool = True
-    sites: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         size = "/".join(map(str, sorted(self.full_sizes)))
@@ -78,7 +78,7 @@ def program_plates(*traces) -> dict[str, PlateInfo]:
     """The plates of the sample sites in ``traces`` by name, in order of first use."""
     plates: dict[str, PlateInfo] = {}
     for trace in traces:
-        for name, site in trace.nodes.items():
+        for site in trace.nodes.values():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             for frame in site["cond_indep_stack"]:
@@ -87,7 +87,6 @@ def program_plates(*traces) -> dict[str, PlateInfo]:
                 info.full_sizes.add(full)
                 info.sizes.add(full if frame.size is None or frame.size < 0 else int(frame.size))
                 info.sized = info.sized and frame.size is not None and frame.size >= 0
-                info.sites.append(name)
     return plates
 
 
