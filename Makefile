@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ppl-vae run --data digits --out runs/digits
+	$(BIN)/ppl-vae run --data digits --out runs/digits --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

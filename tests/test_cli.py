@@ -54,7 +54,8 @@ def test_user_program_from_a_file(tmp_path, capsys):
                  "--eval-samples", "3"]) == 0
     assert_trained_run(out, capsys.readouterr().out, model=f"{source}:model",
                        guide=f"{source}:guide", epochs=2)
-    assert main(["evaluate", str(out), "--num-samples", "3"]) == 0
+    assert main(["evaluate", str(out), "--num-samples", "3", "--model", f"{source}:model",
+                 "--guide", f"{source}:guide"]) == 0
     assert "test-set evaluation (360 rows, K=3)" in capsys.readouterr().out
 
 
@@ -112,3 +113,78 @@ def test_mismatched_latent_dims_are_a_clear_error(tmp_path, capsys):
     assert main(["train", "--model", "vae", "--guide", "mlp", "--model-option", "latent_dim=3",
                  "--out", str(tmp_path / "r"), *TINY[:2], "--no-progress"]) == 2
     assert "event shape (3,) but the guide's has (20,)" in capsys.readouterr().err
+
+
+MODULE_PROGRAM = """
+import pyro, pyro.distributions as dist, torch
+from torch import nn
+
+decoder = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 10))
+encoder = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
+
+def model(x):
+    pyro.module("decoder", decoder)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(decoder(z), 0.5).to_event(1), obs=x)
+
+def guide(x):
+    pyro.module("encoder", encoder)
+    loc, log_scale = encoder(x).chunk(2, dim=-1)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+"""
+
+
+def test_run_evaluates_the_programs_it_trained(tmp_path, capsys):
+    """Issue 11: `ppl-vae run --model file.py:model` evaluated (and reported) freshly imported,
+    untrained networks; its evaluation must be the trained one `ppl-vae evaluate` reads back."""
+    source = tmp_path / "mine.py"
+    source.write_text(MODULE_PROGRAM)
+    programs = ["--model", f"{source}:model", "--guide", f"{source}:guide"]
+    out = tmp_path / "run"
+    assert main(["train", *programs, "--data", "linear_gaussian", "--epochs", "1", "--lr", "1e-9",
+                 "--no-progress", "--eval-samples", "50", "--out", str(tmp_path / "untrained")]) == 0
+    untrained = pd.read_csv(tmp_path / "untrained" / "evaluation.csv", index_col=0).iloc[0, 0]
+    assert main(["train", *programs, "--data", "linear_gaussian", "--epochs", "15", "--lr", "1e-2",
+                 "--no-progress", "--eval-samples", "50", "--out", str(out)]) == 0
+    in_run = pd.read_csv(out / "evaluation.csv", index_col=0).iloc[0, 0]
+    assert main(["evaluate", str(out), "--num-samples", "50", *programs]) == 0
+    read_back = pd.read_csv(out / "evaluation.csv", index_col=0).iloc[0, 0]
+    # Training gains tens of nats per point; the two evaluations of the trained run differ by
+    # Monte Carlo error only (50 draws of each of 200 test points).
+    assert in_run - untrained > 5.0
+    assert abs(in_run - read_back) < 0.5
+
+
+def test_dtype_float64_from_the_cli(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--dtype", "float64", "--out", str(out), *TINY]) == 0
+    assert json.loads((out / "config.json").read_text())["settings"]["dtype"] == "float64"
+    assert main(["evaluate", str(out), "--num-samples", "3"]) == 0
+
+
+def test_overwrite_replaces_only_the_run_files(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(out), *TINY]) == 2
+    assert main(["train", "--out", str(out), "--overwrite", *TINY, "--epochs", "2"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len(pd.read_csv(out / "history.csv")) == 2
+
+
+@pytest.mark.parametrize("env, writer", [({}, True), ({"LOCAL_RANK": "1"}, False),
+                                         ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+                                         ({"RANK": "5", "LOCAL_RANK": "1"}, False),
+                                         ({"SLURM_PROCID": "2"}, False)])
+def test_only_rank_zero_of_a_launch_locks_and_writes_the_run_folder(monkeypatch, env, writer):
+    from ppl_vae.cli.main import _is_writer, build_parser
+
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    args = build_parser().parse_args(["train", "--out", "x", "--devices", "2"])
+    assert _is_writer(args) is writer
+    assert _is_writer(build_parser().parse_args(["train", "--out", "x"]))  # one process

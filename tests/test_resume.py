@@ -71,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     reference_run = _start(script, reference)  # never interrupted; runs alongside
     proc = _start(script, killed)
     deadline = time.monotonic() + 120
-    while _checkpoint_epoch(killed) < 1:
+    while _checkpoint_epoch(killed) < 1 or not (killed / "history.csv").exists():
         assert proc.poll() is None, proc.communicate()[0].decode()
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.02)

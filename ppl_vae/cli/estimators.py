@@ -8,6 +8,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
+from ppl_vae.train.storage import write_bytes
+
 __all__ = ["register", "print_plan", "cmd_compare_estimators"]
 
 
@@ -19,7 +22,8 @@ def _first_rows(data, rows: int, device=None, dtype=None) -> tuple:
 
 
 def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
-    """Print :func:`ppl_vae.explain`'s table for the first rows of ``data``; return it."""
+    """Print :func:`ppl_vae.explain`'s table for the first rows of ``data``; return it. Module
+    programs are moved to ``device`` (they are expected in the data's dtype already)."""
     from ppl_vae.data.tensors import resolve_device
     from ppl_vae.estimators.explain import explain
 
@@ -40,9 +44,8 @@ def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
 
 def cmd_compare_estimators(args) -> int:
     from ppl_vae.estimators.variance import gradient_variance
-    from ppl_vae.train.run_dir import load_run
 
-    run = load_run(Path(args.run_dir))
+    run = open_run(args, require_run(args.run_dir))
     data = run.data(args.split)
     first = _as_tuple(data)[0]
     batch = _first_rows(data, min(args.batch_size, first.shape[0]))
@@ -56,7 +59,7 @@ def cmd_compare_estimators(args) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        write_bytes(Path(args.csv), table.to_csv(index=False).encode())
         print(f"written: {args.csv}")
     return 0
 
@@ -73,10 +76,11 @@ def register(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--estimators", nargs="+", default=["mc", "analytic", "score", "stl"],
                    help="estimator names (see `ppl-vae estimators`)")
-    p.add_argument("--num-draws", type=int, default=100, help="gradient estimates per estimator")
-    p.add_argument("--batch-size", type=int, default=128, help="rows the gradient is taken on")
-    p.add_argument("--num-particles", type=int, default=1, help="particles (K for iwae)")
+    p.add_argument("--num-draws", type=positive_int, default=100, help="gradient estimates per estimator")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="rows the gradient is taken on")
+    p.add_argument("--num-particles", type=positive_int, default=1, help="particles (K for iwae)")
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    add_program_arguments(p)
     p.set_defaults(func=cmd_compare_estimators)

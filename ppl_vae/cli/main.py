@@ -1,21 +1,44 @@
 """The ``ppl-vae`` command line.
 
 Subcommands are registered by ``register(subparsers)`` functions; modules that add commands are
-listed in ``COMMAND_MODULES``.
+listed in ``COMMAND_MODULES``. Every error ends the command with one line on stderr and exit
+code 2 (``--debug`` prints the traceback too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import math
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import pyro
 import torch
 
+from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
+from ppl_vae.cli.errors import one_line
+from ppl_vae.train.storage import (
+    MANIFEST_NAME,
+    CorruptFileError,
+    lock_run,
+    verify_folder,
+    write_bytes,
+)
+
 COMMAND_MODULES = ["ppl_vae.cli.main", "ppl_vae.cli.estimators", "ppl_vae.cli.diagnostics"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -28,6 +51,26 @@ def _option(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vae", help="zoo name (see `ppl-vae models`) or file.py:name")
     p.add_argument("--guide", default="mlp", help="zoo name or file.py:name")
@@ -35,65 +78,114 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="digits | binary | linear_gaussian | regression | eight_schools | "
                    "mnist:DIR | file.npy/.npz/.csv")
     p.add_argument("--estimator", default="analytic", help="ELBO estimator (see `ppl-vae estimators`)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=_learning_rate, default=1e-3)
     p.add_argument("--optimizer", default="adam")
-    p.add_argument("--num-particles", type=int, default=1)
+    p.add_argument("--num-particles", type=positive_int, default=1)
     p.add_argument("--vectorize-particles", action="store_true")
     p.add_argument("--jit", action="store_true")
-    p.add_argument("--latent-dim", type=int, default=None, help="passed to model and guide")
-    p.add_argument("--hidden", type=int, nargs="+", default=None, help="passed to model and guide")
+    p.add_argument("--latent-dim", type=positive_int, default=None, help="passed to model and guide")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
+                   help="passed to model and guide")
     p.add_argument("--model-option", type=_option, action="append", default=[],
                    metavar="KEY=VALUE", help="extra model constructor option (JSON value)")
     p.add_argument("--guide-option", type=_option, action="append", default=[],
                    metavar="KEY=VALUE", help="extra guide constructor option (JSON value)")
     p.add_argument("--with-labels", action="store_true",
                    help="pass (x, label) batches to the programs (conditional models)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in OUT (its run files only)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--eval-samples", type=int, default=100, help="K for the evaluation's IWAE")
+    p.add_argument("--eval-samples", type=positive_int, default=100,
+                   help="K for the evaluation's IWAE")
     p.add_argument("--devices", type=_devices, default=None,
                    help="data-parallel processes per node (int or 'auto'; see docs/scaling.md)")
     p.add_argument("--strategy", default=None,
                    help="Lightning Fabric strategy: ddp (default with --devices), ddp_spawn, ...")
-    p.add_argument("--num-nodes", type=int, default=1, help="machines (torchrun / SLURM)")
+    p.add_argument("--num-nodes", type=positive_int, default=1, help="machines (torchrun / SLURM)")
 
 
 def _devices(text: str):
-    return text if text == "auto" else int(text)
+    return text if text == "auto" else positive_int(text)
 
 
 def config_from_args(args) -> dict:
+    """The run's config.json: zoo programs by name, user files by path and sha256."""
+    from ppl_vae.train.run_dir import program_record
+
     shared = {}
     if args.latent_dim is not None:
         shared["latent_dim"] = args.latent_dim
     if args.hidden is not None:
         shared["hidden"] = args.hidden[0] if len(args.hidden) == 1 else list(args.hidden)
     return {
-        "model": args.model, "guide": args.guide, "data": args.data,
+        **program_record("model", args.model), **program_record("guide", args.guide),
+        "data": args.data,
         "model_options": {**shared, **dict(args.model_option)},
         "guide_options": {**shared, **dict(args.guide_option)},
         "use_labels": bool(args.with_labels),
     }
 
 
+def _is_writer(args) -> bool:
+    """Whether this process writes the run folder: always, except the non-zero ranks of a
+    data-parallel launch (torchrun, SLURM, Lightning's re-run of the script per device)."""
+    from ppl_vae.train.distributed import wants_engine
+
+    if not wants_engine(args.devices, args.strategy, args.num_nodes):
+        return True
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var]) == 0
+    return True
+
+
+def _writing(args, out: Path):
+    """The run folder's writer lock, held by the process that writes it."""
+    return lock_run(out) if _is_writer(args) else contextlib.nullcontext()
+
+
 def train_run(args, out: Path):
-    """Train as the arguments say and write the run folder. Returns (config, result, run data)."""
+    """Train as the arguments say and write the run folder. Returns (config, result, run data).
+
+    An existing run in ``out`` is refused unless ``--resume`` (same programs, data and options
+    required) or ``--overwrite``. Call it holding the folder's lock (:func:`_writing`)."""
     from ppl_vae.train.loop import fit
-    from ppl_vae.train.run_dir import build_programs, fit_data, load_data, save_run
+    from ppl_vae.train.run_dir import (
+        build_programs,
+        check_same_run,
+        fit_data,
+        load_data,
+        prepare_run_folder,
+        save_run,
+        write_config,
+    )
 
     config = config_from_args(args)
+    writer = _is_writer(args)
+    if writer:
+        prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+        if args.resume:
+            check_same_run(out, config)
     dtype = getattr(torch, args.dtype)
     dataset = load_data(args.data).to(dtype)
     # Seed before building: the networks' initial weights come from torch's global RNG, and a
-    # resumed or data-parallel run must start from the same ones.
+    # resumed or data-parallel run must start from the same ones. A run starts from an empty
+    # param store: pyro.module would otherwise hand a rebuilt network another run's tensors.
     pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
     model, guide = build_programs(config, dataset)
+    for program in (model, guide):  # the plan below runs them: in the data's dtype already
+        if isinstance(program, torch.nn.Module):
+            program.to(dtype=dtype)
+    if writer:  # a killed run's folder says what it was, from the first epoch on
+        write_config(out, {**config, "settings": {"dtype": args.dtype}})
     print(f"training {args.model} / {args.guide} on {dataset.name} "
           f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "
           f"with the {args.estimator!r} estimator -> {out}", flush=True)
@@ -118,41 +210,62 @@ def train_run(args, out: Path):
     return config, result, dataset
 
 
-def _print_evaluation(run_dir: Path, num_samples: int) -> None:
+def _evaluate(run, num_samples: int) -> None:
+    """Evaluate a run's programs on its test split; write ``evaluation.csv`` and print it."""
     from ppl_vae.evaluation.metrics import evaluate
-    from ppl_vae.train.run_dir import load_run
 
-    run = load_run(run_dir)
     ev = evaluate(run.model, run.guide, run.data("test"), num_samples=num_samples)
-    ev.to_frame().to_csv(run_dir / "evaluation.csv")
+    write_bytes(run.path / "evaluation.csv", ev.to_frame().to_csv().encode())
     print(f"test-set evaluation ({run.dataset.test.shape[0]} rows, K={num_samples}):")
     print(ev)
 
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    _, result, _ = train_run(args, out)
-    print(result.history.tail(5).to_string(index=False))
-    _print_evaluation(out, args.eval_samples)
+    with _writing(args, out):
+        _, result, _ = train_run(args, out)
+        print(result.history.tail(5).to_string(index=False))
+        # The trained parameters, read back on the CPU exactly as `ppl-vae evaluate` reads them
+        # (load_run starts from an empty param store, so pyro.module cannot hand the rebuilt
+        # networks the stale tensors of the ones just trained).
+        _evaluate(open_run(args, out), args.eval_samples)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    _print_evaluation(Path(args.run_dir), args.num_samples)
+    run_dir = require_run(args.run_dir)
+    with lock_run(run_dir):
+        _evaluate(open_run(args, run_dir), args.num_samples)
     return 0
 
 
 def cmd_run(args) -> int:
     """The main job: train on the data, evaluate, and write the report."""
-    out = Path(args.out)
-    train_run(args, out)
-    _print_evaluation(out, args.eval_samples)
-    print(f"run folder: {out.resolve()}")
     from ppl_vae.reporting.run import report_run
 
-    print("diagnosing the posterior and writing the report ...", flush=True)
-    path = report_run(out)
+    out = Path(args.out)
+    with _writing(args, out):
+        train_run(args, out)
+        run = open_run(args, out)  # the trained parameters, as `ppl-vae evaluate` reads them
+        _evaluate(run, args.eval_samples)
+        print(f"run folder: {out.resolve()}")
+        print("diagnosing the posterior and writing the report ...", flush=True)
+        path = report_run(out, run=run)
     print(f"report: {path.resolve()}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Check every file of a run folder against its manifest."""
+    run_dir = require_run(args.run_dir)
+    status = verify_folder(run_dir)
+    for name, state in status.items():
+        print(f"  {name:<24} {state if state in ('ok', 'missing') else 'does not match'}")
+    bad = [name for name, state in status.items() if state != "ok"]
+    if bad:
+        raise CorruptFileError(f"{run_dir}: {', '.join(bad)} do(es) not match {MANIFEST_NAME} "
+                               "(changed, truncated or corrupted): restore them or retrain")
+    print(f"every file of {run_dir} matches {MANIFEST_NAME}")
     return 0
 
 
@@ -187,8 +300,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="print the evaluation table of a run folder")
     p.add_argument("run_dir")
-    p.add_argument("--num-samples", type=int, default=100)
+    p.add_argument("--num-samples", type=positive_int, default=100)
+    add_program_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("verify", help="check every file of a run folder against its sha256 "
+                       "manifest")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("models", help="list the model and guide zoo")
     p.set_defaults(func=cmd_models)
@@ -198,19 +317,40 @@ def register(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ppl-vae", description=__doc__.splitlines()[0])
+    parser = Parser(prog="ppl-vae", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in sub.choices.values():  # `ppl-vae train --debug` works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="print tracebacks of errors")
     return parser
+
+
+def _warning_line(command: str):
+    """``warnings.showwarning`` that prints one line, like the errors."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()
+        print(f"ppl-vae {command}: warning: {text[0] if text else category.__name__}",
+              file=sys.stderr)
+    return show
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ppl-vae {args.command}: error: {exc}", file=sys.stderr)
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _warning_line(args.command)
+            return args.func(args)
+    except KeyboardInterrupt:
+        print(f"ppl-vae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line (and exit code 2)
+        if args.debug:
+            traceback.print_exc()
+        print(f"ppl-vae {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -5,8 +5,11 @@ Nothing here downloads: bigger data sets are read from files the user already ha
 
 from __future__ import annotations
 
+import csv
 import gzip
 import struct
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,29 +225,72 @@ def load_mnist(directory: str | Path) -> Dataset:
                     info={"source": str(d)})
 
 
-def load_array(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """A numeric table from ``.npy``, ``.npz`` (array ``x``, optional ``y``) or ``.csv``
-    (header row; a column named ``label`` becomes the labels), split train/test."""
+def _csv_has_header(path: Path) -> bool:
+    """Whether the first row of a CSV file is a header: it is unless every cell is a number.
+    The one numeric header recognised is pandas' default column names ``0, 1, ..., D-1``
+    (``DataFrame.to_csv(index=False)`` of an unnamed frame), said in a warning."""
+    with open(path, newline="") as handle:
+        first = next(csv.reader(handle), None)
+    if not first:
+        raise ValueError(f"{path} is empty: a CSV data file needs rows of numbers")
+    try:
+        [float(cell) for cell in first]
+    except ValueError:
+        return True
+    if [cell.strip() for cell in first] == [str(i) for i in range(len(first))]:
+        warnings.warn(f"{path}: first row 0, 1, ..., {len(first) - 1} read as a header (pandas' "
+                      "default column names); pass header=False to read it as data", stacklevel=3)
+        return True
+    return False
+
+
+def _read_csv(path: Path, header: bool | None):
     import pandas as pd
 
+    header = _csv_has_header(path) if header is None else header
+    frame = pd.read_csv(path, header=0 if header else None)
+    y = frame.pop("label").to_numpy() if header and "label" in frame else None
+    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        raise ValueError(f"{path}: columns {text} are not numeric; remove or encode them")
+    return frame.to_numpy(), y
+
+
+def _read_numpy(path: Path):
+    """``(x, y or None)`` from a ``.npy`` / ``.npz`` file, never unpickling (no code runs)."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k in ("x", "y")}
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile):
+        raise ValueError(f"{path} is not a numeric NumPy file (truncated, corrupted, or holding "
+                         "Python objects, which ppl-vae never unpickles)") from None
+    if "x" not in arrays:
+        raise ValueError(f"{path}: an .npz data file needs an array named 'x'")
+    return arrays["x"], arrays.get("y")
+
+
+def load_array(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0,
+               header: bool | None = None) -> Dataset:
+    """A numeric table from ``.npy``, ``.npz`` (array ``x``, optional ``y``) or ``.csv``, split
+    train/test.
+
+    A CSV file's first row is a header unless every cell of it is a number (``header``
+    overrides the detection); with a header, a column named ``label`` becomes the labels.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     y = None
-    if path.suffix == ".npy":
-        x = np.load(path)
-    elif path.suffix == ".npz":
-        with np.load(path) as z:
-            if "x" not in z:
-                raise ValueError(f"{path}: an .npz data file needs an array named 'x'")
-            x, y = z["x"], (z["y"] if "y" in z else None)
+    if path.suffix in (".npy", ".npz"):
+        x, y = _read_numpy(path)
     elif path.suffix == ".csv":
-        frame = pd.read_csv(path)
-        if "label" in frame:
-            y = frame.pop("label").to_numpy()
-        x = frame.to_numpy()
+        x, y = _read_csv(path, header)
     else:
         raise ValueError(f"{path}: unsupported data file type {path.suffix!r} (.npy, .npz, .csv)")
+    if not np.issubdtype(np.asarray(x).dtype, np.number) and np.asarray(x).dtype != bool:
+        raise ValueError(f"{path}: data of dtype {np.asarray(x).dtype} is not numeric")
     x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     xtr, xte, ytr, yte = _split(x, y, test_fraction, seed)
     return _dataset(xtr, xte, ytr, yte, name=path.stem, info={"source": str(path)})

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["as_tensors", "check_finite", "iter_batches", "num_rows", "resolve_device"]
+__all__ = ["as_tensors", "check_finite", "iter_batches", "num_rows", "resolve_device", "shape_hint"]
 
 
 def resolve_device(device) -> torch.device | None:
@@ -30,14 +30,44 @@ def resolve_device(device) -> torch.device | None:
     return dev
 
 
-def _one_tensor(value, *, name: str, dtype, device) -> torch.Tensor:
+# Floating dtypes too coarse for log-densities summed over thousands of values.
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _fix(value, to: str) -> str:
+    """How to convert ``value`` in its own library (for the error messages)."""
+    if isinstance(value, pd.DataFrame | pd.Series):
+        return f"df.astype('{to}')"
+    if isinstance(value, np.ndarray):
+        return f"x.astype(np.{to})"
+    return "x.float()" if to == "float32" else "x.double()"
+
+
+def _from_frame(value: pd.DataFrame, name: str) -> np.ndarray:
+    non_numeric = [c for c in value.columns if not pd.api.types.is_numeric_dtype(value[c])
+                   or pd.api.types.is_complex_dtype(value[c])]
+    if non_numeric:
+        raise ValueError(f"{name}: columns {non_numeric} are not numeric (real numbers); "
+                         "drop or encode them")
+    missing = value.isna().to_numpy().any(axis=1)
+    if missing.any():
+        rows = np.flatnonzero(missing).tolist()
+        shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+        raise ValueError(f"{name} has missing values (NaN / pd.NA) in {len(rows)} row(s): {shown}; "
+                         "drop or impute them (df.dropna(), df.fillna(...))")
+    # Nullable columns (Int64, Float64, boolean) become their NumPy dtype; pd.NA is gone.
+    numpy_dtypes = [getattr(value[c].dtype, "numpy_dtype", value[c].dtype) for c in value.columns]
+    return value.to_numpy(dtype=np.result_type(*numpy_dtypes))
+
+
+def _one_tensor(value, *, name: str, dtype, device, features: bool) -> torch.Tensor:
+    """One member as a tensor. ``features``: the first member, which must be real floating
+    point (the observations); later members may also be integer (labels, indices, counts)."""
+    original = value
     if isinstance(value, pd.Series):
         value = value.to_frame()
     if isinstance(value, pd.DataFrame):
-        non_numeric = [c for c in value.columns if not pd.api.types.is_numeric_dtype(value[c])]
-        if non_numeric:
-            raise ValueError(f"{name}: columns {non_numeric} are not numeric")
-        value = value.to_numpy()
+        value = _from_frame(value, name)
     if isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.number) and value.dtype != bool:
             raise ValueError(f"{name}: array of dtype {value.dtype} is not numeric")
@@ -47,9 +77,22 @@ def _one_tensor(value, *, name: str, dtype, device) -> torch.Tensor:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{name}: cannot be read as a numeric tensor ({exc})") from None
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device, which holds shapes but no values; "
+                         "pass a tensor with data, e.g. on 'cpu'")
     if value.dim() == 0:
         raise ValueError(f"{name}: a scalar is not a data set; rows must be data points")
+    kind = str(value.dtype).replace("torch.", "")
+    if value.is_complex():
+        raise ValueError(f"{name} is {kind}: likelihoods take real values; pass the real and "
+                         "imaginary parts as separate columns, e.g. torch.view_as_real(x)")
+    if features and not value.is_floating_point():
+        raise ValueError(f"{name} is {kind}; pass floats, e.g. {_fix(original, 'float32')} "
+                         "(integer members are allowed after the first, as labels: (x, y))")
     if value.is_floating_point() or value.dtype == torch.bool:
+        if dtype in _LOW_PRECISION or (dtype is None and value.dtype in _LOW_PRECISION):
+            raise ValueError(f"{name} is {kind}: too coarse for log-densities; pass float32 or "
+                             f"float64, e.g. {_fix(original, 'float32')}")
         value = value.to(dtype=dtype)
     # Integer columns (labels, counts) keep their dtype: models index or embed with them.
     return value.to(device=device) if device is not None else value
@@ -61,7 +104,11 @@ def as_tensors(data, *, dtype=None, device=None, name: str = "data") -> tuple[to
     Parameters
     ----------
     data : array-like or tuple of array-likes
-        Rows are data points; every member must have the same number of rows ``N``.
+        Rows are data points; every member must have the same number of rows ``N``. The first
+        member holds the observations and must be real floating point (float32 or float64;
+        float16/bfloat16 are too coarse, integers, booleans and complex numbers are refused with
+        the conversion to use). Later members may be floating or integer (labels, indices).
+        A list is refused: a list of rows is ambiguous with a list of members.
     dtype : torch.dtype, optional
         Floating dtype for floating members. Defaults to the first floating member's dtype when it
         is a tensor, else ``torch.get_default_dtype()``.
@@ -73,7 +120,11 @@ def as_tensors(data, *, dtype=None, device=None, name: str = "data") -> tuple[to
     tuple of torch.Tensor
         Each of shape ``(N, ...)``.
     """
-    members = tuple(data) if isinstance(data, tuple | list) else (data,)
+    if isinstance(data, list):
+        raise ValueError(f"{name} is a Python list; pass an array of rows, e.g. "
+                         "torch.tensor(rows, dtype=torch.float32), or a tuple (x, y) for "
+                         "several arguments")
+    members = tuple(data) if isinstance(data, tuple) else (data,)
     if not members:
         raise ValueError(f"{name} is empty")
     if dtype is None:
@@ -82,7 +133,8 @@ def as_tensors(data, *, dtype=None, device=None, name: str = "data") -> tuple[to
             else torch.get_default_dtype()
     labels = [name] if len(members) == 1 else [f"{name}[{i}]" for i in range(len(members))]
     tensors = tuple(
-        _one_tensor(m, name=label, dtype=dtype, device=device) for m, label in zip(members, labels, strict=True)
+        _one_tensor(m, name=label, dtype=dtype, device=device, features=i == 0)
+        for i, (m, label) in enumerate(zip(members, labels, strict=True))
     )
     sizes = {t.shape[0] for t in tensors}
     if len(sizes) != 1:
@@ -92,6 +144,15 @@ def as_tensors(data, *, dtype=None, device=None, name: str = "data") -> tuple[to
     if tensors[0].shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows)")
     return tensors
+
+
+def shape_hint(batch: Sequence[torch.Tensor]) -> str:
+    """What to tell a user whose program failed on ``batch`` of 1-D data (rows expected)."""
+    if batch and batch[0].dim() == 1:
+        return ("; the data is 1-D (shape (N,)), and a program that reads rows of features "
+                "needs (N, D): pass x[:, None] for one feature per point, or x[None] for a "
+                "single data point")
+    return ""
 
 
 def num_rows(tensors: Sequence[torch.Tensor]) -> int:

@@ -12,6 +12,7 @@ from pyro import poutine
 from pyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
 from pyro.poutine.util import site_is_subsample
 
+from ppl_vae.data.tensors import shape_hint
 from ppl_vae.programs.plates import choose_data_plate, program_plates
 
 __all__ = ["trace_pair", "check_sites_agree", "check_support", "latent_sites",
@@ -28,12 +29,14 @@ def trace_pair(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]):
     try:
         guide_trace = poutine.trace(guide).get_trace(*batch)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
-        raise ValueError(f"the guide failed on a batch of shape(s) {shapes}: {exc}") from exc
+        raise ValueError(f"the guide failed on a batch of shape(s) {shapes}{shape_hint(batch)}: "
+                         f"{exc}") from exc
     try:
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
     except Exception as exc:  # noqa: BLE001
         _explain_shape_mismatch(model, guide_trace, batch)
-        raise ValueError(f"the model failed on a batch of shape(s) {shapes}: {exc}") from exc
+        raise ValueError(f"the model failed on a batch of shape(s) {shapes}{shape_hint(batch)}: "
+                         f"{exc}") from exc
     return model_trace, guide_trace
 
 

@@ -6,13 +6,14 @@ under the entry-point groups ``ppl_vae.models`` and ``ppl_vae.guides`` and loade
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-__all__ = ["available", "resolve", "build", "describe"]
+__all__ = ["available", "resolve", "build", "describe", "is_file_spec", "file_sha256"]
 
 GROUPS = {"model": "ppl_vae.models", "guide": "ppl_vae.guides"}
 
@@ -32,14 +33,34 @@ def describe(kind: str) -> list[tuple[str, str]]:
     return rows
 
 
+def is_file_spec(spec) -> bool:
+    """Whether ``spec`` names a user program file (``path/to/file.py:name``)."""
+    return isinstance(spec, str) and ":" in spec and spec.split(":", 1)[0].endswith(".py")
+
+
+def file_sha256(spec: str) -> str:
+    """sha256 of the file a ``file.py:name`` spec names (recorded in a run's config)."""
+    path = Path(spec.split(":", 1)[0])
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _load_file(path: Path, attr: str):
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"no such file: {path}")
     mod_name = f"_ppl_vae_user_{path.stem}_{abs(hash(path.resolve()))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        sys.modules.pop(mod_name, None)
+        raise ValueError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}; fix the file") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module failed on import: say where
+        sys.modules.pop(mod_name, None)
+        raise ValueError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     if attr not in vars(module):
         names = sorted(k for k in vars(module) if not k.startswith("_"))
         raise ValueError(f"{path} defines no {attr!r}; it defines: {', '.join(names)}")
@@ -48,7 +69,7 @@ def _load_file(path: Path, attr: str):
 
 def resolve(kind: str, spec: str):
     """Return the class or callable named by ``spec``: a registered name or ``path.py:name``."""
-    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+    if is_file_spec(spec):
         path, attr = spec.split(":", 1)
         return _load_file(Path(path), attr)
     registry = available(kind)
@@ -74,13 +95,14 @@ def _check_options(kind: str, spec: str, cls, options: dict) -> None:
 
 
 def build(kind: str, spec: str, dataset, *, defaults: dict | None = None, **options):
-    """Instantiate ``spec`` for ``dataset``.
+    """Instantiate ``spec`` (a name, ``file.py:name``, or the class/function itself) for
+    ``dataset``.
 
     A class is built with ``cls.from_dataset(dataset, **options)`` (the zoo's constructor
     contract); a function is a ready Pyro program and is returned as it is. ``defaults`` are
     options a class gets when its constructor takes them and ``options`` do not set them.
     """
-    obj = resolve(kind, spec)
+    obj = resolve(kind, spec) if isinstance(spec, str) else spec
     if inspect.isclass(obj):
         params = inspect.signature(obj.__init__).parameters
         options = {**{k: v for k, v in (defaults or {}).items() if k in params}, **options}

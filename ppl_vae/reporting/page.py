@@ -23,6 +23,7 @@ from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.reporting import figures as figs
 from ppl_vae.train.result import FitResult
+from ppl_vae.train.storage import write_bytes
 
 __all__ = ["report"]
 
@@ -287,7 +288,7 @@ def _write_page(out, title, parts: list[str]) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title or 'ppl-vae report')}</title><style>{_CSS}</style>"
             f"</head><body>{body}</body></html>")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
+    # Atomically, never through a symbolic link; recorded when ``out`` lies in a run folder.
+    return write_bytes(Path(out), page.encode("utf-8"))
+
+

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from ppl_vae.train.checkpoint import (
     CHECKPOINT_NAME,
-    atomic_write,
     capture_params,
     capture_rng,
     restore_params,
     save_checkpoint,
+    save_history,
 )
 from ppl_vae.train.state import TrainState
 
@@ -85,10 +83,9 @@ class Checkpointer:
     def save(self, epoch: int, records: list, model, guide, state: TrainState, settings: dict,
              early_stopping: EarlyStopping | None) -> None:
         if self.is_main:
-            # history.csv first: a checkpoint on disk always has its history beside it.
-            history = pd.DataFrame.from_records(records)
-            atomic_write(self.directory / "history.csv",
-                         lambda tmp: history.to_csv(tmp, index=False))
+            # history.csv first: a checkpoint on disk always has its history beside it. Both are
+            # recorded in the folder's manifest (created by the first of them).
+            save_history(self.directory, records)
             save_checkpoint(self.path, {
                 "epoch": epoch, "step": state.step, "history": records,
                 "params": capture_params(model, guide, state.param_names),

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, read with ``weights_only=True`` (a checkpoint never runs code).
+"""Checkpoints: written atomically and checksummed, read with ``weights_only=True`` (a
+checkpoint never runs code).
 
 A checkpoint holds tensors, numbers, strings and plain containers only: module state dicts,
 the unconstrained values of ``pyro.param`` sites, the optimizer state, the history rows and the
@@ -7,17 +8,25 @@ RNG states, so that a run resumed at an epoch boundary continues exactly where i
 
 from __future__ import annotations
 
-import os
+import io
+import pickle
 import random
-import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyro
 import torch
 
+from ppl_vae.train.storage import CorruptFileError, atomic_write, read_run_file, write_bytes
+
 __all__ = [
     "CHECKPOINT_NAME",
+    "HISTORY_NAME",
+    "atomic_write",
+    "save_history",
     "save_checkpoint",
     "load_checkpoint",
     "capture_params",
@@ -27,32 +36,51 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        # Flush to disk before the rename: a killed process never leaves half a file, and a
-        # crashed machine (a cluster node going down) does not leave a renamed empty one.
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+CHECKPOINT_FORMAT = "ppl-vae checkpoint"
+HISTORY_NAME = "history.csv"
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    """Write ``payload`` with ``torch.save``, atomically, recorded in the folder's manifest
+    (:mod:`ppl_vae.train.storage`): a kill never leaves half a checkpoint, a full disk keeps the
+    previous one, and a later bit flip is detected when it is read."""
+    buffer = io.BytesIO()
+    torch.save({**payload, "format": CHECKPOINT_FORMAT}, buffer)
+    write_bytes(Path(path), buffer.getbuffer(), manifest=True)
+
+
+def save_history(folder: Path, records) -> None:
+    """Write ``folder/history.csv`` (one row per epoch) atomically, recorded in the manifest."""
+    frame = pd.DataFrame.from_records(list(records))
+    write_bytes(Path(folder) / HISTORY_NAME, frame.to_csv(index=False).encode(), manifest=True)
 
 
 def load_checkpoint(path: Path, *, map_location=None) -> dict:
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: it can never
+    run code), after checking it against its folder's manifest.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no file.
+    ppl_vae.train.storage.CorruptFileError
+        When the file does not match the manifest, or is truncated, empty or not a ppl-vae
+        checkpoint.
+    """
+    path = Path(path)
+    data = read_run_file(path)
+    try:
+        with warnings.catch_warnings():  # torch's warnings about a foreign pickle: ours follows
+            warnings.simplefilter("ignore")
+            payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
+            TypeError, AttributeError, IndexError, zipfile.BadZipFile):
+        payload = None  # torch's message suggests weights_only=False: never do that here
+    if not isinstance(payload, dict) or "params" not in payload:
+        raise CorruptFileError(f"{path.name} is not a ppl-vae checkpoint (truncated or "
+                               f"corrupted): {path}")
+    payload.pop("format", None)
+    return payload
 
 
 def capture_params(model, guide, param_names) -> dict:

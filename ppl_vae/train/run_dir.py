@@ -1,24 +1,49 @@
 """A run folder: ``config.json`` (how to rebuild the programs and the data), ``history.csv``,
-``checkpoint.pt`` (every epoch) and ``final.pt`` (trained parameters).
+``checkpoint.pt`` (every epoch), ``final.pt`` (trained parameters) and ``manifest.json`` (the
+sha256 of each), plus what ``evaluate``, ``diagnose`` and ``report`` add.
 
 Everything written here is read back by ``ppl-vae evaluate``, ``diagnose``, ``report`` and
-``compare-estimators`` through :func:`load_run`.
+``compare-estimators`` through :func:`load_run`. A run folder is data only: zoo programs are
+recorded by their entry-point name, user programs by ``file.py:name`` and the file's sha256, and
+a user program is imported only when the caller names it again (:func:`load_run`'s ``model`` /
+``guide``, the CLI's ``--model`` / ``--guide``), never because a ``config.json`` says so.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyro
 import torch
 
 from ppl_vae.data import datasets
-from ppl_vae.programs.registry import build
-from ppl_vae.train.checkpoint import atomic_write, load_checkpoint, restore_params, save_checkpoint
+from ppl_vae.programs.registry import build, file_sha256, is_file_spec
+from ppl_vae.programs.util import max_plate_nesting
+from ppl_vae.train.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    restore_params,
+    save_checkpoint,
+    save_history,
+)
+from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, remove_run_files, write_bytes
 
-__all__ = ["Run", "load_data", "save_run", "load_run", "build_programs"]
+__all__ = ["Run", "RUN_FILES", "load_data", "save_run", "load_run", "build_programs",
+           "write_config", "read_config", "prepare_run_folder", "check_same_run",
+           "program_record"]
+
+# Every file a run folder may hold (--overwrite removes exactly these, and what the manifest lists).
+RUN_FILES = ("config.json", "history.csv", CHECKPOINT_NAME, "final.pt", "evaluation.csv",
+             "report.html", "diagnostics.nc", "diagnostics.csv", "diagnostics_checks.csv")
+# config.json keys that define the run: resuming with another value of one is refused.
+RUN_KEYS = ("model", "guide", "data", "model_options", "guide_options", "use_labels",
+            "model_sha256", "guide_sha256")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 DATASETS = {
     "digits": datasets.load_digits,
@@ -44,13 +69,15 @@ def load_data(spec: str) -> datasets.Dataset:
     )
 
 
-def build_programs(config: dict, dataset):
+def build_programs(config: dict, dataset, **programs):
     """Model and guide of a run. A synthetic data set's generating latent dimension is the
-    default ``latent_dim`` of both (so that, say, ``ppca`` and ``mlp`` agree without flags)."""
+    default ``latent_dim`` of both (so that, say, ``ppca`` and ``mlp`` agree without flags).
+    ``programs`` (``model=``, ``guide=``: a spec or the class/function itself) replace the
+    config's entries."""
     defaults = {"latent_dim": int(dataset.info["latent_dim"])} if "latent_dim" in dataset.info else {}
-    model = build("model", config["model"], dataset, defaults=defaults,
+    model = build("model", programs.get("model", config["model"]), dataset, defaults=defaults,
                   **config.get("model_options", {}))
-    guide = build("guide", config["guide"], dataset, defaults=defaults,
+    guide = build("guide", programs.get("guide", config["guide"]), dataset, defaults=defaults,
                   **config.get("guide_options", {}))
     return model, guide
 
@@ -71,14 +98,80 @@ def fit_data(config: dict, dataset, split: str = "train"):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def save_run(out: Path, config: dict, result) -> None:
+def program_record(kind: str, spec: str) -> dict:
+    """config.json entries for a program spec: the spec, and for a user file its sha256."""
+    return {kind: spec, **({f"{kind}_sha256": file_sha256(spec)} if is_file_spec(spec) else {})}
+
+
+def write_config(out: Path, config: dict) -> None:
+    """Write ``out/config.json`` atomically (recorded in the manifest)."""
+    text = json.dumps(config, indent=2, default=str)
+    write_bytes(Path(out) / "config.json", text.encode(), manifest=True)
+
+
+def read_config(run_dir) -> dict:
+    """``run_dir/config.json``, checked against the manifest and for the keys a run needs."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists() and not path.is_symlink():
+        raise ValueError(f"{Path(run_dir)} is not a ppl-vae run folder (no config.json)")
+    data = read_run_file(path, require_manifest=True)
+    try:
+        config = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it or retrain") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    for key, kind in (("model", str), ("guide", str), ("data", str), ("model_options", dict),
+                      ("guide_options", dict), ("settings", dict)):
+        required = key in ("model", "guide", "data")
+        if (required and key not in config) or (key in config and not isinstance(config[key], kind)):
+            raise ValueError(f"{path}: {key!r} is missing or not a {kind.__name__}")
+    dtype = config.get("settings", {}).get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"{path}: settings.dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    return config
+
+
+def check_same_run(run_dir, config: dict) -> None:
+    """Refuse to resume ``run_dir`` with other programs, data or options than it was started
+    with, listing each difference."""
+    if not (Path(run_dir) / "config.json").exists():
+        return
+    old = read_config(run_dir)
+    diffs = [f"{key}: {old.get(key)!r} -> {config.get(key)!r}" for key in RUN_KEYS
+             if old.get(key) != config.get(key)]
+    if diffs:
+        raise ValueError(f"--resume: {run_dir} was started with other settings ("
+                         + "; ".join(diffs) + "); resume with the same ones, or use --overwrite "
+                         "or another --out for a new run")
+
+
+def prepare_run_folder(out, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to write a new run over an existing one unless ``resume`` (continue it) or
+    ``overwrite`` (remove its files first: only run files, nothing else in the folder)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {**config, "settings": result.settings}
-    atomic_write(out / "config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=str)))
-    atomic_write(out / "history.csv", lambda tmp: result.history.to_csv(tmp, index=False))
-    save_checkpoint(out / "final.pt", {"params": result.params, "history": result.history.to_dict("records")})
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    present = [n for n in (*RUN_FILES, MANIFEST_NAME) if (out / n).exists() or (out / n).is_symlink()]
+    if not present or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(present)}): pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out")
+    remove_run_files(out, RUN_FILES)
+
+
+def save_run(out: Path, config: dict, result) -> None:
+    """Write the end of a run: ``config.json`` with the settings ``fit`` used, ``history.csv``
+    and ``final.pt``."""
+    out = Path(out)
+    write_config(out, {**config, "settings": result.settings})
+    save_history(out, result.history.to_dict("records"))
+    save_checkpoint(out / "final.pt", {"params": result.params,
+                                       "history": result.history.to_dict("records")})
 
 
 @dataclass
@@ -94,31 +187,71 @@ class Run:
         return fit_data(self.config, self.dataset, split)
 
 
-def load_run(run_dir) -> Run:
-    """Rebuild the programs of a run folder with their trained parameters."""
+def _program(path: Path, config: dict, kind: str, given):
+    """What to build for ``kind``: the config's zoo name, or the program the caller named."""
+    recorded = config[kind]
+    if given is None:
+        return recorded  # a zoo name (user files are refused before, in load_run)
+    if not isinstance(given, str):
+        return given  # a class or function passed in Python: the caller vouches for it
+    if is_file_spec(given) != is_file_spec(recorded) or (
+            not is_file_spec(given) and given != recorded) or (
+            is_file_spec(given) and given.split(":", 1)[1] != recorded.split(":", 1)[1]):
+        raise ValueError(f"--{kind} {given}: {path} was trained with {kind} {recorded!r}")
+    if is_file_spec(given):
+        want, got = config.get(f"{kind}_sha256"), file_sha256(given)
+        if want is None:
+            warnings.warn(f"{path / 'config.json'} records no sha256 for {recorded!r}: cannot "
+                          f"check that {given} is the file the run was trained with", stacklevel=3)
+        elif want != got:
+            raise ValueError(
+                f"--{kind} {given}: the file differs from the one {path} was trained with "
+                f"(sha256 {got[:12]}... now, {want[:12]}... recorded); restore that file or retrain")
+    return given
+
+
+def load_run(run_dir, *, model=None, guide=None) -> Run:
+    """Rebuild the programs of a run folder with their trained parameters.
+
+    Every file read is checked against the folder's manifest. Zoo programs are built from
+    their recorded names; a user program (``file.py:name`` in config.json) is imported only
+    when given here, as the same ``file.py:name`` (checked against the recorded sha256) or as
+    the class/function itself. Clears Pyro's param store: the run's parameters replace it.
+    """
     path = Path(run_dir)
-    if not (path / "config.json").exists():
-        raise ValueError(f"{path} is not a ppl-vae run folder (no config.json)")
-    config = json.loads((path / "config.json").read_text())
-    dataset = load_data(config["data"])
-    dtype = getattr(torch, config.get("settings", {}).get("dtype", "float32"))
-    dataset = dataset.to(dtype)
-    model, guide = build_programs(config, dataset)
-    for program in (model, guide):
-        if isinstance(program, torch.nn.Module):
-            program.to(dtype=dtype)
+    config = read_config(path)
+    named = {"model": model, "guide": guide}
+    missing = [f"--{k} {config[k]}" for k in named if named[k] is None and is_file_spec(config[k])]
+    if missing:
+        raise ValueError(
+            f"{path / 'config.json'} names user program file(s); ppl-vae never imports code a "
+            f"run folder names: pass {' '.join(missing)} (Python: load_run(..., model=..., "
+            "guide=...)) to load them")
+    programs = {"model": _program(path, config, "model", model),
+                "guide": _program(path, config, "guide", guide)}
+    dtype = DTYPES[config.get("settings", {}).get("dtype", "float32")]
+    dataset = load_data(config["data"]).to(dtype)
     final = path / "final.pt"
     if not final.exists():
-        final = path / "checkpoint.pt"
+        final = path / CHECKPOINT_NAME
     if not final.exists():
         raise ValueError(f"{path} holds no trained parameters (final.pt or checkpoint.pt)")
     ckpt = load_checkpoint(final, map_location="cpu")
+    pyro.clear_param_store()
+    model, guide = build_programs(config, dataset, **programs)
+    for program in (model, guide):
+        if isinstance(program, torch.nn.Module):
+            program.to(dtype=dtype)
     # pyro.param sites are created by running the programs once before their values load.
-    from ppl_vae.programs.util import max_plate_nesting
-
     max_plate_nesting(model, guide, tuple(t[:2] for t in _as_tuple(fit_data(config, dataset))))
-    restore_params(ckpt["params"], model, guide)
-    history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else pd.DataFrame()
+    try:
+        restore_params(ckpt["params"], model, guide)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{final}: the trained parameters do not fit the programs built from "
+                         f"config.json ({first})") from exc
+    history = path / "history.csv"
+    history = pd.read_csv(io.BytesIO(read_run_file(history))) if history.exists() else pd.DataFrame()
     return Run(path, config, dataset, model, guide, history)
 
 

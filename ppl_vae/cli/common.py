@@ -1,0 +1,44 @@
+"""Pieces shared by the ``ppl-vae`` command modules: argument types, and opening a run folder
+with the user programs named on the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ppl_vae.train.run_dir import load_run
+
+__all__ = ["positive_int", "add_program_arguments", "require_run", "open_run"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``1.5`` and ``0`` are refused, not truncated)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def add_program_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model`` / ``--guide`` for commands that read a run folder: a run trained with a user
+    program needs it named again (it is never imported because a config.json names it)."""
+    p.add_argument("--model", default=None,
+                   help="the run's user model file.py:name (checked against its recorded sha256)")
+    p.add_argument("--guide", default=None, help="the run's user guide file.py:name")
+
+
+def require_run(run_dir) -> Path:
+    """``run_dir`` as a Path, or ``ValueError`` when it is not a run folder (checked before
+    anything, even the lock file, is written in it)."""
+    path = Path(run_dir)
+    if not (path / "config.json").exists() and not (path / "config.json").is_symlink():
+        raise ValueError(f"{path} is not a ppl-vae run folder (no config.json)")
+    return path
+
+
+def open_run(args, run_dir: Path):
+    """Load the run, with the user programs named on this command line (if any)."""
+    return load_run(run_dir, model=args.model, guide=args.guide)

@@ -1,0 +1,291 @@
+"""Bad inputs, table-driven: each row an input, the exception (API) or exit code 2 (CLI), and a
+fragment of the one-line message that names the problem and what to do. No CLI case prints a
+traceback."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from _trust_cases import TRAIN, USER_PROGRAM, copy_run, make_run
+
+from ppl_vae import fit
+from ppl_vae.cli import main
+from ppl_vae.data.datasets import load_array
+from ppl_vae.data.tensors import as_tensors
+from ppl_vae.programs.registry import resolve
+from ppl_vae.train.checkpoint import load_checkpoint, save_checkpoint
+from ppl_vae.train.run_dir import load_run, read_config
+from ppl_vae.train.storage import CorruptFileError
+
+
+def model(x):
+    n, d = x.shape[0], x.shape[1]  # a program that reads rows of features
+    with pyro.plate("data", n):
+        pyro.sample("x", dist.Normal(x.new_zeros(d), 1.0).to_event(1), obs=x)
+
+
+def guide(x):
+    pass
+
+
+X = torch.randn(6, 3)
+
+
+def _fit(data):
+    return fit(model, guide, data, epochs=1, batch_size=2, progress=False, estimator="mc")
+
+
+def _file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    return path
+
+
+class _Planted:
+    """Unpickling this runs code (os.system): a checkpoint must never be read that way."""
+
+    def __reduce__(self):
+        return (os.system, ("touch MARKER",))
+
+
+# (id, call(tmp_path), exception class, message fragment)
+API_CASES = [
+    ("list-of-rows", lambda t: as_tensors([[0.1, 0.2], [0.3, 0.4]]), ValueError,
+     "is a Python list; pass an array of rows"),
+    ("int64-tensor", lambda t: _fit(torch.arange(18).reshape(6, 3)), ValueError,
+     "data is int64; pass floats, e.g. x.float()"),
+    ("int-ndarray", lambda t: _fit(np.arange(18).reshape(6, 3)), ValueError,
+     "x.astype(np.float32)"),
+    ("bool-tensor", lambda t: _fit(X > 0), ValueError, "data is bool; pass floats"),
+    ("complex-tensor", lambda t: _fit(X.to(torch.complex64)), ValueError,
+     "complex64: likelihoods take real values"),
+    ("float16-tensor", lambda t: _fit(X.half()), ValueError, "float16: too coarse"),
+    ("bfloat16-tensor", lambda t: _fit(X.bfloat16()), ValueError, "bfloat16: too coarse"),
+    ("meta-device", lambda t: _fit(torch.zeros(6, 3, device="meta")), ValueError,
+     "'meta' device"),
+    ("dataframe-pd-NA", lambda t: _fit(pd.DataFrame({"a": pd.array([1.0, None, 2.0, 3.0, 4.0, 5.0],
+                                                                   dtype="Float64"),
+                                                     "b": 1.0, "c": 2.0})),
+     ValueError, "missing values (NaN / pd.NA) in 1 row(s): 1"),
+    ("dataframe-int", lambda t: _fit(pd.DataFrame(np.ones((6, 3), dtype=int))), ValueError,
+     "df.astype('float32')"),
+    ("one-d-data", lambda t: _fit(torch.randn(6)), ValueError, "the data is 1-D"),
+    ("validation-int", lambda t: fit(model, guide, X, validation_data=X.long(), epochs=1,
+                                     batch_size=2, progress=False), ValueError,
+     "validation_data is int64"),
+    ("checkpoint-truncated", lambda t: load_checkpoint(_file(t, "checkpoint.pt", b"PK\x03\x04")),
+     CorruptFileError, "checkpoint.pt is not a ppl-vae checkpoint (truncated or corrupted)"),
+    ("checkpoint-empty", lambda t: load_checkpoint(_file(t, "checkpoint.pt", b"")),
+     CorruptFileError, "checkpoint.pt is not a ppl-vae checkpoint (truncated or corrupted)"),
+    ("checkpoint-foreign", lambda t: (torch.save({"w": torch.ones(2)}, t / "checkpoint.pt"),
+                                      load_checkpoint(t / "checkpoint.pt")),
+     CorruptFileError, "checkpoint.pt is not a ppl-vae checkpoint"),
+    ("checkpoint-pickle-code", lambda t: load_checkpoint(
+        _file(t, "checkpoint.pt", pickle.dumps(_Planted()))), CorruptFileError,
+     "not a ppl-vae checkpoint (truncated or corrupted)"),
+    ("checkpoint-bit-flip", lambda t: (save_checkpoint(t / "final.pt", {"params": {"w": X}}),
+                                       _flip(t / "final.pt"), load_checkpoint(t / "final.pt")),
+     CorruptFileError, "final.pt does not match its checksum"),
+    ("csv-text-column", lambda t: load_array(_file(t, "d.csv", "a,b\n1,x\n2,y\n3,z\n4,w\n5,v\n")),
+     ValueError, "columns ['b'] are not numeric"),
+    ("csv-empty", lambda t: load_array(_file(t, "d.csv", "")), ValueError, "is empty"),
+    ("npy-pickled-objects", lambda t: (np.save(t / "d.npy", np.array([_Planted()], dtype=object),
+                                               allow_pickle=True), load_array(t / "d.npy")),
+     ValueError, "never unpickles"),
+    ("user-file-syntax-error", lambda t: resolve("model", f"{_file(t, 'm.py', 'def model(:')}:model"),
+     ValueError, "line 1: syntax error"),
+    ("user-file-import-error", lambda t: resolve("model", f"{_file(t, 'm.py', 'import nope_x')}:model"),
+     ValueError, "importing"),
+    ("config-not-json", lambda t: (_file(t, "config.json", "{bad"), read_config(t)), ValueError,
+     "config.json is not valid JSON"),
+    ("config-missing-key", lambda t: (_file(t, "config.json", '{"guide": "mlp", "data": "x"}'),
+                                      read_config(t)), ValueError, "'model' is missing"),
+    ("config-dtype-is-a-function", lambda t: (_file(t, "config.json", json.dumps(
+        {"model": "vae", "guide": "mlp", "data": "digits", "settings": {"dtype": "load"}})),
+        read_config(t)), ValueError, "settings.dtype 'load' is not one of"),
+]
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case, call, error, fragment", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_bad_input(tmp_path, monkeypatch, case, call, error, fragment):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error) as info:
+        call(tmp_path)
+    assert fragment in str(info.value)
+    assert "weights_only=False" not in str(info.value)
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_integer_labels_after_floating_features_are_kept():
+    x, y = as_tensors((X, torch.arange(6)))
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_csv_without_header_keeps_its_first_row(tmp_path):
+    rows = "\n".join(f"{i}.5,{2 * i}.25" for i in range(10))
+    assert load_array(_file(tmp_path, "a.csv", rows), test_fraction=0.5).train.shape[0] \
+        + load_array(tmp_path / "a.csv", test_fraction=0.5).test.shape[0] == 10
+    with_header = load_array(_file(tmp_path, "b.csv", "a,b\n" + rows), test_fraction=0.5)
+    assert with_header.train.shape[0] + with_header.test.shape[0] == 10
+    with pytest.warns(UserWarning, match="pandas' default column names"):
+        load_array(_file(tmp_path, "c.csv", "0,1\n" + rows), test_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("trained") / "run", report=False)
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user")
+    program = folder / "prog.py"
+    program.write_text(USER_PROGRAM)
+    spec = ["--model", f"{program}:model", "--guide", f"{program}:guide"]
+    assert main([*TRAIN, *spec, "--out", str(folder / "run")]) == 0
+    return folder / "run", program, spec
+
+
+# A user program written for batches of 3 rows: the last batch of 8 rows has 2.
+HARD_CODED = USER_PROGRAM.replace('dist.Normal(mu, sigma', 'dist.Normal(mu + sigma.new_zeros(3), sigma')
+
+
+def _corrupt_json(run):
+    (run / "config.json").write_text("{bad")
+    (run / "manifest.json").unlink()
+
+
+def _truncate_final_no_manifest(run):
+    (run / "final.pt").write_bytes((run / "final.pt").read_bytes()[:200])
+    (run / "manifest.json").unlink()
+
+
+def _pickle_final_no_manifest(run):
+    (run / "final.pt").write_bytes(pickle.dumps(_Planted()))
+    (run / "manifest.json").unlink()
+
+
+# (id, prepare(run folder, tmp_path) -> argv, message fragment)
+CLI_CASES = [
+    ("train-over-existing-run", lambda r, t: [*TRAIN, "--out", str(r)], "already holds a run"),
+    ("resume-and-overwrite", lambda r, t: [*TRAIN, "--out", str(r), "--resume", "--overwrite"],
+     "give one"),
+    ("resume-other-model", lambda r, t: [*TRAIN[:2], "vae", *TRAIN[3:], "--out", str(r),
+                                         "--resume"], "was started with other settings"),
+    ("epochs-not-integer", lambda r, t: [*TRAIN, "--epochs", "1.5", "--out", str(t / "n")],
+     "expected a whole number >= 1, got '1.5'"),
+    ("batch-size-zero", lambda r, t: [*TRAIN, "--batch-size", "0", "--out", str(t / "n")],
+     "expected a whole number >= 1"),
+    ("lr-zero", lambda r, t: [*TRAIN, "--lr", "0", "--out", str(t / "n")],
+     "expected a finite number > 0"),
+    ("lr-nan", lambda r, t: [*TRAIN, "--lr", "nan", "--out", str(t / "n")],
+     "expected a finite number > 0"),
+    ("out-is-a-file", lambda r, t: [*TRAIN, "--out", str(_file(t, "f", "x"))], "is a file"),
+    ("out-below-a-file", lambda r, t: [*TRAIN, "--out", str(_file(t, "f", "x") / "run")],
+     "not a directory"),
+    ("data-missing", lambda r, t: [*TRAIN[:6], "nope.csv", *TRAIN[7:], "--out", str(t / "n")],
+     "data file not found"),
+    ("device-unknown", lambda r, t: [*TRAIN, "--device", "warp", "--out", str(t / "n")],
+     "unknown device"),
+    ("user-file-syntax-error", lambda r, t: [*TRAIN[:1], "--model", f"{_file(t, 'm.py', 'def (')}:m",
+                                             *TRAIN[3:], "--out", str(t / "n")], "syntax error"),
+    ("evaluate-not-a-run", lambda r, t: ["evaluate", str(t)], "not a ppl-vae run folder"),
+    ("evaluate-config-not-json", lambda r, t: (_corrupt_json(r), ["evaluate", str(r)])[1],
+     "config.json is not valid JSON"),
+    ("evaluate-final-bit-flip", lambda r, t: (_flip(r / "final.pt"), ["evaluate", str(r)])[1],
+     "final.pt does not match its checksum"),
+    ("evaluate-final-truncated-legacy", lambda r, t: (_truncate_final_no_manifest(r),
+                                                      ["evaluate", str(r)])[1],
+     "final.pt is not a ppl-vae checkpoint (truncated or corrupted)"),
+    ("evaluate-final-pickle-code", lambda r, t: (_pickle_final_no_manifest(r),
+                                                 ["evaluate", str(r)])[1],
+     "final.pt is not a ppl-vae checkpoint"),
+    ("resume-checkpoint-bit-flip", lambda r, t: (_flip(r / "checkpoint.pt"),
+                                                 [*TRAIN, "--out", str(r), "--resume"])[1],
+     "checkpoint.pt does not match its checksum"),
+    ("verify-history-bit-flip", lambda r, t: (_flip(r / "history.csv"), ["verify", str(r)])[1],
+     "history.csv do(es) not match"),
+    ("report-too-few-draws", lambda r, t: ["report", str(r), "--num-draws", "0"],
+     "expected a whole number >= 1"),
+    ("unknown-flag", lambda r, t: ["evaluate", str(r), "--bogus"], "unrecognized arguments"),
+    ("loss-diverges", lambda r, t: [*TRAIN, "--epochs", "30", "--lr", "1e30", "--out",
+                                    str(t / "n")], "the loss became nan"),
+    ("program-hard-codes-the-batch", lambda r, t: [
+        *TRAIN, "--batch-size", "3", "--out", str(t / "n"),
+        "--model", f"{_file(t, 'hard.py', HARD_CODED)}:model", "--guide", f"{t / 'hard.py'}:guide"],
+     "the model failed on a batch of shape(s) [(2, 1), (2,)]"),
+]
+
+
+def _one_error_line(err: str) -> None:
+    """One error line; any warnings before it are one line each too; no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert sum(": error: " in line for line in lines) == 1, err
+    assert all(line.startswith("ppl-vae") for line in lines), err
+
+
+@pytest.mark.parametrize("case, prepare, fragment", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_line_and_exit_2(run_folder, tmp_path, monkeypatch, capsys, case,
+                                              prepare, fragment):
+    monkeypatch.chdir(tmp_path)
+    run = copy_run(run_folder, tmp_path / "copy")
+    argv = prepare(run, tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert fragment in err
+    _one_error_line(err)
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_user_program_must_be_named_again_and_unchanged(user_run, tmp_path, capsys):
+    run, program, spec = user_run
+    assert main(["evaluate", str(run)]) == 2
+    assert "never imports code a run folder names: pass --model" in capsys.readouterr().err
+    assert main(["evaluate", str(run), *spec]) == 0
+    changed = tmp_path / "prog.py"
+    changed.write_text(USER_PROGRAM + "\n# edited\n")
+    other = ["--model", f"{changed}:model", "--guide", f"{changed}:guide"]
+    assert main(["evaluate", str(run), *other]) == 2
+    assert "the file differs from the one" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--model", f"{program}:guide", "--guide",
+                 f"{program}:guide"]) == 2
+    assert "was trained with model" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="never imports code"):
+        load_run(run)
+    load_run(run, model=f"{program}:model", guide=f"{program}:guide")
+    assert float(pyro.param("loc").detach()) != 0.0  # trained value restored
+
+
+def test_debug_prints_the_traceback(run_folder, tmp_path, capsys):
+    assert main(["--debug", "evaluate", str(tmp_path)]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_real_process_exits_2_with_one_line(tmp_path):
+    """Through the installed entry point: exit status 2, one stderr line, no traceback."""
+    (tmp_path / "config.json").write_text("{bad")
+    proc = subprocess.run([sys.executable, "-m", "ppl_vae.cli", "evaluate", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    _one_error_line(proc.stderr)
+    assert "config.json is not valid JSON" in proc.stderr
