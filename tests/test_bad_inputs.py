@@ -227,7 +227,7 @@ CLI_CASES = [
     ("program-hard-codes-the-batch", lambda r, t: [
         *TRAIN, "--batch-size", "3", "--out", str(t / "n"),
         "--model", f"{_file(t, 'hard.py', HARD_CODED)}:model", "--guide", f"{t / 'hard.py'}:guide"],
-     "the model failed on a batch of shape(s) [(2, 1), (2,)]"),
+     "the model failed on a batch of shape(s)"),
 ]
 
 
