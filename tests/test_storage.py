@@ -166,3 +166,48 @@ def test_temporaries_of_dead_writers_are_removed(tmp_path):
     assert live.exists() and other_host.exists()
     with lock_run(tmp_path):  # the lock holder is the only writer: every temporary goes
         assert not live.exists() and not other_host.exists()
+
+
+def test_fit_holds_the_lock_for_the_whole_run(tmp_path):
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    import ppl_vae
+
+    def model(x):
+        loc = pyro.param("loc", lambda: x.new_zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.randn(20)
+    proc = _hold_lock(tmp_path)
+    try:  # another process holds the folder: fit refuses before its first epoch
+        with pytest.raises(RunLockedError, match=f"in use by process {proc.pid}"):
+            ppl_vae.fit(model, guide, x, epochs=1, batch_size=10, progress=False,
+                        checkpoint_dir=tmp_path)
+        assert not (tmp_path / "checkpoint.pt").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+    answers = []
+    tries = (
+        "import sys\nfrom ppl_vae.train.storage import RunLockedError, lock_run\n"
+        "try:\n    with lock_run(sys.argv[1]):\n        print('got it')\n"
+        "except RunLockedError:\n    print('refused')\n"
+    )
+
+    def probe(record, state):  # while fit trains, a second process is refused the folder
+        answers.append(subprocess.run([sys.executable, "-c", tries, str(tmp_path)], text=True,
+                                      capture_output=True, timeout=120).stdout.strip())
+
+    ppl_vae.fit(model, guide, x, epochs=1, batch_size=10, progress=False,
+                checkpoint_dir=tmp_path, callbacks=[probe])
+    assert answers == ["refused"]
+    after = subprocess.run([sys.executable, "-c", tries, str(tmp_path)], text=True,
+                           capture_output=True, timeout=120).stdout.strip()
+    assert after == "got it"  # released when fit returns

@@ -10,6 +10,7 @@ time (:mod:`~ppl_vae.train.epoch`) with the built-in callbacks, early stopping a
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,6 +29,7 @@ from ppl_vae.train.epoch import Epochs
 from ppl_vae.train.prepare import make_settings, preflight, prepare_data, validation_loss_fn
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
+from ppl_vae.train.storage import lock_run
 
 __all__ = ["fit", "run_fit"]
 
@@ -164,6 +166,24 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     stopper = None
     if config.early_stopping_patience is not None and prepared.validation is not None:
         stopper = EarlyStopping(config.early_stopping_patience)
+    # One writer per run folder: a second process (or a second fit) training into it is refused
+    # while this one runs. Data-parallel workers run under their launcher's lock.
+    held = lock_run(config.checkpoint_dir) if config.checkpoint_dir is not None and engine is None \
+        else contextlib.nullcontext()
+    with held:
+        records, settings = _resume_and_train(model, guide, state, prepared, config, engine,
+                                              settings, stopper)
+    return FitResult(
+        model=model, guide=guide, history=pd.DataFrame.from_records(records),
+        params=capture_params(model, guide, state.param_names), settings=settings,
+        state=state, stopped_early=stopper is not None and stopper.stopped,
+    )
+
+
+def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, settings: dict,
+                      stopper):
+    """Resume from the checkpoint when asked, train the remaining epochs, restore the best
+    parameters when early stopping kept them. Returns the history rows and the settings."""
     saver = None
     if config.checkpoint_dir is not None:
         saver = Checkpointer(config.checkpoint_dir, is_main=engine is None or engine.is_main)
@@ -180,11 +200,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
                stopper, saver)
     if stopper is not None:
         stopper.restore_best(model, guide)
-    return FitResult(
-        model=model, guide=guide, history=pd.DataFrame.from_records(records),
-        params=capture_params(model, guide, state.param_names), settings=settings,
-        state=state, stopped_early=stopper is not None and stopper.stopped,
-    )
+    return records, settings
 
 
 def _train(model, guide, state, epochs: Epochs, todo: range, records: list, settings: dict,
