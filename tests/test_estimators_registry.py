@@ -123,3 +123,110 @@ def test_every_spec_answers_its_capabilities(name):
     for facts in (SiteFacts(True, True), SiteFacts(True, False), SiteFacts(False, False)):
         term, gradient = spec.plan(facts)
         assert isinstance(term, str) and isinstance(gradient, str)
+
+
+def _grad_both_ways(elbo, model, guide, x, params, seed):
+    pyro.set_rng_seed(seed)
+    via_loss = torch.autograd.grad(elbo.differentiable_loss(model, guide, x), params,
+                                   allow_unused=True)
+    for p in params:
+        p.grad = None
+    pyro.set_rng_seed(seed)
+    elbo.loss_and_grads(model, guide, x)
+    return via_loss, [p.grad for p in params]
+
+
+@pytest.mark.parametrize("particles,vectorize", [(2, False), (3, True)])
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_loss_and_grads_and_differentiable_loss_give_the_same_gradient(name, particles,
+                                                                       vectorize):
+    # What pyro.infer.SVI calls and what a torch training loop calls must be one estimator.
+    from _linear_gaussian import PARAMS, make_programs, setup
+    from _mixed_latent import PARAMS as MIXED_PARAMS
+    from _mixed_latent import data
+    from _mixed_latent import make_programs as mixed_programs
+
+    x, init = setup()
+    cases = [(make_programs(init), x, PARAMS)]
+    if not get_spec(name).needs_rsample and name != "enum":
+        cases.append((mixed_programs(), data(), MIXED_PARAMS))
+    for (model, guide), batch, names in cases:
+        pyro.clear_param_store()
+        elbo = make_elbo(name, num_particles=particles, vectorize_particles=vectorize,
+                         max_plate_nesting=1)
+        elbo.loss(model, guide, batch)
+        params = [pyro.param(n).unconstrained() for n in names]
+        via_loss, via_grads = _grad_both_ways(elbo, model, guide, batch, params, seed=7)
+        for a, b, n in zip(via_loss, via_grads, names, strict=True):
+            assert a is not None and b is not None, n
+            torch.testing.assert_close(a, b, msg=f"{name}: parameter {n}")
+
+
+def _bernoulli_guide_programs():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            k = pyro.sample("k", dist.Bernoulli(x.new_tensor(0.3)))
+            pyro.sample("x", dist.Normal(k, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("k", dist.Bernoulli(pyro.param("p", x.new_tensor(0.5))))
+
+    return model, guide
+
+
+def test_a_guide_site_without_rsample_is_refused_before_training_naming_who_accepts_it():
+    model, guide = _bernoulli_guide_programs()
+    accepting = sorted(n for n, s in ESTIMATORS.items() if not s.needs_rsample)
+    assert {"mc", "score", "tracegraph", "stl", "iwae", "vimco", "enum"} <= set(accepting)
+    refusing = [n for n, s in ESTIMATORS.items() if s.needs_rsample]
+    assert set(refusing) == {"analytic", "dreg"}
+    for name in refusing:
+        with pytest.raises(ValueError) as info:
+            preflight_warnings(name, model, guide, torch.randn(2))
+        message = str(info.value)
+        assert f"estimator {name!r}" in message and "site 'k' (Bernoulli)" in message
+        assert message.endswith(", ".join(accepting))
+    for name in accepting:
+        if name != "enum":
+            assert isinstance(preflight_warnings(name, model, guide, torch.randn(2)), list)
+
+
+def test_explain_enum_labels_an_enumerated_guide_site_as_summed_out():
+    model, guide = _bernoulli_guide_programs()
+    guide = pyro.infer.config_enumerate(guide, "parallel")
+    x = torch.randn(3)
+    assert explain_row(model, guide, x, "enum") == ("enumerated (exact sum)", "exact")
+    # mc ignores the mark and samples the site: a score-function term.
+    assert explain_row(model, guide, x, "mc") == ("score function", "score function")
+
+
+def explain_row(model, guide, x, estimator):
+    row = ppl_vae.explain(model, guide, x, estimator=estimator).iloc[0]
+    return row["term"], row["gradient"]
+
+
+def test_iwae_with_one_particle_is_trace_elbo_with_factors_in_model_and_guide(dtype):
+    # pyro.factor in the guide counts as part of log q, as in Trace_ELBO; in the model, of log p.
+    def model(x):
+        loc = pyro.param("loc", x.new_tensor(0.2))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(loc, 1.0))
+            pyro.factor("penalty", -0.5 * z**2)
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        m = pyro.param("m", x.new_zeros(x.shape))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(m, 0.7))
+            pyro.factor("guide_factor", 0.3 * m * z, has_rsample=True)
+
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=dtype)
+    grads = {}
+    for name, elbo in (("iwae", make_elbo("iwae")), ("mc", pyro.infer.Trace_ELBO())):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(5)
+        loss = elbo.differentiable_loss(model, guide, x)
+        grads[name] = (loss, *torch.autograd.grad(loss, [pyro.param("loc"), pyro.param("m")]))
+    for a, b in zip(grads["iwae"], grads["mc"], strict=True):
+        torch.testing.assert_close(a, b)

@@ -1,28 +1,71 @@
-"""Tracing shared by the estimators that need every guide site reparameterized."""
+"""Tracing and loss plumbing shared by ppl-vae's own estimators."""
 
 from __future__ import annotations
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import is_identically_zero
-from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape
+
+__all__ = [
+    "importance_trace", "detached_replay", "refuse_non_reparameterized", "loss_value",
+    "loss_and_grads",
+]
 
 
-def reparameterized_traces(estimator: str, max_plate_nesting, model, guide, args, kwargs):
-    """Model and guide traces of one particle, refusing guide sites without ``rsample``.
+def importance_trace(max_plate_nesting, model, guide, args, kwargs, around_replay=None):
+    """Pyro's ``get_importance_trace("flat", ...)``, with an optional handler
+    ``around_replay`` that sits inside the tracing and outside the replay of the guide's
+    values, so it acts on the value the model receives and the model's trace records."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    replayed = poutine.replay(model, trace=guide_trace)
+    if around_replay is not None:
+        replayed = around_replay(replayed)
+    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    if is_validation_enabled():
+        for trace in (model_trace, guide_trace):
+            for site in trace.nodes.values():
+                if site["type"] == "sample":
+                    check_site_shape(site, max_plate_nesting)
+    return model_trace, guide_trace
 
-    Pathwise estimators (``iwae``, ``stl``) would silently drop the score term of such a site,
-    which is exactly the bias the reparameterization trick exists to avoid.
-    """
-    model_trace, guide_trace = get_importance_trace(
-        "flat", max_plate_nesting, model, guide, args, kwargs
-    )
+
+def detached_replay(guide, guide_trace, args, kwargs) -> Trace:
+    """The guide replayed on its own draws, detached: each site's log q then has a gradient
+    only through the guide's parameters at fixed z (the score term), as STL and DReG need."""
+    fixed = Trace()
     for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function):
+        if site["type"] == "sample" and not site["is_observed"]:
+            fixed.add_node(name, **{**site, "value": site["value"].detach()})
+    trace = poutine.trace(poutine.replay(guide, trace=fixed)).get_trace(*args, **kwargs)
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    return trace
+
+
+def refuse_non_reparameterized(estimator: str, guide_trace, advice: str) -> None:
+    """``ValueError`` naming the first guide site without ``rsample``.
+
+    A pathwise estimator would silently drop the score term of such a site, which is exactly
+    the bias the reparameterization trick exists to avoid.
+    """
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not is_identically_zero(
+            site["score_parts"].score_function
+        ):
             raise ValueError(
                 f"the {estimator!r} estimator needs reparameterizable guide sites; site {name!r} "
-                f"({type(site['fn']).__name__}) has no rsample: use 'score' or 'mc'"
+                f"({type(site['fn']).__name__}) has no rsample: {advice}"
             )
-    return model_trace, guide_trace
 
 
 def loss_value(differentiable_loss, *args, **kwargs) -> float:
@@ -33,7 +76,7 @@ def loss_value(differentiable_loss, *args, **kwargs) -> float:
 
 def loss_and_grads(differentiable_loss, retain_graph, *args, **kwargs) -> float:
     """``ELBO.loss_and_grads`` from ``differentiable_loss``: accumulate ``.grad``, return the
-    estimate."""
+    estimate. Both entry points therefore give the same gradient."""
     loss = differentiable_loss(*args, **kwargs)
     if loss.requires_grad:
         loss.backward(retain_graph=retain_graph)

@@ -65,8 +65,11 @@ def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic"
     rows = []
     for name in latent_sites(model_trace):
         msite = model_trace.nodes[name]
-        enumerated = msite["infer"].get("enumerate") is not None and name not in guide_trace.nodes
         site = guide_trace.nodes[name] if name in guide_trace.nodes else msite
+        # Marked for enumeration in the guide (config_enumerate) or in the model (a site the
+        # guide lacks); only an estimator that enumerates sums it out, the others sample it.
+        enumerated = spec.enumerates and site["infer"].get("enumerate") in ("parallel",
+                                                                             "sequential")
         fn = site["fn"]
         reparam = bool(fn.has_rsample) and not enumerated
         closed = not enumerated and has_closed_form_kl(site, msite)

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 
 import pyro.infer
 
+from ppl_vae.estimators.dreg import DoublyReparameterizedELBO
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
 from ppl_vae.estimators.jit import TracedELBO, enum_loss, mc_loss, mean_field_loss
-from ppl_vae.estimators.kl import monte_carlo_kl_sites
+from ppl_vae.estimators.kl import monte_carlo_kl_sites, program_traces
 from ppl_vae.estimators.score import ScoreFunctionELBO
 from ppl_vae.estimators.stl import StickingTheLandingELBO
+from ppl_vae.estimators.tracegraph import TraceGraphELBO
+from ppl_vae.estimators.vimco import VIMCO
+from ppl_vae.programs.checks import latent_sites
 
 __all__ = [
     "ESTIMATORS", "EstimatorSpec", "SiteFacts", "get_spec", "make_elbo", "preflight_warnings",
@@ -88,6 +92,14 @@ class EstimatorSpec:
         (raise ``ValueError`` for programs the estimator cannot handle).
     variance_reference : bool
         The estimator others with its objective are compared with (the lowest-variance standard).
+    enumerates : bool
+        Sites marked ``infer={"enumerate": "parallel"}`` (in the guide, or in the model for a
+        site the guide lacks) are summed out exactly (``TraceEnum_ELBO``); other estimators
+        sample them.
+    needs_rsample : bool
+        Every latent guide site must be reparameterizable. :func:`preflight_warnings` then
+        refuses a guide site without ``rsample`` before training, with a ``ValueError`` naming
+        the site and the registered estimators that accept it.
     """
 
     build: Callable[..., pyro.infer.ELBO]
@@ -97,6 +109,8 @@ class EstimatorSpec:
     plan: Callable[[SiteFacts], tuple[str, str]] = monte_carlo_plan
     preflight: Callable[..., list[str]] = no_preflight
     variance_reference: bool = False
+    needs_rsample: bool = False
+    enumerates: bool = False
 
 
 def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELBO]:
@@ -138,12 +152,34 @@ def _score_plan(site: SiteFacts) -> tuple[str, str]:
     return SCORE, "score function (Rao-Blackwellised)"
 
 
+def _tracegraph_plan(site: SiteFacts) -> tuple[str, str]:
+    if site.reparameterized:
+        return MONTE_CARLO, "reparameterized"
+    return SCORE, "score function (Rao-Blackwellised)"
+
+
 def _stl_plan(site: SiteFacts) -> tuple[str, str]:
-    return MONTE_CARLO, "path derivative (score term dropped)" if site.reparameterized else NO_RSAMPLE
+    if site.reparameterized:
+        return MONTE_CARLO, "path derivative (score term dropped)"
+    return SCORE, ("score function (Rao-Blackwellised; leave-one-out baseline with "
+                   "vectorized K >= 2)")
+
+
+_VIMCO_GRADIENT = "score function, VIMCO leave-one-out baseline over K"
 
 
 def _iwae_plan(site: SiteFacts) -> tuple[str, str]:
-    gradient = "reparameterized, through log-mean-exp over K"
+    if site.reparameterized:
+        return MONTE_CARLO, "reparameterized, through log-mean-exp over K"
+    return SCORE, f"{_VIMCO_GRADIENT} (none with K = 1)"
+
+
+def _vimco_plan(site: SiteFacts) -> tuple[str, str]:
+    return SCORE, _VIMCO_GRADIENT
+
+
+def _dreg_plan(site: SiteFacts) -> tuple[str, str]:
+    gradient = "doubly reparameterized: squared normalized weights on the path derivative"
     return MONTE_CARLO, gradient if site.reparameterized else NO_RSAMPLE
 
 
@@ -164,33 +200,56 @@ _REGISTRY: dict[str, EstimatorSpec] = {
         "closed-form KL(q || p) where torch registers one, Monte Carlo reconstruction "
         "(Kingma & Welling 2014, estimator B; Pyro's TraceMeanField_ELBO)",
         has_jit=True, plan=_analytic_plan, preflight=_analytic_preflight,
-        variance_reference=True,
+        variance_reference=True, needs_rsample=True,
     ),
     "enum": EstimatorSpec(
         _traced_elbo(pyro.infer.TraceEnum_ELBO, enum_loss),
         "Monte Carlo ELBO with discrete latent sites summed out exactly by enumeration "
         "(Pyro's TraceEnum_ELBO; mark sites with infer={'enumerate': 'parallel'})",
-        has_jit=True,
+        has_jit=True, enumerates=True,
     ),
-    # No jit=True variant for these three: Pyro has none (JitTraceGraph_ELBO compiles only
+    # No jit=True variant for these: Pyro has none (JitTraceGraph_ELBO compiles only
     # loss_and_grads, not the differentiable_loss a torch training loop calls), and the traced
     # losses of ppl_vae.estimators.jit cover mc, analytic and enum only.
     "score": EstimatorSpec(
         _pyro_elbo(ScoreFunctionELBO, None),
-        "score-function (REINFORCE) gradient for every guide site, Rao-Blackwellised per data "
-        "point (Pyro's TraceGraph_ELBO; Ranganath et al. 2014): unbiased, high variance",
+        "score-function (REINFORCE) gradient at every guide site, reparameterizable or not, "
+        "Rao-Blackwellised per data point (Ranganath et al. 2014): unbiased, high variance; "
+        "leave-one-out baseline with vectorized particles",
         plan=_score_plan,
+    ),
+    "tracegraph": EstimatorSpec(
+        _pyro_elbo(TraceGraphELBO, None),
+        "Pyro's TraceGraph_ELBO with a differentiable_loss: reparameterized where a guide site "
+        "has rsample, Rao-Blackwellised score function only where it does not (Schulman et al. "
+        "2015)",
+        plan=_tracegraph_plan,
     ),
     "iwae": EstimatorSpec(
         _pyro_elbo(ImportanceWeightedELBO, None),
         "importance-weighted bound with K = num_particles, one log-mean-exp per data point "
-        "(Burda et al. 2016); a tighter bound than the ELBO, not the ELBO's gradient",
+        "(Burda et al. 2016); pathwise gradient where a guide site has rsample, VIMCO score "
+        "terms where it does not; a tighter bound than the ELBO, not the ELBO's gradient",
         objective=_iwae_objective, plan=_iwae_plan,
+    ),
+    "vimco": EstimatorSpec(
+        _pyro_elbo(VIMCO, None),
+        "the IWAE bound with the score function at every guide site and a leave-one-out "
+        "multi-sample baseline (Mnih & Rezende 2016); K = num_particles >= 2",
+        objective=_iwae_objective, plan=_vimco_plan,
+    ),
+    "dreg": EstimatorSpec(
+        _pyro_elbo(DoublyReparameterizedELBO, None),
+        "the IWAE bound's doubly reparameterized gradient (Tucker et al. 2019): squared "
+        "normalized weights on the encoder's path derivative, the IWAE gradient for the "
+        "decoder; the encoder's SNR does not fall with K",
+        objective=_iwae_objective, plan=_dreg_plan, needs_rsample=True,
     ),
     "stl": EstimatorSpec(
         _pyro_elbo(StickingTheLandingELBO, None),
         "Monte Carlo ELBO with the path-derivative gradient: the score term of log q dropped, "
-        "zero variance at the exact posterior (sticking the landing; Roeder et al. 2017)",
+        "zero variance at the exact posterior (sticking the landing; Roeder et al. 2017); "
+        "Rao-Blackwellised score function at sites without rsample",
         plan=_stl_plan,
     ),
 }
@@ -235,9 +294,33 @@ def get_spec(estimator: str) -> EstimatorSpec:
     return _REGISTRY[estimator]
 
 
+def _refuse_sites_without_rsample(estimator: str, model, guide, batch) -> None:
+    model_trace, guide_trace = program_traces(model, guide, batch)
+    for name in latent_sites(model_trace):
+        site = guide_trace.nodes.get(name)
+        if site is None or site["fn"].has_rsample:
+            continue
+        accepting = sorted(n for n, spec in _REGISTRY.items() if not spec.needs_rsample)
+        raise ValueError(
+            f"estimator {estimator!r} needs reparameterizable guide sites, but guide site "
+            f"{name!r} ({type(site['fn']).__name__}) has no rsample; estimators that accept "
+            f"it: {', '.join(accepting)}"
+        )
+
+
 def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
-    """The estimator's pre-flight warnings for these programs on ``batch`` (a few rows)."""
-    return list(get_spec(estimator).preflight(model, guide, batch))
+    """The estimator's pre-flight warnings for these programs on ``batch`` (a few rows).
+
+    Raises
+    ------
+    ValueError
+        If the estimator cannot handle the programs, for example a guide site without
+        ``rsample`` for an estimator whose spec says ``needs_rsample``.
+    """
+    spec = get_spec(estimator)
+    if spec.needs_rsample:
+        _refuse_sites_without_rsample(estimator, model, guide, batch)
+    return list(spec.preflight(model, guide, batch))
 
 
 def make_elbo(

@@ -11,9 +11,9 @@ its own data point inside a plate (Schulman et al. 2015, "Gradient estimation us
 computation graphs"). The estimator is unbiased for any guide, reparameterizable or not, and is
 the baseline the reparameterization trick improves on.
 
-The graph bookkeeping is Pyro's ``TraceGraph_ELBO``; this module adds the two things it lacks:
-forcing the score function on reparameterizable sites, ``differentiable_loss``, and a
-leave-one-out baseline across vectorized particles (below).
+The graph bookkeeping is Pyro's ``TraceGraph_ELBO`` (:mod:`ppl_vae.estimators.tracegraph`, which
+applies the score function only where a site has no ``rsample``); this module forces the score
+function on every site, and adds a leave-one-out baseline across vectorized particles (below).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from typing import final
 
 import torch
 from pyro.distributions import TorchDistribution
-from pyro.infer import ELBO, TraceGraph_ELBO
-from pyro.infer.util import MultiFrameTensor
+from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import constraints
+
+from ppl_vae.estimators._traces import loss_and_grads, loss_value
+from ppl_vae.estimators.tracegraph import check_baseline, graph_loss, graph_trace
 
 __all__ = ["ScoreFunctionELBO", "NonReparameterized", "score_function_only"]
 
@@ -109,8 +111,9 @@ class ScoreFunctionELBO(ELBO):
     ``vectorize_particles=True``).
 
     ``differentiable_loss`` returns ``loss + (surrogate - surrogate.detach())``: its value is the
-    Monte Carlo estimate of -ELBO and its gradient is the gradient of Pyro's surrogate loss,
-    i.e. exactly what ``TraceGraph_ELBO.loss_and_grads`` would accumulate.
+    Monte Carlo estimate of -ELBO and its gradient is the gradient of Pyro's ``TraceGraph_ELBO``
+    surrogate on the guide whose sites all lost their ``rsample``. ``loss_and_grads``
+    backpropagates the same tensor, so both give the same estimator.
 
     With ``vectorize_particles=True`` and S >= 2 particles, each particle's score term is centred
     by a leave-one-out baseline: the mean cost of the *other* S - 1 particles at the same data
@@ -121,8 +124,7 @@ class ScoreFunctionELBO(ELBO):
     Parameters
     ----------
     num_particles, max_plate_nesting, vectorize_particles, **options
-        As for :class:`pyro.infer.ELBO`; ``options`` go to the inner ``TraceGraph_ELBO``
-        (for example ``retain_graph``).
+        As for :class:`pyro.infer.ELBO` (for example ``retain_graph``).
     baseline : {"leave_one_out", "none"}
         The baseline used with vectorized particles.
     """
@@ -135,13 +137,8 @@ class ScoreFunctionELBO(ELBO):
         baseline: str = "leave_one_out",
         **options,
     ):
-        if baseline not in ("leave_one_out", "none"):
-            raise ValueError(f"baseline must be 'leave_one_out' or 'none', got {baseline!r}")
+        check_baseline(baseline)
         super().__init__(
-            num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-        )
-        self._graph = TraceGraph_ELBO(
             num_particles=num_particles, max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles, **options,
         )
@@ -150,63 +147,18 @@ class ScoreFunctionELBO(ELBO):
         )
 
     def _get_trace(self, model, guide, args, kwargs):
-        return self._graph._get_trace(model, score_function_only(guide), args, kwargs)
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """Monte Carlo estimate of -ELBO (a float)."""
-        return self._graph.loss(model, score_function_only(guide), *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """-ELBO estimate; accumulates the score-function gradient into ``.grad``."""
-        return self._graph.loss_and_grads(model, score_function_only(guide), *args, **kwargs)
+        return graph_trace(self.max_plate_nesting, model, score_function_only(guide), args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """0-dim tensor: value = -ELBO estimate, gradient = score-function estimate."""
-        if self.leave_one_out:
-            # The baselines must sit in the guide sites' infer dicts before Pyro builds the
-            # surrogate, so the (single, vectorized) particle's traces are made here.
-            graph = self._graph
-            (model_trace, guide_trace), = graph._get_traces(
-                model, score_function_only(guide), args, kwargs
-            )
-            _set_leave_one_out_baselines(model_trace, guide_trace, self.num_particles)
-            elbo, surrogate = graph._loss_and_surrogate_loss_particle(model_trace, guide_trace)
-            # one vectorized trace holds all the particles: average them, as Pyro does
-            elbo, surrogate = elbo / self.num_particles, surrogate / self.num_particles
-        else:
-            elbo, surrogate = self._graph._loss_and_surrogate_loss(
-                model, score_function_only(guide), args, kwargs
-            )
-        value = -torch.as_tensor(elbo).detach()
-        if not isinstance(surrogate, torch.Tensor) or not surrogate.requires_grad:
-            return value
-        return value + (surrogate - surrogate.detach())
+        return graph_loss(self, model, guide, args, kwargs, self.leave_one_out)
 
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """Monte Carlo estimate of -ELBO (a float)."""
+        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
 
-_PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's ELBO gives its particle plate
-
-
-def _set_leave_one_out_baselines(model_trace, guide_trace, num_particles: int) -> None:
-    """Give every guide sample site ``baseline_value`` = the mean, over the other particles, of
-    the total cost log p(x, z) - log q(z) summed to the site's plates.
-
-    The cost used here contains every term, not only the site's downstream ones; a baseline may
-    be any function of the other particles, so the estimator stays unbiased either way.
-    """
-    costs = MultiFrameTensor()
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and "log_prob" in site:
-                costs.add((site["cond_indep_stack"], sign * site["log_prob"].detach()))
-    for site in guide_trace.nodes.values():
-        if site["type"] != "sample" or site["is_observed"] or "log_prob" not in site:
-            continue
-        frame = next((f for f in site["cond_indep_stack"] if f.name == _PARTICLE_PLATE), None)
-        if frame is None:
-            continue
-        cost = costs.sum_to(site["cond_indep_stack"])
-        if not isinstance(cost, torch.Tensor) or cost.dim() < -frame.dim:
-            continue
-        total = cost.sum(frame.dim, keepdim=True)
-        baseline = (total - cost) / (num_particles - 1)
-        site["infer"] = {**site["infer"], "baseline": {"baseline_value": baseline}}
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """-ELBO estimate; accumulates the score-function gradient into ``.grad``."""
+        return loss_and_grads(
+            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
+        )

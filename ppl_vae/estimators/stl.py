@@ -14,6 +14,11 @@ through phi at fixed z, i.e. exactly the score term, and it is subtracted as
 guide this equals evaluating log q with the distribution's parameters detached; for a guide in
 which later sites depend on earlier draws it also keeps the path through those draws, as the
 paper's estimator does.
+
+Guide sites without ``rsample`` (a discrete code, a label) have no path derivative: they get
+``TraceGraph_ELBO``'s score-function term (downstream costs, per data point), centred by the
+leave-one-out baseline of the other particles with ``vectorize_particles=True`` and K >= 2
+(:mod:`ppl_vae.estimators.tracegraph`). Every guide ``mc`` accepts is accepted.
 """
 
 from __future__ import annotations
@@ -21,64 +26,64 @@ from __future__ import annotations
 from typing import final
 
 import torch
-from pyro import poutine
+from pyro.distributions.util import is_identically_zero
 from pyro.infer import ELBO
-from pyro.poutine.trace_struct import Trace
 
-from ppl_vae.estimators._traces import loss_and_grads, loss_value, reparameterized_traces
+from ppl_vae.estimators._traces import detached_replay, loss_and_grads, loss_value
+from ppl_vae.estimators.tracegraph import check_baseline, graph_loss, graph_trace
 
 __all__ = ["StickingTheLandingELBO"]
 
 
-def _detached(guide_trace) -> Trace:
-    fixed = Trace()
+def _score_terms(guide_trace, fixed_trace):
+    """sum over reparameterized guide sites of log q at fixed z minus its detached value: the
+    score term, with value 0, to remove from the surrogate ELBO's gradient."""
+    total = 0.0
     for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample":
-            fixed.add_node(name, **{**site, "value": site["value"].detach()})
-    return fixed
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if not is_identically_zero(site["score_parts"].score_function):
+            continue  # no rsample: the score function is this site's gradient, keep it
+        score = fixed_trace.nodes[name]["log_prob_sum"]
+        total = total + (score - score.detach())
+    return total
 
 
 @final
 class StickingTheLandingELBO(ELBO):
     """Negative ELBO (same value as ``Trace_ELBO``) with the STL path-derivative gradient.
 
-    The model's parameters get the ordinary reparameterized gradient; the guide's parameters
-    get the path derivative only. Every guide site must be reparameterizable.
+    The model's parameters get the ordinary gradient; the guide's parameters get the path
+    derivative at reparameterizable sites and the Rao-Blackwellised score function at the
+    others.
 
     Parameters
     ----------
     num_particles, max_plate_nesting, vectorize_particles
         As for :class:`pyro.infer.ELBO`.
+    baseline : {"leave_one_out", "none"}
+        The baseline of the score-function terms with vectorized particles (K >= 2).
     """
 
-    def _get_trace(self, model, guide, args, kwargs):
-        model_trace, guide_trace = reparameterized_traces(
-            "stl", self.max_plate_nesting, model, guide, args, kwargs
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
+                 vectorize_particles: bool = False, baseline: str = "leave_one_out",
+                 **options):
+        check_baseline(baseline)
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=vectorize_particles, **options)
+        self.leave_one_out = (
+            baseline == "leave_one_out" and vectorize_particles and num_particles > 1
         )
-        # ``guide`` is already wrapped in the particle plate when particles are vectorized.
-        fixed_trace = poutine.trace(poutine.replay(guide, trace=_detached(guide_trace))).get_trace(
-            *args, **kwargs
-        )
-        fixed_trace.compute_log_prob()
-        return model_trace, guide_trace, fixed_trace
 
-    def _elbo_particle(self, model_trace, guide_trace, fixed_trace) -> torch.Tensor:
-        elbo = 0.0
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                elbo = elbo + site["log_prob_sum"]
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample":
-                score = fixed_trace.nodes[name]["log_prob_sum"]
-                elbo = elbo - site["log_prob_sum"] + (score - score.detach())
-        return torch.as_tensor(elbo)
+    def _get_trace(self, model, guide, args, kwargs):
+        model_trace, guide_trace = graph_trace(self.max_plate_nesting, model, guide, args, kwargs)
+        # ``guide`` is already wrapped in the particle plate when particles are vectorized.
+        fixed_trace = detached_replay(guide, guide_trace, args, kwargs)
+        return model_trace, guide_trace, _score_terms(guide_trace, fixed_trace)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """-ELBO estimate (0-dim tensor) whose guide gradient is the path derivative."""
-        loss = 0.0
-        for traces in self._get_traces(model, guide, args, kwargs):
-            loss = loss - self._elbo_particle(*traces) / self.num_particles
-        return torch.as_tensor(loss)
+        return graph_loss(self, model, guide, args, kwargs, self.leave_one_out)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """-ELBO estimate (a float)."""
