@@ -119,4 +119,73 @@ def test_compare_estimators_command(tmp_path, capsys):
     assert np.isfinite(table["total_variance"]).all() and (table["total_variance"] >= 0).all()
     for value in table["total_variance"]:
         assert f"{value:.4g}" in out  # the printed table is the written one
+    assert main(["compare-estimators", str(run), "--num-draws", "3", "--batch-size", "8",
+                 "--estimators", "iwae", "dreg", "--num-particles", "1", "5",
+                 "--vectorize-particles"]) == 0
+    out = capsys.readouterr().out
+    assert "signal-to-noise ratio by K" in out and "dreg" in out and "IWAE (K=5)" in out
     assert main(["compare-estimators", str(tmp_path / "missing")]) == 2
+
+
+def test_several_particle_counts_and_the_snr_table():
+    from ppl_vae.estimators.variance import snr_by_particles
+
+    x, init = setup()
+    model, guide = _programs(init, x)
+    table = gradient_variance(model, guide, x, estimators=["iwae", "dreg", "mc"], num_draws=20,
+                              num_particles=(1, 5), vectorize_particles=True)
+    assert set(table["num_particles"]) == {1, 5}
+    rows = table[(table.group == "guide")].set_index(["estimator", "num_particles"])
+    assert rows.loc[("dreg", 5), "objective"] == "IWAE (K=5)"
+    assert rows.loc[("mc", 5), "objective"] == "ELBO"
+    # dreg is compared with iwae (same bound, same K), mc only with ELBO runs of its K.
+    assert rows.loc[("iwae", 5), "variance_ratio"] == 1.0
+    assert rows.loc[("dreg", 5), "agrees_in_mean"]
+    snr = snr_by_particles(table)
+    assert list(snr.index) == ["iwae", "dreg", "mc"] and list(snr.columns) == [1, 5]
+    assert snr.loc["dreg", 5] == rows.loc[("dreg", 5), "snr"]
+    with pytest.raises(ValueError, match="num_particles"):
+        gradient_variance(model, guide, x, estimators=["mc"], num_particles=[0])
+    with pytest.raises(ValueError, match="'vimco' with num_particles=1"):
+        gradient_variance(model, guide, x, estimators=["vimco"], num_particles=1, num_draws=2)
+
+
+@pytest.mark.parametrize("kind", ["zoo", "module", "autoguide"])
+def test_after_clear_param_store_and_a_second_fit_gradients_are_measured(kind, digits):
+    # Every mean norm and variance came out exactly 0 in this situation (issue 11).
+    import pyro.distributions as dist
+    from pyro.infer.autoguide import AutoNormal
+
+    from ppl_vae import fit
+    from ppl_vae.guides import MLPEncoder
+    from ppl_vae.models import VAE
+
+    x = digits.train[:64]
+    if kind == "zoo":
+        model, guide = VAE(64, 2, hidden=8), MLPEncoder(64, 2, hidden=8)
+    elif kind == "module":
+        decoder, encoder = torch.nn.Linear(2, 64), torch.nn.Linear(64, 4)
+
+        def model(x):
+            pyro.module("decoder", decoder)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(decoder(z), 0.5).to_event(1), obs=x)
+
+        def guide(x):
+            pyro.module("encoder", encoder)
+            loc, log_scale = encoder(x).chunk(2, dim=-1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+    else:
+        def model(x):
+            loc = pyro.sample("loc", dist.Normal(x.new_zeros(64), 1.0).to_event(1))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+        guide = AutoNormal(model)
+    for _ in range(2):
+        pyro.clear_param_store()
+        fit(model, guide, x, epochs=1, batch_size=32, progress=False)
+    table = gradient_variance(model, guide, x, estimators=["mc"], num_draws=3)
+    assert (table["mean_norm"] > 0).all() and (table["total_variance"] > 0).all()
