@@ -7,6 +7,9 @@ ELBO = sum_i E_q[log p(x_i | z_i)] - KL(q(z_i | x_i) || p(z_i)), with
 E_q[log p(x_i | z)] = -(|x_i - W m_i - b|^2 + sum_jd W_jd^2 s_d^2) / (2 sigma^2) - P/2 log(2 pi sigma^2)
 KL = 1/2 sum_d (s_d^2 + m_id^2 - 1 - 2 log s_d),
 so autograd of this expression gives the exact gradient every estimator must match in mean.
+
+:class:`LinearGaussian` is the same family with random W: z ~ N(0, I_L), x | z ~ N(W z + b, s^2 I_D),
+with its exact posterior and evidence (the evaluation tests use it).
 """
 
 from __future__ import annotations
@@ -146,3 +149,43 @@ class NaiveELBO(ELBO):
     def loss(self, model, guide, *args, **kwargs):
         with torch.no_grad():
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+class LinearGaussian:
+    """z ~ N(0, I_L), x | z ~ N(W z + b, noise^2 I_D) with random W, b; exact posterior and
+    evidence."""
+
+    def __init__(self, obs_dim=4, latent_dim=2, noise=0.5, seed=0, dtype=torch.float64):
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.randn(obs_dim, latent_dim, generator=g, dtype=dtype)
+        self.b = torch.randn(obs_dim, generator=g, dtype=dtype)
+        self.noise = noise
+        self.latent_dim = latent_dim
+
+    def sample(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.latent_dim, generator=g, dtype=self.W.dtype)
+        return z @ self.W.T + self.b + self.noise * torch.randn(n, len(self.b), generator=g, dtype=self.W.dtype)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.noise).to_event(1), obs=x)
+
+    def posterior(self, x):
+        """Mean (n, L) and covariance (L, L) of p(z | x)."""
+        precision = torch.eye(self.latent_dim, dtype=x.dtype) + self.W.T @ self.W / self.noise**2
+        cov = torch.linalg.inv(precision)
+        mean = (x - self.b) @ self.W @ cov / self.noise**2
+        return mean, cov
+
+    def log_evidence(self, x):
+        cov = self.W @ self.W.T + self.noise**2 * torch.eye(len(self.b), dtype=x.dtype)
+        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def guide(self, x, scale_factor=1.0):
+        """The exact posterior, its covariance scaled by ``scale_factor**2``."""
+        mean, cov = self.posterior(x)
+        tril = torch.linalg.cholesky(cov) * scale_factor
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(mean, scale_tril=tril))

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from linear_gaussian import LinearGaussian
+from _linear_gaussian import LinearGaussian
 
 import ppl_vae
 
