@@ -15,17 +15,20 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyro
 import pyro.infer
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 
 from ppl_vae.estimators.dreg import DoublyReparameterizedELBO
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
 from ppl_vae.estimators.jit import TracedELBO, enum_loss, mc_loss, mean_field_loss
-from ppl_vae.estimators.kl import monte_carlo_kl_sites, program_traces
+from ppl_vae.estimators.kl import as_batch, monte_carlo_kl_sites
 from ppl_vae.estimators.score import ScoreFunctionELBO
 from ppl_vae.estimators.stl import StickingTheLandingELBO
 from ppl_vae.estimators.tracegraph import TraceGraphELBO
 from ppl_vae.estimators.vimco import VIMCO
-from ppl_vae.programs.checks import latent_sites
 
 __all__ = [
     "ESTIMATORS", "EstimatorSpec", "SiteFacts", "get_spec", "make_elbo", "preflight_warnings",
@@ -294,11 +297,12 @@ def get_spec(estimator: str) -> EstimatorSpec:
     return _REGISTRY[estimator]
 
 
-def _refuse_sites_without_rsample(estimator: str, model, guide, batch) -> None:
-    model_trace, guide_trace = program_traces(model, guide, batch)
-    for name in latent_sites(model_trace):
-        site = guide_trace.nodes.get(name)
-        if site is None or site["fn"].has_rsample:
+def _refuse_sites_without_rsample(estimator: str, guide, batch) -> None:
+    # The guide alone: the check must not run the model (fit counts on one pre-flight pass).
+    with torch.no_grad(), pyro.validation_enabled(False):
+        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*as_batch(batch)))
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site["fn"].has_rsample:
             continue
         accepting = sorted(n for n, spec in _REGISTRY.items() if not spec.needs_rsample)
         raise ValueError(
@@ -319,7 +323,7 @@ def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
     """
     spec = get_spec(estimator)
     if spec.needs_rsample:
-        _refuse_sites_without_rsample(estimator, model, guide, batch)
+        _refuse_sites_without_rsample(estimator, guide, batch)
     return list(spec.preflight(model, guide, batch))
 
 
