@@ -55,6 +55,7 @@ def _snr(estimator, k, x, init):
     return float(table[(table.group == "guide")]["snr"].iloc[0])
 
 
+@pytest.mark.slow
 def test_dreg_encoder_snr_does_not_fall_with_k_where_iwae_does():
     x, init = setup()
     snr = {(e, k): _snr(e, k, x, init) for e in ("iwae", "dreg") for k in (1, 50)}
