@@ -76,14 +76,19 @@ def exact_bound_and_gradient(x, k, nodes=20, init=INIT):
     return float(total.detach()), torch.stack(grads)
 
 
-def gradient_draws(estimator, x, k, *, calls, repeat, vectorize=True, reparameterized_u=True):
+def gradient_draws(estimator, x, k, *, calls, repeat, vectorize=True, reparameterized_u=True,
+                   minibatch_scale=1):
     """``calls`` gradient estimates of -L_K on ``x`` repeated ``repeat`` times, divided by
     ``repeat`` (each is the mean of ``repeat`` independent per-point estimates). Rows in
-    PARAMS order, float64."""
+    PARAMS order, float64. ``minibatch_scale`` > 1 treats the rows as a mini-batch of a data
+    set that many times larger (``ScaledProgram``) and divides the gradient by it again."""
     from ppl_vae.estimators.registry import make_elbo
+    from ppl_vae.programs.handlers import ScaledProgram
 
     pyro.clear_param_store()
     model, guide = make_programs(reparameterized_u=reparameterized_u)
+    n = len(x) * repeat * minibatch_scale
+    model, guide = ScaledProgram(model, n, "data"), ScaledProgram(guide, n, "data")
     loss_fn = make_elbo(estimator, num_particles=k, vectorize_particles=vectorize,
                         max_plate_nesting=1)(model, guide)
     xs = x.repeat(repeat)
@@ -93,5 +98,5 @@ def gradient_draws(estimator, x, k, *, calls, repeat, vectorize=True, reparamete
     for _ in range(calls):
         grads = torch.autograd.grad(loss_fn(xs), params, allow_unused=True)
         rows.append(torch.stack([torch.zeros((), dtype=torch.float64) if g is None else g.double()
-                                 for g in grads]) / repeat)
+                                 for g in grads]) / (repeat * minibatch_scale))
     return torch.stack(rows)

@@ -116,11 +116,11 @@ def particle_terms(model_trace, guide_trace, fixed_trace=None) -> ParticleTerms:
             factors = factors + lp
     score, has_score = 0.0, False
     for site in _sites(guide_trace, latent_only=True):
+        # Pyro leaves score_function unscaled (ScoreParts.scale_and_mask): the scale belongs to
+        # the cost it multiplies, here the bound, which is scaled outside the log-mean-exp.
         part = site["score_parts"].score_function
         if is_identically_zero(part):
             continue
-        if scale is not None and scale != 1.0:
-            part = part / scale
         score, has_score = score + _summed(part, sum_dims), True
     like = next((t for t in (log_p, log_q) if isinstance(t, torch.Tensor)), None)
     if like is not None:  # numbers as 0-dim tensors on the sites' device and dtype
