@@ -255,3 +255,19 @@ def test_the_minibatch_scale_multiplies_every_gradient(name, vectorize):
         params = [pyro.param(n).unconstrained() for n in PARAMS]
         grads.append(torch.stack(torch.autograd.grad(loss_fn(x), params)))
     torch.testing.assert_close(grads[1], 10 * grads[0])
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_every_estimator_trains_the_digits_vae(name, digits):
+    from ppl_vae.guides import MLPEncoder
+    from ppl_vae.models import VAE
+
+    torch.manual_seed(0)
+    model, guide = VAE(64, 4, hidden=32), MLPEncoder(64, 4, hidden=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # enum: no site marked for enumeration
+        result = ppl_vae.fit(model, guide, digits.train[:512], estimator=name, num_particles=4,
+                             vectorize_particles=True, epochs=4, batch_size=64, lr=3e-3,
+                             progress=False)
+    elbo = result.history["train_elbo"]
+    assert elbo.iloc[-1] > elbo.iloc[0] + 2.0, (name, elbo.round(2).tolist())
