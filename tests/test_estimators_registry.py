@@ -190,6 +190,14 @@ def test_a_guide_site_without_rsample_is_refused_before_training_naming_who_acce
     for name in accepting:
         if name != "enum":
             assert isinstance(preflight_warnings(name, model, guide, torch.randn(2)), list)
+    # fit says the same before its first step, instead of Pyro's bare "All distributions in the
+    # guide must be fully reparameterized" (analytic), also with jit=True.
+    for name, jit in (("analytic", False), ("analytic", True), ("dreg", False)):
+        pyro.clear_param_store()
+        with pytest.raises(ValueError, match=r"guide site 'k' \(Bernoulli\) has no rsample; "
+                                             r"estimators that accept it: enum, iwae"):
+            ppl_vae.fit(model, guide, torch.randn(8), estimator=name, jit=jit, epochs=1,
+                        batch_size=8, num_particles=2, progress=False)
 
 
 def test_explain_enum_labels_an_enumerated_guide_site_as_summed_out():

@@ -52,20 +52,25 @@ def detached_replay(guide, guide_trace, args, kwargs) -> Trace:
     return trace
 
 
-def refuse_non_reparameterized(estimator: str, guide_trace, advice: str) -> None:
-    """``ValueError`` naming the first guide site without ``rsample``.
+def refuse_non_reparameterized(estimator: str, guide_trace, accepting) -> None:
+    """``ValueError`` naming the first latent guide site without ``rsample`` and the estimators
+    that accept it (``accepting()``: names, read from the registry when the error is raised).
 
     A pathwise estimator would silently drop the score term of such a site, which is exactly
     the bias the reparameterization trick exists to avoid.
     """
     for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"] and not is_identically_zero(
-            site["score_parts"].score_function
-        ):
-            raise ValueError(
-                f"the {estimator!r} estimator needs reparameterizable guide sites; site {name!r} "
-                f"({type(site['fn']).__name__}) has no rsample: {advice}"
-            )
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        parts = site.get("score_parts")
+        if site["fn"].has_rsample and (parts is None
+                                       or is_identically_zero(parts.score_function)):
+            continue
+        raise ValueError(
+            f"estimator {estimator!r} needs reparameterizable guide sites, but guide site "
+            f"{name!r} ({type(site['fn']).__name__}) has no rsample; estimators that accept "
+            f"it: {', '.join(accepting())}"
+        )
 
 
 def loss_value(differentiable_loss, *args, **kwargs) -> float:

@@ -76,14 +76,24 @@ class DoublyReparameterizedELBO(ELBO):
     ----------
     num_particles, max_plate_nesting, vectorize_particles
         As for :class:`pyro.infer.ELBO` (``num_particles`` is K).
+    accepting : callable, optional
+        ``accepting() -> list of str``: the estimators to name when a guide site has no
+        ``rsample`` (the registry passes those whose spec does not need it).
     """
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
+                 vectorize_particles: bool = False, accepting=lambda: ["iwae", "vimco"],
+                 **options):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=vectorize_particles, **options)
+        self.accepting = accepting
 
     def _get_trace(self, model, guide, args, kwargs):
         copies = _DrawCopies()
         model_trace, guide_trace = importance_trace(
             self.max_plate_nesting, model, guide, args, kwargs, around_replay=copies
         )
-        refuse_non_reparameterized("dreg", guide_trace, "use 'iwae' or 'vimco'")
+        refuse_non_reparameterized("dreg", guide_trace, self.accepting)
         fixed_trace = detached_replay(guide, guide_trace, args, kwargs)
         return model_trace, guide_trace, fixed_trace, copies.copies
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pyro
 import pyro.infer
@@ -21,10 +22,12 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from ppl_vae.estimators._traces import refuse_non_reparameterized
 from ppl_vae.estimators.dreg import DoublyReparameterizedELBO
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
 from ppl_vae.estimators.jit import TracedELBO, enum_loss, mc_loss, mean_field_loss
 from ppl_vae.estimators.kl import as_batch, monte_carlo_kl_sites
+from ppl_vae.estimators.mean_field import MeanFieldELBO
 from ppl_vae.estimators.score import ScoreFunctionELBO
 from ppl_vae.estimators.stl import StickingTheLandingELBO
 from ppl_vae.estimators.tracegraph import TraceGraphELBO
@@ -191,6 +194,11 @@ def _iwae_objective(num_particles: int) -> str:
     return f"IWAE (K={num_particles})" if num_particles > 1 else "ELBO"
 
 
+def _accepting_any_guide() -> list[str]:
+    """The registered estimators that accept guide sites without ``rsample``."""
+    return sorted(n for n, spec in _REGISTRY.items() if not spec.needs_rsample)
+
+
 _REGISTRY: dict[str, EstimatorSpec] = {
     "mc": EstimatorSpec(
         _traced_elbo(pyro.infer.Trace_ELBO, mc_loss),
@@ -199,7 +207,7 @@ _REGISTRY: dict[str, EstimatorSpec] = {
         has_jit=True,
     ),
     "analytic": EstimatorSpec(
-        _traced_elbo(pyro.infer.TraceMeanField_ELBO, mean_field_loss),
+        _traced_elbo(partial(MeanFieldELBO, accepting=_accepting_any_guide), mean_field_loss),
         "closed-form KL(q || p) where torch registers one, Monte Carlo reconstruction "
         "(Kingma & Welling 2014, estimator B; Pyro's TraceMeanField_ELBO)",
         has_jit=True, plan=_analytic_plan, preflight=_analytic_preflight,
@@ -242,7 +250,7 @@ _REGISTRY: dict[str, EstimatorSpec] = {
         objective=_iwae_objective, plan=_vimco_plan,
     ),
     "dreg": EstimatorSpec(
-        _pyro_elbo(DoublyReparameterizedELBO, None),
+        _pyro_elbo(partial(DoublyReparameterizedELBO, accepting=_accepting_any_guide), None),
         "the IWAE bound's doubly reparameterized gradient (Tucker et al. 2019): squared "
         "normalized weights on the encoder's path derivative, the IWAE gradient for the "
         "decoder; the encoder's SNR does not fall with K",
@@ -301,15 +309,7 @@ def _refuse_sites_without_rsample(estimator: str, guide, batch) -> None:
     # The guide alone: the check must not run the model (fit counts on one pre-flight pass).
     with torch.no_grad(), pyro.validation_enabled(False):
         guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*as_batch(batch)))
-    for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site["fn"].has_rsample:
-            continue
-        accepting = sorted(n for n, spec in _REGISTRY.items() if not spec.needs_rsample)
-        raise ValueError(
-            f"estimator {estimator!r} needs reparameterizable guide sites, but guide site "
-            f"{name!r} ({type(site['fn']).__name__}) has no rsample; estimators that accept "
-            f"it: {', '.join(accepting)}"
-        )
+    refuse_non_reparameterized(estimator, guide_trace, _accepting_any_guide)
 
 
 def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
