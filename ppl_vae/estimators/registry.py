@@ -181,7 +181,7 @@ def _iwae_plan(site: SiteFacts) -> tuple[str, str]:
 
 
 def _vimco_plan(site: SiteFacts) -> tuple[str, str]:
-    return SCORE, _VIMCO_GRADIENT
+    return SCORE, f"{_VIMCO_GRADIENT} (none with K = 1)"
 
 
 def _dreg_plan(site: SiteFacts) -> tuple[str, str]:
@@ -246,7 +246,8 @@ _REGISTRY: dict[str, EstimatorSpec] = {
     "vimco": EstimatorSpec(
         _pyro_elbo(VIMCO, None),
         "the IWAE bound with the score function at every guide site and a leave-one-out "
-        "multi-sample baseline (Mnih & Rezende 2016); K = num_particles >= 2",
+        "multi-sample baseline (Mnih & Rezende 2016); K = num_particles >= 2 (a warning "
+        "without a baseline at K = 1)",
         objective=_iwae_objective, plan=_vimco_plan,
     ),
     "dreg": EstimatorSpec(

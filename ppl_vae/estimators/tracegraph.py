@@ -41,6 +41,16 @@ def graph_trace(max_plate_nesting, model, guide, args, kwargs):
         )
     if is_validation_enabled():
         check_if_enumerated(guide_trace)
+    missing = [name for name, site in model_trace.nodes.items()
+               if site["type"] == "sample" and not site["is_observed"]
+               and name not in guide_trace.nodes]
+    if missing:
+        # Pyro's surrogate looks each tracked draw up in the guide (a KeyError otherwise).
+        raise ValueError(
+            f"latent site(s) {missing} of the model are not in the guide: a score-function "
+            "term needs each latent drawn by the guide; sum a discrete one out with 'enum' "
+            "(infer={'enumerate': 'parallel'}) or add it to the guide"
+        )
     return model_trace, guide_trace
 
 

@@ -20,6 +20,7 @@ term only where one is needed and the pathwise gradient elsewhere.
 
 from __future__ import annotations
 
+import warnings
 from typing import final
 
 import torch
@@ -35,7 +36,7 @@ __all__ = ["VIMCO"]
 
 @final
 class VIMCO(ELBO):
-    """Negative IWAE bound (K = ``num_particles`` >= 2) with the VIMCO gradient.
+    """Negative IWAE bound (K = ``num_particles``) with the VIMCO gradient.
 
     ``loss``, ``loss_and_grads`` and ``differentiable_loss`` give the same value as ``iwae``
     with the same draws; only the guide's gradient differs.
@@ -43,18 +44,21 @@ class VIMCO(ELBO):
     Parameters
     ----------
     num_particles : int
-        K, at least 2 (the baseline of each particle is built from the other K - 1).
+        K, at least 2 for a baseline (each particle's is built from the other K - 1); with
+        K = 1 a warning says there is none (the ELBO with the score function at every site).
     max_plate_nesting, vectorize_particles
         As for :class:`pyro.infer.ELBO`; ``vectorize_particles=True`` draws the K particles in
         one pass (an extra leftmost plate).
     """
 
-    def __init__(self, num_particles: int = 2, max_plate_nesting: float = float("inf"),
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
                  vectorize_particles: bool = False, **options):
         if int(num_particles) < 2:
-            raise ValueError(
-                f"the 'vimco' estimator needs num_particles >= 2 (each particle's baseline is "
-                f"built from the other K - 1), got {num_particles}"
+            # Still unbiased (the ELBO's score-function gradient, per data point), but not VIMCO.
+            warnings.warn(
+                "the 'vimco' estimator with num_particles=1 has no baseline (each particle's "
+                "baseline is built from the other K - 1): pass num_particles >= 2",
+                stacklevel=3,
             )
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                          vectorize_particles=vectorize_particles, **options)
