@@ -22,8 +22,8 @@ from ppl_vae.diagnostics import (
     sbc,
 )
 from ppl_vae.estimators.explain import explain, monte_carlo_kl_sites
-from ppl_vae.estimators.registry import ESTIMATORS, make_elbo
-from ppl_vae.estimators.variance import gradient_variance
+from ppl_vae.estimators.registry import ESTIMATORS, EstimatorSpec, make_elbo, register_estimator
+from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
 from ppl_vae.evaluation.arviz import to_arviz
 from ppl_vae.evaluation.metrics import Evaluation, evaluate
 from ppl_vae.reporting.page import report
@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ESTIMATORS",
+    "EstimatorSpec",
     "Evaluation",
     "FitResult",
     "TrainState",
@@ -49,6 +50,7 @@ __all__ = [
     "gradient_variance",
     "init_state",
     "make_elbo",
+    "register_estimator",
     "monte_carlo_kl_sites",
     "update",
     "DiskData",
@@ -61,5 +63,6 @@ __all__ = [
     "pointwise_psis",
     "report",
     "sbc",
+    "snr_by_particles",
     "to_arviz",
 ]
