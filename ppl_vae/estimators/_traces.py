@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from pyro import poutine
 from pyro.distributions.util import is_identically_zero
+from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape
 
 __all__ = [
-    "importance_trace", "detached_replay", "refuse_non_reparameterized", "loss_value",
+    "DifferentiableELBO", "importance_trace", "detached_replay", "refuse_non_reparameterized", "loss_value",
     "loss_and_grads",
 ]
 
@@ -86,3 +89,26 @@ def loss_and_grads(differentiable_loss, retain_graph, *args, **kwargs) -> float:
     if loss.requires_grad:
         loss.backward(retain_graph=retain_graph)
     return float(loss.detach())
+
+
+class DifferentiableELBO(ELBO):
+    """Abstract: an estimator defined by its ``differentiable_loss`` alone.
+
+    ``loss`` and ``loss_and_grads`` (what ``pyro.infer.SVI`` calls) are derived from it, so the
+    three entry points of Pyro's ELBO interface always give one and the same estimator.
+    """
+
+    @abstractmethod
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """0-dim tensor: value = the loss estimate, gradient = the estimator's gradient."""
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss estimate (a float; no graph is kept)."""
+        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss estimate; accumulates the estimator's gradient into each parameter's
+        ``.grad``."""
+        return loss_and_grads(
+            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
+        )

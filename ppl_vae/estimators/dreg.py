@@ -28,15 +28,13 @@ from __future__ import annotations
 from typing import final
 
 import torch
-from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 
 from ppl_vae.estimators._bound import log_mean_exp, particle_terms, stack_particles, zero_like
 from ppl_vae.estimators._traces import (
+    DifferentiableELBO,
     detached_replay,
     importance_trace,
-    loss_and_grads,
-    loss_value,
     refuse_non_reparameterized,
 )
 
@@ -66,7 +64,7 @@ def _hook(weight: torch.Tensor, event_dim: int):
 
 
 @final
-class DoublyReparameterizedELBO(ELBO):
+class DoublyReparameterizedELBO(DifferentiableELBO):
     """Negative IWAE bound (K = ``num_particles``) with the doubly reparameterized gradient.
 
     Same value as ``iwae`` with the same draws. ``loss_and_grads`` and ``differentiable_loss``
@@ -128,12 +126,3 @@ class DoublyReparameterizedELBO(ELBO):
         value = bound.detach() + (surrogate - surrogate.detach())
         return -terms[0].scale * value.sum()
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """-L_K estimate (a float)."""
-        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """-L_K estimate; accumulates the DReG gradient into ``.grad``."""
-        return loss_and_grads(
-            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
-        )

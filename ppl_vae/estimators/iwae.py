@@ -34,7 +34,7 @@ from ppl_vae.estimators._bound import (
     stack_particles,
     zero_like,
 )
-from ppl_vae.estimators._traces import loss_and_grads, loss_value
+from ppl_vae.estimators._traces import DifferentiableELBO
 
 __all__ = ["ImportanceWeightedELBO", "importance_weighted_loss"]
 
@@ -60,7 +60,7 @@ def importance_weighted_loss(elbo: ELBO, model, guide, args, kwargs) -> torch.Te
 
 
 @final
-class ImportanceWeightedELBO(ELBO):
+class ImportanceWeightedELBO(DifferentiableELBO):
     """Negative importance-weighted bound with K = ``num_particles`` importance samples.
 
     ``loss`` / ``differentiable_loss`` return -L_K (scaled to the whole data set when the
@@ -91,12 +91,3 @@ class ImportanceWeightedELBO(ELBO):
         """-L_K as a 0-dim tensor (its gradient: see the class docstring)."""
         return importance_weighted_loss(self, model, guide, args, kwargs)
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """-L_K estimate (a float)."""
-        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """-L_K estimate; accumulates its gradient into ``.grad``."""
-        return loss_and_grads(
-            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
-        )

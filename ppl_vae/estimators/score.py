@@ -22,12 +22,11 @@ from typing import final
 
 import torch
 from pyro.distributions import TorchDistribution
-from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import constraints
 
-from ppl_vae.estimators._traces import loss_and_grads, loss_value
+from ppl_vae.estimators._traces import DifferentiableELBO
 from ppl_vae.estimators.tracegraph import check_baseline, graph_loss, graph_trace
 
 __all__ = ["ScoreFunctionELBO", "NonReparameterized", "score_function_only"]
@@ -102,7 +101,7 @@ def score_function_only(program):
 
 
 @final
-class ScoreFunctionELBO(ELBO):
+class ScoreFunctionELBO(DifferentiableELBO):
     """Negative ELBO whose gradient is the Rao-Blackwellised score-function estimator.
 
     Behaves like any Pyro ELBO: ``loss``, ``loss_and_grads``, ``differentiable_loss``, and
@@ -153,12 +152,3 @@ class ScoreFunctionELBO(ELBO):
         """0-dim tensor: value = -ELBO estimate, gradient = score-function estimate."""
         return graph_loss(self, model, guide, args, kwargs, self.leave_one_out)
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """Monte Carlo estimate of -ELBO (a float)."""
-        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """-ELBO estimate; accumulates the score-function gradient into ``.grad``."""
-        return loss_and_grads(
-            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
-        )

@@ -27,9 +27,8 @@ from typing import final
 
 import torch
 from pyro.distributions.util import is_identically_zero
-from pyro.infer import ELBO
 
-from ppl_vae.estimators._traces import detached_replay, loss_and_grads, loss_value
+from ppl_vae.estimators._traces import DifferentiableELBO, detached_replay
 from ppl_vae.estimators.tracegraph import check_baseline, graph_loss, graph_trace
 
 __all__ = ["StickingTheLandingELBO"]
@@ -50,7 +49,7 @@ def _score_terms(guide_trace, fixed_trace):
 
 
 @final
-class StickingTheLandingELBO(ELBO):
+class StickingTheLandingELBO(DifferentiableELBO):
     """Negative ELBO (same value as ``Trace_ELBO``) with the STL path-derivative gradient.
 
     The model's parameters get the ordinary gradient; the guide's parameters get the path
@@ -85,12 +84,3 @@ class StickingTheLandingELBO(ELBO):
         """-ELBO estimate (0-dim tensor) whose guide gradient is the path derivative."""
         return graph_loss(self, model, guide, args, kwargs, self.leave_one_out)
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """-ELBO estimate (a float)."""
-        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """-ELBO estimate; accumulates the STL gradient into ``.grad``."""
-        return loss_and_grads(
-            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
-        )

@@ -25,7 +25,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.util import check_if_enumerated
 
 from ppl_vae.estimators._surrogate import set_leave_one_out_baselines, value_with_gradient
-from ppl_vae.estimators._traces import loss_and_grads, loss_value
+from ppl_vae.estimators._traces import DifferentiableELBO
 
 __all__ = ["TraceGraphELBO", "graph_trace", "graph_loss"]
 
@@ -80,7 +80,7 @@ def check_baseline(baseline: str) -> None:
 
 
 @final
-class TraceGraphELBO(ELBO):
+class TraceGraphELBO(DifferentiableELBO):
     """Negative ELBO with ``TraceGraph_ELBO``'s gradient, as a differentiable loss.
 
     Parameters
@@ -110,12 +110,3 @@ class TraceGraphELBO(ELBO):
         """0-dim tensor: value = -ELBO estimate, gradient = ``TraceGraph_ELBO``'s."""
         return graph_loss(self, model, guide, args, kwargs, self.leave_one_out)
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """Monte Carlo estimate of -ELBO (a float)."""
-        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """-ELBO estimate; accumulates ``TraceGraph_ELBO``'s gradient into ``.grad``."""
-        return loss_and_grads(
-            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
-        )

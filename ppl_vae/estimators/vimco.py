@@ -24,10 +24,9 @@ import warnings
 from typing import final
 
 import torch
-from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 
-from ppl_vae.estimators._traces import loss_and_grads, loss_value
+from ppl_vae.estimators._traces import DifferentiableELBO
 from ppl_vae.estimators.iwae import importance_weighted_loss
 from ppl_vae.estimators.score import score_function_only
 
@@ -35,7 +34,7 @@ __all__ = ["VIMCO"]
 
 
 @final
-class VIMCO(ELBO):
+class VIMCO(DifferentiableELBO):
     """Negative IWAE bound (K = ``num_particles``) with the VIMCO gradient.
 
     ``loss``, ``loss_and_grads`` and ``differentiable_loss`` give the same value as ``iwae``
@@ -72,12 +71,3 @@ class VIMCO(ELBO):
         """-L_K as a 0-dim tensor whose guide gradient is the VIMCO estimator."""
         return importance_weighted_loss(self, model, guide, args, kwargs)
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """-L_K estimate (a float)."""
-        return loss_value(self.differentiable_loss, model, guide, *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """-L_K estimate; accumulates the VIMCO gradient into ``.grad``."""
-        return loss_and_grads(
-            self.differentiable_loss, self.retain_graph, model, guide, *args, **kwargs
-        )
