@@ -5,6 +5,8 @@ Examples
 ``python -m benchmarks``                      the default grid and memory runs (about 8 minutes on 2 cores)
 ``python -m benchmarks --quick``              a smoke run (one to two minutes)
 ``python -m benchmarks --data digits --batch 128 --particles 1 --no-memory``
+``taskset -c 1 python -m benchmarks --clock cpu --repeats 3``   pinned to one core (NumPyro's
+process inherits the pinning)
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import time
 import pyro
 import torch
 
+from benchmarks import main_job, numpyro_vae
 from benchmarks.contenders import CONTENDERS, Setting
 from benchmarks.memory import measure
 from benchmarks.report import write
-from benchmarks.timing import check_sites_on_device, time_case
+from benchmarks.timing import case_inputs, check_sites_on_device, merge_repeats, time_case
 
-DEFAULT_CONTENDERS = ("torch", "pyro", "ppl_vae", "ppl_vae_jit")
+DEFAULT_CONTENDERS = ("torch", "torch_compile", "pyro", "ppl_vae_eager", "ppl_vae",
+                      "ppl_vae_compile")
+#: The main job as the CLI runs it by default, and as it ran before (eager, torch's threads).
+MAIN_JOB_VARIANTS = ((), ("--jit", "false", "--threads", "2"))
 
 
 def build_grid(args) -> list[Setting]:
@@ -63,12 +69,58 @@ def parse(argv):
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall time (default) or this thread's CPU time (steadier on a busy machine)")
     p.add_argument("--output", default="BENCHMARKS.md", help="markdown file ('' to skip)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every case this many times (NumPyro alternating with torch)")
+    p.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro contender")
+    p.add_argument("--no-main-job", action="store_true",
+                   help="skip timing the main job (ppl-vae run --data digits) by phase")
+    p.add_argument("--warm-compile-cache", action="store_true",
+                   help="let Inductor reuse its on-disk cache (compile times then understate "
+                   "a first run)")
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.particles, args.estimator = [128], [1, 32], ["analytic"]
         args.budget, args.memory_steps, args.min_rounds = 1.0, 1_000, 3
+        args.no_main_job = True
     args.argv = list(argv)
     return args
+
+
+def run_cases(args, contenders, dtype) -> list:
+    """Every case of the grid, ``--repeats`` times; NumPyro (particles 1) in its own process
+    right after the torch process's rounds of the same case, on the same weights and batches."""
+    skip_numpyro = args.no_numpyro or numpyro_vae.unavailable()
+    if skip_numpyro and not args.no_numpyro:
+        print(f"numpyro: skipped ({skip_numpyro})", flush=True)
+    results = []
+    for setting in build_grid(args):
+        # Pyro's JitTrace_ELBO only exists for the Monte Carlo estimator; the compiled contenders
+        # (tens of seconds of compiling per case) run on one particle unless --full.
+        names = [c for c in contenders if not (c == "pyro_jit" and setting.estimator != "mc")
+                 and not (c.endswith("compile") and setting.num_particles > 1 and not args.full)]
+        repeats = []
+        for _ in range(max(1, args.repeats)):
+            r = time_case(setting, names, device=args.device, dtype=dtype, budget_s=args.budget,
+                          warmup=args.warmup, min_rounds=args.min_rounds,
+                          max_rounds=args.max_rounds, clock=args.clock)
+            if not skip_numpyro and setting.num_particles == 1 and args.device == "cpu":
+                num_data, batches, weights = case_inputs(setting, args.device, dtype)
+                m = numpyro_vae.measure(setting, weights, batches, num_data,
+                                        budget_s=args.budget, warmup=args.warmup,
+                                        min_rounds=args.min_rounds, max_rounds=args.max_rounds,
+                                        clock=args.clock)
+                if "error" in m:
+                    print(f"numpyro {setting.label}: {m['error']}", flush=True)
+                else:
+                    r.median_ms["numpyro"], r.steps["numpyro"] = m["median_ms"], m["steps"]
+                    r.first_s["numpyro"] = m["first_s"]
+            repeats.append(r)
+        r = merge_repeats(repeats)
+        cells = "  ".join(f"{n} {ms:.2f}" + ("" if n == "torch" else f" ({r.ratio(n):.2f}x)")
+                          for n, ms in r.median_ms.items())
+        print(f"{setting.label:<28} {cells}", flush=True)
+        results.append(r)
+    return results
 
 
 def main(argv=None) -> int:
@@ -76,28 +128,29 @@ def main(argv=None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
+    if not args.warm_compile_cache:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.force_disable_caches = True  # compile times as a first run sees them
+    if any(c.endswith("compile") for c in args.contenders):
+        # Import Inductor and its C++ toolchain checks once, before any case: otherwise the
+        # first compiled contender's first step would also pay for those imports.
+        torch.compile(lambda t: t.sin() + 1, backend="inductor")(torch.ones(2))
     dtype = getattr(torch, args.dtype)
     contenders = [c for c in CONTENDERS if c in args.contenders]
     if "torch" not in contenders:
         contenders.insert(0, "torch")
     start = time.perf_counter()
-    results = []
-    for setting in build_grid(args):
-        # Pyro's JitTrace_ELBO only exists for the Monte Carlo estimator.
-        names = [c for c in contenders if not (c == "pyro_jit" and setting.estimator != "mc")]
-        r = time_case(setting, names, device=args.device, dtype=dtype, budget_s=args.budget,
-                      warmup=args.warmup, min_rounds=args.min_rounds, max_rounds=args.max_rounds,
-                      clock=args.clock)
-        cells = "  ".join(f"{n} {r.median_ms[n]:.2f}" + ("" if n == "torch" else
-                          f" ({r.ratio(n):.2f}x)") for n in names)
-        print(f"{setting.label:<28} {cells}", flush=True)
-        results.append(r)
+    results = run_cases(args, contenders, dtype)
+    if any("numpyro" in r.median_ms for r in results):
+        contenders.append("numpyro")
     memory_runs = []
     if not args.no_memory:
         # Hand-written PyTorch and plain Pyro as references (peak memory of each contender),
         # then every estimator with jit off and on (the flat-memory target).
         runs = [("torch", "analytic"), ("pyro", "analytic"), *itertools.product(
-            ("ppl_vae", "ppl_vae_jit"), ("analytic", "mc", "enum"))]
+            ("ppl_vae_eager", "ppl_vae"), ("analytic", "mc", "enum")),
+            ("ppl_vae_compile", "analytic")]
         for contender, estimator in runs:
             m = measure(contender, estimator, steps=args.memory_steps, device=args.device,
                         threads=args.threads)
@@ -115,7 +168,14 @@ def main(argv=None) -> int:
                "`python -m benchmarks --device cuda --data 784 --batch 1024 --particles 1` "
                "for the GPU rows; the suite then also checks that every sample site lives on "
                "the GPU."]
-    text = write(args.output, args, results, contenders, memory_runs, gpu)
+    jobs = []
+    if not args.no_main_job and args.device == "cpu":
+        for variant in MAIN_JOB_VARIANTS:
+            job = main_job.measure(variant)
+            print("main job", " ".join(variant) or "(defaults)", job.get("error", job.get("seconds")),
+                  flush=True)
+            jobs.append(job)
+    text = write(args.output, args, results, contenders, memory_runs, gpu, jobs)
     print(text.split("## Median")[0])
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     return 0

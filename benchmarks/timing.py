@@ -39,6 +39,14 @@ def fixed_batches(data: torch.Tensor, batch_size: int, count: int, seed: int) ->
             for i in range(count)]
 
 
+def case_inputs(setting: Setting, device, dtype, seed: int = 0):
+    """(rows in the data set, the 8 batches, the initial weights) of a case: the same for every
+    contender, in this process or another (NumPyro's)."""
+    data = load_data(setting.data, torch.device(device), dtype)
+    batches = fixed_batches(data, setting.batch_size, 8, seed)
+    return data.shape[0], batches, initial_weights(data.shape[1], device, dtype, seed, batches[0])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -46,13 +54,30 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class CaseResult:
+    """Median ms per step and the first step's seconds (recording, compiling) per contender.
+    Every ratio is to ``torch`` (hand-written, fused Adam)."""
+
     setting: Setting
     median_ms: dict[str, float]
     steps: dict[str, int]
     peak_mib: dict[str, float] = field(default_factory=dict)
+    first_s: dict[str, float] = field(default_factory=dict)
+    #: Ratio to ``torch`` of each repeat (``--repeats``), for the range in the table.
+    ratios: dict[str, list[float]] = field(default_factory=dict)
 
     def ratio(self, name: str) -> float:
         return self.median_ms[name] / self.median_ms["torch"]
+
+    def ratio_range(self, name: str) -> tuple[float, float]:
+        found = self.ratios.get(name) or [self.ratio(name)]
+        return min(found), max(found)
+
+    def payback_steps(self, name: str, against: str) -> float:
+        """Steps after which ``name``'s extra first-step cost (compiling) is won back by its
+        faster steps against ``against`` (``inf`` when it is not faster)."""
+        extra = (self.first_s[name] - self.first_s[against]) * 1e3
+        saved = self.median_ms[against] - self.median_ms[name]
+        return max(extra, 0.0) / saved if saved > 0 else float("inf")
 
 
 def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, warmup: int,
@@ -63,26 +88,28 @@ def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, w
     from ppl_vae.models import VAE
 
     device = torch.device(device)
-    data = load_data(setting.data, device, dtype)
-    num_data = data.shape[0]
-    batches = fixed_batches(data, setting.batch_size, 8, seed)
-    weights = initial_weights(data.shape[1], device, dtype, seed, batches[0])
+    num_data, batches, weights = case_inputs(setting, device, dtype, seed)
     pyro.clear_param_store()
     steps = {name: make_contender(name, setting, weights, num_data, lr, (VAE, MLPEncoder))
              for name in contenders}
     tick = time.thread_time if clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in steps}
+    first: dict[str, float] = {}
     pyro.set_rng_seed(seed)
-    start = time.perf_counter()
+    start = None  # the budget starts after the warm-up rounds (which record and compile)
     rounds = 0
     while rounds < warmup + max_rounds:
+        if rounds == warmup:
+            start = time.perf_counter()
         x = batches[rounds % len(batches)]
         for name, step in steps.items():
             _sync(device)
-            t0 = tick()
+            t0, wall0 = tick(), time.perf_counter()
             step(x)
             _sync(device)
             times[name].append(tick() - t0)
+            if rounds == 0:  # wall time: Inductor compiles C++ in child processes
+                first[name] = time.perf_counter() - wall0
         rounds += 1
         if rounds >= warmup + min_rounds and time.perf_counter() - start > budget_s:
             break
@@ -90,6 +117,7 @@ def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, w
         setting,
         {n: 1e3 * statistics.median(t[warmup:]) for n, t in times.items()},
         {n: len(t) - warmup for n, t in times.items()},
+        first_s=first,
     )
     if device.type == "cuda":
         for name, step in steps.items():
@@ -103,6 +131,22 @@ def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, w
     pyro.clear_param_store()
     gc.collect()
     return result
+
+
+def merge_repeats(results: list[CaseResult]) -> CaseResult:
+    """One result from repeats of a case: the median over repeats of each contender's median
+    and of its first step's seconds, and every repeat's ratio kept."""
+    names = list(dict.fromkeys(n for r in results for n in r.median_ms))
+    merged = CaseResult(
+        results[0].setting,
+        {n: statistics.median([r.median_ms[n] for r in results if n in r.median_ms]) for n in names},
+        {n: sum(r.steps.get(n, 0) for r in results) for n in names},
+        first_s={n: statistics.median([r.first_s[n] for r in results if n in r.first_s]) for n in names
+                 if any(n in r.first_s for r in results)},
+    )
+    merged.peak_mib = results[0].peak_mib
+    merged.ratios = {n: [r.ratio(n) for r in results if n in r.median_ms] for n in names}
+    return merged
 
 
 def check_sites_on_device(device, dtype) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pyro
 import pytest
 import torch
 
+from benchmarks import numpyro_vae
 from benchmarks.__main__ import main
 from benchmarks.contenders import Setting, TorchVAE, initial_weights, make_contender
 from benchmarks.memory import rss_mib, worker
@@ -113,12 +114,14 @@ def test_jit_draws_the_same_trajectory_as_eager(digits, estimator):
     setting = Setting(estimator, 1, False, 64, "digits")
     runs = {}
     with pyro.validation_enabled(False):
-        for name in ("ppl_vae", "ppl_vae_jit"):
+        for name in ("ppl_vae_eager", "ppl_vae_jit", "ppl_vae"):
             step = make_contender(name, setting, weights, x.shape[0], 1e-3, (VAE, MLPEncoder))
             pyro.set_rng_seed(11)
             runs[name] = torch.stack([step(b) for b in batches])
-    # Same ops in the same order: equal up to float32 rounding of a ~1e4 total.
-    torch.testing.assert_close(runs["ppl_vae_jit"], runs["ppl_vae"], rtol=1e-5, atol=0.0)
+    # Same ops in the same order: equal up to float32 rounding of a ~1e4 total. `ppl_vae` is
+    # fit's default (jit="auto"), which records these static programs.
+    for name in ("ppl_vae_jit", "ppl_vae"):
+        torch.testing.assert_close(runs[name], runs["ppl_vae_eager"], rtol=1e-5, atol=0.0)
 
 
 def test_jit_memory_stays_flat(digits):
@@ -150,11 +153,12 @@ def test_jit_memory_stays_flat(digits):
 def test_suite_writes_table(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     main(["--data", "digits", "--batch", "32", "--particles", "1", "--estimator", "analytic",
-          "--budget", "0", "--warmup", "1", "--min-rounds", "2", "--no-memory",
+          "--budget", "0", "--warmup", "1", "--min-rounds", "2", "--no-memory", "--no-main-job",
+          "--no-numpyro", "--contenders", "torch", "ppl_vae_eager", "ppl_vae",
           "--output", str(out)])
     text = out.read_text()
     for needle in ("## Machine", "torch 2.", "pyro-ppl 1.", "digits b32 analytic K1 loop",
-                   "ppl_vae_jit", "## Targets", "## GPU", "No GPU"):
+                   "ppl_vae_eager", "fused=True", "## Targets", "## GPU", "No GPU"):
         assert needle in text, needle
 
 
@@ -164,3 +168,31 @@ def test_memory_worker_reports_growth():
     assert m["steps"] == 30 and len(m["samples"]) == 3
     assert m["peak_rss_mib"] >= m["after_warmup_mib"] > 0
     assert abs(m["growth_mib"]) < 20.0
+
+
+def test_payback_counts_steps_to_win_back_the_compile_time():
+    from benchmarks.timing import CaseResult, merge_repeats
+
+    setting = Setting("analytic", 1, False, 128, "digits")
+    r = CaseResult(setting, {"torch": 2.0, "ppl_vae": 2.0, "ppl_vae_compile": 1.5}, {},
+                   first_s={"torch": 0.0, "ppl_vae": 0.2, "ppl_vae_compile": 5.2})
+    assert r.payback_steps("ppl_vae_compile", "ppl_vae") == 5.0e3 / 0.5  # 5 s at 0.5 ms a step
+    assert r.payback_steps("ppl_vae", "ppl_vae_compile") == float("inf")  # never faster
+    again = CaseResult(setting, {"torch": 1.0, "ppl_vae": 1.2, "ppl_vae_compile": 0.7}, {},
+                       first_s={"torch": 0.0, "ppl_vae": 0.2, "ppl_vae_compile": 4.0})
+    merged = merge_repeats([r, again])
+    assert merged.median_ms["torch"] == 1.5 and merged.ratio_range("ppl_vae") == (1.0, 1.2)
+
+
+@pytest.mark.slow  # importing JAX and compiling with XLA: about 10 s on 2 busy cores
+@pytest.mark.skipif(numpyro_vae.unavailable() is not None,
+                    reason=str(numpyro_vae.unavailable()))
+def test_numpyro_contender_trains_the_same_vae(digits):
+    from benchmarks.timing import case_inputs
+
+    setting = Setting("analytic", 1, False, 32, "digits")
+    num_data, batches, weights = case_inputs(setting, CPU, torch.float32)
+    m = numpyro_vae.measure(setting, weights, batches, num_data, budget_s=0.0, warmup=1,
+                            min_rounds=2, max_rounds=2, clock="cpu")
+    assert "error" not in m, m
+    assert m["steps"] == 2 and m["median_ms"] > 0 and m["first_s"] > 0

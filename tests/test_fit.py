@@ -275,9 +275,11 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(digits, tmp_pat
             return model(x)
 
     x = digits.train[:128]
+    # jit=False: Poison changes what it computes from Python state after its first calls, which
+    # no recording can see (jit="auto" checks the first two calls of each batch shape only).
     with pytest.raises(ppl_vae.TrainingDivergedError, match=r"at epoch \d+, step \d+") as info:
         ppl_vae.fit(Poison(), guide, x, epochs=5, batch_size=32, progress=False,
-                    checkpoint_dir=tmp_path)
+                    checkpoint_dir=tmp_path, jit=False)
     assert info.value.epoch >= 2
     assert len(info.value.history) == info.value.epoch - 1
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

@@ -79,7 +79,10 @@ CASES = [
     ({"lr": True}, TypeError, "lr must be a real number, got True"),
     # flags are True or False
     ({"resume": "no"}, TypeError, "resume must be True or False, got 'no'"),
-    ({"jit": 1}, TypeError, "jit must be True or False, got 1"),
+    ({"jit": 1}, TypeError, "jit must be one of False, True, 'auto', 'compile'; got 1"),
+    ({"jit": "fast"}, ValueError, "jit must be one of False, True, 'auto', 'compile'; got 'fast'"),
+    ({"threads": 0}, ValueError, "threads must be 'auto', None or an integer >= 1, got 0"),
+    ({"threads": 1.5}, TypeError, "threads must be 'auto', None or an integer >= 1, got 1.5"),
     ({"vectorize_particles": None}, TypeError, "vectorize_particles must be True or False"),
     ({"progress": "yes"}, TypeError, "progress must be True or False"),
     # names, types and objects

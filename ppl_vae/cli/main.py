@@ -41,6 +41,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _threads(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 1, got {text!r}")
+    return value
+
+
 def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -84,7 +96,14 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="adam")
     p.add_argument("--num-particles", type=positive_int, default=1)
     p.add_argument("--vectorize-particles", action="store_true")
-    p.add_argument("--jit", action="store_true")
+    p.add_argument("--jit", nargs="?", const="true", default="auto",
+                   choices=["auto", "true", "false", "compile"],
+                   help="auto (default): record the step once per batch shape where the programs "
+                   "are static, eager otherwise; true: record or fail; compile: also compile it "
+                   "(Inductor); false: Pyro's eager step. A bare --jit means true")
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="intra-op CPU threads while training: auto (default: what the model's "
+                   "size can use, at most the idle cores) or a number")
     p.add_argument("--latent-dim", type=positive_int, default=None, help="passed to model and guide")
     p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
                    help="passed to model and guide")
@@ -196,7 +215,8 @@ def train_run(args, out: Path):
         model, guide, fit_data(config, dataset, "train"),
         validation_data=fit_data(config, dataset, "test"),
         estimator=args.estimator, num_particles=args.num_particles,
-        vectorize_particles=args.vectorize_particles, jit=args.jit, epochs=args.epochs,
+        vectorize_particles=args.vectorize_particles, jit=args.jit, threads=args.threads,
+        epochs=args.epochs,
         batch_size=min(args.batch_size, dataset.train.shape[0]), lr=args.lr,
         optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
         progress=not args.no_progress, checkpoint_dir=out, resume=args.resume,

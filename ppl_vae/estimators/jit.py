@@ -1,4 +1,5 @@
-"""``jit=True``: Pyro's ELBOs recorded once per input signature (:class:`ppl_vae.estimators.compile.TraceOnce`).
+"""``jit=True`` / ``"auto"`` / ``"compile"``: Pyro's ELBOs recorded once per input signature
+(:class:`ppl_vae.estimators.compile.TraceOnce`).
 
 :class:`TracedELBO` wraps an eager Pyro ELBO. Its loss is a *traceable* function of the batch:
 one that computes the reported loss value from tensors instead of ``.item()`` (Pyro's eager
@@ -10,6 +11,11 @@ exactly the eager one; with the same seed, ``jit=True`` draws the same random nu
 Replaces Pyro 1.9.2's ``JitTrace*_ELBO`` classes, which use the deprecated ``torch.jit.trace``;
 ``JitTraceMeanField_ELBO`` moreover re-traces on every step (its cache check reads an attribute it
 never sets) and leaks about 2 MiB per step.
+
+Modes: ``"record"`` (``jit=True``) replays the recorded graph and raises when the programs turn
+out not to be static; ``"auto"`` (``fit``'s default) does the same but falls back to the eager
+ELBO with one :class:`~ppl_vae.estimators.compile.JitFallbackWarning` naming why; ``"compile"``
+(``jit="compile"``) also compiles the recorded graph with ``torch.compile`` (Inductor).
 """
 
 from __future__ import annotations
@@ -22,7 +28,25 @@ import torch
 
 from ppl_vae.estimators.compile import TraceOnce
 
-__all__ = ["TracedELBO", "mc_loss", "mean_field_loss", "enum_loss"]
+__all__ = ["TracedELBO", "MODES", "JIT_CHOICES", "check_jit", "mc_loss", "mean_field_loss",
+           "enum_loss"]
+
+MODES = ("record", "auto", "compile")
+#: What ``make_elbo``/``fit`` accept as ``jit``.
+JIT_CHOICES = (False, True, "auto", "compile")
+
+
+def check_jit(jit) -> bool | str:
+    """``jit`` as one of :data:`JIT_CHOICES` (the CLI's ``"true"``/``"false"`` as booleans);
+    ``TypeError`` for another kind of value, ``ValueError`` for another string."""
+    if isinstance(jit, bool):
+        return jit
+    message = f"jit must be one of False, True, 'auto', 'compile'; got {jit!r}"
+    if not isinstance(jit, str):
+        raise TypeError(message)
+    if jit.lower() not in ("auto", "compile", "true", "false"):
+        raise ValueError(message)
+    return {"true": True, "false": False}.get(jit.lower(), jit.lower())
 
 
 def mc_loss(elbo: pyro.infer.Trace_ELBO, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -64,6 +88,11 @@ class TracedELBO(pyro.infer.ELBO):
         ``loss(inner, model, guide, *args, **kwargs) -> 0-dim tensor``, traceable (no host
         reads that change the result): :func:`mc_loss`, :func:`mean_field_loss`,
         :func:`enum_loss`.
+    mode : {"record", "auto", "compile"}
+        ``"record"``: replay the recorded graph, raise ``ValueError`` when the programs are not
+        static. ``"auto"``: the same, but fall back to ``inner`` (eager) with one warning
+        instead of raising. ``"compile"``: compile the recorded graph with Inductor (raises
+        like ``"record"``).
     max_programs : int
         Recorders kept for at most this many (model, guide) pairs, least recently used dropped.
 
@@ -75,7 +104,9 @@ class TracedELBO(pyro.infer.ELBO):
     """
 
     def __init__(self, inner: pyro.infer.ELBO, loss: Callable[..., torch.Tensor], *,
-                 max_programs: int = 4):
+                 mode: str = "record", max_programs: int = 4):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         super().__init__(
             num_particles=inner.num_particles,
             max_plate_nesting=inner.max_plate_nesting,
@@ -83,6 +114,7 @@ class TracedELBO(pyro.infer.ELBO):
         )
         self.inner = inner
         self.loss_function = loss
+        self.mode = mode
         self.max_programs = int(max_programs)
         self._recorders: OrderedDict[tuple[int, int], tuple] = OrderedDict()
 
@@ -99,7 +131,12 @@ class TracedELBO(pyro.infer.ELBO):
         def fn(*args, **kwargs):
             return loss(inner, model, guide, *args, **kwargs)
 
-        recorder = TraceOnce(fn, (model, guide))
+        def eager(*args, **kwargs):
+            return inner.differentiable_loss(model, guide, *args, **kwargs)
+
+        recorder = TraceOnce(fn, (model, guide),
+                             backend="inductor" if self.mode == "compile" else None,
+                             fallback=eager if self.mode == "auto" else None)
         self._recorders[key] = (model, guide, recorder)
         while len(self._recorders) > self.max_programs:
             self._recorders.popitem(last=False)

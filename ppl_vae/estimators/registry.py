@@ -25,7 +25,7 @@ from pyro.poutine.util import prune_subsample_sites
 from ppl_vae.estimators._traces import refuse_non_reparameterized
 from ppl_vae.estimators.dreg import DoublyReparameterizedELBO
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
-from ppl_vae.estimators.jit import TracedELBO, enum_loss, mc_loss, mean_field_loss
+from ppl_vae.estimators.jit import TracedELBO, check_jit, enum_loss, mc_loss, mean_field_loss
 from ppl_vae.estimators.kl import as_batch, monte_carlo_kl_sites
 from ppl_vae.estimators.mean_field import MeanFieldELBO
 from ppl_vae.estimators.score import ScoreFunctionELBO
@@ -120,8 +120,8 @@ class EstimatorSpec:
 
 
 def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELBO]:
-    def build(*, num_particles: int, vectorize_particles: bool, jit: bool, **options):
-        cls = jitted if jit else eager
+    def build(*, num_particles: int, vectorize_particles: bool, jit, **options):
+        cls = jitted if jit not in (False, "auto") else eager
         return cls(
             num_particles=num_particles, vectorize_particles=vectorize_particles, **options
         )
@@ -133,9 +133,11 @@ def _traced_elbo(eager: type, loss: Callable) -> Callable[..., pyro.infer.ELBO]:
     # jit=True records the loss and its gradient once per input shape (ppl_vae.estimators.compile) instead
     # of Pyro's JitTrace*_ELBO: those use the deprecated torch.jit.trace, and Pyro 1.9.2's
     # JitTraceMeanField_ELBO re-traces every step and leaks memory.
-    def build(*, num_particles: int, vectorize_particles: bool, jit: bool, **options):
+    def build(*, num_particles: int, vectorize_particles: bool, jit, **options):
         elbo = eager(num_particles=num_particles, vectorize_particles=vectorize_particles, **options)
-        return TracedELBO(elbo, loss) if jit else elbo
+        if jit is False:
+            return elbo
+        return TracedELBO(elbo, loss, mode="record" if jit is True else jit)
 
     return build
 
@@ -333,7 +335,7 @@ def make_elbo(
     *,
     num_particles: int = 1,
     vectorize_particles: bool = False,
-    jit: bool = False,
+    jit: bool | str = False,
     **options,
 ) -> pyro.infer.ELBO:
     """Build the Pyro ELBO object for an estimator name.
@@ -348,10 +350,14 @@ def make_elbo(
     vectorize_particles : bool
         Draw the particles in one vectorized pass (an extra leftmost plate) instead of a
         Python loop.
-    jit : bool
-        Record the loss and its gradient once per input shape and replay the recorded graph
-        (``ppl_vae.estimators.compile.TraceOnce``; needs a static model structure). Available for
-        ``"mc"``, ``"analytic"`` and ``"enum"``.
+    jit : bool or {"auto", "compile"}
+        ``True``: record the loss and its gradient once per input shape and replay the recorded
+        graph (``ppl_vae.estimators.compile.TraceOnce``; needs a static model structure, raises
+        ``ValueError`` otherwise). ``"auto"``: the same where it is safe, and eager with one
+        ``JitFallbackWarning`` naming why where it is not (programs that read tensor values,
+        a recording that disagrees with eager); eager for estimators without a recorded variant.
+        ``"compile"``: the recorded graph compiled by ``torch.compile`` (Inductor). ``False``:
+        Pyro's eager ELBO. Recorded variants exist where the spec says ``has_jit``.
     **options
         Passed to the ELBO constructor (for example ``max_plate_nesting``).
 
@@ -364,11 +370,13 @@ def make_elbo(
     spec = get_spec(estimator)
     if int(num_particles) < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    if jit and not spec.has_jit:
-        raise ValueError(f"estimator {estimator!r} has no jit=True variant; use jit=False")
+    jit = check_jit(jit)
+    if jit in (True, "compile") and not spec.has_jit:
+        raise ValueError(f"estimator {estimator!r} has no jit={jit!r} variant; use jit=False "
+                         "or jit='auto'")
     return spec.build(
         num_particles=int(num_particles),
         vectorize_particles=bool(vectorize_particles),
-        jit=bool(jit),
+        jit=jit,
         **options,
     )

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from ppl_vae.data.tensors import resolve_device
+from ppl_vae.estimators.jit import check_jit
 from ppl_vae.train.state import OPTIMIZERS
+from ppl_vae.train.threads import check_threads
 
 __all__ = ["FitConfig", "check_arguments", "as_integer", "as_rate", "as_flag"]
 
@@ -38,13 +40,14 @@ class FitConfig:
     estimator: str = "analytic"
     num_particles: int = 1
     vectorize_particles: bool = False
-    jit: bool = False
+    jit: bool | str = "auto"
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str | Callable = "adam"
     device: torch.device | None = None
     dtype: torch.dtype | None = None
+    threads: int | str | None = "auto"
     seed: int = 0
     progress: bool = True
     checkpoint_dir: Path | None = None
@@ -201,7 +204,7 @@ def _check_elbo_options(options) -> dict:
 
 
 def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epochs, batch_size,
-                    lr, optimizer, device, dtype, seed, progress, checkpoint_dir, resume,
+                    lr, optimizer, device, dtype, seed, threads="auto", progress, checkpoint_dir, resume,
                     data_plate, callbacks, early_stopping_patience, elbo_options, devices,
                     strategy, num_nodes) -> FitConfig:
     """Check every argument of ``fit`` but the programs and the data; return them as a
@@ -217,10 +220,11 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
         estimator=_as_name("estimator", estimator),
         num_particles=as_integer("num_particles", num_particles),
         vectorize_particles=as_flag("vectorize_particles", vectorize_particles),
-        jit=as_flag("jit", jit), epochs=check_epochs(epochs),
+        jit=check_jit(jit), epochs=check_epochs(epochs),
         batch_size=as_integer("batch_size", batch_size, minimum=None), lr=as_rate("lr", lr),
         optimizer=check_optimizer(optimizer), device=resolve_device(device),
         dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),
+        threads=check_threads(threads),
         progress=as_flag("progress", progress), checkpoint_dir=checkpoint_dir, resume=resume,
         data_plate=_as_name("data_plate", data_plate, optional=True), callbacks=check_callbacks(callbacks),
         early_stopping_patience=patience, elbo_options=_check_elbo_options(elbo_options),

@@ -30,6 +30,7 @@ from ppl_vae.train.prepare import make_settings, preflight, prepare_data, valida
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
 from ppl_vae.train.storage import lock_run
+from ppl_vae.train.threads import choose_threads, intra_op_threads
 
 __all__ = ["fit", "run_fit"]
 
@@ -45,13 +46,14 @@ def fit(
     estimator: str = "analytic",
     num_particles: int = 1,
     vectorize_particles: bool = False,
-    jit: bool = False,
+    jit: bool | str = "auto",
     epochs: int = 30,
     batch_size: int = 128,
     lr: float = 1e-3,
     optimizer="adam",
     device=None,
     dtype: torch.dtype | None = None,
+    threads="auto",
     seed: int = 0,
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
@@ -78,7 +80,10 @@ def fit(
         Its ELBO is reported per epoch and drives early stopping.
     estimator : str
         ELBO estimator name (see :func:`ppl_vae.make_elbo`).
-    num_particles, vectorize_particles, jit : see :func:`ppl_vae.make_elbo`.
+    num_particles, vectorize_particles, jit : see :func:`ppl_vae.make_elbo`. ``jit="auto"``
+        (default) records the step once per batch shape and replays it where the programs are
+        static, and trains eagerly with one warning where they are not; ``"compile"`` also
+        compiles it (Inductor); ``False`` is Pyro's eager step.
     epochs, batch_size, lr : training budget. ``batch_size`` must lie in ``[1, N]``.
     optimizer : str or optimizer class
         ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"`` or a
@@ -87,6 +92,11 @@ def fit(
         Where data, parameters and every sample site live. Default: the data's device.
     dtype : torch.dtype, optional
         Floating dtype of data and parameters. Default: the data's (float32 for NumPy/pandas).
+    threads : "auto", int or None
+        Intra-op CPU threads while training (restored afterwards). ``"auto"``: as many as the
+        step's size can use, at most the idle cores (small models: one; extra threads only wait
+        on each other, and spin on a busy machine); ``None``: torch's setting. See
+        :func:`ppl_vae.train.threads.choose_threads`.
     seed : int
         Seeds Pyro, torch, NumPy and the batch order: the same seed gives the same history.
     progress : bool
@@ -139,7 +149,8 @@ def fit(
     config = check_arguments(
         estimator=estimator, num_particles=num_particles,
         vectorize_particles=vectorize_particles, jit=jit, epochs=epochs, batch_size=batch_size,
-        lr=lr, optimizer=optimizer, device=device, dtype=dtype, seed=seed, progress=progress,
+        lr=lr, optimizer=optimizer, device=device, dtype=dtype, seed=seed, threads=threads,
+        progress=progress,
         checkpoint_dir=checkpoint_dir, resume=resume, data_plate=data_plate, callbacks=callbacks,
         early_stopping_patience=early_stopping_patience, elbo_options=elbo_options,
         devices=devices, strategy=strategy, num_nodes=num_nodes,
@@ -211,7 +222,9 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
     show = config.progress and sys.stderr.isatty()
     bar = tqdm(todo, desc="ppl-vae fit", unit="epoch", disable=not show, initial=todo.start - 1,
                total=config.epochs)
-    with pyro.validation_enabled(False):
+    batch = max(config.batch_size // (1 if engine is None else engine.world_size), 1)
+    threads = choose_threads(state.params, batch, config.threads)
+    with pyro.validation_enabled(False), intra_op_threads(threads):
         for epoch in bar:
             record = epochs.train(state, epoch, records, None if saver is None else saver.where)
             records.append(record)

@@ -1,0 +1,64 @@
+"""The README's main job, ``ppl-vae run --data digits``, timed by phase in a fresh process.
+
+``python -m benchmarks.main_job [-- CLI arguments]`` runs the same three phases as
+``ppl-vae run`` (train, evaluate on the test set, diagnose and write the report) through the
+CLI's own functions and prints one JSON line with the wall seconds of each phase and of the
+whole process. :func:`measure` starts it with torch's own thread default (no
+``OMP_NUM_THREADS``, as a user's shell has it), so that the CLI's ``--threads`` choice is what
+is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+
+
+def worker(argv) -> dict:
+    from ppl_vae.cli.main import _print_evaluation, build_parser, train_run
+    from ppl_vae.reporting.run import report_run
+
+    imported = time.perf_counter() - START
+    with tempfile.TemporaryDirectory() as out:
+        args = build_parser().parse_args(["run", "--data", "digits", "--out", out,
+                                          "--no-progress", *argv])
+        phases = {"import": imported}
+        t0 = time.perf_counter()
+        _, result, _ = train_run(args, Path(out))
+        phases["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _print_evaluation(Path(out), args.eval_samples)
+        phases["evaluate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report_run(Path(out))
+        phases["diagnose_and_report"] = time.perf_counter() - t0
+    phases["total"] = time.perf_counter() - START
+    steps = int(result.history["steps"].sum())
+    return {"argv": argv, "seconds": phases, "steps": steps,
+            "ms_per_step": 1e3 * phases["train"] / max(steps, 1),
+            "final_train_elbo": float(result.history["train_elbo"].iloc[-1])}
+
+
+def measure(argv=(), timeout: float = 1800) -> dict:
+    """One fresh process of the main job with extra CLI arguments ``argv``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "benchmarks.main_job", *argv]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root, env=env)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return {"argv": list(argv), "error": lines[-1] if lines else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    result = worker(sys.argv[1:])
+    sys.stdout.flush()
+    print(json.dumps(result))
