@@ -177,10 +177,17 @@ _NO_INDUCTOR = inductor_unavailable()
 def test_compile_matches_eager_on_a_tiny_program():
     # Inductor compiles the recorded loss-and-gradient graph to C++; the random draws stay
     # torch's (fallback_random), so the trajectory is eager's up to rounding.
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     data = _batches()
     state, compiled = _train(model, "compile", data, steps=4)
     recorder = _recorder(state)
     assert recorder.num_traces == 1 and recorder.compile_seconds > 0
+    # One inference graph: the checked first call runs without autograd, as the replays do
+    # (with autograd on, AOTAutograd would also build a backward of the backward, then compile
+    # again for the replays' grad mode).
+    assert counters["stats"]["unique_graphs"] == 1 and counters["aot_autograd"]["total"] == 1
     _, eager = _train(model, False, data, steps=4)
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=0.0)
 

@@ -273,7 +273,11 @@ class TraceOnce:
         eager = eager.detach()
         # fork_rng restored the generator: the replay draws the same numbers as the eager run.
         try:
-            outputs = entry.graph(list(leaves), list(tensors))
+            # Without autograd, as _Replay.forward calls it: the graph already holds the backward
+            # pass, and torch.compile then builds one inference graph (not a training graph
+            # with a backward of its own, then another one for the replays' grad mode).
+            with torch.no_grad():
+                outputs = entry.graph(list(leaves), list(tensors))
         except Exception as error:  # noqa: BLE001 - e.g. the compiler is missing or failed
             if self.fallback is None and not entry.compiled:
                 raise
