@@ -26,12 +26,10 @@ then on; with a fallback, a program that reads a tensor's value on the host is n
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import pyro
 import torch
@@ -39,6 +37,7 @@ from pyro import poutine
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ppl_vae.estimators.graph_rewrites import simplify
+from ppl_vae.estimators.value_reads import ValueReads
 
 __all__ = ["TraceOnce", "JitFallbackWarning", "simplify", "inductor_unavailable"]
 
@@ -206,7 +205,7 @@ class TraceOnce:
         # One eager run (random state restored afterwards) creates lazily built parameters,
         # lets the ELBO guess max_plate_nesting, and names the param sites the graph reads.
         # Same grad mode as the call: some ELBOs (TraceEnum_ELBO) refuse a loss without grad.
-        reads = _ValueReads()
+        reads = ValueReads()
         with torch.random.fork_rng(devices=_cuda_devices(args)), _grad_mode(with_grad):
             with poutine.trace(param_only=True) as capture, pyro.validation_enabled(False):
                 with reads if self.fallback is not None else contextlib.nullcontext():
@@ -343,46 +342,6 @@ def inductor_unavailable() -> str | None:
     except Exception as error:  # noqa: BLE001 - any failure means no C++ compiler is usable
         return f"no C++ compiler for Inductor ({type(error).__name__}: {_first_line(error)})"
     return None if compiler else "no C++ compiler for Inductor"
-
-
-class _ValueReads(torch.overrides.TorchFunctionMode):
-    """Where the programs read a tensor's value on the host (``.item()``, ``float()``,
-    ``bool()``, ``if tensor:``), except Pyro's reading of the *reported* loss value
-    (``pyro.infer.util.torch_item``), which a recorded graph computes from tensors instead."""
-
-    _READS = frozenset({torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__,
-                        torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.tolist,
-                        torch.Tensor.numpy})
-
-    def __init__(self):
-        super().__init__()
-        self.sites: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self._READS and not self.sites:
-            where = _reader()
-            if where is not None:
-                self.sites.append(where)
-        return func(*args, **(kwargs or {}))
-
-
-_TORCH_DIR = str(Path(torch.__file__).parent)
-_PYRO_UTIL = str(Path(pyro.__file__).parent / "infer" / "util.py")
-
-
-def _reader() -> str | None:
-    """``file:line`` of the innermost caller outside torch, or ``None`` for Pyro's
-    ``torch_item`` (the reported loss value)."""
-    frame = sys._getframe(2)
-    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR)
-                                 or frame.f_code.co_filename == __file__):
-        frame = frame.f_back
-    if frame is None:
-        return None
-    code = frame.f_code
-    if code.co_filename == _PYRO_UTIL and code.co_name == "torch_item":
-        return None
-    return f"{Path(code.co_filename).name}:{frame.f_lineno} in {code.co_name}"
 
 
 def _first_line(error: BaseException) -> str:
