@@ -22,23 +22,26 @@ START = time.perf_counter()
 
 
 def worker(argv) -> dict:
-    from ppl_vae.cli.main import _print_evaluation, build_parser, train_run
+    from ppl_vae.cli.main import _evaluate, _writing, build_parser, open_run, train_run
     from ppl_vae.reporting.run import report_run
 
     imported = time.perf_counter() - START
-    with tempfile.TemporaryDirectory() as out:
-        args = build_parser().parse_args(["run", "--data", "digits", "--out", out,
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        args = build_parser().parse_args(["run", "--data", "digits", "--out", str(out),
                                           "--no-progress", *argv])
         phases = {"import": imported}
-        t0 = time.perf_counter()
-        _, result, _ = train_run(args, Path(out))
-        phases["train"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _print_evaluation(Path(out), args.eval_samples)
-        phases["evaluate"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report_run(Path(out))
-        phases["diagnose_and_report"] = time.perf_counter() - t0
+        with _writing(args, out):  # the phases of cmd_run, timed one by one
+            t0 = time.perf_counter()
+            _, result, _ = train_run(args, out)
+            phases["train"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run = open_run(args, out)
+            _evaluate(run, args.eval_samples)
+            phases["evaluate"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            report_run(out, run=run)
+            phases["diagnose_and_report"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - START
     steps = int(result.history["steps"].sum())
     return {"argv": argv, "seconds": phases, "steps": steps,
