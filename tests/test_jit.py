@@ -138,6 +138,27 @@ def test_first_call_compares_gradients_not_only_the_loss():
         TraceOnce(fn, (Program(),), fallback=fn)(x)
 
 
+def test_a_nan_loss_is_replayed_not_called_a_mismatch():
+    # NaN in both the recording and eager is agreement: the step returns NaN, and fit's
+    # divergence check (not a fallback warning) reports it.
+    w = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    class Program(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = w
+
+    def fn(x):
+        return (w * x).sum()
+
+    x = torch.tensor([1.0, float("nan")], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JitFallbackWarning)
+        recorder = TraceOnce(fn, (Program(),), fallback=fn)
+        losses = [recorder(x) for _ in range(3)]
+    assert recorder.eager_reason is None and all(bool(loss.isnan()) for loss in losses)
+
+
 def test_fit_defaults_to_auto_and_records_the_zoo_vae(digits):
     assert inspect.signature(ppl_vae.fit).parameters["jit"].default == "auto"
     x = digits.train[:96]
