@@ -74,51 +74,77 @@ def _seeded(seed):
     return _Seeded(seed)
 
 
+def _unwrap(fn):
+    """(base distribution, reinterpreted batch dims, mask or None) under Independent / Expanded /
+    Masked wrappers (a sequence model masks its padded steps, as Pyro's DMM does)."""
+    reinterpreted, mask = 0, None
+    while True:
+        if isinstance(fn, torch.distributions.Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+            fn = fn.base_dist
+        elif isinstance(fn, pyro.distributions.ExpandedDistribution):
+            fn = fn.base_dist
+        elif isinstance(fn, pyro.distributions.MaskedDistribution):
+            mask = fn._mask if mask is None else mask & fn._mask
+            fn = fn.base_dist
+        else:
+            return fn, reinterpreted, mask
+
+
 class RefinedGuide(Messenger):
     """Replace the distribution of every local guide site by one with free parameters.
 
     The parameters start at the values the guide produced on the batch and are held as
     unconstrained tensors (``self.free``), one copy per data point, so optimising them fits
-    q separately for each point. Global sites are left to the guide.
+    q separately for each point. Global sites are left to the guide. ``self.axes`` gives each
+    free tensor's data-point axis (for per-point bookkeeping).
     """
 
     def __init__(self, init_trace, data_plate: str):
         super().__init__()
-        self.specs, self.free = {}, {}
+        self.specs, self.free, self.axes = {}, {}, {}
+        empty = []
         for name, site in init_trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
                 continue
-            if not any(f.name == data_plate for f in site["cond_indep_stack"]):
+            dim = next((f.dim for f in site["cond_indep_stack"] if f.name == data_plate), None)
+            if dim is None:
                 continue
-            fn, reinterpreted = site["fn"], 0
-            while isinstance(fn, (torch.distributions.Independent,
-                                  pyro.distributions.ExpandedDistribution)):
-                if isinstance(fn, torch.distributions.Independent):
-                    reinterpreted += fn.reinterpreted_batch_ndims
-                fn = fn.base_dist
+            fn, reinterpreted, mask = _unwrap(site["fn"])
             if not fn.has_rsample:
                 raise ValueError(f"site {name!r}: its guide distribution {type(fn).__name__} has "
                                  "no reparameterised sampler, so it cannot be refined by gradient")
             params = {}
-            full = site["fn"].batch_shape + site["fn"].event_shape
+            batch_shape = fn.batch_shape
             for key, constraint in fn.arg_constraints.items():
                 if key not in fn.__dict__ or not isinstance(fn.__dict__[key], torch.Tensor):
                     continue  # lazily derived parametrisations (probs vs logits) are skipped
                 value = fn.__dict__[key].detach()
-                if value.dim() > 0 and value.shape != full and len(fn.event_shape) == 0:
-                    value = value.expand(full)
+                # One copy per point even where the guide shares a parameter across points.
+                event = value.shape[value.dim() - constraint.event_dim:]
+                value = value.expand(batch_shape + event)
                 transform = biject_to(constraint)
                 free = transform.inv(value).clone().requires_grad_(True)
                 params[key] = (free, transform)
                 self.free[f"{name}.{key}"] = free
-            self.specs[name] = (type(fn), params, reinterpreted)
+                self.axes[f"{name}.{key}"] = len(site["fn"].batch_shape) + dim
+            if not params:
+                empty.append(f"{name} ({type(fn).__name__})")
+            self.specs[name] = (type(fn), params, reinterpreted, mask)
+        if empty:
+            raise ValueError(f"site(s) {', '.join(empty)}: no tensor parameters to refine per "
+                             "point (the distribution derives them lazily); inference_gaps needs "
+                             "distributions built from explicit parameters such as Normal(loc, "
+                             "scale)")
 
     def _pyro_sample(self, msg):
         spec = self.specs.get(msg["name"])
         if spec is None or msg["is_observed"]:
             return
-        cls, params, reinterpreted = spec
+        cls, params, reinterpreted, mask = spec
         fn = cls(**{k: t(free) for k, (free, t) in params.items()}, validate_args=False)
+        if mask is not None:
+            fn = fn.mask(mask)
         if reinterpreted:
             fn = fn.to_event(reinterpreted)
         shape = msg["fn"].batch_shape
@@ -127,9 +153,29 @@ class RefinedGuide(Messenger):
     def parameters(self):
         return list(self.free.values())
 
+    def snapshot(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.free.items()}
 
-def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 300,
-                   lr: float = 0.02, num_particles: int = 16, num_samples: int = 1000,
+    def keep(self, snapshot: dict, rows: torch.Tensor) -> None:
+        """Copy the current values of the points ``rows`` (bool, (N,)) into ``snapshot``."""
+        for key, value in self.free.items():
+            snapshot[key] = torch.where(self._rows(rows, key), value.detach(), snapshot[key])
+
+    def restore(self, snapshot: dict) -> None:
+        with torch.no_grad():
+            for key, value in self.free.items():
+                value.copy_(snapshot[key])
+
+    def _rows(self, rows, key):
+        value, axis = self.free[key], self.axes[key]
+        shape = [1] * value.dim()
+        shape[axis] = rows.shape[0]
+        return rows.reshape(shape)
+
+
+def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 5000,
+                   lr: float = 0.05, num_particles: int = 16, num_samples: int = 1000,
+                   check_every: int = 25, tolerance: float = 1e-3, num_check: int = 256,
                    data_plate: str = "data", seed: int | None = 0) -> pd.DataFrame:
     """Split each point's inference gap into amortization and approximation parts.
 
@@ -138,12 +184,19 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 300
     model, guide : callable
         Trained programs. The guide's local sites must have reparameterised distributions.
     data : tensor, ndarray, DataFrame or tuple
-        Data; the first ``num_points`` rows are used (refinement costs ``steps`` gradient steps).
-    steps, lr, num_particles : int, float, int
-        Adam steps, initial learning rate (decayed exponentially to lr / 100) and vectorized
-        ELBO particles of the per-point refinement.
+        Data; the first ``num_points`` rows are used.
+    steps : int
+        At most this many Adam steps of the per-point refinement (``num_particles`` vectorized
+        ELBO particles, initial learning rate ``lr``).
+    check_every, tolerance, num_check : int, float, int
+        Every ``check_every`` steps each point's ELBO is estimated with ``num_check`` draws
+        (the same random numbers each time, so that estimates are comparable); a point whose
+        ELBO did not rise by more than ``tolerance`` nats for two checks has stopped improving.
+        When every point has, the best parameters so far are restored and the learning rate is
+        divided by 5; the refinement ends when that no longer helps at lr / 100 (each point keeps
+        the parameters of its best check) or after ``steps`` steps.
     num_samples : int
-        Draws for the final ELBO and importance-weighted estimates.
+        Draws for the final ELBO and importance-weighted estimates (fresh random numbers).
 
     Returns
     -------
@@ -151,8 +204,8 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 300
         One row per point: ``elbo_amortized``, ``elbo_refined``, ``log_px`` (the IWAE estimate
         with the refined q, the one closest to the posterior, hence the least noisy),
         ``amortization_gap`` = elbo_refined - elbo_amortized, ``approximation_gap`` = log_px -
-        elbo_refined, ``inference_gap`` = their sum (nats). Where the refined ELBO came out
-        below the amortized one (a noisy optimiser), the amortized q is kept as q*.
+        elbo_refined, ``inference_gap`` = their sum (nats), ``refine_steps`` (steps taken).
+        Where the refined ELBO came out below the amortized one, the amortized q is kept as q*.
     """
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
@@ -166,20 +219,9 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 300
         if not refine.specs:
             raise ValueError(f"guide: no local latent sites inside the plate {data_plate!r}")
         refined_guide = refine(guide)
-        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
-                          max_plate_nesting=nesting)
-        optim = torch.optim.Adam(refine.parameters(), lr=lr)
-        # Adam's steps do not shrink with the gradient, so near the optimum a fixed rate keeps
-        # jittering around it; decaying to lr / 100 lets the noisy ELBO gradients settle.
-        decay = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=0.01 ** (1 / max(1, steps)))
-        params = refine.parameters()
-        for _ in range(steps):
-            value = loss.differentiable_loss(model, refined_guide, *batch)
-            # Gradients only for the per-point copies: the trained programs stay untouched.
-            for p, g in zip(params, torch.autograd.grad(value, params), strict=True):
-                p.grad = g
-            optim.step()
-            decay.step()
+        taken = _refine(model, refined_guide, refine, batch, nesting=nesting, steps=steps, lr=lr,
+                        num_particles=num_particles, check_every=check_every,
+                        tolerance=tolerance, num_check=num_check, data_plate=data_plate)
         amortized = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate,
                          nesting=nesting).log_weights.double()
         refined = draw(model, refined_guide, batch, num_samples=num_samples,
@@ -191,9 +233,64 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 300
     elbo_r = torch.where(better, elbo_r, elbo_a)
     log_px = torch.where(better, iw_r, iw_a)
     table = pd.DataFrame({
-        "elbo_amortized": elbo_a.numpy(), "elbo_refined": elbo_r.numpy(), "log_px": log_px.numpy(),
+        "elbo_amortized": elbo_a.cpu().numpy(), "elbo_refined": elbo_r.cpu().numpy(),
+        "log_px": log_px.cpu().numpy(),
     })
     table["amortization_gap"] = table["elbo_refined"] - table["elbo_amortized"]
     table["approximation_gap"] = table["log_px"] - table["elbo_refined"]
     table["inference_gap"] = table["log_px"] - table["elbo_amortized"]
+    table["refine_steps"] = taken
     return table
+
+
+def _point_elbo(model, guide, batch, num, nesting, data_plate, seed) -> torch.Tensor:
+    """Per-point ELBO estimate (N,) with common random numbers (the same draws' noise on every
+    call, so two calls differ through the parameters only)."""
+    with torch.random.fork_rng(devices=[batch[0].device] if batch[0].is_cuda else []):
+        torch.manual_seed(seed)
+        return draw(model, guide, batch, num_samples=num, data_plate=data_plate,
+                    nesting=nesting).log_weights.double().mean(0)
+
+
+def _refine(model, refined_guide, refine, batch, *, nesting, steps, lr, num_particles,
+            check_every, tolerance, num_check, data_plate) -> int:
+    """Adam on the per-point parameters until every point's ELBO stops improving (see
+    :func:`inference_gaps`); leaves each point at its best check. Returns the steps taken."""
+    loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
+                      max_plate_nesting=nesting)
+    params = refine.parameters()
+    optim = torch.optim.Adam(params, lr=lr)
+    check_seed = int(torch.randint(0, 2**31 - 1, ()))
+
+    def score():
+        return _point_elbo(model, refined_guide, batch, num_check, nesting, data_plate,
+                           check_seed)
+
+    best, kept = score(), refine.snapshot()
+    stale = torch.zeros_like(best, dtype=torch.long)
+    taken, rate = 0, lr
+    while taken < steps:
+        for _ in range(min(check_every, steps - taken)):
+            value = loss.differentiable_loss(model, refined_guide, *batch)
+            # Gradients only for the per-point copies: the trained programs stay untouched.
+            for p, g in zip(params, torch.autograd.grad(value, params), strict=True):
+                p.grad = g
+            optim.step()
+            taken += 1
+        current = score()
+        improved = current > best + tolerance
+        refine.keep(kept, improved)
+        best = torch.where(improved, current, best)
+        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        if bool((stale >= 2).all()):
+            # Every point has stopped improving at this rate: restart from the best points at a
+            # smaller one (Adam's steps do not shrink with the gradient, so near the optimum a
+            # fixed rate keeps jittering around it), until the smallest rate has been tried.
+            if rate <= lr / 100:
+                break
+            rate /= 5
+            refine.restore(kept)
+            optim = torch.optim.Adam(params, lr=rate)
+            stale.zero_()
+    refine.restore(kept)
+    return taken

@@ -26,6 +26,12 @@ from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["SBCResult", "sbc"]
 
+# An amortized guide is calibrated against the model it was trained with: the simulations come
+# from the prior predictive of the model at its trained parameters (decoder weights, globals'
+# priors), not from some other data-generating process, and the report says so.
+SIMULATION_NOTE = ("simulations (z*, x) from the model at its trained parameters; the guide is "
+                   "checked against that model's posterior, not against the data's process")
+
 
 @dataclass
 class SBCResult:
@@ -44,6 +50,12 @@ class SBCResult:
         L, the guide draws per simulation (ranks take L + 1 values).
     bins : int
     alpha : float
+    truth, posterior_mean, posterior_sd : pandas.DataFrame or None
+        Laid out like ``ranks``: the simulated latent, and the mean and standard deviation of
+        the L guide draws given its simulated data (for z-scores and posterior contraction,
+        Schad, Betancourt & Vasishth 2021; see :mod:`ppl_vae.diagnostics.calibration`).
+    simulation : str
+        Where the simulations came from (the model at its current, trained, parameters).
     """
 
     ranks: pd.DataFrame
@@ -51,6 +63,10 @@ class SBCResult:
     num_draws: int
     bins: int
     alpha: float
+    truth: pd.DataFrame | None = None
+    posterior_mean: pd.DataFrame | None = None
+    posterior_sd: pd.DataFrame | None = None
+    simulation: str = SIMULATION_NOTE
 
     @property
     def passed(self) -> bool:
@@ -115,6 +131,7 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     columns: dict[str, list] = {}
+    moments: dict[str, dict[str, list]] = {"truth": {}, "mean": {}, "sd": {}}
     state = torch.get_rng_state()
     if seed is not None:
         torch.manual_seed(seed)
@@ -132,8 +149,14 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
                 # draws (L, batch..., event) against the true value (batch..., event): rank of
                 # z* = how many guide draws fall below it (ties have probability zero).
                 ranks = _rows((value < true).sum(0), d.data_dims[name], rank - 1)
+                moment = {"truth": true.expand(value.shape[1:]), "mean": value.mean(0),
+                         "sd": value.std(0)}
+                moment = {k: _rows(v, d.data_dims[name], rank - 1) for k, v in moment.items()}
                 for j in range(ranks.shape[1]):
                     columns.setdefault(f"{name}[{j}]", []).append(ranks[:, j].cpu().numpy())
+                    for k, v in moment.items():
+                        moments[k].setdefault(f"{name}[{j}]", []).append(
+                            v[:, j].double().cpu().numpy())
     finally:
         if seed is not None:
             torch.set_rng_state(state)
@@ -152,7 +175,9 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
                      "chi2": float(chi2), "p_value": float(p)})
     table = pd.DataFrame(rows)
     table["passed"] = table["p_value"] >= alpha / len(table)
-    return SBCResult(ranks, table, int(num_draws), int(bins), float(alpha))
+    truth, mean, sd = (pd.DataFrame({c: pd.Series(np.concatenate(v)) for c, v in m.items()})
+                       for m in (moments["truth"], moments["mean"], moments["sd"]))
+    return SBCResult(ranks, table, int(num_draws), int(bins), float(alpha), truth, mean, sd)
 
 
 def _rows(ranks: torch.Tensor, data_dim: int | None, batch_rank: int) -> torch.Tensor:
