@@ -4,9 +4,17 @@
 - :mod:`~ppl_vae.diagnostics.gaps`: log-evidence, ELBO gap, amortization/approximation gaps;
 - :mod:`~ppl_vae.diagnostics.latent`: KL per dimension, active units, mutual information;
 - :mod:`~ppl_vae.diagnostics.sbc`: simulation-based calibration;
+- :mod:`~ppl_vae.diagnostics.calibration`: rank ECDF with simultaneous bands, interval coverage,
+  z-scores and contraction;
+- :mod:`~ppl_vae.diagnostics.collapse`: reconstruction against the data mean, reference values;
+- :mod:`~ppl_vae.diagnostics.convergence`: is the ELBO still rising at the end of training;
+- :mod:`~ppl_vae.diagnostics.verdicts`: the verdict rows of those checks, with advice;
 - :mod:`~ppl_vae.diagnostics.summary`: ``diagnose`` runs them all with verdicts.
 """
 
+from ppl_vae.diagnostics.calibration import calibration_table
+from ppl_vae.diagnostics.collapse import reconstruction_gain
+from ppl_vae.diagnostics.convergence import convergence
 from ppl_vae.diagnostics.gaps import inference_gaps, log_evidence
 from ppl_vae.diagnostics.latent import (
     active_units,
@@ -23,6 +31,8 @@ __all__ = [
     "Diagnostics",
     "SBCResult",
     "active_units",
+    "calibration_table",
+    "convergence",
     "diagnose",
     "inference_gaps",
     "khat_shares",
@@ -33,5 +43,6 @@ __all__ = [
     "pointwise_psis",
     "posterior_summary",
     "psis",
+    "reconstruction_gain",
     "sbc",
 ]

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 from arviz_stats.ecdf_utils import compute_ecdf, ecdf_pit
@@ -50,8 +52,8 @@ def ecdf_bands(result: SBCResult, *, alpha: float | None = None, n_simulations: 
         Family-wise level over all dimensions (default ``result.alpha``): each band holds a
         uniform ECDF with probability 1 - alpha / D (Bonferroni over D dimensions).
     n_simulations : int, optional
-        Uniform samples simulated for the band; by default enough for about 20 of them beyond
-        the band's quantile.
+        Uniform samples simulated for the band (default: 2 / (1 - level), between 1000 and
+        4000; the band of a given size and level is computed once per process).
 
     Returns
     -------
@@ -63,8 +65,7 @@ def ecdf_bands(result: SBCResult, *, alpha: float | None = None, n_simulations: 
     alpha = result.alpha if alpha is None else float(alpha)
     ci_prob = 1.0 - alpha / max(1, pit.shape[1])
     if n_simulations is None:
-        n_simulations = int(min(200_000, max(1000, np.ceil(20 / (1 - ci_prob)))))
-    bands: dict[int, tuple] = {}  # the band depends only on the number of simulations
+        n_simulations = int(min(4000, max(1000, np.ceil(2 / (1 - ci_prob)))))
     rows = []
     for col in pit:
         vals = pit[col].dropna().to_numpy()
@@ -73,16 +74,20 @@ def ecdf_bands(result: SBCResult, *, alpha: float | None = None, n_simulations: 
             rows.append({"column": col, "max_deviation": np.nan, "inside_band": True,
                          "ci_prob": ci_prob})
             continue
-        if n not in bands:
-            x, _, lower, upper = ecdf_pit(vals, ci_prob, n_simulations,
-                                          rng=np.random.default_rng(seed))
-            bands[n] = (x, lower, upper)
-        x, lower, upper = bands[n]
+        x, lower, upper = _band(n, ci_prob, n_simulations, seed)
         ecdf = compute_ecdf(vals, x)
         inside = bool(((ecdf >= lower) & (ecdf <= upper)).all())
         rows.append({"column": col, "max_deviation": float(np.abs(ecdf - x).max()),
                      "inside_band": inside, "ci_prob": ci_prob})
     return pd.DataFrame(rows)
+
+
+@functools.lru_cache(maxsize=32)
+def _band(n: int, ci_prob: float, n_simulations: int, seed: int):
+    """Simultaneous band of the ECDF of n uniform values (it depends on n and the level only)."""
+    x, _, lower, upper = ecdf_pit(np.linspace(0, 1, n), ci_prob, n_simulations,
+                                  rng=np.random.default_rng(seed))
+    return x, lower, upper
 
 
 def coverage_table(result: SBCResult, *, levels=COVERAGE_LEVELS, seed: int = 0) -> pd.DataFrame:
@@ -148,8 +153,8 @@ def calibration_table(result: SBCResult, *, alpha: float | None = None,
     wide = cov.pivot(index="column", columns="level", values="coverage")
     wide.columns = [f"coverage_{c:g}" for c in wide.columns]
     z = _zscores(result).set_index("column")
-    out = table.set_index("column").join(ecdf.set_index("column")[["max_deviation",
-                                                                   "inside_band"]])
+    out = table.set_index("column").join(
+        ecdf.set_index("column")[["max_deviation", "inside_band", "ci_prob"]])
     out = out.join(wide).join(z)
     out["ecdf_ok"] = out.pop("inside_band").astype(bool)
     out["coverage_ok"] = cov_ok.reindex(out.index).fillna(True).astype(bool)

@@ -29,9 +29,9 @@ from ppl_vae.evaluation.pointwise import draw, in_draw_plate, reduce_to_points, 
 from ppl_vae.programs.checks import data_dim
 from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
-__all__ = ["KL_THRESHOLD", "Reconstruction", "reconstruction_gain", "reference_value"]
+__all__ = ["Reconstruction", "reconstruction_gain", "reference_value"]
 
-KL_THRESHOLD = 0.01  # nats per dimension, averaged over data points
+
 
 
 class _AtPriorMean(Messenger):

@@ -1,9 +1,9 @@
 """Has training converged? The slope of the ELBO over the last part of training, against its
 noise.
 
-A least-squares line is fitted to the last ``tail`` share of the epochs (validation ELBO when the
+A least-squares line is fitted to the last third of the epochs (at least 10) (validation ELBO when the
 history has one, the training ELBO otherwise). Training is "still improving" when the slope is
-positive beyond ``z`` standard errors (the residual scatter around the line is the noise) and the
+positive beyond 1.645 standard errors (one-sided 5%) (the residual scatter around the line is the noise) and the
 gain it implies over the last 10% of the epochs is larger than ``tolerance`` nats per data point:
 a curve that keeps rising is a model that has not finished learning, whatever its other checks
 say.
@@ -55,8 +55,8 @@ class Convergence:
         return math.inf if self.slope > 0 else 0.0
 
 
-def convergence(history: pd.DataFrame, *, tail: float = 0.25, min_window: int = 5,
-                z: float = 2.0, tolerance: float = 0.02) -> Convergence | None:
+def convergence(history: pd.DataFrame, *, tail: float = 1 / 3, min_window: int = 10,
+                z: float = 1.645, tolerance: float = 0.02) -> Convergence | None:
     """Judge whether the ELBO was still rising when training stopped.
 
     Parameters
@@ -68,7 +68,7 @@ def convergence(history: pd.DataFrame, *, tail: float = 0.25, min_window: int = 
     min_window : int
         At least this many epochs in the fitted tail; shorter histories return None.
     z : float
-        The slope must exceed ``z`` standard errors to count as rising.
+        The slope must exceed ``z`` standard errors to count as rising (one-sided 5%).
     tolerance : float
         ... and the gain over the last 10% of the epochs must exceed this (nats per data point).
 

@@ -175,7 +175,7 @@ class RefinedGuide(Messenger):
 
 def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 5000,
                    lr: float = 0.05, num_particles: int = 16, num_samples: int = 1000,
-                   check_every: int = 25, tolerance: float = 1e-3, num_check: int = 256,
+                   check_every: int = 25, tolerance: float = 1e-3, num_check: int = 64,
                    data_plate: str = "data", seed: int | None = 0) -> pd.DataFrame:
     """Split each point's inference gap into amortization and approximation parts.
 

@@ -24,9 +24,13 @@ from ppl_vae.data.tensors import as_tensors
 from ppl_vae.evaluation.pointwise import in_draw_plate
 from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
-__all__ = ["ACTIVITY_THRESHOLD", "active_units", "kl_summary", "latent_table", "mutual_information"]
+__all__ = ["ACTIVITY_THRESHOLD", "KL_THRESHOLD", "active_units", "kl_summary", "latent_table",
+           "mutual_information"]
 
 ACTIVITY_THRESHOLD = 0.01
+# A dimension whose KL to the prior is below this (nats, averaged over points) carries no
+# information about x, whatever the covariance of its encoder mean says.
+KL_THRESHOLD = 0.01
 
 
 def _unwrap(fn):
@@ -90,7 +94,8 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
     -------
     pandas.DataFrame
         One row per (site, dim): ``kl`` (nats, averaged over data points), ``activity``
-        (variance over data points of the guide mean), ``active`` (bool), ``method``
+        (variance over data points of the guide mean), ``active`` (bool: activity above
+        ``threshold`` and KL not below ``KL_THRESHOLD``), ``method``
         (``"analytic"``, ``"monte carlo"``, ``"marginal"`` for a correlated Gaussian guide
         against a factorised prior, ``"unavailable"`` (KL NaN) where none of these applies).
     """
@@ -115,8 +120,10 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
         activity = _activity(q, z, rank, dim, n)
         for d in range(activity.numel()):
             value = float(kl[d]) if kl.numel() == activity.numel() else float("nan")
+            informative = not value < KL_THRESHOLD  # NaN (KL unavailable) leaves it to activity
             rows.append({"site": name, "dim": d, "kl": value, "activity": float(activity[d]),
-                         "active": bool(activity[d] > threshold), "method": method})
+                         "active": bool(activity[d] > threshold) and informative,
+                         "method": method})
     if not rows:
         return pd.DataFrame(columns=["site", "dim", "kl", "activity", "active", "method"])
     return pd.DataFrame(rows)
@@ -173,6 +180,11 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
     q(z_i | x_j) for all pairs, O(N^2) density evaluations, so at most ``max_points`` points are
     used. Returns NaN when the guide's local sites do not have one batch dimension per data
     point or their density cannot be evaluated pairwise (conditional flows).
+
+    Raises
+    ------
+    ValueError
+        If the guide has no local latent site in ``data_plate``: I(x; z) does not apply.
     """
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
@@ -209,7 +221,8 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
         term = own - agg
         total = term if total is None else total + term
     if total is None:
-        return float("nan")
+        raise ValueError(f"mutual information does not apply: the guide has no local latent "
+                         f"site inside the plate {data_plate!r} (no per-point code z)")
     # Cross-site terms would need the joint aggregate; one site (the usual case) is exact.
     return float(total.double().mean())
 

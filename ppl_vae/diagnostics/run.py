@@ -38,7 +38,8 @@ def diagnose_run(run_dir, *, num_draws: int = 200, gaps: bool = True, calibrate:
     run = load_run(run_dir) if run is None else run
     settings = run.config.get("settings", {})
     result = diagnose(run.model, run.guide, run.data(split), num_draws=num_draws, gaps=gaps,
-                      calibrate=calibrate, settings=settings, seed=settings.get("seed", 0))
+                      calibrate=calibrate, settings=settings, seed=settings.get("seed", 0),
+                      history=run.history)
     out = Path(run_dir)
     write_tree(result.tree, out / "diagnostics.nc")
     table = result.pointwise.copy()

@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = [
     "arviz_figure", "elbo_curves", "gap_figure", "image_grid", "kl_figure", "khat_figure",
-    "latent_map", "sbc_figure",
+    "ecdf_figure", "latent_map", "sbc_figure",
 ]
 
 
@@ -207,3 +207,32 @@ def arviz_figure(tree, worst=None, max_local: int = 3, max_dims: int = 6) -> tup
         return None, ""
     fig = pc.viz["chart"].item() if "chart" in pc.viz else plt.gcf()
     return _png(fig), caption
+
+
+def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0) -> bytes | None:
+    """Δ-ECDF of the SBC ranks (as PIT values) with simultaneous 99% bands (Säilynoja et al.
+    2022), drawn by arviz-plots' ``plot_ecdf_pit``; the ``max_dims`` dimensions farthest from
+    uniform (of those with the most simulations, the local ones) are shown."""
+    if result is None:
+        return None
+    import arviz_base
+    import arviz_plots
+
+    from ppl_vae.diagnostics.calibration import pit_values
+
+    _plt()
+    pit = pit_values(result, seed)
+    counts = pit.notna().sum()
+    cols = [c for c in pit if counts[c] == counts.max()]
+    if calibration is not None and "max_deviation" in calibration:
+        dev = calibration.set_index("column")["max_deviation"]
+        cols = sorted(cols, key=lambda c: -float(dev.get(c, 0.0)))
+    cols = cols[:max_dims]
+    values = pit[cols].dropna().to_numpy().T[:, None, :]  # (dims, chain, draw)
+    tree = arviz_base.from_dict(
+        {"prior_sbc": {"pit": np.moveaxis(values, 0, -1)}},
+        dims={"pit": ["latent"]}, coords={"latent": cols})
+    pc = arviz_plots.plot_ecdf_pit(tree, backend="matplotlib", ci_prob=0.99,
+                                   col_wrap=4)
+    fig = pc.viz["chart"].item() if "chart" in pc.viz else _plt().gcf()
+    return _png(fig)

@@ -7,6 +7,7 @@ import base64
 import datetime
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#f6f8fa}.status{font-weight:600;text-transform:uppercase;font-size:0.85em}
 figure{margin:12px 0}figcaption{color:#57606a;font-size:0.9em}img{max-width:100%}
 .verdict{padding:10px 14px;border-radius:6px;margin:12px 0;color:#fff;font-weight:600}
+.next{margin:8px 0 16px;padding:8px 14px;border-left:4px solid #b35900;background:#fff8f0}
+.next li{margin:2px 0}tr:target{background:#fff3cd}
 """
 
 
@@ -55,15 +58,39 @@ def _table(frame: pd.DataFrame, *, index=False, digits=4) -> str:
                          escape=True)
 
 
+def anchor(check: str) -> str:
+    """The HTML id of a check's row in the verdict table."""
+    return "check-" + re.sub(r"[^a-z0-9]+", "-", str(check).lower()).strip("-")
+
+
 def _checks_html(checks: pd.DataFrame) -> str:
     rows = []
     for _, r in checks.iterrows():
         color = _STATUS_COLOR[r["status"]]
-        rows.append(f"<tr><td>{html.escape(r['check'])}</td><td>{html.escape(str(r['value']))}"
-                    f"</td><td class='status' style='color:{color}'>{r['status']}</td>"
-                    f"<td>{html.escape(r['why'])}</td></tr>")
-    return ("<table><tr><th>check</th><th>value</th><th>verdict</th><th>why</th></tr>"
-            + "".join(rows) + "</table>")
+        advice = r.get("advice", "")
+        advice = advice if isinstance(advice, str) else ""
+        rows.append(f"<tr id='{anchor(r['check'])}'><td>{html.escape(r['check'])}</td>"
+                    f"<td>{html.escape(str(r['value']))}</td><td class='status' "
+                    f"style='color:{color}'>{r['status']}</td><td>{html.escape(r['why'])}</td>"
+                    f"<td>{html.escape(advice)}</td></tr>")
+    return ("<table><tr><th>check</th><th>value</th><th>verdict</th><th>why</th>"
+            "<th>what to do</th></tr>" + "".join(rows) + "</table>")
+
+
+def _next_steps(checks: pd.DataFrame) -> str:
+    """What to do next, one item per failing or warning check (failing first), each linked to
+    its row in the verdict table."""
+    if "advice" not in checks:
+        return ""
+    items = []
+    for status in ("failing", "warning"):
+        for _, r in checks[checks["status"] == status].iterrows():
+            advice = r["advice"] if isinstance(r["advice"], str) else ""
+            if advice:
+                items.append(f"<li><a href='#{anchor(r['check'])}'>{html.escape(r['check'])}"
+                             f"</a> ({status}): {html.escape(advice)}</li>")
+    return ("<div class='next'><b>What to do next</b><ul>" + "".join(items) + "</ul></div>"
+            if items else "")
 
 
 def _overall(checks: pd.DataFrame) -> tuple[str, str]:
@@ -123,17 +150,22 @@ def _plan(settings: dict) -> pd.DataFrame:
     spec = ESTIMATORS.get(name)
     rows = {"estimator": name,
             "what it computes": spec.summary if spec is not None else "(not a registered name)"}
-    for key in ("num_particles", "vectorize_particles", "jit", "epochs", "batch_size", "lr",
-                "optimizer", "seed", "dtype", "device"):
-        if key in settings:
+    for key in ("num_particles", "vectorize_particles", "jit", "epochs", "max_epochs",
+                "patience", "time_budget", "lr_schedule", "batch_size", "lr", "optimizer",
+                "kl_warmup_epochs", "free_bits", "seed", "dtype", "device"):
+        if settings.get(key) is not None:
             rows[key] = settings[key]
+    if settings.get("kl_warmup_epochs") or settings.get("free_bits"):
+        rows["training objective"] = (
+            "changed during training only (KL warm-up / free bits, see the history's "
+            "'objective' column); every ELBO in this report is the true ELBO")
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 
 def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
            diagnostics=None, history=None, settings=None, evaluation=None, image_shape=None,
            labels=None, title: str | None = None, num_draws: int = 200, gaps: bool = True,
-           calibrate: bool = True, data_plate: str | None = None) -> Path:
+           calibrate: bool = True, data_plate: str | None = None, reference=None) -> Path:
     """Write the diagnostics report of a trained model and guide as one HTML file.
 
     Parameters
@@ -155,6 +187,8 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
         For image data: draws data, reconstructions and prior samples as images.
     labels : array, optional
         One label per data point, to colour the 2-D view of the latent means.
+    reference : Diagnostics or mapping, optional
+        A trained model of the same kind, as for :func:`~ppl_vae.diagnostics.diagnose`.
 
     Returns
     -------
@@ -169,7 +203,8 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     settings = dict(settings if settings is not None else s0)
     if diagnostics is None:
         diagnostics = diagnose(model, guide, data, runs=runs, num_draws=num_draws, gaps=gaps,
-                               calibrate=calibrate, data_plate=data_plate, settings=settings)
+                               calibrate=calibrate, data_plate=data_plate, settings=settings,
+                               history=history, reference=reference)
     if evaluation is None:
         evaluation = evaluate(m0, g0, data, data_plate=data_plate)
     dtype, device = program_dtype(m0, g0)
@@ -179,11 +214,11 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     parts = [
         *_header(title, len(chains), batch[0].shape[0], diagnostics),
         "<h2>Run settings and estimator plan</h2>", _table(_plan(settings)),
-        *_training(history), *_evaluation(evaluation),
+        *_training(history, diagnostics.convergence), *_evaluation(evaluation),
         *_khat(summary, diagnostics.pointwise, worst_rows), *_latent_usage(summary, diagnostics),
         *_reconstructions(diagnostics.tree, m0, batch, image_shape),
         *_latent_space(diagnostics.tree, labels), *_arviz(diagnostics, worst_rows),
-        *_gaps(diagnostics.gaps), *_sbc(diagnostics.sbc),
+        *_gaps(diagnostics.gaps), *_sbc(diagnostics),
     ]
     return _write_page(out, title, parts)
 
@@ -196,16 +231,23 @@ def _header(title, num_runs: int, num_points: int, diagnostics) -> list[str]:
         f"{diagnostics.tree.attrs.get('num_draws')} guide draws per point; written "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}</p>",
         f"<div class='verdict' style='background:{_STATUS_COLOR[status]}'>{status.upper()}: "
-        f"{html.escape(verdict)}</div>",
+        f"{html.escape(verdict)}</div>", _next_steps(diagnostics.checks),
         "<h2>Verdicts</h2>", _checks_html(diagnostics.checks),
     ]
 
 
-def _training(history) -> list[str]:
+def _training(history, conv) -> list[str]:
     curves = figs.elbo_curves(history)
-    return ["<h2>Training</h2>",
-            _img(curves, "ELBO per epoch (nats per data point)") if curves else
-            "<p>No training history was given.</p>"]
+    parts = ["<h2>Training</h2>",
+             _img(curves, "ELBO per epoch (nats per data point)") if curves else
+             "<p>No training history was given.</p>"]
+    if conv is not None:
+        series = "validation" if conv.column == "val_elbo" else "training"
+        parts.append(f"<p>Over the last {conv.window} of {conv.epochs} epochs the {series} "
+                     f"ELBO moved {conv.slope:+.4f} &plusmn; {conv.slope_se:.4f} nats per point "
+                     f"per epoch, {conv.gain_last_10pct:+.3f} over the last 10% of the epochs: "
+                     f"{'still improving' if conv.still_improving else 'converged'}.</p>")
+    return parts
 
 
 def _evaluation(evaluation) -> list[str]:
@@ -228,7 +270,8 @@ def _latent_usage(summary, diagnostics) -> list[str]:
     return ["<h2>Latent usage</h2>",
             f"<p>{summary['active_units']} of {summary['num_dims']} dimensions active; total "
             f"KL {summary['kl_total']:.3f} nats; mutual information I(x; z) "
-            f"{summary['mutual_information']:.3f} nats.</p>",
+            f"{summary['mutual_information']:.3f} nats (ceiling log N = "
+            f"{np.log(max(diagnostics.num_points, 2)):.2f}).</p>",
             _img(figs.kl_figure(diagnostics.latent), "KL(q(z_d | x) || p(z_d)) per dimension")]
 
 
@@ -273,14 +316,31 @@ def _gaps(gaps) -> list[str]:
             _table(g), _img(figs.gap_figure(gaps), "gaps per refined point")]
 
 
-def _sbc(sbc) -> list[str]:
-    if sbc is None:
+def _sbc(diagnostics) -> list[str]:
+    result, table = diagnostics.sbc, diagnostics.calibration
+    if result is None:
         return []
-    return ["<h2>Simulation-based calibration (Talts et al. 2018)</h2>",
-            "<p>Ranks of latents simulated from the prior among guide draws given the "
-            "simulated data; uniform when the guide is calibrated. Gray band: 99% range "
-            "of a bin under uniformity; red: failing dimension.</p>",
-            _img(figs.sbc_figure(sbc), "SBC rank histograms")]
+    parts = ["<h2>Simulation-based calibration (Talts et al. 2018)</h2>",
+             f"<p>{html.escape(result.simulation.capitalize())}. Ranks of the simulated latents "
+             "among guide draws given the simulated data are uniform when the guide is "
+             "calibrated.</p>",
+             _img(figs.ecdf_figure(result, table),
+                  "Δ-ECDF of the ranks (PIT) with simultaneous 99% bands (Säilynoja, Bürkner & "
+                  "Vehtari 2022; arviz-plots plot_ecdf_pit), the dimensions farthest from "
+                  "uniform: a curve leaving the band is miscalibrated (U-shaped departure: too "
+                  "narrow, one-sided: biased)"),
+             _img(figs.sbc_figure(result), "SBC rank histograms; gray band: 99% range of a bin "
+                  "under uniformity; red: failing dimension")]
+    if table is not None:
+        cols = ["column", "simulations", "p_value", "max_deviation", "ecdf_ok"]
+        cols += [c for c in table if c.startswith("coverage_") and c != "coverage_ok"]
+        cols += ["z_mean", "z_ms", "contraction", "calibrated", "problem"]
+        parts += ["<p>Per dimension: the chi-square p-value and the ECDF's largest deviation "
+                  "with its band test, the coverage of central intervals at each level, the "
+                  "posterior z-scores' mean and mean square (0 and 1 when calibrated) and the "
+                  "posterior contraction (Schad, Betancourt & Vasishth 2021).</p>",
+                  _table(table[cols].head(40), digits=3)]
+    return parts
 
 
 def _write_page(out, title, parts: list[str]) -> Path:

@@ -1,0 +1,160 @@
+"""Verdict rows of the checks that judge whether the model learned at all: convergence,
+posterior collapse by information, reconstruction against the data mean, and calibration.
+
+Each row is a dict ``check, value, status, why, advice``: ``advice`` says what to do next when
+the status is not ok (the report's top line collects them, each linked to its check).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ppl_vae.diagnostics.latent import ACTIVITY_THRESHOLD, KL_THRESHOLD
+
+__all__ = ["ADVICE", "STATUSES", "calibration_rows", "collapse_rows", "convergence_row", "row"]
+
+STATUSES = ("ok", "warning", "failing")
+
+ADVICE = {
+    "train": "train longer: fit(..., epochs='auto') or more epochs (ppl-vae run --epochs auto)",
+    "warmup": ("use KL warm-up or free bits: fit(..., kl_warmup_epochs=..., free_bits=...) "
+               "(--kl-warmup-epochs, --free-bits)"),
+    "family": "a richer guide family, such as the `flow` guide (--guide flow)",
+    "particles": "more particles or an importance-weighted estimator (--num-particles, iwae)",
+    "encoder": "a larger encoder or longer training (the encoder lags the per-point optimum)",
+}
+
+
+def row(check, value, status, why, advice: str = "") -> dict:
+    assert status in STATUSES
+    return {"check": check, "value": value, "status": status, "why": why,
+            "advice": advice if status != "ok" else ""}
+
+
+def convergence_row(conv) -> dict | None:
+    """The "Convergence" row from a :class:`~ppl_vae.diagnostics.convergence.Convergence`."""
+    if conv is None:
+        return None
+    series = "validation" if conv.column == "val_elbo" else "training"
+    value = (f"{conv.gain_last_10pct:+.3f} nats per point over the last 10% of {conv.epochs} "
+             f"epochs (slope {conv.slope:+.4f} +- {conv.slope_se:.4f} per epoch)")
+    if conv.still_improving:
+        return row("Convergence", value, "warning",
+                   f"still improving: the {series} ELBO gained {conv.gain_last_10pct:.3f} nats "
+                   f"per point over the last 10% of the epochs, a slope {conv.z:.1f} standard "
+                   f"errors above zero over the last {conv.window} epochs; the model has not "
+                   "finished learning and every other check describes an unfinished fit",
+                   ADVICE["train"])
+    return row("Convergence", value, "ok",
+               f"the {series} ELBO's slope over the last {conv.window} epochs is within its "
+               "noise (or below 0.02 nats per point per 10% of the epochs)")
+
+
+def collapse_rows(latent: pd.DataFrame, kl: dict, mi: float, mi_reason: str | None, num_points,
+                  recon, reference_mi: float | None) -> list[dict]:
+    """Active units, KL, mutual information (against log N and a reference) and the
+    reconstruction against the decoder fed the prior mean."""
+    rows = []
+    if recon is not None:
+        scale = max(0.1, 0.01 * abs(recon.recon_prior_mean))
+        status = "failing" if recon.gain < scale else "ok"
+        rows.append(row("Reconstruction vs data mean",
+                        f"E_q log p(x|z) {recon.recon:.3f}, at the prior mean "
+                        f"{recon.recon_prior_mean:.3f} nats (gain {recon.gain:+.3f})", status,
+                        "the code z must make reconstructions better than the decoder fed the "
+                        f"prior mean (failing below max(0.1 nats, 1% of it) = {scale:.3f}): "
+                        + ("it does not, so z is unused or the decoder untrained, whatever else "
+                           "holds" if status == "failing" else "it does"),
+                        f"{ADVICE['train']}; if it stays, {ADVICE['warmup']}"))
+    if kl["num_dims"]:
+        frac = kl["active_units"] / kl["num_dims"]
+        status = "failing" if kl["active_units"] == 0 else "warning" if frac < 0.5 else "ok"
+        rows.append(row("Active units", f"{kl['active_units']} of {kl['num_dims']}", status,
+                        f"a dimension is active when the encoder mean varies with x (Cov > "
+                        f"{ACTIVITY_THRESHOLD}, Burda et al. 2016) and its KL to the prior is "
+                        f"not near zero (>= {KL_THRESHOLD} nats); none active is posterior "
+                        "collapse, fewer than half a warning", ADVICE["warmup"]))
+        near_zero = not kl["kl_total"] >= 0.1
+        rows.append(row("KL(q || prior)", f"{kl['kl_total']:.3f} nats",
+                        "warning" if near_zero else "ok",
+                        "near zero: z carries almost nothing about x" if near_zero else
+                        "total over dimensions; near zero would mean z carries no information",
+                        ADVICE["warmup"]))
+    rows.append(_mi_row(mi, mi_reason, num_points, reference_mi))
+    return rows
+
+
+def _mi_row(mi, reason, num_points, reference_mi) -> dict:
+    if reason is not None:
+        return row("Mutual information I(x; z)", "does not apply", "ok", reason)
+    if not math.isfinite(mi):
+        return row("Mutual information I(x; z)", "not computed", "warning",
+                   "the guide's local density cannot be evaluated pairwise (e.g. a conditional "
+                   "flow), so I(x; z) was not estimated")
+    ceiling = math.log(num_points)
+    value = f"{mi:.3f} nats = {mi / ceiling:.0%} of log N = {ceiling:.2f}"
+    status, why = ("warning", "below 0.1 nats the latent is nearly unused") if mi < 0.1 else (
+        "ok", "how much the code tells apart data points (at most log N)")
+    if reference_mi is not None and reference_mi > 0:
+        share = mi / reference_mi
+        value += f"; {share:.0%} of the reference's {reference_mi:.3f}"
+        if share < 0.5:
+            status = "failing" if share < 0.2 else "warning"
+            why = (f"a trained model of the same kind reaches {reference_mi:.3f} nats; this one "
+                   f"carries {share:.0%} of that information (warning below 50%, failing below "
+                   "20%)")
+        else:
+            why += f"; {share:.0%} of what the reference model reaches"
+    return row("Mutual information I(x; z)", value, status, why,
+               f"{ADVICE['train']}, or {ADVICE['warmup']}")
+
+
+def calibration_rows(table: pd.DataFrame | None, simulation: str) -> list[dict]:
+    """SBC (ECDF with simultaneous bands and chi-square), interval coverage, z-scores and
+    contraction, from :func:`~ppl_vae.diagnostics.calibration.calibration_table`."""
+    if table is None or not len(table):
+        return []
+    n = len(table)
+
+    def status(failed):
+        return "ok" if failed == 0 else "warning" if failed <= max(1, n // 10) else "failing"
+
+    rows = []
+    bad = int((~(table["ecdf_ok"] & table["passed"])).sum())
+    rows.append(row("Simulation-based calibration", f"{bad} of {n} dimensions fail", status(bad),
+                    "ranks of simulated latents among guide draws must be uniform: the ECDF of "
+                    "the ranks inside its simultaneous band (Säilynoja et al. 2022) and a "
+                    f"chi-square test, family-wise level {table['ci_prob'].iloc[0]:.4g} per "
+                    f"dimension; {simulation}", _calibration_advice(table)))
+    cov_cols = [c for c in table if c.startswith("coverage_") and c != "coverage_ok"]
+    bad = int((~table["coverage_ok"]).sum())
+    worst = {c: float(table[c].min()) for c in cov_cols}
+    rows.append(row("Interval coverage",
+                    ", ".join(f"{c.split('_')[1]}: min {v:.0%}" for c, v in worst.items()),
+                    status(bad), f"central intervals of the guide at levels "
+                    f"{', '.join(c.split('_')[1] for c in cov_cols)} must contain the simulated "
+                    f"latent that often ({bad} of {n} dimensions off beyond their binomial "
+                    "error, Bonferroni)", _calibration_advice(table)))
+    bad = int((~table["zscore_ok"]).sum())
+    problems = sorted({p for p in table["problem"] if p})
+    rows.append(row("Posterior z-scores and contraction",
+                    f"mean z in [{table['z_mean'].min():+.2f}, {table['z_mean'].max():+.2f}], "
+                    f"mean z^2 in [{table['z_ms'].min():.2f}, {table['z_ms'].max():.2f}], "
+                    f"contraction median {table['contraction'].median():.2f}", status(bad),
+                    "per dimension (Schad, Betancourt & Vasishth 2021): z = (posterior mean - "
+                    "truth) / posterior sd has mean 0 and mean square 1 under calibration; "
+                    "contraction 1 - Var_q / Var_prior is what the data taught"
+                    + (f"; found: {'; '.join(problems)}" if problems else ""),
+                    _calibration_advice(table)))
+    return rows
+
+
+def _calibration_advice(table) -> str:
+    text = " ".join(table["problem"])
+    if "overconfident" in text:
+        return ADVICE["family"] + ", or " + ADVICE["particles"]
+    if "biased" in text:
+        return ADVICE["encoder"] + ", or " + ADVICE["family"]
+    return ADVICE["family"]
