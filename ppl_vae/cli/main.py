@@ -31,6 +31,9 @@ from ppl_vae.train.storage import (
     write_bytes,
 )
 
+# `ppl-vae run`'s training defaults (measured on the bundled digits, see the README).
+RUN_LR, RUN_BATCH_SIZE = 3e-3, 32
+
 COMMAND_MODULES = ["ppl_vae.cli.main", "ppl_vae.cli.estimators", "ppl_vae.cli.diagnostics"]
 
 
@@ -83,6 +86,15 @@ def _learning_rate(text: str) -> float:
     return value
 
 
+def _epochs(text: str):
+    return text if text == "auto" else positive_int(text)
+
+
+def _positive_float(text: str) -> float:
+    value = _learning_rate(text)  # the same check: a finite number > 0
+    return value
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vae", help="zoo name (see `ppl-vae models`) or file.py:name")
     p.add_argument("--guide", default="mlp", help="zoo name or file.py:name")
@@ -90,7 +102,22 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="digits | binary | linear_gaussian | regression | eight_schools | "
                    "mnist:DIR | file.npy/.npz/.csv")
     p.add_argument("--estimator", default="analytic", help="ELBO estimator (see `ppl-vae estimators`)")
-    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--epochs", type=_epochs, default=30,
+                   help="an integer, or 'auto': until the validation ELBO stops improving")
+    p.add_argument("--patience", type=positive_int, default=20,
+                   help="--epochs auto: epochs without an improvement before stopping")
+    p.add_argument("--max-epochs", type=positive_int, default=500,
+                   help="--epochs auto: at most this many epochs")
+    p.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+                   help="stop training after this many seconds")
+    p.add_argument("--tolerance", type=_positive_float, default=0.01,
+                   help="--epochs auto: an improvement counts above this (nats per point)")
+    p.add_argument("--lr-schedule", default=None, choices=["plateau"],
+                   help="halve the learning rate when the ELBO stops improving")
+    p.add_argument("--kl-warmup-epochs", type=int, default=0,
+                   help="KL warm-up: latent terms weighted 0 -> 1 over these epochs")
+    p.add_argument("--free-bits", type=_positive_float, default=None, metavar="NATS",
+                   help="free bits: no latent dimension pushed below NATS of KL in training")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=_learning_rate, default=1e-3)
     p.add_argument("--optimizer", default="adam")
@@ -221,7 +248,10 @@ def train_run(args, out: Path):
         batch_size=min(args.batch_size, dataset.train.shape[0]), lr=args.lr,
         optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
         progress=not args.no_progress, checkpoint_dir=out, resume=args.resume,
-        early_stopping_patience=args.early_stopping,
+        early_stopping_patience=args.early_stopping, patience=args.patience,
+        max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
+        lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
+        free_bits=args.free_bits,
         devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
     )
     if result.settings.get("global_rank", 0) != 0:
@@ -329,6 +359,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("run", help="the main job: train, evaluate and write the report")
     add_training_arguments(p)
+    # The main job trains to convergence: about 100 epochs of the digits VAE at these settings.
+    p.set_defaults(epochs="auto", lr=RUN_LR, batch_size=RUN_BATCH_SIZE, lr_schedule="plateau")
     p.add_argument("--out", default="runs/digits")
     p.set_defaults(func=cmd_run)
 

@@ -59,6 +59,14 @@ class FitConfig:
     devices: int | str | tuple[int, ...] | None = None
     strategy: str | None = None
     num_nodes: int = 1
+    # epochs="auto": train until the monitored ELBO stops improving (``epochs`` is then the
+    # budget max_epochs).
+    auto: bool = False
+    patience: int = 20
+    tolerance: float = 0.01
+    time_budget: float | None = None
+    lr_schedule: str | None = None
+    kl_warmup_epochs: int = 0
 
     @property
     def optimizer_name(self) -> str:
@@ -87,6 +95,30 @@ def as_integer(name: str, value, *, minimum: int | None = 1, maximum: int | None
 def check_epochs(epochs) -> int:
     """The training budget: an integer >= 1."""
     return as_integer("epochs", epochs)
+
+
+LR_SCHEDULES = ("plateau",)
+
+
+def check_convergence(epochs, patience, max_epochs, time_budget, tolerance, lr_schedule,
+                      kl_warmup_epochs, jit) -> dict:
+    """``epochs`` (an integer or ``"auto"``) and the options of training to convergence."""
+    auto = isinstance(epochs, str)
+    if auto and epochs != "auto":
+        raise ValueError(f"epochs must be an integer or 'auto', got {epochs!r}")
+    out = {"auto": auto, "patience": as_integer("patience", patience),
+           "epochs": as_integer("max_epochs", max_epochs) if auto else check_epochs(epochs)}
+    out["tolerance"] = 0.0 if tolerance == 0 else as_rate("tolerance", tolerance)
+    out["time_budget"] = None if time_budget is None else as_rate("time_budget", time_budget)
+    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be None or one of {LR_SCHEDULES}, got "
+                         f"{lr_schedule!r}")
+    out["lr_schedule"] = lr_schedule
+    out["kl_warmup_epochs"] = as_integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
+    if out["kl_warmup_epochs"] and jit:
+        raise ValueError("kl_warmup_epochs with jit=True: a compiled loss would keep the first "
+                         "step's KL weight; train the warm-up without jit")
+    return out
 
 
 def as_rate(name: str, value) -> float:
@@ -206,27 +238,30 @@ def _check_elbo_options(options) -> dict:
 def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epochs, batch_size,
                     lr, optimizer, device, dtype, seed, threads="auto", progress, checkpoint_dir, resume,
                     data_plate, callbacks, early_stopping_patience, elbo_options, devices,
-                    strategy, num_nodes) -> FitConfig:
+                    strategy, num_nodes, patience=20, max_epochs=500, time_budget=None,
+                    tolerance=0.01, lr_schedule=None, kl_warmup_epochs=0) -> FitConfig:
     """Check every argument of ``fit`` but the programs and the data; return them as a
     :class:`FitConfig`. Raises ``TypeError`` / ``ValueError`` naming the argument."""
     resume = as_flag("resume", resume)
     checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
-    patience = None if early_stopping_patience is None else \
+    stop_patience = None if early_stopping_patience is None else \
         as_integer("early_stopping_patience", early_stopping_patience)
     devices, strategy, num_nodes = check_devices(devices, strategy, num_nodes)
+    converge = check_convergence(epochs, patience, max_epochs, time_budget, tolerance,
+                                 lr_schedule, kl_warmup_epochs, jit)
     return FitConfig(
         estimator=_as_name("estimator", estimator),
         num_particles=as_integer("num_particles", num_particles),
         vectorize_particles=as_flag("vectorize_particles", vectorize_particles),
-        jit=check_jit(jit), epochs=check_epochs(epochs),
+        jit=check_jit(jit),
         batch_size=as_integer("batch_size", batch_size, minimum=None), lr=as_rate("lr", lr),
         optimizer=check_optimizer(optimizer), device=resolve_device(device),
         dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),
         threads=check_threads(threads),
         progress=as_flag("progress", progress), checkpoint_dir=checkpoint_dir, resume=resume,
         data_plate=_as_name("data_plate", data_plate, optional=True), callbacks=check_callbacks(callbacks),
-        early_stopping_patience=patience, elbo_options=_check_elbo_options(elbo_options),
-        devices=devices, strategy=strategy, num_nodes=num_nodes,
+        early_stopping_patience=stop_patience, elbo_options=_check_elbo_options(elbo_options),
+        devices=devices, strategy=strategy, num_nodes=num_nodes, **converge,
     )

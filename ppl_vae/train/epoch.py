@@ -67,8 +67,9 @@ class Epochs:
     """The epochs of one run: ``epochs.train(state, epoch)`` takes one epoch of steps and
     returns its history row (train ELBO, validation ELBO, seconds, steps)."""
 
-    def __init__(self, prepared: Prepared, config: FitConfig, engine, val_loss_fn):
+    def __init__(self, prepared: Prepared, config: FitConfig, engine, val_loss_fn, warmup=None):
         self.prepared, self.config, self.engine, self.val_loss_fn = prepared, config, engine, val_loss_fn
+        self.warmup = warmup  # a KLWarmup whose weight follows the step count
         rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
         self.stream = EpochBatches(prepared.train, config.batch_size, seed=config.seed, rank=rank,
                                    world_size=world, device=prepared.device, dtype=prepared.dtype)
@@ -86,6 +87,8 @@ class Epochs:
         t0 = time.perf_counter()
         losses = []
         for batch in self.batches(epoch):
+            if self.warmup is not None:
+                self.warmup.set_step(state.step)
             state, loss = update(state, batch)
             losses.append(loss)
         stacked = torch.stack(losses)
@@ -100,4 +103,9 @@ class Epochs:
             record["val_elbo"] = -float(val) / p.num_validation
         record["seconds"] = time.perf_counter() - t0
         record["steps"] = len(losses)
+        if self.warmup is not None:
+            # train_elbo is the warm-up objective while kl_weight < 1 (val_elbo is the ELBO).
+            record["kl_weight"] = self.warmup.beta
+        if self.config.lr_schedule is not None:
+            record["lr"] = float(state.optimizer.param_groups[0]["lr"])
         return record

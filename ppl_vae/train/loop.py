@@ -11,6 +11,7 @@ time (:mod:`~ppl_vae.train.epoch`) with the built-in callbacks, early stopping a
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,6 +27,7 @@ from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.train.epoch import Epochs
+from ppl_vae.train.objective import FreeBits, KLWarmup
 from ppl_vae.train.prepare import make_settings, preflight, prepare_data, validation_loss_fn
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
@@ -47,7 +49,7 @@ def fit(
     num_particles: int = 1,
     vectorize_particles: bool = False,
     jit: bool | str = "auto",
-    epochs: int = 30,
+    epochs: int | str = 30,
     batch_size: int = 128,
     lr: float = 1e-3,
     optimizer="adam",
@@ -65,6 +67,14 @@ def fit(
     devices=None,
     strategy: str | None = None,
     num_nodes: int = 1,
+    patience: int = 20,
+    max_epochs: int = 500,
+    time_budget: float | None = None,
+    tolerance: float = 0.01,
+    lr_schedule: str | None = None,
+    kl_warmup_epochs: int = 0,
+    free_bits: float | None = None,
+    free_bits_per: str = "dim",
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -84,7 +94,30 @@ def fit(
         (default) records the step once per batch shape and replays it where the programs are
         static, and trains eagerly with one warning where they are not; ``"compile"`` also
         compiles it (Inductor); ``False`` is Pyro's eager step.
-    epochs, batch_size, lr : training budget. ``batch_size`` must lie in ``[1, N]``.
+    epochs : int or "auto"
+        An integer: that many epochs. ``"auto"``: train until the validation ELBO (without
+        validation data, the training ELBO smoothed over epochs) has not improved by more than
+        ``tolerance`` nats per data point for ``patience`` epochs, at most ``max_epochs``
+        epochs and, when given, ``time_budget`` seconds of training; the best epoch's
+        parameters are kept (``settings["stopped_by"]`` says what ended it).
+    batch_size, lr : ``batch_size`` must lie in ``[1, N]``.
+    patience, max_epochs, time_budget, tolerance
+        See ``epochs="auto"``; ``time_budget`` also bounds an integer ``epochs``.
+    lr_schedule : {None, "plateau"}
+        ``"plateau"``: halve the learning rate when the monitored ELBO has not improved for
+        ``max(2, patience // 4)`` epochs (``torch.optim.lr_scheduler.ReduceLROnPlateau``); the
+        history's ``lr`` column records it.
+    kl_warmup_epochs : int
+        KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): the latent sites' terms are
+        scaled by a weight rising linearly from 0 to 1 over these epochs
+        (:mod:`~ppl_vae.train.objective`), against posterior collapse. The objective changes
+        during training only: the history's ``kl_weight`` column says when ``train_elbo`` is
+        not the ELBO; validation and every evaluation use the true ELBO.
+    free_bits, free_bits_per : float or None, {"dim", "site"}
+        Free bits (Kingma et al. 2016): no group (a latent dimension, or a latent site) is
+        pushed below ``free_bits`` nats of batch-mean KL (:class:`~ppl_vae.train.objective.
+        FreeBits`). Training objective only, like the warm-up: the history's ``free_bits``
+        column marks ``train_elbo`` as that objective.
     optimizer : str or optimizer class
         ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"`` or a
         ``torch.optim.Optimizer`` class.
@@ -153,7 +186,10 @@ def fit(
         progress=progress,
         checkpoint_dir=checkpoint_dir, resume=resume, data_plate=data_plate, callbacks=callbacks,
         early_stopping_patience=early_stopping_patience, elbo_options=elbo_options,
-        devices=devices, strategy=strategy, num_nodes=num_nodes,
+        devices=devices, strategy=strategy, num_nodes=num_nodes, patience=patience,
+        max_epochs=max_epochs, time_budget=time_budget, tolerance=tolerance,
+        lr_schedule=lr_schedule, kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits,
+        free_bits_per=free_bits_per,
     )
     return run_fit(model, guide, data, validation_data, config)
 
@@ -164,7 +200,14 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
     device = config.device if engine is None else engine.device
     prepared = prepare_data(data, validation_data, config, device)
-    state = preflight(model, guide, prepared, config, world)
+    warmup = None
+    if config.kl_warmup_epochs:
+        steps_per_epoch = math.ceil(prepared.num_data / config.batch_size)
+        warmup = KLWarmup(config.kl_warmup_epochs * steps_per_epoch)
+    bits = None if config.free_bits is None else FreeBits(config.free_bits, config.free_bits_per)
+    state = preflight(model, guide, prepared, config, world, warmup, bits)
+    if bits is not None:
+        bits.data_plate = state.data_plate  # the correction starts with the first step
     config = replace(config, data_plate=state.data_plate)  # the plate init_state found
     if engine is None and wants_engine(config.devices, config.strategy, config.num_nodes):
         # Checked and initialised here, so errors are raised in this process, not in a worker.
@@ -174,16 +217,14 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     if engine is not None:
         state = engine.setup(state)
     settings = make_settings(config, prepared, world, rank)
-    stopper = None
-    if config.early_stopping_patience is not None and prepared.validation is not None:
-        stopper = EarlyStopping(config.early_stopping_patience)
+    stopper = _stopper(config, prepared, state)
     # One writer per run folder: a second process (or a second fit) training into it is refused
     # while this one runs. Data-parallel workers run under their launcher's lock.
     held = lock_run(config.checkpoint_dir) if config.checkpoint_dir is not None and engine is None \
         else contextlib.nullcontext()
     with held:
         records, settings = _resume_and_train(model, guide, state, prepared, config, engine,
-                                              settings, stopper)
+                                              settings, stopper, warmup)
     return FitResult(
         model=model, guide=guide, history=pd.DataFrame.from_records(records),
         params=capture_params(model, guide, state.param_names), settings=settings,
@@ -192,7 +233,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
 
 
 def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, settings: dict,
-                      stopper):
+                      stopper, warmup=None):
     """Resume from the checkpoint when asked, train the remaining epochs, restore the best
     parameters when early stopping kept them. Returns the history rows and the settings."""
     saver = None
@@ -205,13 +246,47 @@ def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, 
         pyro.set_rng_seed(config.seed)  # the preflight consumed random numbers; start afresh
     else:
         records, start, settings = resumed
-    epochs = Epochs(prepared, config, engine, validation_loss_fn(model, guide, prepared, config))
+    epochs = Epochs(prepared, config, engine, validation_loss_fn(model, guide, prepared, config),
+                    warmup)
     if stopper is None or not stopper.stopped:
         _train(model, guide, state, epochs, range(start, config.epochs + 1), records, settings,
                stopper, saver)
+    settings["stopped_by"] = _stopped_by(config, records, stopper, settings)
     if stopper is not None:
         stopper.restore_best(model, guide)
     return records, settings
+
+
+def _stopper(config: FitConfig, prepared, state) -> EarlyStopping | None:
+    """Early stopping (``early_stopping_patience``), the convergence rule of ``epochs="auto"``,
+    and the plateau schedule, which all watch the same ELBO."""
+    with_val = prepared.validation is not None
+    if not (config.auto or config.lr_schedule or
+            (config.early_stopping_patience is not None and with_val)):
+        return None
+    schedule = None
+    if config.lr_schedule == "plateau":
+        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            state.optimizer, mode="max", factor=0.5, patience=max(2, config.patience // 4),
+            threshold=config.tolerance, threshold_mode="abs")
+    if config.auto:
+        patience = config.patience
+    else:
+        patience = config.early_stopping_patience if with_val else None
+    return EarlyStopping(patience, tolerance=config.tolerance if config.auto else 0.0,
+                         monitor="val_elbo" if with_val else "train_elbo",
+                         smoothing=None if with_val else 0.3, warmup=config.kl_warmup_epochs,
+                         keep_best=config.auto, lr_schedule=schedule)
+
+
+def _stopped_by(config, records, stopper, settings) -> str:
+    if settings.get("stopped_by") == "time_budget":
+        return "time_budget"
+    if stopper is not None and stopper.stopped:
+        return "patience"
+    if records and records[-1]["epoch"] >= config.epochs:
+        return "max_epochs" if config.auto else "epochs"
+    return "callback"
 
 
 def _train(model, guide, state, epochs: Epochs, todo: range, records: list, settings: dict,
@@ -224,6 +299,7 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
                total=config.epochs)
     batch = max(config.batch_size // (1 if engine is None else engine.world_size), 1)
     threads = choose_threads(state.params, batch, config.threads)
+    spent = sum(r.get("seconds", 0.0) for r in records)
     with pyro.validation_enabled(False), intra_op_threads(threads):
         for epoch in bar:
             record = epochs.train(state, epoch, records, None if saver is None else saver.where)
@@ -233,6 +309,10 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
             if saver is not None:
                 saver.save(epoch, records, model, guide, state, settings, stopper)
             stop = any(callback(record, state) for callback in config.callbacks)
+            spent += record["seconds"]
+            if config.time_budget is not None and spent >= config.time_budget:
+                settings["stopped_by"] = "time_budget"
+                stop_early = True
             if (stop if engine is None else engine.any(stop)) or stop_early:
                 break
     bar.close()

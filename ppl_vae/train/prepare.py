@@ -20,6 +20,7 @@ from ppl_vae.estimators.registry import make_elbo, preflight_warnings
 from ppl_vae.programs.checks import check_support
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.train.arguments import FitConfig
+from ppl_vae.train.objective import KLWarmup, WarmupProgram
 from ppl_vae.train.state import TrainState, init_state
 
 __all__ = ["Prepared", "prepare_data", "preflight", "make_settings", "fingerprint",
@@ -134,9 +135,11 @@ def prepare_data(data, validation_data, config: FitConfig, device) -> Prepared:
     return Prepared(train, head, val, val_head, n, num_val, device, dtype)
 
 
-def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int) -> TrainState:
+def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
+              warmup: KLWarmup | None = None) -> TrainState:
     """Run the programs on the data and the validation data (support, sites, shapes), build the
-    training state, and warn about what the estimator will do with these programs."""
+    training state, and warn about what the estimator will do with these programs. With a
+    ``warmup``, the training loss runs both programs under it (the checks use them as given)."""
     pyro.set_rng_seed(config.seed)
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
@@ -154,6 +157,8 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int) -
             raise ValueError(f"validation_data: {exc}") from exc
     first = tuple(t[: max(config.batch_size // world, 1)] for t in prepared.head)
     # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
+    if warmup is not None:
+        model, guide = WarmupProgram(model, warmup), WarmupProgram(guide, warmup)
     state = init_state(model, guide, elbo, first, num_data=prepared.num_data,
                        data_plate=config.data_plate, optimizer=config.optimizer, lr=config.lr)
     for message in preflight_warnings(config.estimator, model, guide, first):
@@ -206,6 +211,12 @@ def make_settings(config: FitConfig, prepared: Prepared, world: int, rank: int) 
         "data_plate": config.data_plate, "num_data": prepared.num_data,
         "num_validation": prepared.num_validation,
         "early_stopping_patience": config.early_stopping_patience,
+        "epochs_mode": "auto" if config.auto else "fixed",
+        "max_epochs": config.epochs if config.auto else None,
+        "patience": config.patience if config.auto else None,
+        "tolerance": config.tolerance if config.auto else None,
+        "time_budget": config.time_budget, "lr_schedule": config.lr_schedule,
+        "kl_warmup_epochs": config.kl_warmup_epochs or None,
         "elbo_options": {k: repr(v) for k, v in sorted(config.elbo_options.items())},
         "devices": list(config.devices) if isinstance(config.devices, tuple) else config.devices,
         "strategy": config.strategy, "num_nodes": config.num_nodes,
