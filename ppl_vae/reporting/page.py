@@ -157,8 +157,9 @@ def _plan(settings: dict) -> pd.DataFrame:
             rows[key] = settings[key]
     if settings.get("kl_warmup_epochs") or settings.get("free_bits"):
         rows["training objective"] = (
-            "changed during training only (KL warm-up / free bits, see the history's "
-            "'objective' column); every ELBO in this report is the true ELBO")
+            "changed during training only (KL warm-up / free bits: the history's kl_weight / "
+            "free_bits columns mark the epochs whose train_elbo is that objective); the "
+            "validation ELBO, the evaluation and every check here use the true ELBO")
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 

@@ -67,6 +67,8 @@ class FitConfig:
     time_budget: float | None = None
     lr_schedule: str | None = None
     kl_warmup_epochs: int = 0
+    free_bits: float | None = None
+    free_bits_per: str = "dim"
 
     @property
     def optimizer_name(self) -> str:
@@ -101,7 +103,7 @@ LR_SCHEDULES = ("plateau",)
 
 
 def check_convergence(epochs, patience, max_epochs, time_budget, tolerance, lr_schedule,
-                      kl_warmup_epochs, jit) -> dict:
+                      kl_warmup_epochs, jit, free_bits=None, free_bits_per="dim") -> dict:
     """``epochs`` (an integer or ``"auto"``) and the options of training to convergence."""
     auto = isinstance(epochs, str)
     if auto and epochs != "auto":
@@ -118,6 +120,12 @@ def check_convergence(epochs, patience, max_epochs, time_budget, tolerance, lr_s
     if out["kl_warmup_epochs"] and jit:
         raise ValueError("kl_warmup_epochs with jit=True: a compiled loss would keep the first "
                          "step's KL weight; train the warm-up without jit")
+    out["free_bits"] = None if free_bits is None else as_rate("free_bits", free_bits)
+    if free_bits_per not in ("dim", "site"):
+        raise ValueError(f"free_bits_per must be 'dim' or 'site', got {free_bits_per!r}")
+    out["free_bits_per"] = free_bits_per
+    if out["free_bits"] is not None and jit:
+        raise ValueError("free_bits with jit=True: train with free bits without jit")
     return out
 
 
@@ -239,7 +247,8 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
                     lr, optimizer, device, dtype, seed, threads="auto", progress, checkpoint_dir, resume,
                     data_plate, callbacks, early_stopping_patience, elbo_options, devices,
                     strategy, num_nodes, patience=20, max_epochs=500, time_budget=None,
-                    tolerance=0.01, lr_schedule=None, kl_warmup_epochs=0) -> FitConfig:
+                    tolerance=0.01, lr_schedule=None, kl_warmup_epochs=0, free_bits=None,
+                    free_bits_per="dim") -> FitConfig:
     """Check every argument of ``fit`` but the programs and the data; return them as a
     :class:`FitConfig`. Raises ``TypeError`` / ``ValueError`` naming the argument."""
     resume = as_flag("resume", resume)
@@ -250,7 +259,7 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
         as_integer("early_stopping_patience", early_stopping_patience)
     devices, strategy, num_nodes = check_devices(devices, strategy, num_nodes)
     converge = check_convergence(epochs, patience, max_epochs, time_budget, tolerance,
-                                 lr_schedule, kl_warmup_epochs, jit)
+                                 lr_schedule, kl_warmup_epochs, jit, free_bits, free_bits_per)
     return FitConfig(
         estimator=_as_name("estimator", estimator),
         num_particles=as_integer("num_particles", num_particles),

@@ -106,6 +106,8 @@ class Epochs:
         if self.warmup is not None:
             # train_elbo is the warm-up objective while kl_weight < 1 (val_elbo is the ELBO).
             record["kl_weight"] = self.warmup.beta
+        if self.config.free_bits is not None:
+            record["free_bits"] = self.config.free_bits  # train_elbo is the free-bits objective
         if self.config.lr_schedule is not None:
             record["lr"] = float(state.optimizer.param_groups[0]["lr"])
         return record

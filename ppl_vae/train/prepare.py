@@ -20,7 +20,7 @@ from ppl_vae.estimators.registry import make_elbo, preflight_warnings
 from ppl_vae.programs.checks import check_support
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.train.arguments import FitConfig
-from ppl_vae.train.objective import KLWarmup, WarmupProgram
+from ppl_vae.train.objective import FreeBits, KLWarmup, WarmupProgram
 from ppl_vae.train.state import TrainState, init_state
 
 __all__ = ["Prepared", "prepare_data", "preflight", "make_settings", "fingerprint",
@@ -136,7 +136,7 @@ def prepare_data(data, validation_data, config: FitConfig, device) -> Prepared:
 
 
 def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
-              warmup: KLWarmup | None = None) -> TrainState:
+              warmup: KLWarmup | None = None, free_bits: FreeBits | None = None) -> TrainState:
     """Run the programs on the data and the validation data (support, sites, shapes), build the
     training state, and warn about what the estimator will do with these programs. With a
     ``warmup``, the training loss runs both programs under it (the checks use them as given)."""
@@ -159,6 +159,8 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
     # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
     if warmup is not None:
         model, guide = WarmupProgram(model, warmup), WarmupProgram(guide, warmup)
+    if free_bits is not None:
+        model, guide = free_bits.model(model), free_bits.guide(guide)
     state = init_state(model, guide, elbo, first, num_data=prepared.num_data,
                        data_plate=config.data_plate, optimizer=config.optimizer, lr=config.lr)
     for message in preflight_warnings(config.estimator, model, guide, first):
@@ -217,6 +219,8 @@ def make_settings(config: FitConfig, prepared: Prepared, world: int, rank: int) 
         "tolerance": config.tolerance if config.auto else None,
         "time_budget": config.time_budget, "lr_schedule": config.lr_schedule,
         "kl_warmup_epochs": config.kl_warmup_epochs or None,
+        "free_bits": config.free_bits,
+        "free_bits_per": config.free_bits_per if config.free_bits is not None else None,
         "elbo_options": {k: repr(v) for k, v in sorted(config.elbo_options.items())},
         "devices": list(config.devices) if isinstance(config.devices, tuple) else config.devices,
         "strategy": config.strategy, "num_nodes": config.num_nodes,
