@@ -78,7 +78,7 @@ def test_time_budget_stops_training(digits):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"epochs": "forever"}, ValueError, "epochs must be an integer or 'auto'"),
+    ({"epochs": "forever"}, TypeError, "epochs must be an integer or 'auto'"),
     ({"epochs": "auto", "patience": 0}, ValueError, "patience"),
     ({"lr_schedule": "cosine"}, ValueError, "lr_schedule"),
     ({"time_budget": -1.0}, ValueError, "time_budget"),

@@ -107,7 +107,7 @@ def check_convergence(epochs, patience, max_epochs, time_budget, tolerance, lr_s
     """``epochs`` (an integer or ``"auto"``) and the options of training to convergence."""
     auto = isinstance(epochs, str)
     if auto and epochs != "auto":
-        raise ValueError(f"epochs must be an integer or 'auto', got {epochs!r}")
+        raise TypeError(f"epochs must be an integer or 'auto', got {epochs!r} ({_kind(epochs)})")
     out = {"auto": auto, "patience": as_integer("patience", patience),
            "epochs": as_integer("max_epochs", max_epochs) if auto else check_epochs(epochs)}
     out["tolerance"] = 0.0 if tolerance == 0 else as_rate("tolerance", tolerance)
@@ -248,9 +248,13 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
                     data_plate, callbacks, early_stopping_patience, elbo_options, devices,
                     strategy, num_nodes, patience=20, max_epochs=500, time_budget=None,
                     tolerance=0.01, lr_schedule=None, kl_warmup_epochs=0, free_bits=None,
-                    free_bits_per="dim") -> FitConfig:
+                    free_bits_per="dim", auto=False) -> FitConfig:
     """Check every argument of ``fit`` but the programs and the data; return them as a
-    :class:`FitConfig`. Raises ``TypeError`` / ``ValueError`` naming the argument."""
+    :class:`FitConfig`. Raises ``TypeError`` / ``ValueError`` naming the argument.
+    ``auto=True`` reads ``epochs`` as the budget of ``epochs="auto"`` (a FitConfig's fields
+    passed back in give the same FitConfig)."""
+    if auto is True and not isinstance(epochs, str):
+        epochs, max_epochs = "auto", epochs
     resume = as_flag("resume", resume)
     checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
     if resume and checkpoint_dir is None:
