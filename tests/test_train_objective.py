@@ -55,8 +55,11 @@ def test_warmup_raises_the_kl_of_a_nearly_collapsed_vae(digits):
 
 
 def test_warmup_refuses_jit():
-    with pytest.raises(ValueError, match="kl_warmup_epochs with jit"):
+    with pytest.raises(ValueError, match="kl_warmup_epochs with jit=True"):
         fit(model, make_guide(), simulate(8), epochs=1, kl_warmup_epochs=1, jit=True,
+            progress=False)
+    with pytest.raises(ValueError, match="free_bits with jit='compile'"):
+        fit(model, make_guide(), simulate(8), epochs=1, free_bits=0.1, jit="compile",
             progress=False)
 
 

@@ -117,15 +117,19 @@ def check_convergence(epochs, patience, max_epochs, time_budget, tolerance, lr_s
                          f"{lr_schedule!r}")
     out["lr_schedule"] = lr_schedule
     out["kl_warmup_epochs"] = as_integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
-    if out["kl_warmup_epochs"] and jit:
-        raise ValueError("kl_warmup_epochs with jit=True: a compiled loss would keep the first "
-                         "step's KL weight; train the warm-up without jit")
+    # A recorded or compiled step would keep the first step's KL weight (a Python number in each
+    # site's scale) and the free-bits correction's shape: these objectives train eagerly.
+    traced = jit is not False and jit != "auto"
+    if out["kl_warmup_epochs"] and traced:
+        raise ValueError(f"kl_warmup_epochs with jit={jit!r}: a recorded step would keep the first "
+                         "step's KL weight; train the warm-up with jit=False (or 'auto')")
     out["free_bits"] = None if free_bits is None else as_rate("free_bits", free_bits)
     if free_bits_per not in ("dim", "site"):
         raise ValueError(f"free_bits_per must be 'dim' or 'site', got {free_bits_per!r}")
     out["free_bits_per"] = free_bits_per
-    if out["free_bits"] is not None and jit:
-        raise ValueError("free_bits with jit=True: train with free bits without jit")
+    if out["free_bits"] is not None and traced:
+        raise ValueError(f"free_bits with jit={jit!r}: train with free bits with jit=False (or "
+                         "'auto')")
     return out
 
 
@@ -268,7 +272,8 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
         estimator=_as_name("estimator", estimator),
         num_particles=as_integer("num_particles", num_particles),
         vectorize_particles=as_flag("vectorize_particles", vectorize_particles),
-        jit=check_jit(jit),
+        jit=False if (converge["kl_warmup_epochs"] or converge["free_bits"] is not None)
+        else check_jit(jit),
         batch_size=as_integer("batch_size", batch_size, minimum=None), lr=as_rate("lr", lr),
         optimizer=check_optimizer(optimizer), device=resolve_device(device),
         dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),
