@@ -58,3 +58,15 @@ def test_load_array_csv_with_labels(tmp_path):
     path.write_text("a,b,label\n" + "\n".join(f"{i},{2 * i},{i % 2}" for i in range(10)))
     ds = datasets.load_array(path)
     assert ds.obs_dim == 2 and ds.train_labels is not None
+
+
+def test_load_array_npz_labels_kept_by_value_and_other_arrays_named(tmp_path):
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    y = np.repeat([0.0, 1.0], 10)  # whole numbers stored as floats: labels 0 and 1
+    np.savez(tmp_path / "d.npz", x=x, y=y, z=np.ones(3))
+    with pytest.warns(UserWarning, match=r"array\(s\) \['z'\] ignored"):
+        ds = datasets.load_array(tmp_path / "d.npz", test_fraction=0.5)
+    assert ds.train_labels.dtype == torch.int64
+    # Every row keeps its own label: the rows labelled 0 are exactly those with x[:, 0] < 20.
+    for features, labels in ((ds.train, ds.train_labels), (ds.test, ds.test_labels)):
+        assert torch.equal(labels, (features[:, 0] >= 20).long())

@@ -245,15 +245,21 @@ def _csv_has_header(path: Path) -> bool:
 
 
 def _read_csv(path: Path, header: bool | None):
+    """``(x, labels or None, whether the first line is a header)``."""
     import pandas as pd
 
     header = _csv_has_header(path) if header is None else header
-    frame = pd.read_csv(path, header=0 if header else None)
+    try:
+        frame = pd.read_csv(path, header=0 if header else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} cannot be read as a CSV table ({first}); every row needs the "
+                         "same number of comma-separated numbers") from None
     y = frame.pop("label").to_numpy() if header and "label" in frame else None
     text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
         raise ValueError(f"{path}: columns {text} are not numeric; remove or encode them")
-    return frame.to_numpy(), y
+    return frame.to_numpy(), y, header
 
 
 def _read_numpy(path: Path):
@@ -263,34 +269,86 @@ def _read_numpy(path: Path):
             return np.load(path, allow_pickle=False), None
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k in ("x", "y")}
+            ignored = [k for k in z.files if k not in ("x", "y")]
+    except PermissionError:
+        raise  # said as it is (the command line names the file and what to do)
     except (ValueError, EOFError, OSError, zipfile.BadZipFile):
         raise ValueError(f"{path} is not a numeric NumPy file (truncated, corrupted, or holding "
                          "Python objects, which ppl-vae never unpickles)") from None
     if "x" not in arrays:
-        raise ValueError(f"{path}: an .npz data file needs an array named 'x'")
+        raise ValueError(f"{path}: an .npz data file needs an array named 'x' (it holds "
+                         f"{', '.join(map(repr, ignored)) or 'none'})")
+    if ignored:
+        warnings.warn(f"{path}: array(s) {ignored} ignored; ppl-vae reads 'x' (the data) and 'y' "
+                      "(integer labels)", stacklevel=3)
     return arrays["x"], arrays.get("y")
+
+
+def _row_list(rows: np.ndarray, offset: int = 0) -> str:
+    shown = ", ".join(str(int(r) + offset) for r in rows[:10])
+    return shown + (" ..." if len(rows) > 10 else "")
+
+
+def _check_table(path: Path, x: np.ndarray, y, first_line: int | None) -> np.ndarray | None:
+    """Rows, finite values and integer labels, named by the file's rows (or CSV lines)."""
+    if x.ndim == 0 or len(x) < 2:
+        raise ValueError(f"{path} has {0 if x.ndim == 0 else len(x)} row(s): a train/test split "
+                         "needs at least 2 rows (one data point per row)")
+    if x[0].size == 0:
+        raise ValueError(f"{path} has rows of shape {x.shape[1:]}: no values per row")
+    where = "line(s)" if first_line is not None else "row(s) (0-based)"
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{path} has NaN or infinite values in {len(bad)} {where}: "
+                         f"{_row_list(bad, first_line or 0)}; drop or impute them")
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.shape != (len(x),) or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise ValueError(f"{path}: labels of shape {y.shape} and dtype {y.dtype}; labels are one "
+                         f"whole number per row, shape ({len(x)},)")
+    whole = np.isfinite(y) & (y == np.round(y)) if np.issubdtype(y.dtype, np.inexact) \
+        else np.ones(len(y), dtype=bool)
+    if not whole.all():
+        bad = np.flatnonzero(~whole)
+        raise ValueError(f"{path}: labels are class numbers (whole numbers), but {len(bad)} "
+                         f"{where} hold others: {_row_list(bad, first_line or 0)} (e.g. "
+                         f"{y[bad[0]].item()!r}); real-valued responses are not labels")
+    return y.astype(np.int64)
 
 
 def load_array(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0,
                header: bool | None = None) -> Dataset:
-    """A numeric table from ``.npy``, ``.npz`` (array ``x``, optional ``y``) or ``.csv``, split
-    train/test.
+    """A numeric table from ``.npy``, ``.npz`` (array ``x``, optional integer labels ``y``) or
+    ``.csv``, split train/test.
 
     A CSV file's first row is a header unless every cell of it is a number (``header``
     overrides the detection); with a header, a column named ``label`` becomes the labels.
+    Rows with NaN or infinite values and labels that are not whole numbers are errors naming
+    the file's rows (for a CSV file, its lines).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; a data file is a .npy, .npz or .csv file "
+                         "(a folder of MNIST IDX files is mnist:DIR)")
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
-    y = None
+    first_line = None
     if path.suffix in (".npy", ".npz"):
         x, y = _read_numpy(path)
     elif path.suffix == ".csv":
-        x, y = _read_csv(path, header)
+        x, y, header = _read_csv(path, header)
+        first_line = 2 if header else 1
     else:
         raise ValueError(f"{path}: unsupported data file type {path.suffix!r} (.npy, .npz, .csv)")
     if not np.issubdtype(np.asarray(x).dtype, np.number) and np.asarray(x).dtype != bool:
         raise ValueError(f"{path}: data of dtype {np.asarray(x).dtype} is not numeric")
-    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    xtr, xte, ytr, yte = _split(x, y, test_fraction, seed)
+    x = np.asarray(x, dtype=np.float32)
+    y = _check_table(path, x, y, first_line)
+    x = x.reshape(len(x), -1)
+    try:
+        xtr, xte, ytr, yte = _split(x, y, test_fraction, seed)
+    except ValueError as exc:  # scikit-learn: too few rows or too few rows of a class
+        raise ValueError(f"{path}: {len(x)} rows cannot be split {1 - test_fraction:.0%} / "
+                         f"{test_fraction:.0%} into train and test ({exc})") from None
     return _dataset(xtr, xte, ytr, yte, name=path.stem, info={"source": str(path)})

@@ -71,7 +71,10 @@ def _one_tensor(value, *, name: str, dtype, device, features: bool) -> torch.Ten
     if isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.number) and value.dtype != bool:
             raise ValueError(f"{name}: array of dtype {value.dtype} is not numeric")
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        # A read-only array (pandas' copy-on-write, a memory map) is copied: torch warns
+        # otherwise, and a tensor must not write through to the user's data.
+        value = np.ascontiguousarray(value) if value.flags.writeable else value.copy(order="C")
+        value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(value)
@@ -82,6 +85,9 @@ def _one_tensor(value, *, name: str, dtype, device, features: bool) -> torch.Ten
                          "pass a tensor with data, e.g. on 'cpu'")
     if value.dim() == 0:
         raise ValueError(f"{name}: a scalar is not a data set; rows must be data points")
+    if value.dim() > 1 and 0 in value.shape[1:]:
+        raise ValueError(f"{name} has rows of shape {tuple(value.shape[1:])}: no values per row "
+                         "(0 columns); pass the columns the programs observe")
     kind = str(value.dtype).replace("torch.", "")
     if value.is_complex():
         raise ValueError(f"{name} is {kind}: likelihoods take real values; pass the real and "
