@@ -100,6 +100,27 @@ API_CASES = [
     ("npy-pickled-objects", lambda t: (np.save(t / "d.npy", np.array([_Planted()], dtype=object),
                                                allow_pickle=True), load_array(t / "d.npy")),
      ValueError, "never unpickles"),
+    ("zero-columns", lambda t: _fit(torch.zeros(6, 0)), ValueError,
+     "data has rows of shape (0,): no values per row"),
+    ("npy-zero-columns", lambda t: load_array(_npy(t, np.zeros((6, 0)))), ValueError,
+     "d.npy has rows of shape (0,): no values per row"),
+    ("npy-one-row", lambda t: load_array(_npy(t, np.ones((1, 3)))), ValueError,
+     "d.npy has 1 row(s): a train/test split needs at least 2 rows"),
+    ("npy-no-rows", lambda t: load_array(_npy(t, np.ones((0, 3)))), ValueError,
+     "d.npy has 0 row(s)"),
+    ("npy-nan-names-file-rows", lambda t: load_array(_npy(t, _with_nan(np.ones((9, 2)), 7))),
+     ValueError, "d.npy has NaN or infinite values in 1 row(s) (0-based): 7"),
+    ("csv-nan-names-the-line", lambda t: load_array(_file(t, "d.csv", "a,b\n1,2\n3,\n5,6\n7,8\n")),
+     ValueError, "d.csv has NaN or infinite values in 1 line(s): 3"),
+    ("csv-ragged-names-the-file", lambda t: load_array(_file(t, "d.csv", "1,2\n3,4,5\n6,7\n")),
+     ValueError, "d.csv cannot be read as a CSV table"),
+    ("npz-fractional-labels", lambda t: load_array(_npz(t, x=np.ones((8, 2)),
+                                                        y=np.repeat([0.5, 1.5], 4))),
+     ValueError, "d.npz: labels are class numbers (whole numbers), but 8 row(s)"),
+    ("npz-without-x-lists-its-arrays", lambda t: load_array(_npz(t, a=np.ones((8, 2)))),
+     ValueError, "needs an array named 'x' (it holds 'a')"),
+    ("data-is-a-folder", lambda t: (t.joinpath("d.npy").mkdir(), load_array(t / "d.npy")),
+     ValueError, "d.npy is a folder"),
     ("user-file-syntax-error", lambda t: resolve("model", f"{_file(t, 'm.py', 'def model(:')}:model"),
      ValueError, "line 1: syntax error"),
     ("user-file-import-error", lambda t: resolve("model", f"{_file(t, 'm.py', 'import nope_x')}:model"),
@@ -112,6 +133,21 @@ API_CASES = [
         {"model": "vae", "guide": "mlp", "data": "digits", "settings": {"dtype": "load"}})),
         read_config(t)), ValueError, "settings.dtype 'load' is not one of"),
 ]
+
+
+def _npy(tmp_path, array):
+    np.save(tmp_path / "d.npy", array)
+    return tmp_path / "d.npy"
+
+
+def _npz(tmp_path, **arrays):
+    np.savez(tmp_path / "d.npz", **arrays)
+    return tmp_path / "d.npz"
+
+
+def _with_nan(array, row):
+    array[row, 0] = np.nan
+    return array
 
 
 def _flip(path):
@@ -164,6 +200,17 @@ def user_run(tmp_path_factory):
 HARD_CODED = USER_PROGRAM.replace('dist.Normal(mu, sigma', 'dist.Normal(mu + sigma.new_zeros(3), sigma')
 
 
+def _train_then_change_data(tmp_path):
+    """A run trained on a data file, which then changes: its numbers would be another data set's."""
+    data = tmp_path / "d.npy"
+    np.save(data, np.random.default_rng(0).random((40, 4), dtype=np.float32))
+    argv = ["train", "--model", "ppca", "--guide", "mlp", "--latent-dim", "2", "--data", str(data),
+            "--estimator", "mc", "--epochs", "1", "--no-progress", "--eval-samples", "3"]
+    assert main([*argv, "--out", str(tmp_path / "on-file")]) == 0
+    np.save(data, np.random.default_rng(1).random((40, 4), dtype=np.float32))
+    return ["evaluate", str(tmp_path / "on-file"), "--num-samples", "3"]
+
+
 def _corrupt_json(run):
     (run / "config.json").write_text("{bad")
     (run / "manifest.json").unlink()
@@ -199,6 +246,12 @@ CLI_CASES = [
      "not a directory"),
     ("data-missing", lambda r, t: [*TRAIN[:6], "nope.csv", *TRAIN[7:], "--out", str(t / "n")],
      "data file not found"),
+    ("seed-too-large", lambda r, t: [*TRAIN, "--seed", str(2**32), "--out", str(t / "n")],
+     "argument --seed: expected a whole number in [0, 4294967295]"),
+    ("data-is-a-folder", lambda r, t: [*TRAIN[:6], str(t), *TRAIN[7:], "--out", str(t / "n")],
+     "is a folder: pass a .npy/.npz/.csv file in it, or mnist:"),
+    ("evaluate-data-changed-since-training", lambda r, t: _train_then_change_data(t),
+     "is not the data the run was trained on (data: other values"),
     ("device-unknown", lambda r, t: [*TRAIN, "--device", "warp", "--out", str(t / "n")],
      "unknown device"),
     ("user-file-syntax-error", lambda r, t: [*TRAIN[:1], "--model", f"{_file(t, 'm.py', 'def (')}:m",

@@ -8,18 +8,28 @@ from pathlib import Path
 
 from ppl_vae.train.run_dir import load_run
 
-__all__ = ["positive_int", "add_program_arguments", "require_run", "open_run"]
+__all__ = ["whole_number", "positive_int", "add_program_arguments", "require_run", "open_run"]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (``1.5`` and ``0`` are refused, not truncated)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+def whole_number(minimum: int, maximum: int | None = None):
+    """argparse type: a whole number in ``[minimum, maximum]`` (``1.5`` is refused, not
+    truncated)."""
+    expected = f"a whole number >= {minimum}" if maximum is None else \
+        f"a whole number in [{minimum}, {maximum}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = whole_number(1)
 
 
 def add_program_arguments(p: argparse.ArgumentParser) -> None:

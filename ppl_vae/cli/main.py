@@ -21,8 +21,15 @@ from pathlib import Path
 import pyro
 import torch
 
-from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
+from ppl_vae.cli.common import (
+    add_program_arguments,
+    open_run,
+    positive_int,
+    require_run,
+    whole_number,
+)
 from ppl_vae.cli.errors import one_line
+from ppl_vae.train.arguments import MAX_SEED
 from ppl_vae.train.storage import (
     MANIFEST_NAME,
     CorruptFileError,
@@ -64,16 +71,6 @@ def _option(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), json.loads(value)
     except json.JSONDecodeError:
         return key.replace("-", "_"), value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
 
 
 def _learning_rate(text: str) -> float:
@@ -140,7 +137,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE", help="extra guide constructor option (JSON value)")
     p.add_argument("--with-labels", action="store_true",
                    help="pass (x, label) batches to the programs (conditional models)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE")
@@ -163,7 +160,7 @@ def _devices(text: str):
 
 def config_from_args(args) -> dict:
     """The run's config.json: zoo programs by name, user files by path and sha256."""
-    from ppl_vae.train.run_dir import program_record
+    from ppl_vae.train.run_dir import data_record, program_record
 
     shared = {}
     if args.latent_dim is not None:
@@ -172,7 +169,7 @@ def config_from_args(args) -> dict:
         shared["hidden"] = args.hidden[0] if len(args.hidden) == 1 else list(args.hidden)
     return {
         **program_record("model", args.model), **program_record("guide", args.guide),
-        "data": args.data,
+        "data": data_record(args.data),
         "model_options": {**shared, **dict(args.model_option)},
         "guide_options": {**shared, **dict(args.guide_option)},
         "use_labels": bool(args.with_labels),

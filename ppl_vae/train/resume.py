@@ -14,7 +14,7 @@ from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import load_checkpoint, restore_params, restore_rng
 from ppl_vae.train.state import TrainState
 
-__all__ = ["RESUME_KEYS", "settings_differences", "resume"]
+__all__ = ["RESUME_KEYS", "settings_differences", "fingerprint_differences", "resume"]
 
 # The settings a resumed run must share with its checkpoint.
 RESUME_KEYS = (
@@ -24,7 +24,9 @@ RESUME_KEYS = (
 )
 
 
-def _fingerprint_differences(old: dict, new: dict) -> list[str]:
+def fingerprint_differences(old: dict, new: dict) -> list[str]:
+    """Each way the data fingerprint ``new`` differs from ``old`` (see
+    :func:`ppl_vae.train.prepare.fingerprint`), one line each."""
     out = []
     for part in ("data", "validation"):
         was, now = old.get(part), new.get(part)
@@ -61,7 +63,7 @@ def settings_differences(old: dict, new: dict) -> list[str]:
         out.append(f"epochs: {old['epochs']} in the checkpoint, {new['epochs']} now (a resumed "
                    "run may only get more epochs)")
     if with_fingerprint:
-        out += _fingerprint_differences(old["fingerprint"], new["fingerprint"])
+        out += fingerprint_differences(old["fingerprint"], new["fingerprint"])
     return out
 
 

@@ -22,6 +22,7 @@ import pyro
 import torch
 
 from ppl_vae.data import datasets
+from ppl_vae.data.tensors import as_tensors
 from ppl_vae.programs.registry import build, file_sha256, is_file_spec
 from ppl_vae.programs.util import max_plate_nesting
 from ppl_vae.train.checkpoint import (
@@ -31,9 +32,11 @@ from ppl_vae.train.checkpoint import (
     save_checkpoint,
     save_history,
 )
+from ppl_vae.train.prepare import fingerprint
+from ppl_vae.train.resume import fingerprint_differences
 from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, remove_run_files, write_bytes
 
-__all__ = ["Run", "RUN_FILES", "load_data", "save_run", "load_run", "build_programs",
+__all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run", "build_programs",
            "write_config", "read_config", "prepare_run_folder", "check_same_run",
            "program_record"]
 
@@ -63,10 +66,23 @@ def load_data(spec: str) -> datasets.Dataset:
         return datasets.load_mnist(spec.split(":", 1)[1])
     if Path(spec).suffix in {".npy", ".npz", ".csv"}:
         return datasets.load_array(spec)
+    if Path(spec).is_dir():
+        raise ValueError(f"data {spec!r} is a folder: pass a .npy/.npz/.csv file in it, or "
+                         f"mnist:{spec} for a folder of MNIST IDX files")
     raise ValueError(
         f"unknown data {spec!r}; choose one of: {', '.join(DATASETS)}, mnist:DIR, or a "
         ".npy/.npz/.csv file"
     )
+
+
+def data_record(spec: str) -> str:
+    """config.json's ``data`` for a ``--data`` spec: a file or folder by its absolute path, so
+    that ``evaluate`` and ``report`` find it from any working directory."""
+    if spec.startswith("mnist:"):
+        return f"mnist:{Path(spec.split(':', 1)[1]).resolve()}"
+    if Path(spec).suffix in {".npy", ".npz", ".csv"}:
+        return str(Path(spec).resolve())
+    return spec
 
 
 def build_programs(config: dict, dataset, **programs):
@@ -237,6 +253,10 @@ def load_run(run_dir, *, model=None, guide=None) -> Run:
     if not final.exists():
         raise ValueError(f"{path} holds no trained parameters (final.pt or checkpoint.pt)")
     ckpt = load_checkpoint(final, map_location="cpu")
+    recorded = config.get("settings", {}).get("fingerprint") or \
+        ckpt.get("settings", {}).get("fingerprint")
+    if recorded:
+        _check_same_data(path, config, dataset, dtype, recorded)
     pyro.clear_param_store()
     model, guide = build_programs(config, dataset, **programs)
     for program in (model, guide):
@@ -253,6 +273,19 @@ def load_run(run_dir, *, model=None, guide=None) -> Run:
     history = path / "history.csv"
     history = pd.read_csv(io.BytesIO(read_run_file(history))) if history.exists() else pd.DataFrame()
     return Run(path, config, dataset, model, guide, history)
+
+
+def _check_same_data(path: Path, config: dict, dataset, dtype, recorded: dict) -> None:
+    """Refuse a run whose data file changed since training: its numbers would be another data
+    set's (compared as resume compares, by shape and the sha256 of a fixed sample of rows)."""
+    now = {part: fingerprint(as_tensors(fit_data(config, dataset, split), dtype=dtype))
+           for part, split in (("data", "train"), ("validation", "test"))}
+    if recorded.get("validation") is None:
+        now["validation"] = None
+    differences = fingerprint_differences(recorded, now)
+    if differences:
+        raise ValueError(f"{path}: data {config['data']!r} is not the data the run was trained on "
+                         f"({'; '.join(differences)}); restore it or retrain")
 
 
 def _as_tuple(data):
