@@ -33,6 +33,12 @@ def _file(tmp_path):
     return path
 
 
+def _with_checkpoint(tmp_path):
+    """A folder holding another run's checkpoint (its content is never read without resume)."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"another run")
+    return tmp_path
+
+
 def _negative_row():
     v = X[:8].clone()
     v[3, 1] = -1.0
@@ -106,6 +112,8 @@ CASES = [
     ({"checkpoint_dir": lambda tmp: _file(tmp) / "sub"}, ValueError, "which is a file"),
     ({"checkpoint_dir": 3}, TypeError, "checkpoint_dir must be a path"),
     ({"resume": True}, ValueError, "resume=True needs checkpoint_dir"),
+    ({"checkpoint_dir": _with_checkpoint}, FileExistsError,
+     "already holds a run's checkpoint.pt: pass resume=True to continue that run"),
     # validation data: like the training rows, and through the same checks
     ({"validation_data": X[:8, :2]}, ValueError,
      "validation_data has rows of shape (2,) but data has (3,)"),
@@ -134,6 +142,8 @@ def test_bad_argument_is_named_before_the_first_epoch(override, error, fragment,
     assert fragment in message, message
     assert "\n" not in message
     assert ran == []  # no epoch ran
+    if (tmp_path / "checkpoint.pt").exists() and not override.get("resume"):
+        assert (tmp_path / "checkpoint.pt").read_bytes() == b"another run"  # left as it was
 
 
 def test_valid_integer_like_values_are_accepted():

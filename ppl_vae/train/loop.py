@@ -135,7 +135,8 @@ def fit(
     progress : bool
         tqdm bar over epochs (shown only on a terminal).
     checkpoint_dir : path, optional
-        Write ``checkpoint.pt`` (atomically) and ``history.csv`` there after every epoch.
+        Write ``checkpoint.pt`` (atomically) and ``history.csv`` there after every epoch. A
+        folder that holds a checkpoint already is refused unless ``resume=True``.
     resume : bool
         Continue from ``checkpoint_dir``'s checkpoint when there is one. The run must be the
         checkpoint's run: other settings or other data (compared by shape and a content
@@ -175,6 +176,9 @@ def fit(
         Before the first epoch, naming the argument: a value of the wrong type (``epochs=1.7``,
         ``batch_size=True``), out of range (``lr=0``), data or validation data the programs
         cannot take, an unwritable ``checkpoint_dir``, a resume that is not the same run.
+    FileExistsError
+        Before the first epoch, when ``checkpoint_dir`` already holds a checkpoint and
+        ``resume`` is False (a new run would replace that run's checkpoint).
     TrainingDivergedError
         When the loss becomes NaN or infinite (naming the epoch, the step and the last good
         checkpoint).
@@ -239,6 +243,12 @@ def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, 
     saver = None
     if config.checkpoint_dir is not None:
         saver = Checkpointer(config.checkpoint_dir, is_main=engine is None or engine.is_main)
+        if not config.resume and saver.is_main and saver.path.exists():
+            # A new run would replace the checkpoint (and history) of the run already there.
+            raise FileExistsError(
+                f"checkpoint_dir {str(config.checkpoint_dir)!r} already holds a run's "
+                f"{saver.path.name}: pass resume=True to continue that run, or another "
+                "checkpoint_dir (or remove the file) to start a new one")
     resumed = resume_run(saver, settings, model, guide, state, stopper, prepared.device) \
         if config.resume else None
     if resumed is None:
