@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _trust_cases import PLANTED_PROGRAM, REPORT, TRAIN, copy_run, flip_bit, make_run
 
@@ -62,6 +63,43 @@ def test_a_second_writer_gets_a_clear_error_and_the_first_run_is_intact(run_fold
     epoch = load_checkpoint(out / "checkpoint.pt")["epoch"]
     assert epoch >= 1
     assert main(["evaluate", str(out), "--num-samples", "3"]) == 0
+
+
+# ------------------------------------------------------------------------------ Ctrl-C
+def _until_epoch(proc: subprocess.Popen, out: Path, epoch: int) -> None:
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() or load_checkpoint(out / "checkpoint.pt")[
+            "epoch"] < epoch:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_ctrl_c_leaves_a_valid_resumable_run_and_frees_the_folder(tmp_path, capsys):
+    """SIGINT mid-run: exit 130 and one line saying how to go on; every file matches the
+    manifest, the lock is free, and --resume continues the history without a gap."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "ppl_vae.cli", *TRAIN, "--epochs", "100000", "--out", str(out)]
+    for extra, epoch in (([], 2), (["--resume"], None)):
+        proc = subprocess.Popen([*argv, *extra], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            epoch = epoch or load_checkpoint(out / "checkpoint.pt")["epoch"] + 2
+            _until_epoch(proc, out, epoch)
+            proc.send_signal(signal.SIGINT)
+            err = proc.communicate(timeout=60)[1]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines() == [
+            f"ppl-vae train: interrupted; {out / 'checkpoint.pt'} holds the last finished epoch: "
+            "rerun the same command with --resume to continue"], err
+        _all_ok(out)
+        epochs = pd.read_csv(out / "history.csv")["epoch"].tolist()
+        assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= epoch
+    assert main(["evaluate", str(out), "--num-samples", "3"]) == 0  # the lock was released
 
 
 # ------------------------------------------------------------- kill -9 during every write

@@ -98,6 +98,8 @@ CASES = [
     ({"dtype": torch.int64}, TypeError, "dtype must be a floating torch.dtype"),
     ({"dtype": "float64"}, TypeError, "dtype must be a floating torch.dtype"),
     ({"elbo_options": [("max_plate_nesting", 1)]}, TypeError, "elbo_options must be a dict"),
+    ({"elbo_options": {"max_plate_nestin": 1}}, TypeError,
+     "elbo_options ['max_plate_nestin']: the 'mc' estimator's ELBO does not take them"),
     ({"device": "no-such-device"}, ValueError, "unknown device 'no-such-device'"),
     ({"optimizer": "adamish"}, ValueError, "unknown optimizer 'adamish'"),
     ({"optimizer": torch.optim.Adam([torch.zeros(1, requires_grad=True)])}, TypeError,

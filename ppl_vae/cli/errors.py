@@ -46,7 +46,9 @@ def _os_error(exc: OSError) -> str:
 
 def one_line(exc: BaseException) -> str:
     """A one-line message for ``exc``, ending with what to do."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+    # torch's CPU allocator raises a bare RuntimeError ("DefaultCPUAllocator: can't allocate").
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
+            isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
         return ("out of memory: lower --batch-size, --num-particles or --eval-samples, or "
                 "train on a bigger device")
     if isinstance(exc, KeyError):

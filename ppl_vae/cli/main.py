@@ -30,6 +30,7 @@ from ppl_vae.cli.common import (
 )
 from ppl_vae.cli.errors import one_line
 from ppl_vae.train.arguments import MAX_SEED
+from ppl_vae.train.checkpoint import CHECKPOINT_NAME
 from ppl_vae.train.storage import (
     MANIFEST_NAME,
     CorruptFileError,
@@ -400,6 +401,16 @@ def _warning_line(command: str):
     return show
 
 
+def _resume_hint(args) -> str:
+    """For an interrupted ``train`` / ``run``: where the last checkpoint is and how to go on."""
+    out = getattr(args, "out", None)
+    if out is None or not (Path(out) / CHECKPOINT_NAME).is_file():
+        return ""
+    instead = " instead of --overwrite" if getattr(args, "overwrite", False) else ""
+    return (f"; {Path(out) / CHECKPOINT_NAME} holds the last finished epoch: rerun the same "
+            f"command with --resume{instead} to continue")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -408,7 +419,7 @@ def main(argv=None) -> int:
                 warnings.showwarning = _warning_line(args.command)
             return args.func(args)
     except KeyboardInterrupt:
-        print(f"ppl-vae {args.command}: interrupted", file=sys.stderr)
+        print(f"ppl-vae {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every error becomes one line (and exit code 2)
         if args.debug:

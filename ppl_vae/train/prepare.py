@@ -144,9 +144,15 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
             program.to(device=prepared.device, dtype=prepared.dtype)
-    elbo = make_elbo(config.estimator, num_particles=config.num_particles,
-                     vectorize_particles=config.vectorize_particles, jit=config.jit,
-                     **config.elbo_options)
+    try:
+        elbo = make_elbo(config.estimator, num_particles=config.num_particles,
+                         vectorize_particles=config.vectorize_particles, jit=config.jit,
+                         **config.elbo_options)
+    except TypeError as exc:
+        if not config.elbo_options:
+            raise
+        raise TypeError(f"elbo_options {sorted(config.elbo_options)}: the {config.estimator!r} "
+                        f"estimator's ELBO does not take them ({exc})") from exc
     check_rows = max(config.batch_size, 1024)
     check_support(model, guide, prepared.head, batch_size=check_rows, plate_name=config.data_plate)
     if prepared.validation_head is not None:
