@@ -15,6 +15,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from _trust_cases import TRAIN, USER_PROGRAM, copy_run, make_run
+from pyro.infer.autoguide import AutoNormal
 
 from ppl_vae import fit
 from ppl_vae.cli import main
@@ -34,6 +35,13 @@ def model(x):
 
 def guide(x):
     pass
+
+
+def local_model(x):
+    """A latent per data point, as Pyro's tutorials write one for an autoguide."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+        pyro.sample("x", dist.Normal(z[:, None], 1.0).to_event(1), obs=x)
 
 
 X = torch.randn(6, 3)
@@ -77,6 +85,10 @@ API_CASES = [
      ValueError, "missing values (NaN / pd.NA) in 1 row(s): 1"),
     ("dataframe-int", lambda t: _fit(pd.DataFrame(np.ones((6, 3), dtype=int))), ValueError,
      "df.astype('float32')"),
+    ("autoguide-local-latent-mini-batches", lambda t: fit(
+        local_model, AutoNormal(local_model), X, epochs=1, batch_size=2, progress=False),
+     ValueError, "the guide is an autoguide (AutoNormal) and the model's latent site(s) ['z'] "
+     "lie in the plate over data points"),
     ("one-d-data", lambda t: _fit(torch.randn(6)), ValueError, "the data is 1-D"),
     ("validation-int", lambda t: fit(model, guide, X, validation_data=X.long(), epochs=1,
                                      batch_size=2, progress=False), ValueError,
@@ -164,6 +176,21 @@ def test_api_bad_input(tmp_path, monkeypatch, case, call, error, fragment):
     assert fragment in str(info.value)
     assert "weights_only=False" not in str(info.value)
     assert not (tmp_path / "MARKER").exists()
+
+
+def test_an_autoguide_trains_on_all_rows_or_for_global_latents_only():
+    full = fit(local_model, AutoNormal(local_model), X, epochs=3, batch_size=6, progress=False)
+    pyro.clear_param_store()
+    global_only = fit(model_with_global, AutoNormal(model_with_global), X, epochs=3,
+                      batch_size=2, progress=False)
+    for result in (full, global_only):
+        assert np.isfinite(result.history["train_elbo"]).all()
+
+
+def model_with_global(x):
+    loc = pyro.sample("loc", dist.Normal(x.new_zeros(x.shape[1]), 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
 
 
 def test_integer_labels_after_floating_features_are_kept():

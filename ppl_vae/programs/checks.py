@@ -10,13 +10,14 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
+from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.data.tensors import shape_hint
-from ppl_vae.programs.plates import choose_data_plate, program_plates
+from ppl_vae.programs.plates import choose_data_plate, frame_full_size, program_plates
 
 __all__ = ["trace_pair", "check_sites_agree", "check_support", "latent_sites",
-           "resolve_data_plate"]
+           "resolve_data_plate", "check_autoguide_batches"]
 
 
 def trace_pair(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]):
@@ -159,6 +160,34 @@ def resolve_data_plate(
     with torch.random.fork_rng(devices=cuda), torch.no_grad(), pyro.validation_enabled(False):
         plates = program_plates(*trace_pair(model, guide, batch))
     return choose_data_plate(plates, rows, data_plate, num_data)
+
+
+def check_autoguide_batches(model: Callable, guide: Callable, batch: Sequence[torch.Tensor],
+                            num_data: int, plate_name: str | None = None) -> None:
+    """Refuse an autoguide for latent sites inside the data plate when training on mini-batches.
+
+    An autoguide (``AutoNormal``, ``AutoDelta``, ...) learns one set of parameters per data
+    point of the rows it is first called with; mini-batches of other rows (or another number of
+    them) then meet parameters made for different points, which Pyro reports only as a shape
+    mismatch or an index error deep in the program. ``batch`` is a mini-batch of ``B < num_data``
+    rows; the data plate is ``plate_name``, or any plate standing for the batch's ``B`` rows.
+    """
+    rows = int(batch[0].shape[0])
+    if not isinstance(guide, AutoGuide) or rows >= num_data:
+        return
+    with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
+        trace = poutine.trace(model).get_trace(*batch)
+    local = [name for name in latent_sites(trace) if not _is_enumerated(trace.nodes[name]) and any(
+        frame.name == plate_name if plate_name is not None else
+        frame_full_size(frame, trace.nodes[name]) == rows
+        for frame in trace.nodes[name]["cond_indep_stack"])]
+    if local:
+        raise ValueError(
+            f"the guide is an autoguide ({type(guide).__name__}) and the model's latent site(s) "
+            f"{local} lie in the plate over data points: an autoguide learns parameters for "
+            f"the rows it first sees, not for mini-batches of {rows} of {num_data} rows; use an "
+            "amortized guide (an encoder network) for them, or batch_size equal to the number "
+            "of rows")
 
 
 def _base(fn):

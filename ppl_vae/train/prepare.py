@@ -17,7 +17,7 @@ import torch
 from ppl_vae.data.streaming import DiskData
 from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
 from ppl_vae.estimators.registry import make_elbo, preflight_warnings
-from ppl_vae.programs.checks import check_support
+from ppl_vae.programs.checks import check_autoguide_batches, check_support
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.train.arguments import FitConfig
 from ppl_vae.train.objective import FreeBits, KLWarmup, WarmupProgram
@@ -153,6 +153,9 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
             raise
         raise TypeError(f"elbo_options {sorted(config.elbo_options)}: the {config.estimator!r} "
                         f"estimator's ELBO does not take them ({exc})") from exc
+    first = tuple(t[: max(config.batch_size // world, 1)] for t in prepared.head)
+    # Before anything calls an autoguide: its first call fixes the rows it has parameters for.
+    check_autoguide_batches(model, guide, first, prepared.num_data, config.data_plate)
     check_rows = max(config.batch_size, 1024)
     check_support(model, guide, prepared.head, batch_size=check_rows, plate_name=config.data_plate)
     if prepared.validation_head is not None:
@@ -161,7 +164,6 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
                           plate_name=config.data_plate)
         except ValueError as exc:
             raise ValueError(f"validation_data: {exc}") from exc
-    first = tuple(t[: max(config.batch_size // world, 1)] for t in prepared.head)
     # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
     if warmup is not None:
         model, guide = WarmupProgram(model, warmup), WarmupProgram(guide, warmup)
