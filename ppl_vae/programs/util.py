@@ -9,7 +9,7 @@ import torch
 
 from ppl_vae.programs.checks import trace_pair
 
-__all__ = ["max_plate_nesting", "program_dtype"]
+__all__ = ["max_plate_nesting", "program_dtype", "module_parameters", "trainable_parameters"]
 
 
 def max_plate_nesting(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]) -> int:
@@ -34,3 +34,37 @@ def program_dtype(*programs):
             if p is not None:
                 return p.dtype, p.device
     return None, None
+
+
+def module_parameters(*programs) -> dict[int, torch.Tensor]:
+    """The parameters that require grad of the programs that are ``torch.nn.Module``s, by
+    ``id`` (each once, in the modules' order)."""
+    found: dict[int, torch.Tensor] = {}
+    for program in programs:
+        if isinstance(program, torch.nn.Module):
+            for p in program.parameters():
+                if p.requires_grad:
+                    found.setdefault(id(p), p)
+    return found
+
+
+def trainable_parameters(programs: Sequence[Callable], param_trace) -> tuple[list[torch.Tensor],
+                                                                             list[str]]:
+    """Every leaf tensor the programs train, and the names of the ``pyro.param`` sites among
+    them that no module owns.
+
+    ``param_trace`` is a ``poutine.trace(param_only=True)`` trace of a run of the programs: its
+    ``pyro.param`` / ``pyro.module`` sites give their unconstrained leaves. Parameters of a
+    ``torch.nn.Module`` program count even when it never called ``pyro.module`` (plain Pyro
+    would silently train nothing); they come first, and their param-store names are left out:
+    module parameters travel in the module's ``state_dict``, and a ``PyroModule``'s param-store
+    names change from instance to instance.
+    """
+    params = module_parameters(*programs)
+    names = []
+    for name, site in param_trace.nodes.items():
+        leaf = site["value"].unconstrained()
+        if id(leaf) not in params:
+            params[id(leaf)] = leaf
+            names.append(name)
+    return list(params.values()), names

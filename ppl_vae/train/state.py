@@ -19,6 +19,7 @@ from pyro import poutine
 from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
+from ppl_vae.programs.util import trainable_parameters
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
@@ -64,25 +65,11 @@ def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Te
 
     Includes ``pyro.param`` / ``pyro.module`` sites, ``PyroModule`` parameters, and the
     parameters of a ``torch.nn.Module`` model or guide even when it never called ``pyro.module``
-    (which in plain Pyro silently trains nothing).
+    (see :func:`~ppl_vae.programs.util.trainable_parameters`).
     """
     with poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, *batch)
-    params: dict[int, torch.Tensor] = {}
-    for program in (model, guide):
-        if isinstance(program, torch.nn.Module):
-            for p in program.parameters():
-                if p.requires_grad:
-                    params.setdefault(id(p), p)
-    # Names only for pyro.param sites that no module owns: module parameters are saved with the
-    # module's state_dict, and a PyroModule's param-store names change from instance to instance.
-    names = []
-    for name, site in capture.trace.nodes.items():
-        leaf = site["value"].unconstrained()
-        if id(leaf) not in params:
-            params[id(leaf)] = leaf
-            names.append(name)
-    return list(params.values()), names
+    return trainable_parameters((model, guide), capture.trace)
 
 
 def make_optimizer(optimizer, params, lr: float) -> torch.optim.Optimizer:
