@@ -241,6 +241,25 @@ def test_planted_symlinks_are_never_written_through_nor_read(run_folder, tmp_pat
     assert "symbolic link" in capsys.readouterr().err and precious.read_text() == "do not touch"
 
 
+def test_a_planted_manifest_naming_files_outside_the_folder_is_refused(run_folder, tmp_path,
+                                                                        capsys):
+    """Anyone can write a manifest with a valid checksum: one naming ../precious.txt is an error,
+    and --overwrite (which removes the run's files) never deletes what it names."""
+    folder = copy_run(run_folder, tmp_path / "run")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("do not touch")
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["files"]["../precious.txt"] = {"sha256": "0" * 64, "bytes": 12}
+    storage._write_manifest(folder, manifest)  # a self-consistent checksum
+    capsys.readouterr()
+    assert main(["verify", str(folder)]) == 2
+    assert "lists ['../precious.txt'], which are not files of this run folder" in \
+        capsys.readouterr().err
+    assert main([*TRAIN, "--out", str(folder), "--overwrite"]) == 0
+    assert precious.read_text() == "do not touch"
+    _all_ok(folder)
+
+
 # ------------------------------------------------------------------- planted code and data
 PLANTED_CONFIGS = {
     "user-file": {"model": "evil.py:model", "guide": "evil.py:guide", "data": "eight_schools"},

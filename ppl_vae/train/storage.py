@@ -156,7 +156,19 @@ def _read_manifest(folder: Path) -> dict | None:
     if not ok:
         raise CorruptFileError(f"{path} is corrupted (it does not match its own checksum): the "
                                "run folder's files cannot be checked; retrain or restore it")
+    # Anyone can write a self-consistent manifest: it may name only files of this folder (a
+    # planted "../x" would otherwise be read by verify and deleted by --overwrite).
+    foreign = [n for part in ("files", "pending") for n in manifest[part] if not _run_file_name(n)]
+    if foreign:
+        raise CorruptFileError(f"{path} lists {foreign[:3]}, which are not files of this run "
+                               "folder: it was not written by ppl-vae; remove the folder or retrain")
     return manifest
+
+
+def _run_file_name(name) -> bool:
+    """A plain file name in the folder: no separator, not ``.``/``..``, not the lock file."""
+    return (isinstance(name, str) and name not in ("", ".", "..", LOCK_NAME, MANIFEST_NAME)
+            and "/" not in name and "\\" not in name and "\0" not in name)
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
