@@ -38,6 +38,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ppl_vae.estimators.graph_rewrites import simplify
 from ppl_vae.estimators.value_reads import ValueReads
+from ppl_vae.programs.util import module_parameters
 
 __all__ = ["TraceOnce", "JitFallbackWarning", "simplify", "inductor_unavailable"]
 
@@ -191,15 +192,6 @@ class TraceOnce:
         return self.fallback(*args, **kwargs)
 
     # -- recording -------------------------------------------------------------------------
-    def _module_params(self) -> list[torch.Tensor]:
-        found: dict[int, torch.Tensor] = {}
-        for program in self.programs:
-            if isinstance(program, torch.nn.Module):
-                for p in program.parameters():
-                    if p.requires_grad:
-                        found.setdefault(id(p), p)
-        return list(found.values())
-
     def _record(self, args, kwargs, with_grad: bool) -> _Entry | str:
         """The recorded entry, or (with a fallback) a one-line reason why it cannot be."""
         # One eager run (random state restored afterwards) creates lazily built parameters,
@@ -216,7 +208,7 @@ class TraceOnce:
         names = list(dict.fromkeys(capture.trace.nodes))
         # Torch modules' parameters are looked up once (walking the modules costs more than a
         # small model's step); load_state_dict and optimizers update them in place.
-        module_params = self._module_params()
+        module_params = list(module_parameters(*self.programs).values())
         leaves = _leaves(names, module_params)
         with_grad = with_grad and bool(leaves)  # nothing to differentiate: a forward graph
         tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]

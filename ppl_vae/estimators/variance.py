@@ -26,6 +26,7 @@ from ppl_vae.estimators.kl import as_batch
 from ppl_vae.estimators.registry import ESTIMATORS, get_spec, make_elbo
 from ppl_vae.programs.checks import resolve_data_plate
 from ppl_vae.programs.handlers import ScaledProgram
+from ppl_vae.programs.util import trainable_parameters
 
 __all__ = ["gradient_variance", "snr_by_particles", "VARIANCE_COLUMNS"]
 
@@ -40,14 +41,8 @@ def _program_params(program: Callable, batch: tuple) -> list[torch.Tensor]:
     """Leaf tensors one program reads (``pyro.param`` sites and ``nn.Module`` parameters)."""
     with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as capture:
         program(*batch)
-    found = {}
-    for site in capture.trace.nodes.values():
-        leaf = site["value"].unconstrained()
-        found.setdefault(id(leaf), leaf)
-    if isinstance(program, torch.nn.Module):
-        for p in program.parameters():
-            found.setdefault(id(p), p)
-    return [p for p in found.values() if p.requires_grad]
+    params, _ = trainable_parameters([program], capture.trace)
+    return [p for p in params if p.requires_grad]
 
 
 class _Moments:
