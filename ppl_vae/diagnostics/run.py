@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,7 @@ from ppl_vae.diagnostics.summary import Diagnostics, diagnose, posterior_summary
 from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.train.checkpoint import atomic_write
 from ppl_vae.train.run_dir import load_run
-from ppl_vae.train.storage import read_run_file, write_bytes
+from ppl_vae.train.storage import CorruptFileError, read_run_file, write_bytes
 
 __all__ = ["checkpoint_digest", "diagnose_run", "read_diagnostics", "read_tree", "write_tree"]
 
@@ -157,10 +158,17 @@ def _write(out: Path, result: Diagnostics, digest: str, options: dict) -> None:
 
 
 def read_diagnostics(run_dir, *, digest: str, options: dict | None = None) -> Diagnostics | None:
-    """The Diagnostics stored in a run folder, or None when a required file is missing or was
-    computed from another checkpoint (or with other options). Optional parts (gaps, SBC) are
-    None when their file is absent."""
-    out = Path(run_dir)
+    """The Diagnostics stored in a run folder, or None when a required file is missing, damaged
+    (its checksum differs from the folder's manifest) or was computed from another checkpoint
+    (or with other options). Optional parts (gaps, SBC) are None when their file is absent."""
+    try:
+        return _read(Path(run_dir), digest, options)
+    except CorruptFileError as exc:
+        warnings.warn(f"{exc}; the diagnostics are computed again", stacklevel=2)
+        return None
+
+
+def _read(out: Path, digest: str, options: dict | None) -> Diagnostics | None:
     needed = ["diagnostics.json", "diagnostics.nc", "diagnostics.csv", "diagnostics_latent.csv"]
     if not all((out / f).exists() for f in needed):
         return None
