@@ -17,6 +17,7 @@ Two kinds of program need more than slicing rows:
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -224,6 +225,10 @@ def map_chunks(fn: Callable[[int], object], starts: Sequence[int], *, engine=Non
     with bar:
         for start in mine:
             out.append(fn(start))
+            # Pyro's traces hold their tensors in reference cycles, freed only by the cyclic
+            # collector, which runs by object counts, not bytes: collect the young generations
+            # each chunk, or dead chunks pile up (12 GB at 60,000 MNIST rows without it).
+            gc.collect(1 if len(out) % 64 else 2)  # and all of them now and then
             bar.update(1)
     if world == 1:
         return out
