@@ -223,6 +223,9 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                 recon = reconstruction_gain(m0, g0, data, data_plate=data_plate, seed=seed)
             except ValueError:
                 recon = None  # a local prior without a mean: the check does not apply
+            except RuntimeError as exc:  # e.g. a model that subsamples its own plate
+                skipped.append(_row("Reconstruction vs prior mean", "not computed", "warning",
+                                    _first_line(exc)))
     if history is None:
         history = getattr(model if runs is None else runs[0], "history", None)
     gap_table = None
