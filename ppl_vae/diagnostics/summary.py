@@ -211,21 +211,7 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                                    num_draws=sbc_draws, chunk_size=chunk_size, **opts)
     if engine is not None and not engine.is_main:
         return None  # the sharded phases are done; rank 0 finishes
-    with timer("mutual information"):
-        mi, mi_reason, recon = float("nan"), None, None
-        try:
-            mi = mutual_information(m0, g0, data, data_plate=data_plate, seed=seed)
-        except ValueError as exc:
-            mi_reason = _first_line(exc)
-    if latent.shape[0]:
-        with timer("reconstruction"):
-            try:
-                recon = reconstruction_gain(m0, g0, data, data_plate=data_plate, seed=seed)
-            except ValueError:
-                recon = None  # a local prior without a mean: the check does not apply
-            except RuntimeError as exc:  # e.g. a model that subsamples its own plate
-                skipped.append(_row("Reconstruction vs prior mean", "not computed", "warning",
-                                    _first_line(exc)))
+    mi, mi_reason, recon = _information(m0, g0, data, latent, data_plate, seed, skipped, timer)
     if history is None:
         history = getattr(model if runs is None else runs[0], "history", None)
     gap_table = None
@@ -248,6 +234,27 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
     result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
                               ignore_index=True)
     return result
+
+
+def _information(m0, g0, data, latent, data_plate, seed, skipped, timer):
+    """Mutual information (or why it does not apply) and the reconstruction against the prior
+    mean (None where it does not apply; a row in ``skipped`` where it failed)."""
+    with timer("mutual information"):
+        mi, mi_reason, recon = float("nan"), None, None
+        try:
+            mi = mutual_information(m0, g0, data, data_plate=data_plate, seed=seed)
+        except ValueError as exc:
+            mi_reason = _first_line(exc)
+    if latent.shape[0]:
+        with timer("reconstruction"):
+            try:
+                recon = reconstruction_gain(m0, g0, data, data_plate=data_plate, seed=seed)
+            except ValueError:
+                recon = None  # a local prior without a mean: the check does not apply
+            except RuntimeError as exc:  # e.g. a model that subsamples its own plate
+                skipped.append(_row("Reconstruction vs prior mean", "not computed", "warning",
+                                    _first_line(exc)))
+    return mi, mi_reason, recon
 
 
 def _optional(check: str, skipped: list, fn, *args, **kwargs):
