@@ -7,6 +7,8 @@ Examples
 ``python -m benchmarks --data digits --batch 128 --particles 1 --no-memory``
 ``taskset -c 1 python -m benchmarks --clock cpu --repeats 3``   pinned to one core (NumPyro's
 process inherits the pinning)
+``python -m benchmarks --diagnostics-only``    only the diagnostics pass at N = 1,000 / 10,000 /
+                                              60,000 (updates its section of BENCHMARKS.md)
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import torch
 
 from benchmarks import main_job, numpyro_vae
 from benchmarks.contenders import CONTENDERS, Setting
+from benchmarks.diagnostics import DEFAULT_SIZES, diagnostics_lines, measure_all
 from benchmarks.memory import measure
-from benchmarks.report import write
+from benchmarks.report import replace_section, write
 from benchmarks.timing import case_inputs, check_sites_on_device, merge_repeats, time_case
 
 DEFAULT_CONTENDERS = ("torch", "torch_compile", "pyro", "ppl_vae_eager", "ppl_vae",
@@ -74,6 +77,11 @@ def parse(argv):
     p.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro contender")
     p.add_argument("--no-main-job", action="store_true",
                    help="skip timing the main job (ppl-vae run --data digits) by phase")
+    p.add_argument("--diagnostics-sizes", nargs="+", type=int, default=list(DEFAULT_SIZES),
+                   help="N of the diagnostics pass (784-dim rows)")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip the diagnostics pass")
+    p.add_argument("--diagnostics-only", action="store_true",
+                   help="run only the diagnostics pass and replace its section of --output")
     p.add_argument("--warm-compile-cache", action="store_true",
                    help="let Inductor reuse its on-disk cache (compile times then understate "
                    "a first run)")
@@ -83,7 +91,16 @@ def parse(argv):
         args.budget, args.memory_steps, args.min_rounds = 1.0, 1_000, 3
         args.no_main_job = True
     args.argv = list(argv)
+    if args.quick:
+        args.diagnostics_sizes = [min(args.diagnostics_sizes), 2 * min(args.diagnostics_sizes)]
     return args
+
+
+def run_diagnostics(args) -> list[str]:
+    rows = measure_all(args.diagnostics_sizes, threads=args.threads)
+    command = "python -m benchmarks --diagnostics-only --diagnostics-sizes " + " ".join(
+        str(n) for n in args.diagnostics_sizes)
+    return diagnostics_lines(rows, command)
 
 
 def run_cases(args, contenders, dtype) -> list:
@@ -141,6 +158,12 @@ def main(argv=None) -> int:
     if "torch" not in contenders:
         contenders.insert(0, "torch")
     start = time.perf_counter()
+    if args.diagnostics_only:
+        lines = run_diagnostics(args)
+        text = replace_section(args.output, "Diagnostics at real size", lines)
+        print("\n".join(lines))
+        print(f"total {time.perf_counter() - start:.0f} s", flush=True)
+        return 0 if text is not None else 1
     results = run_cases(args, contenders, dtype)
     if any("numpyro" in r.median_ms for r in results):
         contenders.append("numpyro")
@@ -175,7 +198,8 @@ def main(argv=None) -> int:
             print("main job", " ".join(variant) or "(defaults)", job.get("error", job.get("seconds")),
                   flush=True)
             jobs.append(job)
-    text = write(args.output, args, results, contenders, memory_runs, gpu, jobs)
+    diag = None if args.no_diagnostics else run_diagnostics(args)
+    text = write(args.output, args, results, contenders, memory_runs, gpu, jobs, diag)
     print(text.split("## Median")[0])
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     return 0

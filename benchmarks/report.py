@@ -182,7 +182,34 @@ def main_job_lines(jobs) -> list[str]:
                    "train ms/step", "evaluate s", "diagnose + report s"], rows)
 
 
-def write(path, args, results, contenders, memory_runs, gpu_lines, jobs=()) -> str:
+DIAGNOSTICS_INTRO = [
+    "The diagnostics pass on N synthetic 784-dim binary rows (`benchmarks/diagnostics.py`): "
+    "the zoo `VAE(784)` / `MLPEncoder(784)`, every stage with its defaults. Bounds: time linear "
+    "in N (growth exponent of time on log-log at most 1.15) and peak resident memory under "
+    "2 GiB at the largest N.", ""]
+
+
+def replace_section(path, title: str, lines: list[str]) -> str | None:
+    """Replace (or append) the section ``## title`` of an existing markdown file."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = "# Benchmarks\n"
+    head, found, rest = text.partition(f"## {title}\n")
+    # What follows the section: the next "## " heading on, if any (nothing when appending).
+    following = rest[rest.find("\n## ") + 1:] if found and "\n## " in rest else ""
+    section = "\n".join([f"## {title}", "", *DIAGNOSTICS_INTRO, *lines])
+    new = head.rstrip() + "\n\n" + section + "\n" + ("\n" + following if following else "")
+    with open(path, "w") as f:
+        f.write(new)
+    return new
+
+
+def write(path, args, results, contenders, memory_runs, gpu_lines, jobs=(),
+          diagnostics: list[str] | None = None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `python -m benchmarks` (see `docs/speed.md`); do not edit by hand.", ""]
     lines += ["## Machine", ""] + machine_lines(args) + [""]
@@ -210,6 +237,8 @@ def write(path, args, results, contenders, memory_runs, gpu_lines, jobs=()) -> s
     if memory_runs:
         lines += ["## Memory over a long run (one fresh process per row)", ""]
         lines += memory_lines(memory_runs) + [""]
+    if diagnostics:
+        lines += ["## Diagnostics at real size", ""] + DIAGNOSTICS_INTRO + diagnostics + [""]
     lines += ["## GPU", ""] + gpu_lines + [""]
     text = "\n".join(lines)
     if path:

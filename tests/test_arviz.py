@@ -12,6 +12,7 @@ from _diagnostics_cases import GlobalGuide, global_data, global_model, make_guid
 from ppl_vae.diagnostics.run import read_tree, write_tree
 from ppl_vae.evaluation.arviz import to_arviz
 from ppl_vae.evaluation.pointwise import draw
+from ppl_vae.programs.random import chunk_seed, seeded
 
 
 def _vae_pair(seed, obs_dim=64, dtype=torch.float32):
@@ -37,9 +38,11 @@ def test_vae_export_follows_arviz_conventions(digits, dtype):
     assert tree.attrs["estimator"] == "analytic"
     assert json.loads(tree.attrs["versions"])["pyro-ppl"].startswith("1.9")
     assert tree["posterior"]["z"].dtype == x.numpy().dtype
-    # Same seed, same draws: the export is pointwise.draw laid out for ArviZ.
-    torch.manual_seed(0)
-    d = draw(vae, enc, (x,), num_samples=7)
+    # Same seed, same draws: the export is pointwise.draw laid out for ArviZ (12 points are
+    # one chunk, seeded from (seed, chain 0, first index 0)).
+    assert tree.attrs["num_points"] == 12 and tree.attrs["chunk_size"] >= 12
+    with seeded(chunk_seed(0, "points", 0, 0)):
+        d = draw(vae, enc, (x,), num_samples=7, nesting=1)
     np.testing.assert_allclose(tree["posterior"]["z"].values[0], d.latents["z"].numpy())
     np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0], d.log_lik.numpy())
     np.testing.assert_allclose(tree["sample_stats"]["log_p"].values[0], d.log_p.numpy())
@@ -85,7 +88,7 @@ def test_custom_model_with_a_global_latent():
     rhat = float(arviz_stats.rhat(tree, var_names=["mu"])["mu"])
     assert rhat > 1.2  # far above the 1.01 of agreeing chains
     means = tree["posterior"]["mu"].mean("draw").values
-    assert means == pytest.approx([1.0, 2.0], abs=0.2)  # 30 draws of sd 0.5: SE 0.09
+    assert means == pytest.approx([1.0, 2.0], abs=0.3)  # 30 draws of sd 0.5: SE 0.09, 3.3 SE
 
 
 def test_fit_results_as_runs(digits):

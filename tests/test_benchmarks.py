@@ -154,7 +154,7 @@ def test_suite_writes_table(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     main(["--data", "digits", "--batch", "32", "--particles", "1", "--estimator", "analytic",
           "--budget", "0", "--warmup", "1", "--min-rounds", "2", "--no-memory", "--no-main-job",
-          "--no-numpyro", "--contenders", "torch", "ppl_vae_eager", "ppl_vae",
+          "--no-numpyro", "--no-diagnostics", "--contenders", "torch", "ppl_vae_eager", "ppl_vae",
           "--output", str(out)])
     text = out.read_text()
     for needle in ("## Machine", "torch 2.", "pyro-ppl 1.", "digits b32 analytic K1 loop",
@@ -196,3 +196,29 @@ def test_numpyro_contender_trains_the_same_vae(digits):
                             min_rounds=2, max_rounds=2, clock="cpu")
     assert "error" not in m, m
     assert m["steps"] == 2 and m["median_ms"] > 0 and m["first_s"] > 0
+
+
+def test_diagnostics_pass_table_and_exponent(tmp_path):
+    from benchmarks.diagnostics import diagnostics_lines, growth_exponent
+    from benchmarks.diagnostics import worker as diagnostics_worker
+    from benchmarks.report import replace_section
+
+    row = diagnostics_worker(["--stage", "evaluate", "--n", "60", "--folder", str(tmp_path)])
+    assert row["stage"] == "evaluate" and row["seconds"] > 0 and row["peak_rss_mib"] > 0
+    assert set(row["evaluation"]) >= {"elbo", "iwae"}
+    # Time exactly linear in N gives exponent 1; quadratic gives 2.
+    rows = [{"stage": s, "n": n, "seconds": 0.01 * n ** (1 if s != "report" else 2),
+             "peak_rss_mib": 500.0} for s in ("evaluate", "to_arviz", "diagnose", "report")
+            for n in (1_000, 10_000)]
+    assert growth_exponent(rows, "evaluate") == pytest.approx(1.0)
+    assert growth_exponent(rows, "report") == pytest.approx(2.0)
+    lines = diagnostics_lines(rows, "python -m benchmarks --diagnostics-only")
+    assert any("| diagnose | 1.00 |" in line and "| met |" in line for line in lines)
+    assert any("| report | 2.00 |" in line and "NOT met" in line for line in lines)
+    out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n\n## Machine\n\nm\n\n## GPU\n\ng\n")
+    replace_section(str(out), "Diagnostics at real size", lines)
+    replace_section(str(out), "Diagnostics at real size", lines)  # replaced, not appended twice
+    text = out.read_text()
+    assert text.count("## Diagnostics at real size") == 1 and "## GPU" in text
+    assert "## Machine" in text

@@ -32,7 +32,10 @@ def test_wider_guide_elbo_below_iwae_below_evidence():
     gap = 0.5 * 2 * (1.5**2 - 1 - math.log(1.5**2))
     # Standard error of the ELBO estimate: the log-weight sd / sqrt(K N) is below 0.01 here.
     assert ev["elbo"] == pytest.approx(exact - gap, abs=0.03)
-    assert ev["elbo"] < ev["iwae"] <= exact + 1e-6
+    # IWAE is below log p(x) in expectation; one estimate is not: its standard error here is
+    # sqrt(Var_q(w) / E[w]^2 / (K N)) = sqrt(0.447 / (200 * 200)) = 0.0033 (0.447 = 1.203^2 - 1,
+    # per dimension s^2 / sqrt(2 s^2 - 1) = 1.203 for s = 1.5), so allow three of them.
+    assert ev["elbo"] < ev["iwae"] <= exact + 0.01
 
 
 def test_evaluation_prints_as_a_table(digits):

@@ -128,3 +128,48 @@ def test_chromium_renders_every_image(digits_run, tmp_path):
     rgb = (pixels.reshape(-1, 3) * 255).astype(np.int64)
     assert len(np.unique(rgb[:, 0] * 65536 + rgb[:, 1] * 256 + rgb[:, 2])) > 200
 
+
+
+def test_report_reuses_current_files_and_recomputes_stale_ones(digits_run, monkeypatch, capsys):
+    import json
+
+    import h5py
+
+    import ppl_vae.diagnostics.run as run_module
+    from ppl_vae.diagnostics.run import checkpoint_digest
+
+    assert main(["diagnose", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc",
+                 "--points", "12"]) == 0
+    assert "seconds per phase: draws" in capsys.readouterr().out
+    meta = json.loads((digits_run / "diagnostics.json").read_text())
+    digest = checkpoint_digest(digits_run)
+    assert meta["checkpoint_sha256"] == digest
+    tree = read_tree(digits_run / "diagnostics.nc")
+    assert tree.attrs["checkpoint_sha256"] == digest
+    assert tree.attrs["num_points"] == 360 and tree["posterior"].sizes["data"] >= 12
+    with h5py.File(digits_run / "diagnostics.nc") as f:  # compressed, float32 as the data
+        assert f["posterior_predictive/x_mean"].compression == "gzip"
+        assert f["posterior_predictive/x_mean"].dtype == np.float32
+
+    def no_diagnose(*args, **kwargs):
+        raise AssertionError("the diagnostics were current: nothing should be recomputed")
+
+    monkeypatch.setattr(run_module, "diagnose", no_diagnose)
+    # Same options as the files: read back; the gaps the files lack are the only new work.
+    assert main(["report", str(digits_run), "--num-draws", "30", "--no-sbc", "--points", "12",
+                 "--out", str(digits_run / "reused.html")]) == 0
+    assert "Inference gaps" in (digits_run / "reused.html").read_text()
+    assert (digits_run / "diagnostics_gaps.csv").exists()
+    capsys.readouterr()
+    # Other options (or another checkpoint) make the files stale: diagnose runs again (here it
+    # raises, which the CLI reports as a one-line error).
+    assert main(["report", str(digits_run), "--num-draws", "31", "--no-gaps", "--no-sbc"]) != 0
+    assert "nothing should be recomputed" in capsys.readouterr().err
+    meta = json.loads((digits_run / "diagnostics.json").read_text())
+    from ppl_vae.train.storage import write_bytes
+
+    write_bytes(digits_run / "diagnostics.json",
+                json.dumps({**meta, "checkpoint_sha256": "0"}).encode())
+    assert main(["report", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc",
+                 "--points", "12"]) != 0
+    assert "nothing should be recomputed" in capsys.readouterr().err

@@ -2,22 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from pathlib import Path
 
 from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
 from ppl_vae.diagnostics.run import diagnose_run
+from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.reporting.run import report_run
 from ppl_vae.train.storage import lock_run
 
-__all__ = ["register"]
+__all__ = ["register", "points_argument"]
+
+
+def points_argument(text: str):
+    """``--points``: ``all``, a number, or comma-separated indices."""
+    if text == "all":
+        return text
+    if "," in text or text.startswith("["):
+        return [int(v) for v in json.loads(text if text.startswith("[") else f"[{text}]")]
+    return int(text)
+
+
+def _devices(text: str):
+    return text if text == "auto" else int(text)
+
+
+def _writing(args, run_dir: Path):
+    """The folder's writer lock, held by the process that writes it: not by the other ranks
+    that Lightning's ``ddp`` re-run of the command starts (they only compute)."""
+    rank = os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))
+    if args.devices not in (None, 1) and rank.isdigit() and int(rank) != 0:
+        return contextlib.nullcontext()
+    return lock_run(run_dir)
 
 
 def cmd_diagnose(args) -> int:
     run_dir = require_run(args.run_dir)
-    with lock_run(run_dir):
+    with _writing(args, run_dir):
         _, result = diagnose_run(run_dir, num_draws=args.num_draws, gaps=not args.no_gaps,
-                                 calibrate=not args.no_sbc, run=open_run(args, run_dir))
+                                 calibrate=not args.no_sbc, points=args.points,
+                                 devices=args.devices, strategy=args.strategy,
+                                 progress=False if args.no_progress else None,
+                                 run=open_run(args, run_dir))
+    if result is None:
+        raise SystemExit(0)  # a worker process of a sharded run: rank 0 reports
     print(result.checks[["check", "value", "status"]].to_string(index=False))
+    print("seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     print(f"wrote {run_dir / 'diagnostics.nc'} and {run_dir / 'diagnostics.csv'}")
     return 0
 
@@ -26,27 +58,39 @@ def cmd_report(args) -> int:
     run_dir = require_run(args.run_dir)
     with lock_run(run_dir):
         path = report_run(run_dir, out=args.out, num_draws=args.num_draws,
-                          gaps=not args.no_gaps, calibrate=not args.no_sbc,
+                          gaps=not args.no_gaps, calibrate=not args.no_sbc, points=args.points,
+                          progress=False if args.no_progress else None,
                           run=open_run(args, run_dir))
     print(f"report: {Path(path).resolve()}")
     return 0
 
 
+def _common(p) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--num-draws", type=positive_int, default=200,
+                   help="guide draws per data point")
+    p.add_argument("--no-gaps", action="store_true", help="skip the inference-gap split")
+    p.add_argument("--no-sbc", action="store_true", help="skip simulation-based calibration")
+    p.add_argument("--points", type=points_argument, default=DEFAULT_POINTS,
+                   help="data points whose draws diagnostics.nc keeps: a number (chosen at "
+                   "random, reproducibly), 'all', or indices '3,17,42' (per-point tables "
+                   "always cover every point)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_program_arguments(p)
+
+
 def register(sub) -> None:
     p = sub.add_parser("diagnose", help="posterior diagnostics of a run folder "
                        "(writes diagnostics.nc and diagnostics.csv)")
-    p.add_argument("run_dir")
-    p.add_argument("--num-draws", type=positive_int, default=200, help="guide draws per data point")
-    p.add_argument("--no-gaps", action="store_true", help="skip the inference-gap split")
-    p.add_argument("--no-sbc", action="store_true", help="skip simulation-based calibration")
-    add_program_arguments(p)
+    _common(p)
+    p.add_argument("--devices", type=_devices, default=None,
+                   help="processes to shard the data points over (Lightning Fabric, CPU)")
+    p.add_argument("--strategy", default=None,
+                   help="Lightning Fabric strategy: ddp (default with --devices), ddp_spawn")
     p.set_defaults(func=cmd_diagnose)
 
-    p = sub.add_parser("report", help="write a self-contained HTML report of a run folder")
-    p.add_argument("run_dir")
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run folder "
+                       "(reusing its diagnostics files when they are current)")
+    _common(p)
     p.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
-    p.add_argument("--num-draws", type=positive_int, default=200, help="guide draws per data point")
-    p.add_argument("--no-gaps", action="store_true", help="skip the inference-gap split")
-    p.add_argument("--no-sbc", action="store_true", help="skip simulation-based calibration")
-    add_program_arguments(p)
     p.set_defaults(func=cmd_report)

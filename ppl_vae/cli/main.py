@@ -303,17 +303,25 @@ def cmd_evaluate(args) -> int:
 
 def cmd_run(args) -> int:
     """The main job: train on the data, evaluate, and write the report."""
+    import time
+
     from ppl_vae.reporting.run import report_run
 
     out = Path(args.out)
     with _writing(args, out):
+        clock = time.perf_counter()
         train_run(args, out)
+        timings = {"train": time.perf_counter() - clock}
+        clock = time.perf_counter()
         run = open_run(args, out)  # the trained parameters, as `ppl-vae evaluate` reads them
         _evaluate(run, args.eval_samples)
+        timings["evaluate"] = time.perf_counter() - clock
         print(f"run folder: {out.resolve()}")
         print("diagnosing the posterior and writing the report ...", flush=True)
-        path = report_run(out, run=run)
+        path = report_run(out, run=run, progress=False if args.no_progress else None,
+                          timings=timings)
     print(f"report: {path.resolve()}")
+    print("seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return 0
 
 

@@ -12,8 +12,6 @@ with many draws from the better of the two guides.
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import pyro
 import torch
@@ -24,14 +22,12 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from ppl_vae.data.tensors import as_tensors, check_finite
-from ppl_vae.evaluation.pointwise import draw
+from ppl_vae.evaluation.chunks import ELEMENT_BUDGET
+from ppl_vae.evaluation.pointwise import draw, logmeanexp
+from ppl_vae.programs.random import seeded
 from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
 __all__ = ["inference_gaps", "log_evidence", "RefinedGuide"]
-
-
-def _logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
 
 
 def log_evidence(model, guide, data, *, num_samples: int = 1000, data_plate: str = "data",
@@ -48,30 +44,12 @@ def log_evidence(model, guide, data, *, num_samples: int = 1000, data_plate: str
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
-    with _seeded(seed):
+    with seeded(seed):
         d = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate)
     lw = d.log_weights.double()
-    iw, elbo = _logmeanexp(lw, 0), lw.mean(0)
+    iw, elbo = logmeanexp(lw, 0), lw.mean(0)
     return pd.DataFrame({"log_px": iw.cpu().numpy(), "elbo": elbo.cpu().numpy(),
                          "elbo_gap": (iw - elbo).cpu().numpy()})
-
-
-class _Seeded:
-    def __init__(self, seed):
-        self.seed = seed
-
-    def __enter__(self):
-        self.state = torch.get_rng_state()
-        if self.seed is not None:
-            torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        if self.seed is not None:
-            torch.set_rng_state(self.state)
-
-
-def _seeded(seed):
-    return _Seeded(seed)
 
 
 def _unwrap(fn):
@@ -211,7 +189,7 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
     batch = tuple(t[:num_points] for t in batch)
-    with _seeded(seed):
+    with seeded(seed):
         nesting = max_plate_nesting(model, guide, batch)
         with torch.no_grad(), pyro.validation_enabled(False):
             init = poutine.trace(guide).get_trace(*batch)
@@ -222,12 +200,10 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
         taken = _refine(model, refined_guide, refine, batch, nesting=nesting, steps=steps, lr=lr,
                         num_particles=num_particles, check_every=check_every,
                         tolerance=tolerance, num_check=num_check, data_plate=data_plate)
-        amortized = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate,
-                         nesting=nesting).log_weights.double()
-        refined = draw(model, refined_guide, batch, num_samples=num_samples,
-                       data_plate=data_plate, nesting=nesting).log_weights.double()
+        amortized = _log_weights(model, guide, batch, num_samples, nesting, data_plate)
+        refined = _log_weights(model, refined_guide, batch, num_samples, nesting, data_plate)
     elbo_a, elbo_r = amortized.mean(0), refined.mean(0)
-    iw_a, iw_r = _logmeanexp(amortized, 0), _logmeanexp(refined, 0)
+    iw_a, iw_r = logmeanexp(amortized, 0), logmeanexp(refined, 0)
     # Where refinement did not help (a noisy optimiser), the amortized q stays the best one.
     better = elbo_r >= elbo_a
     elbo_r = torch.where(better, elbo_r, elbo_a)
@@ -294,3 +270,15 @@ def _refine(model, refined_guide, refine, batch, *, nesting, steps, lr, num_part
             stale.zero_()
     refine.restore(kept)
     return taken
+
+
+def _log_weights(model, guide, batch, num_samples, nesting, data_plate) -> torch.Tensor:
+    """Log importance weights (K, N) of K draws, drawn in blocks of draws so that memory stays
+    near ELEMENT_BUDGET elements per drawn tensor (1000 draws of 32 MNIST rows would be 100 MB
+    per tensor at once)."""
+    width = max(1, sum(t[0].numel() for t in batch)) * batch[0].shape[0]
+    block = max(1, ELEMENT_BUDGET // width)
+    parts = [draw(model, guide, batch, num_samples=min(block, num_samples - k),
+                  data_plate=data_plate, nesting=nesting).log_weights.double()
+             for k in range(0, num_samples, block)]
+    return torch.cat(parts)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pyro
 import torch
@@ -21,10 +22,13 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.data.tensors import as_tensors
-from ppl_vae.evaluation.pointwise import in_draw_plate
-from ppl_vae.programs.util import max_plate_nesting, program_dtype
+from ppl_vae.evaluation.chunks import PointPlan, map_chunks, plan_points
+from ppl_vae.evaluation.pointwise import FixSubsample, trace_pairs
+from ppl_vae.programs.random import chunk_seed, seeded
+from ppl_vae.programs.util import program_dtype
 
-__all__ = ["ACTIVITY_THRESHOLD", "KL_THRESHOLD", "active_units", "kl_summary", "latent_table",
+__all__ = ["ACTIVITY_THRESHOLD", "KL_THRESHOLD", "active_units", "kl_summary", "latent_pass",
+           "latent_table",
            "mutual_information"]
 
 ACTIVITY_THRESHOLD = 0.01
@@ -47,23 +51,25 @@ def _unwrap(fn):
             return fn, reinterpreted
 
 
-def _local_pairs(model, guide, batch, num, data_plate):
-    """Guide and model traces with ``num`` draws in a particle plate, and the local latents."""
-    nesting = max_plate_nesting(model, guide, batch)
-    rank = nesting + 1
-    with torch.no_grad(), pyro.validation_enabled(False):
-        gtr = poutine.trace(in_draw_plate(guide, num, rank)).get_trace(*batch)
-        mtr = poutine.trace(
-            poutine.replay(in_draw_plate(model, num, rank), trace=gtr)
-        ).get_trace(*batch)
-    sites = []
-    for name, site in gtr.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
-            continue
-        dim = next((f.dim for f in site["cond_indep_stack"] if f.name == data_plate), None)
-        if dim is not None and name in mtr.nodes:
-            sites.append((name, dim, site, mtr.nodes[name]))
-    return sites, rank
+def _local_pairs(model, guide, batch, num, plan: PointPlan, subsample):
+    """Guide and model trace pairs with ``num`` draws (one pair in a particle plate, or one
+    pair per draw), and the local latents of each: [(name, data dim, guide site, model site)]."""
+    rank = plan.nesting + 1
+    with torch.no_grad():
+        pairs = trace_pairs(model, guide, batch, num, rank, plan.vectorized, subsample,
+                            plan.data_plate, None)
+    out = []
+    for gtr, mtr in pairs:
+        sites = []
+        for name, site in gtr.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
+                continue
+            dim = next((f.dim for f in site["cond_indep_stack"] if f.name == plan.data_plate),
+                       None)
+            if dim is not None and name in mtr.nodes:
+                sites.append((name, dim, site, mtr.nodes[name]))
+        out.append(sites)
+    return out, rank
 
 
 def _to_kn(t: torch.Tensor, rank: int, dim: int, n: int) -> torch.Tensor:
@@ -76,7 +82,9 @@ def _to_kn(t: torch.Tensor, rank: int, dim: int, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str = "data",
-                 threshold: float = ACTIVITY_THRESHOLD, seed: int | None = 0) -> pd.DataFrame:
+                 threshold: float = ACTIVITY_THRESHOLD, seed: int | None = 0,
+                 chunk_size: int | None = None, engine=None,
+                 progress: bool | None = False) -> pd.DataFrame:
     """KL and activity of every dimension of every local latent site.
 
     Parameters
@@ -89,6 +97,10 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
         Draws used for Monte Carlo KL (non-closed-form pairs) and for means without a closed form.
     threshold : float
         Activity threshold on Cov_x(E_q[z_d | x]) (Burda et al. 2016 use 0.01).
+    chunk_size, engine, progress
+        As for :func:`ppl_vae.evaluate`: the points are visited in chunks whose sums, means
+        and variances are combined (Chan et al.'s pairwise update), so memory does not grow
+        with N; ``engine`` shards the chunks over processes.
 
     Returns
     -------
@@ -99,25 +111,44 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
         (``"analytic"``, ``"monte carlo"``, ``"marginal"`` for a correlated Gaussian guide
         against a factorised prior, ``"unavailable"`` (KL NaN) where none of these applies).
     """
+    return latent_pass(model, guide, data, num_samples=num_samples, data_plate=data_plate,
+                       threshold=threshold, seed=seed, chunk_size=chunk_size, engine=engine,
+                       progress=progress)[0]
+
+
+@torch.no_grad()
+def latent_pass(model, guide, data, *, num_samples: int = 16, data_plate: str = "data",
+                threshold: float = ACTIVITY_THRESHOLD, seed: int | None = 0,
+                chunk_size: int | None = None, engine=None,
+                progress: bool | None = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """:func:`latent_table` and, from the same pass, the guide mean E_q[z | x_i] of every
+    point for the first local site (a DataFrame with ``point`` and ``<site>[j]`` columns, the
+    2-D view of the report; None without local latents)."""
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
-    n = batch[0].shape[0]
-    gen_state = torch.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        sites, rank = _local_pairs(model, guide, batch, num_samples, data_plate)
-    finally:
-        if seed is not None:
-            torch.set_rng_state(gen_state)
-    rows = []
-    for name, dim, gsite, msite in sites:
-        q, _ = _unwrap(gsite["fn"])
-        p, _ = _unwrap(msite["fn"])
-        z = gsite["value"]
-        kl, method = _kl_per_dim(q, p, z)
-        kl = _to_kn(kl, rank, dim, n).mean(0).mean(0)
-        activity = _activity(q, z, rank, dim, n)
+    plan = plan_points(model, guide, batch, num_draws=num_samples, data_plate=data_plate,
+                       chunk_size=chunk_size)
+
+    def one(start):
+        chunk, subsample = plan.chunk(batch, start)
+        with seeded(chunk_seed(seed, "latent", start)):
+            per_pair, rank = _local_pairs(model, guide, chunk, num_samples, plan, subsample)
+        return _chunk_moments(per_pair, rank, plan.stop(start) - start)
+
+    parts = map_chunks(one, plan.starts(), engine=engine, desc="latent", progress=progress)
+    rows, means = [], None
+    if parts and parts[0][1]:
+        site = parts[0][1][0][0]
+        values = torch.cat([p[2][site] for p in parts]).float().cpu().numpy()
+        means = pd.DataFrame(values, columns=[f"{site}[{j}]" for j in range(values.shape[1])])
+        means.insert(0, "point", np.arange(len(means)))
+    for name, method in (parts[0][1] if parts else []):
+        kl = sum(p[0][name][0] for p in parts) / plan.num_points
+        count, mean, m2, noise = parts[0][0][name][1:]
+        for p in parts[1:]:
+            count, mean, m2 = _combine((count, mean, m2), p[0][name][1:4])
+            noise = noise + p[0][name][4]
+        activity = ((m2 / count) - noise / count).clamp(min=0.0) if count > 1 else 0 * mean
         for d in range(activity.numel()):
             value = float(kl[d]) if kl.numel() == activity.numel() else float("nan")
             informative = not value < KL_THRESHOLD  # NaN (KL unavailable) leaves it to activity
@@ -125,8 +156,41 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
                          "active": bool(activity[d] > threshold) and informative,
                          "method": method})
     if not rows:
-        return pd.DataFrame(columns=["site", "dim", "kl", "activity", "active", "method"])
-    return pd.DataFrame(rows)
+        return pd.DataFrame(columns=["site", "dim", "kl", "activity", "active", "method"]), None
+    return pd.DataFrame(rows), means
+
+
+def _chunk_moments(per_pair, rank, n):
+    """Per local site of one chunk: (sum over points of the KL per dim, count, mean and sum
+    of squared deviations of the guide means over points, sum of their Monte Carlo noise);
+    [(site, KL method)]; and the guide means per point."""
+    stats, methods, point_means = {}, [], {}
+    for name, dim, _, _ in per_pair[0]:
+        kls, means, noises = [], [], []
+        for sites in per_pair:  # one pair, or one per draw when drawn one by one
+            _, _, g, m = next(s for s in sites if s[0] == name)
+            q, _ = _unwrap(g["fn"])
+            p, _ = _unwrap(m["fn"])
+            kl, method = _kl_per_dim(q, p, g["value"])
+            kls.append(_to_kn(kl, rank, dim, n)[:, :n].double())  # [:n]: drop any padding
+            mean, noise = _mean_and_noise(q, g["value"], rank, dim, n)
+            means.append(mean[:n])
+            noises.append(noise)
+        kl = torch.cat(kls).mean(0).sum(0)  # (D,): K-average, summed over the chunk's points
+        mean = torch.stack(means).mean(0)  # (N_chunk, D)
+        center = mean.mean(0)
+        stats[name] = (kl, n, center, ((mean - center) ** 2).sum(0), sum(noises) / len(noises))
+        methods.append((name, method))
+        point_means[name] = mean
+    return stats, methods, point_means
+
+
+def _combine(a, b):
+    """Count, mean and sum of squared deviations of two groups combined (Chan et al. 1979)."""
+    (na, ma, m2a), (nb, mb, m2b) = a, b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), m2a + m2b + delta**2 * (na * nb / n)
 
 
 def _kl_per_dim(q, p, z):
@@ -150,20 +214,17 @@ def _kl_per_dim(q, p, z):
     return torch.full(z.shape, float("nan"), dtype=z.dtype, device=z.device), "unavailable"
 
 
-def _activity(q, z, rank, dim, n) -> torch.Tensor:
-    """Cov_x(E_q[z_d | x]) per dimension, shape (D,). Without a closed-form mean the K draws'
-    average is used, minus its own Monte Carlo variance (mean_x Var_q / K) so that noise does not
-    make collapsed units look active."""
+def _mean_and_noise(q, z, rank, dim, n):
+    """E_q[z_d | x_i] per point, shape (N, D), and the sum over points of its Monte Carlo
+    variance. Without a closed-form mean the K draws' average is used, and its variance
+    (Var_q / K) is subtracted from the activity so that noise does not make collapsed units
+    look active."""
     try:
-        mean = _to_kn(q.mean.expand(z.shape), rank, dim, n).mean(0).double()
-        noise = 0.0
+        return _to_kn(q.mean.expand(z.shape), rank, dim, n).mean(0).double(), 0.0
     except (NotImplementedError, RuntimeError):
-        draws = _to_kn(z, rank, dim, n).double()  # (K, N, D)
-        mean = draws.mean(0)
-        noise = draws.var(0).mean(0) / draws.shape[0] if draws.shape[0] > 1 else 0.0
-    if n < 2:
-        return torch.zeros(mean.shape[1], dtype=torch.float64)
-    return (mean.var(0, unbiased=False) - noise).clamp(min=0.0)
+        draws = _to_kn(z, rank, dim, n)[:, :n].double()  # (K, N, D)
+        noise = draws.var(0).sum(0) / draws.shape[0] if draws.shape[0] > 1 else 0.0
+        return draws.mean(0), noise
 
 
 def active_units(table: pd.DataFrame) -> int:
@@ -188,19 +249,14 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
     """
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
-    batch = tuple(t[:max_points] for t in batch)
-    n = batch[0].shape[0]
-    if n < 2:
-        raise ValueError("data: the mutual information needs at least 2 data points")
-    gen_state = torch.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        with pyro.validation_enabled(False):
-            gtr = poutine.trace(guide).get_trace(*batch)
-    finally:
-        if seed is not None:
-            torch.set_rng_state(gen_state)
+    plan = plan_points(model, guide, batch, num_draws=1, data_plate=data_plate)
+    program = guide
+    if plan.subsampled:  # the model's own subsample size B: its first B points
+        program = FixSubsample(data_plate, torch.arange(plan.chunk_size, device=device))(guide)
+    else:
+        batch = tuple(t[:max_points] for t in batch)
+    with seeded(seed), pyro.validation_enabled(False):
+        gtr = poutine.trace(program).get_trace(*batch)
     total = None
     for site in gtr.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
@@ -208,23 +264,35 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
         frames = [f for f in site["cond_indep_stack"] if f.vectorized]
         if not any(f.name == data_plate for f in frames):
             continue
-        fn = site["fn"]
-        if len(frames) != 1 or fn.batch_shape != (n,):
+        term = _site_information(site, frames)
+        if term is None:
             return float("nan")
-        z = site["value"]  # (N, *event)
-        try:
-            pair = fn.log_prob(z.unsqueeze(1))  # (N_i, N_j): q(z_i | x_j)
-        except (RuntimeError, ValueError):
-            return float("nan")  # e.g. a conditional flow, whose transform cannot broadcast
-        own = torch.diagonal(pair)
-        agg = torch.logsumexp(pair, dim=1) - math.log(n)
-        term = own - agg
         total = term if total is None else total + term
     if total is None:
         raise ValueError(f"mutual information does not apply: the guide has no local latent "
                          f"site inside the plate {data_plate!r} (no per-point code z)")
+    if total.shape[0] < 2:
+        raise ValueError("data: the mutual information needs at least 2 data points")
     # Cross-site terms would need the joint aggregate; one site (the usual case) is exact.
     return float(total.double().mean())
+
+
+def _site_information(site, frames, block: int = 128) -> torch.Tensor | None:
+    """log q(z_i | x_i) - log mean_j q(z_i | x_j) per point i of one guide site, computed in
+    blocks of i (memory block x N, not N x N); None where q cannot be evaluated pairwise."""
+    fn, z = site["fn"], site["value"]  # z: (N, *event)
+    n = z.shape[0]
+    if len(frames) != 1 or fn.batch_shape != (n,):
+        return None
+    terms = []
+    for i in range(0, n, block):
+        try:
+            pair = fn.log_prob(z[i : i + block].unsqueeze(1))  # (block, N_j): q(z_i | x_j)
+        except (RuntimeError, ValueError):
+            return None  # e.g. a conditional flow, whose transform cannot broadcast
+        own = torch.diagonal(pair, offset=i)
+        terms.append(own - (torch.logsumexp(pair, dim=1) - math.log(n)))
+    return torch.cat(terms)
 
 
 def kl_summary(table: pd.DataFrame) -> dict:

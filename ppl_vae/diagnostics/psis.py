@@ -16,7 +16,8 @@ import pandas as pd
 from arviz_stats.base import array_stats
 from scipy.special import logsumexp
 
-__all__ = ["KHAT_THRESHOLDS", "joint_khat", "khat_category", "khat_shares", "pointwise_psis", "psis"]
+__all__ = ["KHAT_THRESHOLDS", "joint_khat", "khat_category", "khat_shares", "pointwise_psis", "psis",
+           "psis_table"]
 
 KHAT_THRESHOLDS = (0.5, 0.7)
 
@@ -91,7 +92,8 @@ def pointwise_psis(tree) -> pd.DataFrame:
     """PSIS diagnostics of every data point (and chain) of a ``to_arviz`` DataTree.
 
     The log ratios are ``sample_stats.log_p - sample_stats.log_q`` (local sites, so the ratio
-    of a point is conditional on the global latents of the same draw).
+    of a point is conditional on the global latents of the same draw). The tree holds the
+    exported points only; :func:`ppl_vae.diagnose` computes this table for every point.
 
     Returns
     -------
@@ -105,20 +107,26 @@ def pointwise_psis(tree) -> pd.DataFrame:
     stats = tree["sample_stats"]
     plate = tree.attrs.get("data_plate", "data")
     log_r = (stats["log_p"] - stats["log_q"]).transpose("chain", plate, "draw").values
-    num = log_r.shape[-1]
+    points = stats[plate].values
+    return pd.concat([psis_table(log_r[i], points, chain)
+                      for i, chain in enumerate(stats["chain"].values)], ignore_index=True)
+
+
+def psis_table(log_r: np.ndarray, points: np.ndarray, chain=0) -> pd.DataFrame:
+    """The rows of :func:`pointwise_psis` for log ratios of shape (points, K) of one chain."""
     log_w, khat = psis(log_r)
-    log_px = logsumexp(log_r.astype(np.float64), axis=-1) - np.log(num)
-    elbo = log_r.astype(np.float64).mean(-1)
-    chains, points = np.meshgrid(stats["chain"].values, stats[plate].values, indexing="ij")
+    log_r = log_r.astype(np.float64)
+    log_px = logsumexp(log_r, axis=-1) - np.log(log_r.shape[-1])
+    elbo = log_r.mean(-1)
     return pd.DataFrame({
-        "chain": chains.ravel(),
-        "point": points.ravel(),
-        "k_hat": khat.ravel(),
-        "category": khat_category(khat).ravel(),
-        "ess": (1.0 / np.exp(logsumexp(2 * log_w, axis=-1))).ravel(),
-        "log_px": log_px.ravel(),
-        "elbo": elbo.ravel(),
-        "elbo_gap": (log_px - elbo).ravel(),
+        "chain": np.full(len(points), chain),
+        "point": np.asarray(points),
+        "k_hat": khat,
+        "category": khat_category(khat),
+        "ess": 1.0 / np.exp(logsumexp(2 * log_w, axis=-1)),
+        "log_px": log_px,
+        "elbo": elbo,
+        "elbo_gap": log_px - elbo,
     })
 
 
@@ -143,6 +151,8 @@ def joint_khat(tree) -> np.ndarray | None:
     if "log_p_global" not in stats:
         return None
     plate = tree.attrs.get("data_plate", "data")
-    local = (stats["log_p"] - stats["log_q"]).sum(plate)
+    # The tree may export a subset of the points; local_log_ratio sums over all of them.
+    local = (stats["local_log_ratio"] if "local_log_ratio" in stats
+             else (stats["log_p"] - stats["log_q"]).sum(plate))
     joint = (local + stats["log_p_global"] - stats["log_q_global"]).transpose("chain", "draw")
     return psis(joint.values)[1]

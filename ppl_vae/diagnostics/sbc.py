@@ -21,10 +21,12 @@ from pyro import poutine
 from scipy import stats
 
 from ppl_vae.data.tensors import as_tensors
-from ppl_vae.evaluation.pointwise import draw
-from ppl_vae.programs.util import max_plate_nesting, program_dtype
+from ppl_vae.evaluation.chunks import map_chunks, plan_points
+from ppl_vae.evaluation.pointwise import FixSubsample, draw
+from ppl_vae.programs.random import chunk_seed, seeded
+from ppl_vae.programs.util import program_dtype
 
-__all__ = ["SBCResult", "sbc"]
+__all__ = ["SBCResult", "sbc", "uniformity_table"]
 
 # An amortized guide is calibrated against the model it was trained with: the simulations come
 # from the prior predictive of the model at its trained parameters (decoder weights, globals'
@@ -98,7 +100,8 @@ def _default_simulation_args(model_trace, batch) -> tuple:
 @torch.no_grad()
 def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int = 10,
         alpha: float = 0.01, data_plate: str = "data", seed: int | None = 0,
-        simulation_args: Callable | None = None) -> SBCResult:
+        simulation_args: Callable | None = None, chunk_size: int | None = None, engine=None,
+        progress: bool | None = False) -> SBCResult:
     """Simulation-based calibration of the guide against the model's prior predictive.
 
     Parameters
@@ -121,6 +124,9 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
     simulation_args : callable, optional
         ``(model_trace, batch) -> args`` building the guide's arguments from a simulation; by
         default each observed site's value replaces the argument it was observed from.
+    chunk_size, engine, progress
+        As for :func:`ppl_vae.evaluate`: without global latents the points are simulated
+        chunk by chunk (memory bounded by one chunk), seeded per (seed, run, chunk).
 
     Returns
     -------
@@ -130,41 +136,68 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
         raise ValueError(f"bins: num_draws + 1 = {num_draws + 1} must be divisible by bins={bins}")
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
-    columns: dict[str, list] = {}
-    moments: dict[str, dict[str, list]] = {"truth": {}, "mean": {}, "sd": {}}
-    state = torch.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        nesting = max_plate_nesting(model, guide, batch)
-        rank = nesting + 1
-        for _ in range(num_runs):
-            with pyro.validation_enabled(False):
-                sim = poutine.trace(poutine.uncondition(model)).get_trace(*batch)
-            args = (simulation_args or _default_simulation_args)(sim, batch)
-            d = draw(model, guide, args, num_samples=num_draws, data_plate=data_plate,
-                     nesting=nesting)
-            for name, value in d.latents.items():
-                true = sim.nodes[name]["value"]
-                # draws (L, batch..., event) against the true value (batch..., event): rank of
-                # z* = how many guide draws fall below it (ties have probability zero).
-                ranks = _rows((value < true).sum(0), d.data_dims[name], rank - 1)
-                moment = {"truth": true.expand(value.shape[1:]), "mean": value.mean(0),
-                         "sd": value.std(0)}
-                moment = {k: _rows(v, d.data_dims[name], rank - 1) for k, v in moment.items()}
-                for j in range(ranks.shape[1]):
-                    columns.setdefault(f"{name}[{j}]", []).append(ranks[:, j].cpu().numpy())
-                    for k, v in moment.items():
-                        moments[k].setdefault(f"{name}[{j}]", []).append(
-                            v[:, j].double().cpu().numpy())
-    finally:
-        if seed is not None:
-            torch.set_rng_state(state)
-    # Global dimensions have fewer simulations than local ones: shorter columns end in NaN.
-    ranks = (pd.DataFrame({c: pd.Series(np.concatenate(v)) for c, v in columns.items()})
-             if columns else None)
-    if ranks is None:
+    plan = plan_points(model, guide, batch, num_draws=num_draws, data_plate=data_plate,
+                       chunk_size=chunk_size)
+    # With global latents a simulation is the whole data set (one global draw for all points);
+    # without, each chunk of points is simulated on its own, which is the same joint draw.
+    step = plan.num_points if plan.has_global else plan.chunk_size
+    jobs = [(run, start) for run in range(num_runs) for start in range(0, plan.num_points, step)]
+
+    def one(job):
+        run, start = job
+        with seeded(chunk_seed(seed, "sbc", run, start)):
+            return _simulation_ranks(model, guide, batch, plan, start, step, num_draws,
+                                     simulation_args)
+
+    columns: dict[str, dict[str, list]] = {k: {} for k in ("ranks", "truth", "mean", "sd")}
+    for part in map_chunks(one, jobs, engine=engine, desc="sbc", progress=progress):
+        for kind, cols in part.items():
+            for col, values in cols.items():
+                columns[kind].setdefault(col, []).append(values)
+    if not columns["ranks"]:
         raise ValueError("guide: no latent sites to calibrate")
+    # Global dimensions have fewer simulations than local ones: shorter columns end in NaN.
+    ranks, truth, mean, sd = (pd.DataFrame({c: pd.Series(np.concatenate(v)) for c, v in
+                                            columns[k].items()})
+                              for k in ("ranks", "truth", "mean", "sd"))
+    return SBCResult(ranks, uniformity_table(ranks, num_draws, bins, alpha), int(num_draws),
+                     int(bins), float(alpha), truth, mean, sd)
+
+
+def _simulation_ranks(model, guide, batch, plan, start, step, num_draws, simulation_args):
+    """Simulate (z*, x) on the points start..start+step and rank each z* among the guide's
+    draws given x: {"<site>[<j>]": ranks (one per point, one per simulation for globals)}."""
+    whole = step >= plan.num_points
+    chunk, subsample = (tuple(batch), None) if whole and not plan.subsampled else \
+        plan.chunk(batch, start)
+    program = poutine.uncondition(model)
+    if subsample is not None:
+        program = FixSubsample(plan.data_plate, subsample)(program)
+    with pyro.validation_enabled(False):
+        sim = poutine.trace(program).get_trace(*chunk)
+    args = (simulation_args or _default_simulation_args)(sim, chunk)
+    d = draw(model, guide, args, num_samples=num_draws, data_plate=plan.data_plate,
+             nesting=plan.nesting, vectorized=plan.vectorized, subsample=subsample)
+    valid = min(start + step, plan.num_points) - start
+    out = {k: {} for k in ("ranks", "truth", "mean", "sd")}
+    for name, value in d.latents.items():
+        true = sim.nodes[name]["value"]
+        # draws (L, batch..., event) against the true value (batch..., event): rank of z* =
+        # how many guide draws fall below it (ties have probability zero).
+        per = {"ranks": (value < true).sum(0), "truth": true.expand(value.shape[1:]),
+               "mean": value.mean(0), "sd": value.std(0)}
+        for kind, v in per.items():
+            rows = _rows(v, d.data_dims[name], plan.nesting)
+            if d.data_dims[name] is not None:
+                rows = rows[:valid]  # drop the padding of a self-subsampling model's last chunk
+            for j in range(rows.shape[1]):
+                col = rows[:, j] if kind == "ranks" else rows[:, j].double()
+                out[kind][f"{name}[{j}]"] = col.cpu().numpy()
+    return out
+
+
+def uniformity_table(ranks: pd.DataFrame, num_draws: int, bins: int, alpha: float) -> pd.DataFrame:
+    """Pearson's chi-square test of uniform ranks per dimension, Bonferroni over dimensions."""
     edges = np.linspace(0, num_draws + 1, bins + 1)
     rows = []
     for col in ranks:
@@ -175,9 +208,7 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
                      "chi2": float(chi2), "p_value": float(p)})
     table = pd.DataFrame(rows)
     table["passed"] = table["p_value"] >= alpha / len(table)
-    truth, mean, sd = (pd.DataFrame({c: pd.Series(np.concatenate(v)) for c, v in m.items()})
-                       for m in (moments["truth"], moments["mean"], moments["sd"]))
-    return SBCResult(ranks, table, int(num_draws), int(bins), float(alpha), truth, mean, sd)
+    return table
 
 
 def _rows(ranks: torch.Tensor, data_dim: int | None, batch_rank: int) -> torch.Tensor:

@@ -3,19 +3,29 @@ plain-language verdict per check."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 
 import arviz_stats
 import numpy as np
 import pandas as pd
 
+from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.diagnostics.calibration import calibration_table
 from ppl_vae.diagnostics.collapse import Reconstruction, reconstruction_gain, reference_value
 from ppl_vae.diagnostics.convergence import Convergence, convergence
+from ppl_vae.diagnostics.distributed import launch_diagnose
 from ppl_vae.diagnostics.gaps import inference_gaps
-from ppl_vae.diagnostics.latent import kl_summary, latent_table, mutual_information
-from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS, joint_khat, khat_shares, pointwise_psis
+from ppl_vae.diagnostics.latent import kl_summary, latent_pass, mutual_information
+from ppl_vae.diagnostics.psis import (
+    KHAT_THRESHOLDS,
+    joint_khat,
+    khat_shares,
+    pointwise_psis,
+    psis_table,
+)
 from ppl_vae.diagnostics.sbc import SBCResult, sbc
 from ppl_vae.diagnostics.verdicts import (
     ADVICE,
@@ -25,7 +35,11 @@ from ppl_vae.diagnostics.verdicts import (
     convergence_row,
     row,
 )
-from ppl_vae.evaluation.arviz import runs_from, to_arviz
+from ppl_vae.evaluation.arviz import build_tree, runs_from
+from ppl_vae.evaluation.chunks import plan_points
+from ppl_vae.evaluation.export import DEFAULT_POINTS, chain_pass, select_points
+from ppl_vae.programs.util import program_dtype
+from ppl_vae.train.distributed import wants_engine
 
 __all__ = ["STATUSES", "Diagnostics", "diagnose", "posterior_summary"]
 
@@ -65,6 +79,10 @@ class Diagnostics:
     num_points : int
     reference_mi : float or None
         I(x; z) of a reference model of the same kind, when one was given.
+    timings : dict
+        Seconds per phase (``draws``, ``latent``, ``sbc``, ``mutual information``, ``gaps``).
+    latent_means : pandas.DataFrame or None
+        E_q[z | x_i] of the first local site for every point (``point``, ``<site>[j]``).
     """
 
     tree: object
@@ -81,6 +99,8 @@ class Diagnostics:
     mi_reason: str | None = None
     num_points: int = 0
     reference_mi: float | None = None
+    timings: dict = field(default_factory=dict)
+    latent_means: pd.DataFrame | None = None
 
     def summary(self) -> dict:
         """Headline numbers (floats)."""
@@ -117,7 +137,9 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
              gaps: bool = True, gap_points: int = 32, gap_steps: int = 5000,
              calibrate: bool = True, sbc_draws: int = 99, num_worst: int = 5,
              data_plate: str | None = None, seed: int | None = 0, settings: dict | None = None,
-             tree=None, history=None, reference=None) -> Diagnostics:
+             tree=None, history=None, reference=None, points=DEFAULT_POINTS,
+             chunk_size: int | None = None, devices=None, strategy=None, engine=None,
+             progress: bool | None = None) -> Diagnostics:
     """Run every posterior check.
 
     Parameters
@@ -139,59 +161,162 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
         A trained model of the same kind: its ``mutual_information`` is the yardstick of this
         one's (the report gives the fraction).
 
+    points, chunk_size
+        As for :func:`ppl_vae.to_arviz`: the per-point checks cover every data point, computed
+        chunk by chunk; the tree exports the draws of ``points`` (100 random ones by default)
+        plus the ``num_worst`` points.
+    devices, strategy : optional
+        Shard the data points over processes on Lightning Fabric (as ``fit`` does); results
+        equal one process's, since each chunk is seeded from (seed, its first point).
+    engine : ppl_vae.train.distributed.Engine, optional
+        This process's handle in an already launched run.
+    progress : bool, optional
+        A tqdm bar per phase (``None``: on a terminal only).
+
     Returns
     -------
     Diagnostics
         The checks and their verdicts; the latent, gap and SBC checks use the first run.
     """
+    if engine is None and wants_engine(devices, strategy, 1):
+        return launch_diagnose(diagnose, model, guide, data, devices=devices, strategy=strategy,
+                               runs=runs, num_draws=num_draws, gaps=gaps, gap_points=gap_points,
+                               gap_steps=gap_steps, calibrate=calibrate, sbc_draws=sbc_draws,
+                               num_worst=num_worst, data_plate=data_plate, seed=seed,
+                               settings=settings, tree=tree, history=history,
+                               reference=reference, points=points, chunk_size=chunk_size,
+                               progress=progress)
     chains = runs_from(model, guide, runs)
-    m0, g0, s0 = chains[0]
-    if tree is None:
-        tree = to_arviz(model, guide, data, runs=runs, num_draws=num_draws, seed=seed,
-                        data_plate=data_plate, settings=settings)
-    # The plate to_arviz resolved (or the one the given export was made with).
+    m0, g0, _ = chains[0]
+    timer = _Timer()
+    with timer("draws"):
+        if tree is None:
+            tree, pointwise = pointwise_pass(chains, data, num_draws=num_draws, points=points,
+                                             num_worst=num_worst, settings=settings,
+                                             chunk_size=chunk_size, data_plate=data_plate,
+                                             seed=seed, engine=engine, progress=progress)
+        else:
+            pointwise = pointwise_psis(tree)
+    # The plate the pass resolved (or the one the given export was made with).
     data_plate = data_plate if data_plate is not None else tree.attrs["data_plate"]
-    pointwise = pointwise_psis(tree)
-    latent = latent_table(m0, g0, data, data_plate=data_plate, seed=seed)
-    mi, mi_reason, recon = float("nan"), None, None
-    try:
-        mi = mutual_information(m0, g0, data, data_plate=data_plate, seed=seed)
-    except ValueError as exc:
-        mi_reason = _first_line(exc)
-    if latent.shape[0]:
-        try:
-            recon = reconstruction_gain(m0, g0, data, data_plate=data_plate, seed=seed)
-        except ValueError:
-            recon = None  # a local prior without a mean: the check does not apply
-    if history is None:
-        history = getattr(model if runs is None else runs[0], "history", None)
-    first = pointwise[pointwise["chain"] == pointwise["chain"].iloc[0]]
-    worst = first.nlargest(num_worst, "k_hat")["point"].tolist()
-    posterior = posterior_summary(tree, worst=worst)
-    gap_table, sbc_result, skipped = None, None, []
+    opts = dict(data_plate=data_plate, seed=seed, engine=engine, progress=progress)
+    with timer("latent"):
+        latent, means = latent_pass(m0, g0, data, chunk_size=chunk_size, **opts)
     # The two optional checks need more of the programs (reparameterised local sites, a way to
     # feed simulations to the guide); when a model does not allow them the report says why.
-    if gaps and latent.shape[0]:
-        try:
-            gap_table = inference_gaps(m0, g0, data, num_points=gap_points, steps=gap_steps,
-                                       data_plate=data_plate, seed=seed)
-        except ValueError as exc:
-            skipped.append(_row("Inference gaps", "not computed", "warning", _first_line(exc)))
+    sbc_result, skipped = None, []
     if calibrate:
-        try:
-            sbc_result = sbc(m0, g0, data, num_draws=sbc_draws, data_plate=data_plate,
-                             seed=seed)
-        except ValueError as exc:
-            skipped.append(_row("Simulation-based calibration", "not computed", "warning",
-                                _first_line(exc)))
-    result = Diagnostics(tree, pointwise, latent, mi, posterior, gap_table, sbc_result,
+        with timer("sbc"):
+            sbc_result = _optional("Simulation-based calibration", skipped, sbc, m0, g0, data,
+                                   num_draws=sbc_draws, chunk_size=chunk_size, **opts)
+    if engine is not None and not engine.is_main:
+        return None  # the sharded phases are done; rank 0 finishes
+    mi, mi_reason, recon = _information(m0, g0, data, latent, data_plate, seed, skipped, timer)
+    if history is None:
+        history = getattr(model if runs is None else runs[0], "history", None)
+    gap_table = None
+    if gaps and latent.shape[0]:
+        with timer("gaps"):
+            gap_table = _optional("Inference gaps", skipped, inference_gaps, m0, g0, data,
+                                  num_points=gap_points, steps=gap_steps, data_plate=data_plate,
+                                  seed=seed)
+    exported = set(tree["posterior"][data_plate].values) \
+        if data_plate in tree["posterior"].dims else set()
+    first = pointwise[pointwise["chain"] == pointwise["chain"].iloc[0]]
+    worst = [p for p in first.nlargest(num_worst, "k_hat")["point"] if p in exported]
+    result = Diagnostics(tree, pointwise, latent, mi, posterior_summary(tree, worst=worst),
+                         gap_table, sbc_result,
                          calibration=None if sbc_result is None else calibration_table(sbc_result),
                          convergence=convergence(history), reconstruction=recon,
                          mi_reason=mi_reason, num_points=int(pointwise["point"].nunique()),
-                         reference_mi=reference_value(reference, "mutual_information"))
+                         reference_mi=reference_value(reference, "mutual_information"),
+                         timings=timer.seconds, latent_means=means)
     result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
                               ignore_index=True)
     return result
+
+
+def _information(m0, g0, data, latent, data_plate, seed, skipped, timer):
+    """Mutual information (or why it does not apply) and the reconstruction against the prior
+    mean (None where it does not apply; a row in ``skipped`` where it failed)."""
+    with timer("mutual information"):
+        mi, mi_reason, recon = float("nan"), None, None
+        try:
+            mi = mutual_information(m0, g0, data, data_plate=data_plate, seed=seed)
+        except ValueError as exc:
+            mi_reason = _first_line(exc)
+    if latent.shape[0]:
+        with timer("reconstruction"):
+            try:
+                recon = reconstruction_gain(m0, g0, data, data_plate=data_plate, seed=seed)
+            except ValueError:
+                recon = None  # a local prior without a mean: the check does not apply
+            except RuntimeError as exc:  # e.g. a model that subsamples its own plate
+                skipped.append(_row("Reconstruction vs prior mean", "not computed", "warning",
+                                    _first_line(exc)))
+    return mi, mi_reason, recon
+
+
+def _optional(check: str, skipped: list, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None with a warning row in ``skipped`` when the programs do
+    not allow the check (``ValueError`` naming why)."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        skipped.append(_row(check, "not computed", "warning", _first_line(exc)))
+        return None
+
+
+def pointwise_pass(chains, data, *, num_draws, points, num_worst, settings, data_plate, seed,
+                   chunk_size=None, engine=None, progress=None):
+    """One pass over all points per chain: the per-point PSIS table (every point) and the
+    DataTree of the selected points plus the ``num_worst`` largest k-hat of the first chain
+    (their chunks drawn again: a chunk's draws depend only on its seed)."""
+    m0, g0, s0 = chains[0]
+    dtype, device = program_dtype(m0, g0)
+    batch = as_tensors(data, dtype=dtype, device=device, name="data")
+    check_finite(batch)
+    plan = plan_points(m0, g0, batch, num_draws=int(num_draws), data_plate=data_plate,
+                       chunk_size=chunk_size)
+    selected = select_points(plan.num_points, points, seed)
+
+    def rows(chain):
+        def table(start, d):
+            log_r = d.log_weights.detach().cpu().numpy().T
+            return psis_table(log_r, np.arange(start, start + log_r.shape[0]), chain)
+        return table
+
+    passes = [chain_pass(m, g, batch, plan, selected, num_draws=int(num_draws), seed=seed,
+                         key=i, per_chunk=rows(i), engine=engine, progress=progress)
+              for i, (m, g, _) in enumerate(chains)]
+    pointwise = pd.concat([t for p in passes for t in p.extras], ignore_index=True)
+    first = pointwise[pointwise["chain"] == 0]
+    worst = np.setdiff1d(first.nlargest(num_worst, "k_hat")["point"].to_numpy(), selected)
+    if worst.size:
+        extra = [chain_pass(m, g, batch, plan, worst, num_draws=int(num_draws), seed=seed,
+                            key=i, engine=engine, progress=progress, need_joint=False)
+                 for i, (m, g, _) in enumerate(chains)]
+        passes = [p.merged(e, selected, worst) for p, e in zip(passes, extra, strict=True)]
+        selected = np.union1d(selected, worst)
+    tree = build_tree(passes, plan, selected, chains=chains, num_draws=int(num_draws),
+                      seed=seed, settings=settings if settings is not None else s0)
+    tree.attrs["num_processes"] = 1 if engine is None else int(engine.world_size)
+    return tree, pointwise
+
+
+class _Timer:
+    """Seconds per phase (``with timer("phase"): ...``)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def _first_line(exc) -> str:

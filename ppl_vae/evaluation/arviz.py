@@ -3,6 +3,10 @@
 ArviZ converts MCMC traces and NumPyro's SVI results, but not a Pyro guide. Here the guide's
 draws play the role of posterior samples, and several independently trained runs play the role
 of chains, so R-hat across chains measures how much the optimisations disagree.
+
+At real size the draws of every point do not fit (200 draws x 60,000 MNIST rows x 784 pixels
+of posterior predictive is 37 GB): by default the draws of a fixed, reproducible subset of
+points are exported (``points=100``), computed chunk by chunk; ``points="all"`` exports all.
 """
 
 from __future__ import annotations
@@ -13,24 +17,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyro
-import torch
-from arviz_base import dict_to_dataset
-from pyro import poutine
+from arviz_base import from_dict
 from xarray import DataTree
 
 from ppl_vae.data.tensors import as_tensors, check_finite
-from ppl_vae.evaluation.metrics import RESOLVE_ROWS
-from ppl_vae.evaluation.pointwise import (
-    Draws,
-    draw,
-    in_draw_plate,
-    reduce_to_points,
-    site_log_prob,
-)
-from ppl_vae.programs.checks import data_dim, resolve_data_plate
-from ppl_vae.programs.util import max_plate_nesting, program_dtype
+from ppl_vae.evaluation.chunks import PointPlan, plan_points
+from ppl_vae.evaluation.export import DEFAULT_POINTS, ChainPass, chain_pass, select_points
+from ppl_vae.programs.util import program_dtype
 
-__all__ = ["to_arviz", "runs_from"]
+__all__ = ["build_tree", "to_arviz", "runs_from"]
 
 
 def runs_from(model, guide, runs) -> list[tuple[Callable, Callable, dict]]:
@@ -70,44 +65,6 @@ def _is_fit_result(obj) -> bool:
 
 
 
-@torch.no_grad()
-def _replicate(model, latents, batch, num, rank, data_plate):
-    """Replicated observations x_rep ~ p(x | z_k) for the given latent draws, the means of
-    p(x | z_k) (None where the distribution has no closed-form mean) and each site's data dim."""
-    program = poutine.condition(poutine.uncondition(in_draw_plate(model, num, rank)), data=latents)
-    with pyro.validation_enabled(False):
-        trace = poutine.trace(program).get_trace(*batch)
-    reps, means, dims = {}, {}, {}
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and site["infer"].get("was_observed"):
-            value = site["value"]
-            reps[name] = value
-            dims[name] = data_dim(site, data_plate)
-            try:
-                means[name] = site["fn"].mean.expand(value.shape)
-            except (NotImplementedError, RuntimeError):
-                means[name] = None
-    return reps, means, dims
-
-
-def _site_array(value: torch.Tensor, rank: int, data_dim, n: int) -> np.ndarray:
-    """A sampled value with K leftmost at ``-(rank + event_dim)`` as an array of shape
-    (K, N, *event) for local sites (``data_dim`` given) or (K, *plates, *event) for global ones."""
-    value = value.detach().to("cpu")
-    event = tuple(value.shape[rank:])
-    num = value.shape[0]
-    if data_dim is not None:
-        value = value.movedim(rank + data_dim, 1)
-        if any(s != 1 for s in value.shape[2:rank]):
-            raise ValueError("a latent inside plates other than the data plate cannot be exported "
-                             "yet; sum it into one site or use the data plate only")
-        value = value.reshape(num, value.shape[1], *event).expand(num, n, *event)
-    else:
-        others = [s for s in value.shape[1:rank] if s != 1]
-        value = value.reshape(num, *others, *event)
-    return value.numpy()
-
-
 def _versions() -> dict:
     out = {}
     for pkg in ("ppl-vae", "pyro-ppl", "torch", "arviz-base", "arviz-stats"):
@@ -130,6 +87,10 @@ def to_arviz(
     posterior_predictive: bool = True,
     settings: dict | None = None,
     name: str | None = None,
+    points=DEFAULT_POINTS,
+    chunk_size: int | None = None,
+    engine=None,
+    progress: bool | None = False,
 ) -> DataTree:
     """Draw from the guide on ``data`` and return ArviZ's DataTree of the variational posterior.
 
@@ -141,11 +102,13 @@ def to_arviz(
     data : tensor, ndarray, DataFrame or tuple of them
         N data points.
     num_draws : int
-        K guide draws per chain (vectorized over a particle plate).
+        K guide draws per chain (vectorized over a particle plate where the programs allow it,
+        else drawn one by one).
     runs : sequence of FitResult or (model, guide) pairs, optional
         Independently trained runs; each becomes one chain.
     seed : int, optional
-        Seeds the draws (the global RNG state is restored afterwards).
+        Seeds the draws (the global RNG state is restored afterwards). A point's draws depend
+        on the seed and on the chunk it falls in, not on which points are exported.
     data_plate : str, optional
         Name of the plate over data points; local sites get a dimension of that name. None:
         found as ``fit`` finds it; the name used is ``tree.attrs["data_plate"]``.
@@ -153,6 +116,17 @@ def to_arviz(
         Also draw replicated observations x_rep ~ p(x | z_k).
     settings : dict, optional
         Training settings stored in the root attributes (a FitResult's own are used otherwise).
+    points : "all", int or sequence of int
+        The data points whose draws are exported: by default 100 chosen at random (reproducibly
+        from ``seed``), ``"all"``, a number of random points, or indices. Their indices are the
+        coordinate of the ``<data_plate>`` dimension.
+    chunk_size : int, optional
+        Data points drawn at once (memory is bounded by one chunk); by default about 2^23
+        elements per drawn tensor.
+    engine : ppl_vae.train.distributed.Engine, optional
+        Shard the chunks over the processes of a launched run.
+    progress : bool, optional
+        A progress bar over chunks (``None``: on a terminal only).
 
     Returns
     -------
@@ -162,7 +136,9 @@ def to_arviz(
         and, where defined, ``<site>_mean`` = E[x | z]), ``log_likelihood`` (log p(x_i | z), per
         observed site), ``sample_stats`` (``log_p`` = log p(x_i, z_i), ``log_q`` = log q(z_i | x_i),
         both (chain, draw, <data_plate>), and ``log_p_global``/``log_q_global`` with global
-        latents), ``observed_data``; the root attributes hold settings and versions.
+        latents, with ``local_log_ratio`` = sum over all N points of log p(x_i, z_i) - log q, per
+        draw), ``observed_data``; the root attributes hold settings, versions and ``num_points``
+        (N, all points).
     """
     if data is None:
         raise ValueError("data: required (the data points to draw the posterior on)")
@@ -172,117 +148,72 @@ def to_arviz(
     dtype, device = program_dtype(chains[0][0], chains[0][1])
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
-    n = batch[0].shape[0]
-    gen_state = torch.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        data_plate = resolve_data_plate(chains[0][0], chains[0][1],
-                                        tuple(t[:RESOLVE_ROWS] for t in batch), data_plate,
-                                        num_data=n)
-        per_chain = [_one_chain(m, g, batch, int(num_draws), data_plate, posterior_predictive)
-                     for m, g, _ in chains]
-    finally:
-        if seed is not None:
-            torch.set_rng_state(gen_state)
-    groups = {key: {} for key in ("posterior", "posterior_predictive", "log_likelihood",
-                                  "sample_stats", "observed_data")}
-    for key in groups:
-        if key == "observed_data":
-            continue
-        names = per_chain[0][key].keys()
-        for i, chain in enumerate(per_chain[1:], start=1):
-            if chain[key].keys() != names or any(chain[key][v].shape != per_chain[0][key][v].shape
-                                                 for v in names):
+    plan = plan_points(chains[0][0], chains[0][1], batch, num_draws=int(num_draws),
+                       data_plate=data_plate, chunk_size=chunk_size)
+    selected = select_points(plan.num_points, points, seed)
+    passes = [chain_pass(m, g, batch, plan, selected, num_draws=int(num_draws), seed=seed,
+                         key=i, with_replicates=posterior_predictive, engine=engine,
+                         progress=progress) for i, (m, g, _) in enumerate(chains)]
+    run_settings = settings if settings is not None else chains[0][2]
+    return build_tree(passes, plan, selected, chains=chains, num_draws=int(num_draws),
+                      seed=seed, settings=run_settings, name=name)
+
+
+def build_tree(passes: list[ChainPass], plan: PointPlan, selected: np.ndarray, *, chains,
+               num_draws: int, seed, settings: dict, name=None) -> DataTree:
+    """The DataTree of one :class:`~ppl_vae.evaluation.export.ChainPass` per chain
+    (``arviz_base.from_dict``), with the selected points as the data-plate coordinate."""
+    first, plate = passes[0], plan.data_plate
+    groups: dict = {}
+    for key, value in first.arrays.items():
+        for i, other in enumerate(passes[1:], start=1):
+            if key not in other.arrays or other.arrays[key].shape != value.shape:
                 raise ValueError(f"runs[{i}]: its sites or shapes differ from runs[0]; chains "
                                  "must be runs of the same model and guide")
-        for var in names:
-            groups[key][var] = np.stack([c[key][var] for c in per_chain])
-    dims = {}
-    first: Draws = per_chain[0]["draws"]
-    for site, dim in first.data_dims.items():
-        ndim = groups["posterior"][site].ndim - (3 if dim is not None else 2)
-        dims[site] = ([data_plate] if dim is not None else []) + [
-            f"{site}_dim_{j}" for j in range(ndim)]
-    for site, value in per_chain[0]["observed"].items():
-        dims[site] = [data_plate] + [f"{site}_dim_{j}" for j in range(value.ndim - 1)]
-        dims[f"{site}_mean"] = dims[site]
-    for var in groups["log_likelihood"]:
-        dims[var] = [data_plate]
-    for var in ("log_p", "log_q", "log_lik"):
-        dims[var] = [data_plate]
-    groups["observed_data"] = per_chain[0]["observed"]
-    coords = {data_plate: np.arange(n)}
-    sample_dims = ["chain", "draw"]
-    tree_groups = {}
-    for key, values in groups.items():
-        if not values:
-            continue
-        tree_groups[key] = dict_to_dataset(
-            values, dims=dims, coords=coords,
-            sample_dims=[] if key == "observed_data" else sample_dims,
-            inference_library=pyro, check_conventions=False,
-        )
-    tree = DataTree.from_dict(tree_groups, name=name)
-    run_settings = settings if settings is not None else chains[0][2]
+        stacked = value if key[0] == "observed_data" else np.stack([p.arrays[key] for p in passes])
+        groups.setdefault(key[0], {})[key[1]] = stacked
+    meta = first.meta
+    if meta["global_sites"] and all(p.local_log_ratio is not None for p in passes):
+        groups["sample_stats"]["local_log_ratio"] = np.stack(
+            [p.local_log_ratio.numpy() for p in passes]).astype(groups["sample_stats"]["log_p"].dtype)
+    tree = from_dict(groups, dims=_dims(groups, meta, plate), coords={plate: selected},
+                     sample_dims=["chain", "draw"], check_conventions=False, name=name,
+                     attrs={g: {"inference_library": "pyro",
+                                "inference_library_version": pyro.__version__} for g in groups})
     tree.attrs = {
         "created_by": "ppl_vae.to_arviz",
-        "estimator": str(run_settings.get("estimator", "unknown")),
+        "estimator": str(settings.get("estimator", "unknown")),
         "seed": -1 if seed is None else int(seed),
         "chain_seeds": json.dumps([c[2].get("seed") for c in chains]),
         "num_draws": int(num_draws),
-        "data_plate": data_plate,
-        "local_sites": json.dumps(first.local_sites),
-        "global_sites": json.dumps(first.global_sites),
-        "observed_sites": json.dumps(list(first.observed)),
-        "settings": json.dumps(run_settings, default=str),
+        "num_points": int(plan.num_points),
+        "num_exported_points": int(len(selected)),
+        "chunk_size": int(plan.chunk_size),
+        "vectorized_draws": int(plan.vectorized),
+        "data_plate": plate,
+        "local_sites": json.dumps(meta["local_sites"]),
+        "global_sites": json.dumps(meta["global_sites"]),
+        "observed_sites": json.dumps(meta["observed_sites"]),
+        "settings": json.dumps(settings, default=str),
         "versions": json.dumps(_versions()),
     }
     return tree
 
 
-def _one_chain(model, guide, batch, num, data_plate, with_replicates) -> dict:
-    n = batch[0].shape[0]
-    nesting = max_plate_nesting(model, guide, batch)
-    rank = nesting + 1
-    d = draw(model, guide, batch, num_samples=num, data_plate=data_plate, nesting=nesting)
-    out = {
-        "draws": d,
-        "posterior": {s: _site_array(v, rank, d.data_dims[s], n) for s, v in d.latents.items()},
-        "sample_stats": {"log_p": _np(d.log_p), "log_q": _np(d.log_q)},
-        "log_likelihood": {},
-        "posterior_predictive": {},
-        "observed": {s: _np(v) for s, v in d.observed.items()},
-        "obs_dims": {},
-    }
-    if d.global_sites:
-        out["sample_stats"]["log_p_global"] = _np(d.log_prior_global)
-        out["sample_stats"]["log_q_global"] = _np(d.log_q_global)
-    if len(d.observed) == 1:
-        out["log_likelihood"][next(iter(d.observed))] = _np(d.log_lik)
-    else:
-        out["sample_stats"]["log_lik"] = _np(d.log_lik)
-        for site in d.observed:
-            out["log_likelihood"][site] = _np(_site_log_lik(model, d, batch, site, num, rank,
-                                                            data_plate))
-    if with_replicates:
-        reps, means, obs_dims = _replicate(model, d.latents, batch, num, rank, data_plate)
-        out["obs_dims"] = obs_dims
-        for site, value in reps.items():
-            out["posterior_predictive"][site] = _site_array(value, rank, obs_dims[site], n)
-            if means.get(site) is not None:
-                out["posterior_predictive"][f"{site}_mean"] = _site_array(
-                    means[site], rank, obs_dims[site], n)
-    return out
-
-
-def _site_log_lik(model, d, batch, site, num, rank, data_plate):
-    program = poutine.condition(in_draw_plate(model, num, rank), data=d.latents)
-    with torch.no_grad(), pyro.validation_enabled(False):
-        trace = poutine.trace(program).get_trace(*batch)
-    s = trace.nodes[site]
-    return reduce_to_points(site_log_prob(s), rank, data_dim(s, data_plate), batch[0].shape[0])
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu").numpy()
+def _dims(groups: dict, meta: dict, plate: str) -> dict:
+    """ArviZ dims of every variable: the data plate first for local ones, then event dims."""
+    dims = {}
+    for site, dim in meta["data_dims"].items():
+        if site in groups.get("posterior", {}):
+            ndim = groups["posterior"][site].ndim - (3 if dim is not None else 2)
+            dims[site] = ([plate] if dim is not None else []) + [
+                f"{site}_dim_{j}" for j in range(ndim)]
+    for site, value in groups.get("observed_data", {}).items():
+        lead = [plate] if meta["observed_dims"][site][0] is not None else []
+        dims[site] = lead + [f"{site}_dim_{j}" for j in range(value.ndim - len(lead))]
+        dims[f"{site}_mean"] = dims[site]
+    for var in groups.get("log_likelihood", {}):
+        dims[var] = [plate]
+    for var in ("log_p", "log_q", "log_lik"):
+        dims[var] = [plate]
+    return dims

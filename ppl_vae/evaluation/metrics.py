@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import pandas as pd
 import torch
 
-from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
-from ppl_vae.evaluation.pointwise import draw
-from ppl_vae.programs.checks import resolve_data_plate
-from ppl_vae.programs.util import max_plate_nesting, program_dtype
+from ppl_vae.data.tensors import as_tensors, check_finite
+from ppl_vae.evaluation.chunks import (
+    RESOLVE_ROWS,
+    chunk_draws,
+    global_draws,
+    map_chunks,
+    plan_points,
+)
+from ppl_vae.evaluation.pointwise import logmeanexp
+from ppl_vae.programs.util import program_dtype
 
 __all__ = ["evaluate", "Evaluation", "logmeanexp", "RESOLVE_ROWS"]
-
-# Rows the programs are run on to find the data plate: enough that an inner plate rarely has the
-# same size by chance, few enough to cost one small trace.
-RESOLVE_ROWS = 256
-
-
-def logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
 
 
 class Evaluation(dict):
@@ -46,6 +43,8 @@ def evaluate(
     data_plate: str | None = None,
     batch_size: int | None = None,
     seed: int | None = 0,
+    engine=None,
+    progress: bool | None = False,
 ) -> Evaluation:
     """Estimate the ELBO, its terms and log p(x) on ``data``, averaged per data point.
 
@@ -61,43 +60,52 @@ def evaluate(
     ``data_plate=None`` finds the plate over data points as ``fit`` does
     (:func:`~ppl_vae.programs.checks.resolve_data_plate`).
 
+    Parameters
+    ----------
+    batch_size : int, optional
+        Data points per chunk (by default as many as keep one drawn tensor near 2^23 elements).
+        Memory is bounded by one chunk; the draws of a chunk are seeded from (seed, its first
+        index), the global ones drawn once and shared by every chunk.
+    seed : int, optional
+        Seeds the draws; the global random state is restored afterwards (None: not seeded).
+    engine : ppl_vae.train.distributed.Engine, optional
+        Shard the chunks over the processes of a launched run (results gathered to all).
+    progress : bool, optional
+        A progress bar over chunks (``None``: on a terminal only).
+
     Returns
     -------
     Evaluation
         Keys ``elbo``, ``iwae``, ``kl``, ``recon`` (floats, nats per data point), ``num_samples``.
+        A model that subsamples its own data plate is evaluated on all of its points.
     """
     ref_dtype, device = program_dtype(model, guide)
     tensors = as_tensors(data, dtype=ref_dtype, device=device, name="data")
     check_finite(tensors)
-    n = num_rows(tensors)
-    gen_state = torch.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        data_plate = resolve_data_plate(model, guide, tuple(t[:RESOLVE_ROWS] for t in tensors),
-                                        data_plate, num_data=n)
-        nesting = max_plate_nesting(model, guide, tuple(t[: min(n, 2)] for t in tensors))
-        first = draw(model, guide, tuple(t[:1] for t in tensors), num_samples=1,
-                     data_plate=data_plate, nesting=nesting)
-        has_global = bool(first.global_sites)
-        width = max(1, sum(t[0].numel() for t in tensors))
-        chunk = n if has_global else (batch_size or max(1, min(n, 2**23 // (num_samples * width))))
-        recon = kl = iwae = 0.0
-        for start in range(0, n, chunk):
-            batch = tuple(t[start : start + chunk] for t in tensors)
-            d = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate,
-                     nesting=nesting)
-            recon += float(d.log_lik.mean(0).sum())
-            kl += float((d.log_q - d.log_prior).mean(0).sum())
-            if has_global:
-                kl += float((d.log_q_global - d.log_prior_global).mean())
-                joint = d.log_weights.sum(1) + d.log_prior_global - d.log_q_global
-                iwae += float(logmeanexp(joint, 0))
-            else:
-                iwae += float(logmeanexp(d.log_weights, 0).sum())
-    finally:
-        if seed is not None:
-            torch.set_rng_state(gen_state)
+    plan = plan_points(model, guide, tensors, num_draws=num_samples, data_plate=data_plate,
+                       chunk_size=batch_size)
+    globals_ = global_draws(plan, model, guide, tensors, num_draws=num_samples, seed=seed)
+
+    def one(start):
+        d = chunk_draws(plan, model, guide, tensors, start, num_draws=num_samples, seed=seed,
+                        globals_=globals_)
+        lw = d.log_weights.double()
+        return {"recon": float(d.log_lik.double().mean(0).sum()),
+                "kl": float((d.log_q - d.log_prior).double().mean(0).sum()),
+                "iwae": float(logmeanexp(lw, 0).sum()), "joint": lw.sum(1).cpu(),
+                "global": (d.log_q_global - d.log_prior_global).double().cpu()}
+
+    parts = map_chunks(one, plan.starts(), engine=engine, desc="evaluate", progress=progress)
+    n = plan.num_points
+    recon = sum(p["recon"] for p in parts)
+    kl = sum(p["kl"] for p in parts)
+    if plan.has_global:
+        kl_global = parts[0]["global"]  # the same global draws in every chunk
+        kl += float(kl_global.mean())
+        joint = torch.stack([p["joint"] for p in parts]).sum(0) - kl_global
+        iwae = float(logmeanexp(joint, 0))
+    else:
+        iwae = sum(p["iwae"] for p in parts)
     return Evaluation(
         elbo=(recon - kl) / n, iwae=iwae / n, kl=kl / n, recon=recon / n,
         num_samples=int(num_samples),

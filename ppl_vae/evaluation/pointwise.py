@@ -8,20 +8,24 @@ data point i, log p(x_i | z), log p(z_i) and log q(z_i | x_i), plus the same for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.programs.checks import data_dim
 from ppl_vae.programs.util import max_plate_nesting
 
 __all__ = [
-    "Draws", "draw", "in_draw_plate", "reduce_to_points",
-    "site_log_prob",
+    "Draws", "FixSubsample", "draw", "in_draw_plate", "logmeanexp", "reduce_to_points",
+    "site_log_prob", "trace_pairs",
 ]
 
 PARTICLE_PLATE = "_ppl_vae_draws"
@@ -44,6 +48,8 @@ class Draws:
         Observed values (without the draw dimension).
     log_lik : tensor, shape (K, N)
         Sum over observed sites of log p(x_i | z).
+    log_lik_sites : dict of str -> tensor, shape (K, N)
+        The same per observed site.
     log_prior : tensor, shape (K, N)
         Sum over local latent sites of log p(z_i) (model sites absent from the guide excluded:
         they are drawn from the prior, so their density cancels in the importance ratio).
@@ -52,6 +58,10 @@ class Draws:
     log_prior_global, log_q_global : tensor, shape (K,)
         The same for sites outside the data plate.
     local_sites, global_sites : list of str
+    global_traces : list of pyro.poutine.Trace or None
+        The guide's global sites (auxiliary ones included), one trace per pass (one pass holds
+        all K draws when vectorized, K passes otherwise); replayed by the next chunk of data
+        points so that all chunks share the same global draws.
     """
 
     latents: dict
@@ -64,6 +74,24 @@ class Draws:
     local_sites: list
     global_sites: list
     data_dims: dict
+    log_lik_sites: dict
+    observed_dims: dict
+    rank: int
+    global_traces: list | None = None
+
+    def take(self, index: torch.Tensor) -> Draws:
+        """The same draws on the points ``index`` (positions along N) only."""
+        def along(value, dim, event):
+            return value if dim is None else value.index_select(value.dim() - event + dim, index)
+
+        latents = {s: along(v, self.data_dims[s], v.dim() - self.rank)
+                   for s, v in self.latents.items()}
+        observed = {s: along(v, *self.observed_dims[s]) for s, v in self.observed.items()}
+        return Draws(latents, observed, self.log_lik[:, index], self.log_prior[:, index],
+                     self.log_q[:, index], self.log_prior_global, self.log_q_global,
+                     self.local_sites, self.global_sites, self.data_dims,
+                     {s: v[:, index] for s, v in self.log_lik_sites.items()},
+                     self.observed_dims, self.rank, self.global_traces)
 
     @property
     def log_p(self) -> torch.Tensor:
@@ -74,6 +102,11 @@ class Draws:
     def log_weights(self) -> torch.Tensor:
         """Local importance log-ratios log p(x_i, z_i) - log q(z_i | x_i), shape (K, N)."""
         return self.log_p - self.log_q
+
+
+def logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log mean exp of ``x`` along ``dim`` (stable): the importance-weighted average."""
+    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
 
 
 def in_draw_plate(fn: Callable, num: int, rank: int) -> Callable:
@@ -107,6 +140,60 @@ def site_log_prob(site) -> torch.Tensor:
     return lp
 
 
+class FixSubsample(Messenger):
+    """Give a plate that subsamples itself (``pyro.plate(name, N, subsample_size=B)``) the
+    indices ``indices`` instead of a random subsample, so that a pass over chunks of indices
+    covers each of its N points once. Pyro's plate takes its subsample size from the indices."""
+
+    def __init__(self, plate: str, indices: torch.Tensor):
+        super().__init__()
+        self.plate, self.indices = plate, indices
+
+    def _pyro_sample(self, msg):
+        if msg["name"] == self.plate and isinstance(msg["fn"], _Subsample):
+            msg["value"] = self.indices.to(msg["fn"].device)
+            msg["done"] = True
+
+
+def _programs(model, guide, num, rank, vectorized, subsample, data_plate):
+    if vectorized:
+        model, guide = in_draw_plate(model, num, rank), in_draw_plate(guide, num, rank)
+    if subsample is not None:
+        model = FixSubsample(data_plate, subsample)(model)
+        guide = FixSubsample(data_plate, subsample)(guide)
+    return model, guide
+
+
+def trace_pairs(model, guide, batch, num, rank, vectorized, subsample, data_plate, globals_):
+    """[(guide trace, model trace)]: one pair holding all ``num`` draws in a particle plate, or
+    ``num`` pairs of one draw each (``vectorized=False``, as ``Predictive(parallel=False)``).
+    ``globals_`` (one trace per pair) fixes the guide's global sites by replay."""
+    m, g = _programs(model, guide, num, rank, vectorized, subsample, data_plate)
+    pairs = []
+    with pyro.validation_enabled(False):
+        for k in range(1 if vectorized else num):
+            gk = g if globals_ is None else poutine.replay(g, trace=globals_[k])
+            gtr = poutine.trace(gk).get_trace(*batch)
+            mtr = poutine.trace(poutine.replay(m, trace=gtr)).get_trace(*batch)
+            pairs.append((gtr, mtr))
+    return pairs
+
+
+def _lift(value: torch.Tensor, event_dim: int, rank: int) -> torch.Tensor:
+    """A value of one unvectorized draw in the layout of vectorized ones (draw dimension of
+    size 1 leftmost, at ``-(rank + event_dim)``)."""
+    return value.reshape((1,) * (rank + event_dim - value.dim()) + tuple(value.shape))
+
+
+def _global_trace(guide_trace, data_plate) -> Trace:
+    """The guide's sites outside the data plate (auxiliary ones included), for replay."""
+    out = Trace()
+    for name, site in guide_trace.nodes.items():
+        if (site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]
+                and data_dim(site, data_plate) is None):
+            out.add_node(name, **site)
+    return out
+
 @torch.no_grad()
 def draw(
     model: Callable,
@@ -116,6 +203,10 @@ def draw(
     num_samples: int,
     data_plate: str = "data",
     nesting: int | None = None,
+    vectorized: bool = True,
+    subsample: torch.Tensor | None = None,
+    globals_: list | None = None,
+    num_points: int | None = None,
 ) -> Draws:
     """Draw ``num_samples`` joint samples from the guide on ``batch`` and score them.
 
@@ -124,44 +215,68 @@ def draw(
     model, guide : callable
         Pyro programs called as ``model(*batch)``.
     batch : sequence of tensors
-        N rows.
+        N rows (all rows of a model that subsamples its own plate: see ``subsample``).
     num_samples : int
-        K, the number of draws (vectorized).
+        K, the number of draws.
     data_plate : str
         The plate over data points.
     nesting : int, optional
         The programs' max plate nesting (computed when not given).
+    vectorized : bool
+        Draw all K in one pass inside a particle plate; ``False`` draws them one by one, for
+        programs that cannot broadcast over an extra batch dimension (``x @ w`` on a sampled
+        ``w``), as ``pyro.infer.Predictive(parallel=False)`` does.
+    subsample : tensor of int, optional
+        For a model that subsamples ``data_plate`` itself: the indices of the points to score
+        (N is then their number).
+    globals_ : list of Trace, optional
+        ``Draws.global_traces`` of an earlier call: its global draws are reused.
+    num_points : int, optional
+        Size of the whole data set when ``batch`` is one chunk of it (an observed site outside
+        the data plate is shared by all points: each gets its 1 / num_points share).
     """
-    n = batch[0].shape[0]
+    n = int(subsample.shape[0]) if subsample is not None else batch[0].shape[0]
     if nesting is None:
         nesting = max_plate_nesting(model, guide, batch)
     rank = nesting + 1
-    with pyro.validation_enabled(False):
-        guide_trace = poutine.trace(in_draw_plate(guide, num_samples, rank)).get_trace(*batch)
-        model_trace = poutine.trace(
-            poutine.replay(in_draw_plate(model, num_samples, rank), trace=guide_trace)
-        ).get_trace(*batch)
-
+    pairs = trace_pairs(model, guide, batch, num_samples, rank, vectorized, subsample,
+                         data_plate, globals_)
     ref = next((t for t in batch if t.is_floating_point()), batch[0])
-    dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-    zeros_kn = torch.zeros((num_samples, n), dtype=dtype, device=ref.device)
+    like = torch.zeros((), dtype=ref.dtype if ref.is_floating_point()
+                       else torch.get_default_dtype(), device=ref.device)
+    parts = [_score(gtr, mtr, rank, n, num_points or n, data_plate, like) for gtr, mtr in pairs]
+    out = parts[0] if len(parts) == 1 else _concat(parts)
+    if out.global_sites or any(_global_trace(g, data_plate).nodes for g, _ in pairs[:1]):
+        out.global_traces = [_global_trace(g, data_plate) for g, _ in pairs]
+    return out
+
+
+def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> Draws:
+    """Per-point and global log densities of one (guide, model) trace pair; ``like`` gives
+    the dtype and device of the results."""
+    vectorized = PARTICLE_PLATE in model_trace.nodes
+    num = model_trace.nodes[PARTICLE_PLATE]["fn"].size if vectorized else 1
+    zeros_kn = like.new_zeros((num, n))
     log_lik, log_prior, log_q = zeros_kn.clone(), zeros_kn.clone(), zeros_kn.clone()
     log_prior_g, log_q_g = zeros_kn[:, 0].clone(), zeros_kn[:, 0].clone()
-    latents, observed, local_sites, global_sites, data_dims = {}, {}, [], [], {}
+    latents, observed, local_sites, global_sites, data_dims, lik_sites = {}, {}, [], [], {}, {}
+    obs_dims = {}
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
+        if site["type"] != "sample" or site_is_subsample(site) or name == PARTICLE_PLATE:
             continue  # plates record themselves as sample sites; they are not latents
         dim = data_dim(site, data_plate)
         lp = reduce_to_points(site_log_prob(site), rank, dim, n)
         if site["is_observed"]:
             observed[name] = site["value"]
-            log_lik += lp if dim is not None else lp[:, None] / n
+            obs_dims[name] = (dim, len(site["fn"].event_shape))
+            lik_sites[name] = lp if dim is not None else lp[:, None].expand(num, n) / num_points
+            log_lik += lik_sites[name]
             continue
         if name not in guide_trace.nodes:
             continue  # drawn from the prior: its density cancels in p/q
-        gsite = guide_trace.nodes[name]
-        lq = reduce_to_points(site_log_prob(gsite), rank, dim, n)
-        latents[name] = site["value"]
+        lq = reduce_to_points(site_log_prob(guide_trace.nodes[name]), rank, dim, n)
+        value = site["value"]
+        latents[name] = value if vectorized else _lift(value, len(site["fn"].event_shape), rank)
         data_dims[name] = dim
         if dim is None:
             global_sites.append(name)
@@ -182,4 +297,23 @@ def draw(
             else:
                 log_q += lq
     return Draws(latents, observed, log_lik, log_prior, log_q, log_prior_g, log_q_g,
-                 local_sites, global_sites, data_dims)
+                 local_sites, global_sites, data_dims, lik_sites, obs_dims, rank)
+
+
+def _concat(parts: list[Draws]) -> Draws:
+    """One Draws from single-draw ones (the draw dimension leftmost everywhere)."""
+    first = parts[0]
+
+    def cat(get):
+        return torch.cat([get(p) for p in parts], 0)
+
+    return Draws(
+        latents={s: cat(lambda p, s=s: p.latents[s]) for s in first.latents},
+        observed=first.observed,
+        log_lik=cat(lambda p: p.log_lik), log_prior=cat(lambda p: p.log_prior),
+        log_q=cat(lambda p: p.log_q), log_prior_global=cat(lambda p: p.log_prior_global),
+        log_q_global=cat(lambda p: p.log_q_global), local_sites=first.local_sites,
+        global_sites=first.global_sites, data_dims=first.data_dims,
+        log_lik_sites={s: cat(lambda p, s=s: p.log_lik_sites[s]) for s in first.log_lik_sites},
+        observed_dims=first.observed_dims, rank=first.rank,
+    )

@@ -137,12 +137,20 @@ def _images(tree, model, batch, image_shape, count=10):
     return figs.image_grid(rows, image_shape)
 
 
-def _latent_means(tree):
+def _latent_means(diagnostics, labels):
+    """Guide means of every point (the diagnostics' per-point table) or, for a tree given
+    without it, of the exported points, with their labels."""
+    if diagnostics.latent_means is not None:
+        return diagnostics.latent_means.drop(columns="point").to_numpy(), labels
+    tree = diagnostics.tree
     sites = json.loads(tree.attrs.get("local_sites", "[]"))
     if not sites:
-        return None
+        return None, labels
     z = tree["posterior"][sites[0]].isel(chain=0).mean("draw").values
-    return z.reshape(z.shape[0], -1)
+    plate = tree.attrs.get("data_plate", "data")
+    if labels is not None and len(labels) == tree.attrs.get("num_points", -1):
+        labels = np.asarray(labels)[tree["posterior"][plate].values]
+    return z.reshape(z.shape[0], -1), labels
 
 
 def _plan(settings: dict) -> pd.DataFrame:
@@ -218,7 +226,7 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
         *_training(history, diagnostics.convergence), *_evaluation(evaluation),
         *_khat(summary, diagnostics.pointwise, worst_rows), *_latent_usage(summary, diagnostics),
         *_reconstructions(diagnostics.tree, m0, batch, image_shape),
-        *_latent_space(diagnostics.tree, labels), *_arviz(diagnostics, worst_rows),
+        *_latent_space(diagnostics, labels), *_arviz(diagnostics, worst_rows),
         *_gaps(diagnostics.gaps), *_sbc(diagnostics),
     ]
     return _write_page(out, title, parts)
@@ -285,8 +293,8 @@ def _reconstructions(tree, model, batch, image_shape) -> list[str]:
                  "prior")]
 
 
-def _latent_space(tree, labels) -> list[str]:
-    means = _latent_means(tree)
+def _latent_space(diagnostics, labels) -> list[str]:
+    means, labels = _latent_means(diagnostics, labels)
     if means is None:
         return []
     if labels is not None and len(labels) == means.shape[0]:

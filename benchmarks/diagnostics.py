@@ -1,0 +1,176 @@
+"""The diagnostics pass at real size: time and peak memory of ``evaluate``, ``to_arviz``,
+``diagnose`` and ``report`` on N synthetic 784-dim rows, one fresh process per (stage, N).
+
+Run as ``python -m benchmarks.diagnostics --stage diagnose --n 10000 --folder DIR`` (prints
+one JSON line); :func:`measure_all` launches the grid and :func:`diagnostics_lines` writes its
+section of ``BENCHMARKS.md``. The programs are the zoo's ``VAE(784)`` and ``MLPEncoder(784)``
+(400 hidden units, 20 latent dimensions) with their initial weights: the cost of the pass does
+not depend on training. Every stage runs with its default settings (``diagnose``: 200 draws per
+point, gaps on 32 points, SBC, 100 exported points); ``diagnose`` writes the run-folder files
+as ``ppl-vae diagnose`` does and ``report`` reads them back as ``ppl-vae report`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.memory import peak_rss_mib, rss_mib
+
+STAGES = ("evaluate", "to_arviz", "diagnose", "report")
+DEFAULT_SIZES = (1_000, 10_000, 60_000)
+PEAK_BOUND_MIB = 2048
+EXPONENT_BOUND = 1.15  # time ~ N^b; linear within the noise of a shared machine
+
+
+def _data(n: int):
+    import torch
+
+    from ppl_vae.data.datasets import make_binary_images
+
+    # All rows of the generator (test_fraction ~ 0): the synthetic MNIST stand-in.
+    x = make_binary_images(n + 1, obs_dim=784, test_fraction=1 / (n + 1), seed=0).train
+    return torch.as_tensor(x[:n], dtype=torch.float32)
+
+
+def _programs():
+    import torch
+
+    from ppl_vae.guides import MLPEncoder
+    from ppl_vae.models import VAE
+
+    torch.manual_seed(0)
+    return VAE(784), MLPEncoder(784)
+
+
+def _run_stage(stage: str, model, guide, x, folder: Path) -> dict:
+    from ppl_vae import diagnose, evaluate, report, to_arviz
+    from ppl_vae.diagnostics.run import _options, _write, read_diagnostics
+
+    out: dict = {}
+    if stage == "evaluate":
+        out["evaluation"] = dict(evaluate(model, guide, x))
+        (folder / "evaluation.json").write_text(json.dumps(out["evaluation"]))
+    elif stage == "to_arviz":
+        tree = to_arviz(model, guide, x)
+        out["exported_points"] = int(tree["posterior"].sizes["data"])
+    elif stage == "diagnose":
+        result = diagnose(model, guide, x, progress=False)
+        _write(folder, result, "benchmark", _options(200, 100, "test"))
+        out["nc_mib"] = (folder / "diagnostics.nc").stat().st_size / 2**20
+        out["timings"] = result.timings
+    elif stage == "report":
+        result = read_diagnostics(folder, digest="benchmark")
+        if result is None:
+            raise SystemExit("report: run the evaluate and diagnose stages first")
+        evaluation = json.loads((folder / "evaluation.json").read_text())
+        report(model, guide, x, out=folder / "report.html", diagnostics=result,
+               evaluation=evaluation)
+    return out
+
+
+def worker(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics")
+    p.add_argument("--stage", choices=STAGES, required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--folder", required=True, help="where diagnose writes and report reads")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    import pyro
+    import torch
+
+    torch.set_num_threads(args.threads)
+    pyro.enable_validation(False)
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = _data(args.n)
+    model, guide = _programs()
+    baseline = rss_mib()
+    start = time.perf_counter()
+    out = _run_stage(args.stage, model, guide, x, folder)
+    seconds = time.perf_counter() - start
+    return {"stage": args.stage, "n": args.n, "seconds": seconds, "baseline_mib": baseline,
+            "peak_rss_mib": peak_rss_mib(), **out}
+
+
+def measure_all(sizes=DEFAULT_SIZES, *, threads: int = 1, folder: str | None = None,
+                timeout: float = 3600) -> list[dict]:
+    """Every stage at every size, each in a fresh process (so that its peak is its own)."""
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ppl-vae-bench-") as tmp:
+        for n in sizes:
+            where = Path(folder or tmp) / f"n{n}"
+            for stage in STAGES:
+                cmd = [sys.executable, "-m", "benchmarks.diagnostics", "--stage", stage,
+                       "--n", str(n), "--folder", str(where), "--threads", str(threads)]
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                      cwd=root)
+                if done.returncode != 0:
+                    tail = done.stderr.strip().splitlines()[-1] if done.stderr else "failed"
+                    row = {"stage": stage, "n": n, "error": tail}
+                else:
+                    row = json.loads(done.stdout.strip().splitlines()[-1])
+                print("diagnostics " + (f"{stage} N={n}: {row['seconds']:.1f} s, peak "
+                                        f"{row['peak_rss_mib']:.0f} MiB" if "error" not in row
+                                        else f"{stage} N={n}: error {row['error']}"), flush=True)
+                rows.append(row)
+    return rows
+
+
+def growth_exponent(rows: list[dict], stage: str) -> float:
+    """Least-squares slope of log(seconds) on log(N) for one stage (NaN with < 2 sizes)."""
+    pts = [(math.log(r["n"]), math.log(r["seconds"])) for r in rows
+           if r["stage"] == stage and "error" not in r and r["seconds"] > 0]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+
+
+def _table(header, rows) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def diagnostics_lines(rows: list[dict], command: str) -> list[str]:
+    """The ``BENCHMARKS.md`` section: per (stage, N) time, peak memory and file size, then the
+    growth exponent and the bounds per stage."""
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["stage"], f"{r['n']:,}", "error: " + r["error"], "", ""])
+            continue
+        nc = f"{r['nc_mib']:.1f}" if "nc_mib" in r else ""
+        body.append([r["stage"], f"{r['n']:,}", f"{r['seconds']:.1f}",
+                     f"{r['peak_rss_mib']:.0f}", nc])
+    lines = [f"Command: `{command}`. One fresh process per row; peak is the process's resident "
+             "high-water mark (`VmHWM`), data and programs included.", ""]
+    lines += _table(["stage", "N (784-dim rows)", "seconds", "peak RSS (MiB)",
+                     "diagnostics.nc (MiB)"], body) + [""]
+    sizes = sorted({r["n"] for r in rows})
+    bounds = []
+    for stage in STAGES:
+        b = growth_exponent(rows, stage)
+        top = [r for r in rows if r["stage"] == stage and r["n"] == sizes[-1] and "error" not in r]
+        peak = top[0]["peak_rss_mib"] if top else float("nan")
+        ok = (not math.isnan(b) and b <= EXPONENT_BOUND and peak < PEAK_BOUND_MIB)
+        bounds.append([stage, f"{b:.2f}", f"<= {EXPONENT_BOUND}", f"{peak:.0f} MiB at "
+                       f"N={sizes[-1]:,}", f"< {PEAK_BOUND_MIB} MiB", "met" if ok else "NOT met"])
+    lines += _table(["stage", "growth exponent (time ~ N^b)", "bound", "peak", "bound",
+                     "status"], bounds)
+    return lines
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker()))

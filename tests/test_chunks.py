@@ -1,0 +1,83 @@
+"""``evaluation.chunks`` and ``evaluation.export``: a pass over chunks of points gives what one
+pass over all of them gives (exactly for an exact guide, to Monte Carlo error otherwise),
+global latents are shared by every chunk, and exported points are reproducible."""
+
+import numpy as np
+import pytest
+import torch
+from _diagnostics_cases import GlobalGuide, global_data, global_model, make_guide, model, simulate
+
+from ppl_vae import diagnose, evaluate, to_arviz
+from ppl_vae.evaluation.chunks import map_chunks, plan_points
+from ppl_vae.evaluation.export import select_points
+
+
+def test_chunks_of_an_exact_guide_give_the_exact_evidence():
+    x = simulate(50, seed=2)
+    guide = make_guide()
+    whole = evaluate(model, guide, x, num_samples=10, batch_size=50)
+    chunked = evaluate(model, guide, x, num_samples=10, batch_size=7)
+    # The exact posterior: every log weight is log p(x_i), whatever was drawn.
+    assert chunked["iwae"] == pytest.approx(whole["iwae"], abs=1e-10)
+    assert chunked["elbo"] == pytest.approx(whole["elbo"], abs=1e-10)
+    assert plan_points(model, guide, (x,), num_draws=10, chunk_size=7).starts() == \
+        [0, 7, 14, 21, 28, 35, 42, 49]
+
+
+def test_global_latents_are_drawn_once_and_shared_by_every_chunk():
+    x = global_data(n=30)
+    guide = GlobalGuide(loc=1.0).double()
+    plan = plan_points(global_model, guide, (x,), num_draws=20, chunk_size=4)
+    assert plan.has_global and plan.vectorized
+    tree = to_arviz(global_model, guide, x, num_draws=20, chunk_size=4, points="all")
+    whole = to_arviz(global_model, guide, x, num_draws=20, chunk_size=30, points="all")
+    # The joint ratio sums the local ratios of all points under the same global draws.
+    stats = tree["sample_stats"]
+    np.testing.assert_allclose(stats["local_log_ratio"].values,
+                               (stats["log_p"] - stats["log_q"]).sum("data").values, rtol=1e-10)
+    assert tree["posterior"]["mu"].shape == whole["posterior"]["mu"].shape == (1, 20)
+    # Chunked and whole: the same estimand, draws of the same distribution.
+    a, b = (evaluate(global_model, guide, x, num_samples=400, batch_size=s) for s in (4, 30))
+    assert a["elbo"] == pytest.approx(b["elbo"], abs=0.05)
+
+
+def test_selected_points_are_reproducible_and_named():
+    first = select_points(1000, 100, seed=0)
+    assert first.size == 100 and np.all(np.diff(first) > 0)
+    np.testing.assert_array_equal(first, select_points(1000, 100, seed=0))
+    assert not np.array_equal(first, select_points(1000, 100, seed=1))
+    np.testing.assert_array_equal(select_points(5, 100, seed=0), np.arange(5))
+    np.testing.assert_array_equal(select_points(10, [7, 2, 2], seed=0), [2, 7])
+    for bad in ("some", 0, [10]):
+        with pytest.raises(ValueError, match="points"):
+            select_points(10, bad, seed=0)
+
+
+def test_exported_points_have_the_draws_of_the_full_pass(digits):
+    from ppl_vae.guides import MLPEncoder
+    from ppl_vae.models import VAE
+
+    torch.manual_seed(0)
+    vae, enc = VAE(64, 2, hidden=8), MLPEncoder(64, 2, hidden=8)
+    x = torch.as_tensor(digits.test[:50])
+    full = to_arviz(vae, enc, x, num_draws=30, chunk_size=8, points="all")
+    some = to_arviz(vae, enc, x, num_draws=30, chunk_size=8, points=[3, 17, 42])
+    np.testing.assert_array_equal(some["posterior"]["data"].values, [3, 17, 42])
+    np.testing.assert_array_equal(some["posterior"]["z"].values,
+                                  full["posterior"]["z"].sel(data=[3, 17, 42]).values)
+    diag = diagnose(vae, enc, x, num_draws=30, chunk_size=8, points=4, num_worst=3,
+                    gaps=False, calibrate=False)
+    assert len(diag.pointwise) == 50  # every point, while the tree keeps 4 + the 3 worst
+    worst = diag.pointwise.nlargest(3, "k_hat")["point"].to_numpy()
+    exported = diag.tree["posterior"]["data"].values
+    assert set(worst) <= set(exported) and len(exported) <= 7
+    # The tree's draws of a point are the ones its k-hat was computed on.
+    from ppl_vae.diagnostics.psis import pointwise_psis
+
+    again = pointwise_psis(diag.tree).set_index("point")["k_hat"]
+    table = diag.pointwise.set_index("point")["k_hat"]
+    np.testing.assert_allclose(again.values, table.loc[again.index].values, rtol=1e-4)
+
+
+def test_map_chunks_keeps_the_order():
+    assert map_chunks(lambda s: s * 2, [0, 5, 10], progress=False) == [0, 10, 20]
