@@ -26,6 +26,7 @@ from ppl_vae.estimators.kl import as_batch
 from ppl_vae.estimators.registry import ESTIMATORS, get_spec, make_elbo
 from ppl_vae.programs.checks import resolve_data_plate
 from ppl_vae.programs.handlers import ScaledProgram
+from ppl_vae.programs.random import preserved, seeded
 from ppl_vae.programs.util import trainable_parameters
 
 __all__ = ["gradient_variance", "snr_by_particles", "VARIANCE_COLUMNS"]
@@ -138,21 +139,16 @@ def _parameter_groups(model, guide, batch):
 
 def _measure(runs, programs, params, batch, num_draws, vectorize_particles, seed):
     """{(estimator, K): (moments, seconds per estimate)}, one independent stream per run."""
-    rng_state = torch.get_rng_state() if seed is not None else None
     results = {}
-    try:
-        for i, (name, k) in enumerate(runs):
-            if seed is not None:
-                # A different stream per run: the equal-means test assumes independence.
-                torch.manual_seed(int(seed) + 7919 * i)
+    for i, (name, k) in enumerate(runs):
+        # A different stream per run: the equal-means test assumes independence. Each run's
+        # generators are forked, so the caller's random state is as it was afterwards.
+        with seeded(None if seed is None else int(seed) + 7919 * i):
             try:
                 elbo = make_elbo(name, num_particles=k, vectorize_particles=vectorize_particles)
             except ValueError as error:
                 raise ValueError(f"estimator {name!r} with num_particles={k}: {error}") from None
             results[name, k] = _draws(elbo(*programs), params, batch, int(num_draws))
-    finally:
-        if rng_state is not None:
-            torch.set_rng_state(rng_state)
     return results
 
 
@@ -267,11 +263,8 @@ def gradient_variance(
     data_plate = resolve_data_plate(model, guide, batch, data_plate, num_data=num_data)
     programs = (ScaledProgram(model, num_data, data_plate),
                 ScaledProgram(guide, num_data, data_plate))
-    rng_state = torch.get_rng_state()  # finding the parameters runs the programs, which draw
-    try:
+    with preserved():  # finding the parameters runs the programs, which draw
         params, groups = _parameter_groups(model, guide, batch)
-    finally:
-        torch.set_rng_state(rng_state)
     runs = [(name, k) for k in counts for name in estimators]
     results = _measure(runs, programs, params, batch, num_draws, vectorize_particles, seed)
     table = pd.DataFrame(_rows(results, groups, alpha), columns=VARIANCE_COLUMNS)
