@@ -22,8 +22,9 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from ppl_vae.data.tensors import as_tensors, check_finite
+from ppl_vae.estimators._bound import log_mean_exp
 from ppl_vae.evaluation.chunks import ELEMENT_BUDGET
-from ppl_vae.evaluation.pointwise import draw, logmeanexp
+from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.programs.random import seeded
 from ppl_vae.programs.util import max_plate_nesting, program_dtype
 
@@ -47,7 +48,7 @@ def log_evidence(model, guide, data, *, num_samples: int = 1000, data_plate: str
     with seeded(seed):
         d = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate)
     lw = d.log_weights.double()
-    iw, elbo = logmeanexp(lw, 0), lw.mean(0)
+    iw, elbo = log_mean_exp(lw, 0), lw.mean(0)
     return pd.DataFrame({"log_px": iw.cpu().numpy(), "elbo": elbo.cpu().numpy(),
                          "elbo_gap": (iw - elbo).cpu().numpy()})
 
@@ -203,7 +204,7 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
         amortized = _log_weights(model, guide, batch, num_samples, nesting, data_plate)
         refined = _log_weights(model, refined_guide, batch, num_samples, nesting, data_plate)
     elbo_a, elbo_r = amortized.mean(0), refined.mean(0)
-    iw_a, iw_r = logmeanexp(amortized, 0), logmeanexp(refined, 0)
+    iw_a, iw_r = log_mean_exp(amortized, 0), log_mean_exp(refined, 0)
     # Where refinement did not help (a noisy optimiser), the amortized q stays the best one.
     better = elbo_r >= elbo_a
     elbo_r = torch.where(better, elbo_r, elbo_a)

@@ -145,9 +145,10 @@ def stack_particles(tensors, particle_dim: int | None, shape=()) -> torch.Tensor
     return t.movedim(particle_dim, 0)
 
 
-def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
-    """log (1/K) sum_k exp(log_w[k]) over dimension 0."""
-    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/K) sum_k exp(log_w[k]) along ``dim`` (stable): the importance-weighted average,
+    shared by the estimators, the evaluation and the diagnostics."""
+    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
 
 
 def leave_one_out_bound(log_w: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from ppl_vae.data.tensors import as_tensors, check_finite
+from ppl_vae.estimators._bound import log_mean_exp
 from ppl_vae.evaluation.chunks import (
     RESOLVE_ROWS,
     chunk_draws,
@@ -15,10 +16,9 @@ from ppl_vae.evaluation.chunks import (
     map_chunks,
     plan_points,
 )
-from ppl_vae.evaluation.pointwise import logmeanexp
 from ppl_vae.programs.util import program_dtype
 
-__all__ = ["evaluate", "Evaluation", "logmeanexp", "RESOLVE_ROWS"]
+__all__ = ["evaluate", "Evaluation", "RESOLVE_ROWS"]
 
 
 class Evaluation(dict):
@@ -92,7 +92,7 @@ def evaluate(
         lw = d.log_weights.double()
         return {"recon": float(d.log_lik.double().mean(0).sum()),
                 "kl": float((d.log_q - d.log_prior).double().mean(0).sum()),
-                "iwae": float(logmeanexp(lw, 0).sum()), "joint": lw.sum(1).cpu(),
+                "iwae": float(log_mean_exp(lw, 0).sum()), "joint": lw.sum(1).cpu(),
                 "global": (d.log_q_global - d.log_prior_global).double().cpu()}
 
     parts = map_chunks(one, plan.starts(), engine=engine, desc="evaluate", progress=progress)
@@ -103,7 +103,7 @@ def evaluate(
         kl_global = parts[0]["global"]  # the same global draws in every chunk
         kl += float(kl_global.mean())
         joint = torch.stack([p["joint"] for p in parts]).sum(0) - kl_global
-        iwae = float(logmeanexp(joint, 0))
+        iwae = float(log_mean_exp(joint, 0))
     else:
         iwae = sum(p["iwae"] for p in parts)
     return Evaluation(

@@ -8,7 +8,6 @@ data point i, log p(x_i | z), log p(z_i) and log q(z_i | x_i), plus the same for
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from ppl_vae.programs.checks import data_dim
 from ppl_vae.programs.util import max_plate_nesting
 
 __all__ = [
-    "Draws", "FixSubsample", "draw", "in_draw_plate", "logmeanexp", "reduce_to_points",
+    "Draws", "FixSubsample", "draw", "in_draw_plate", "reduce_to_points",
     "site_log_prob", "trace_pairs",
 ]
 
@@ -102,11 +101,6 @@ class Draws:
     def log_weights(self) -> torch.Tensor:
         """Local importance log-ratios log p(x_i, z_i) - log q(z_i | x_i), shape (K, N)."""
         return self.log_p - self.log_q
-
-
-def logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """log mean exp of ``x`` along ``dim`` (stable): the importance-weighted average."""
-    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
 
 
 def in_draw_plate(fn: Callable, num: int, rank: int) -> Callable:
