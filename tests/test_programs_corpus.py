@@ -31,12 +31,7 @@ from ppl_vae.programs.handlers import ScaledProgram
 PENDING_GMM = ("pending: evaluate sums the model's enumerated assignment out, as the "
                "TraceEnum_ELBO it was trained with does (scale helper)")
 PENDING_EVALUATE = {"gmm": PENDING_GMM}
-PENDING_ECDF = ("pending: the report's SBC ECDF figure fails on one simulation per global "
-                "dimension (zero-size band; verdicts helper)")
 PENDING_DIAGNOSE = {
-    "dmm": "pending: inference_gaps' empty parameter list (verdicts helper)",
-    "bayes_regression:diagonal": PENDING_ECDF,
-    "bayes_regression:low_rank": PENDING_ECDF,
     "gmm": PENDING_GMM,
 }
 # The ELBO evaluate must agree with, where Trace_ELBO is not it: a site enumerated in the model

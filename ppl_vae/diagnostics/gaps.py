@@ -23,7 +23,7 @@ from torch.distributions import biject_to
 
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.estimators._bound import log_mean_exp
-from ppl_vae.evaluation.chunks import ELEMENT_BUDGET
+from ppl_vae.evaluation.chunks import ELEMENT_BUDGET, draws_vectorize
 from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.programs.random import seeded
 from ppl_vae.programs.util import max_plate_nesting, program_dtype
@@ -192,17 +192,21 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
     batch = tuple(t[:num_points] for t in batch)
     with seeded(seed):
         nesting = max_plate_nesting(model, guide, batch)
+        # A guide like the deep Markov model's (torch.cat of an RNN state and z) cannot draw
+        # over an extra plate: its draws are then taken one by one.
         with torch.no_grad(), pyro.validation_enabled(False):
+            vectorized = draws_vectorize(model, guide, batch, nesting, data_plate)
             init = poutine.trace(guide).get_trace(*batch)
         refine = RefinedGuide(init, data_plate)
         if not refine.specs:
             raise ValueError(f"guide: no local latent sites inside the plate {data_plate!r}")
         refined_guide = refine(guide)
-        taken = _refine(model, refined_guide, refine, batch, nesting=nesting, steps=steps, lr=lr,
+        draws = {"nesting": nesting, "data_plate": data_plate, "vectorized": vectorized}
+        taken = _refine(model, refined_guide, refine, batch, steps=steps, lr=lr,
                         num_particles=num_particles, check_every=check_every,
-                        tolerance=tolerance, num_check=num_check, data_plate=data_plate)
-        amortized = _log_weights(model, guide, batch, num_samples, nesting, data_plate)
-        refined = _log_weights(model, refined_guide, batch, num_samples, nesting, data_plate)
+                        tolerance=tolerance, num_check=num_check, draws=draws)
+        amortized = _log_weights(model, guide, batch, num_samples, draws)
+        refined = _log_weights(model, refined_guide, batch, num_samples, draws)
     elbo_a, elbo_r = amortized.mean(0), refined.mean(0)
     iw_a, iw_r = log_mean_exp(amortized, 0), log_mean_exp(refined, 0)
     # Where refinement did not help (a noisy optimiser), the amortized q stays the best one.
@@ -220,28 +224,26 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
     return table
 
 
-def _point_elbo(model, guide, batch, num, nesting, data_plate, seed) -> torch.Tensor:
+def _point_elbo(model, guide, batch, num, draws: dict, seed) -> torch.Tensor:
     """Per-point ELBO estimate (N,) with common random numbers (the same draws' noise on every
-    call, so two calls differ through the parameters only)."""
-    with torch.random.fork_rng(devices=[batch[0].device] if batch[0].is_cuda else []):
-        torch.manual_seed(seed)
-        return draw(model, guide, batch, num_samples=num, data_plate=data_plate,
-                    nesting=nesting).log_weights.double().mean(0)
+    call, so two calls differ through the parameters only). ``draws``: ``draw``'s nesting,
+    data_plate and vectorized arguments."""
+    with seeded(seed):
+        return draw(model, guide, batch, num_samples=num, **draws).log_weights.double().mean(0)
 
 
-def _refine(model, refined_guide, refine, batch, *, nesting, steps, lr, num_particles,
-            check_every, tolerance, num_check, data_plate) -> int:
+def _refine(model, refined_guide, refine, batch, *, steps, lr, num_particles,
+            check_every, tolerance, num_check, draws: dict) -> int:
     """Adam on the per-point parameters until every point's ELBO stops improving (see
     :func:`inference_gaps`); leaves each point at its best check. Returns the steps taken."""
-    loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
-                      max_plate_nesting=nesting)
+    loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=draws["vectorized"],
+                      max_plate_nesting=draws["nesting"])
     params = refine.parameters()
     optim = torch.optim.Adam(params, lr=lr)
     check_seed = int(torch.randint(0, 2**31 - 1, ()))
 
     def score():
-        return _point_elbo(model, refined_guide, batch, num_check, nesting, data_plate,
-                           check_seed)
+        return _point_elbo(model, refined_guide, batch, num_check, draws, check_seed)
 
     best, kept = score(), refine.snapshot()
     stale = torch.zeros_like(best, dtype=torch.long)
@@ -273,13 +275,13 @@ def _refine(model, refined_guide, refine, batch, *, nesting, steps, lr, num_part
     return taken
 
 
-def _log_weights(model, guide, batch, num_samples, nesting, data_plate) -> torch.Tensor:
+def _log_weights(model, guide, batch, num_samples, draws: dict) -> torch.Tensor:
     """Log importance weights (K, N) of K draws, drawn in blocks of draws so that memory stays
     near ELEMENT_BUDGET elements per drawn tensor (1000 draws of 32 MNIST rows would be 100 MB
     per tensor at once)."""
     width = max(1, sum(t[0].numel() for t in batch)) * batch[0].shape[0]
     block = max(1, ELEMENT_BUDGET // width)
     parts = [draw(model, guide, batch, num_samples=min(block, num_samples - k),
-                  data_plate=data_plate, nesting=nesting).log_weights.double()
+                  **draws).log_weights.double()
              for k in range(0, num_samples, block)]
     return torch.cat(parts)

@@ -32,7 +32,7 @@ from ppl_vae.programs.checks import resolve_data_plate, trace_pair
 from ppl_vae.programs.random import chunk_seed, preserved, seeded
 from ppl_vae.programs.util import max_plate_nesting
 
-__all__ = ["ELEMENT_BUDGET", "RESOLVE_ROWS", "PointPlan", "chunk_draws", "global_draws",
+__all__ = ["draws_vectorize", "ELEMENT_BUDGET", "RESOLVE_ROWS", "PointPlan", "chunk_draws", "global_draws",
            "map_chunks", "plan_points"]
 
 ELEMENT_BUDGET = 2**23  # K x chunk x row width elements per drawn tensor (32 MiB in float32)
@@ -162,6 +162,12 @@ def _self_subsampled(model, guide, batch, data_plate) -> tuple[int, int] | None:
         return None
     fn = site["fn"]
     return None if fn.subsample_size in (None, fn.size) else (int(fn.size), int(fn.subsample_size))
+
+
+def draws_vectorize(model, guide, batch, nesting, data_plate, subsample=None) -> bool:
+    """Whether the programs' draws vectorize over a particle plate on ``batch`` (else
+    :func:`~ppl_vae.evaluation.pointwise.draw` must be called with ``vectorized=False``)."""
+    return _probe_draws(model, guide, batch, nesting, data_plate, subsample)[0]
 
 
 def _probe_draws(model, guide, batch, nesting, data_plate, subsample) -> tuple[bool, Draws]:

@@ -223,6 +223,8 @@ def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0) -> b
     _plt()
     pit = pit_values(result, seed)
     counts = pit.notna().sum()
+    if counts.max() < 2:  # an ECDF of one rank has no band to be drawn in
+        return None
     cols = [c for c in pit if counts[c] == counts.max()]
     if calibration is not None and "max_deviation" in calibration:
         dev = calibration.set_index("column")["max_deviation"]
