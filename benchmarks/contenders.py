@@ -116,6 +116,9 @@ def make_torch(setting: Setting, weights, num_data: int, lr: float, *, fused: bo
         return model.loss(x, num_data, setting.estimator, setting.num_particles, setting.vectorize)
 
     if compiled:
+        # Each setting is a new function to compile: without a reset, dynamo counts every
+        # setting's graph as a recompilation of the same code and stops after its limit (8).
+        torch._dynamo.reset()
         loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
 
     def step(x):
