@@ -26,7 +26,7 @@ from ppl_vae.estimators._bound import log_mean_exp
 from ppl_vae.evaluation.chunks import ELEMENT_BUDGET, draws_vectorize
 from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.programs.random import seeded
-from ppl_vae.programs.util import max_plate_nesting, program_dtype
+from ppl_vae.programs.util import max_plate_nesting, program_dtype, unwrap_distribution
 
 __all__ = ["inference_gaps", "log_evidence", "RefinedGuide"]
 
@@ -53,23 +53,6 @@ def log_evidence(model, guide, data, *, num_samples: int = 1000, data_plate: str
                          "elbo_gap": (iw - elbo).cpu().numpy()})
 
 
-def _unwrap(fn):
-    """(base distribution, reinterpreted batch dims, mask or None) under Independent / Expanded /
-    Masked wrappers (a sequence model masks its padded steps, as Pyro's DMM does)."""
-    reinterpreted, mask = 0, None
-    while True:
-        if isinstance(fn, torch.distributions.Independent):
-            reinterpreted += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif isinstance(fn, pyro.distributions.ExpandedDistribution):
-            fn = fn.base_dist
-        elif isinstance(fn, pyro.distributions.MaskedDistribution):
-            mask = fn._mask if mask is None else mask & fn._mask
-            fn = fn.base_dist
-        else:
-            return fn, reinterpreted, mask
-
-
 class RefinedGuide(Messenger):
     """Replace the distribution of every local guide site by one with free parameters.
 
@@ -89,7 +72,7 @@ class RefinedGuide(Messenger):
             dim = next((f.dim for f in site["cond_indep_stack"] if f.name == data_plate), None)
             if dim is None:
                 continue
-            fn, reinterpreted, mask = _unwrap(site["fn"])
+            fn, reinterpreted, mask = unwrap_distribution(site["fn"], through_mask=True)
             if not fn.has_rsample:
                 raise ValueError(f"site {name!r}: its guide distribution {type(fn).__name__} has "
                                  "no reparameterised sampler, so it cannot be refined by gradient")

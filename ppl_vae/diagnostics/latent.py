@@ -25,7 +25,7 @@ from ppl_vae.data.tensors import as_tensors
 from ppl_vae.evaluation.chunks import PointPlan, map_chunks, plan_points
 from ppl_vae.evaluation.pointwise import FixSubsample, trace_pairs
 from ppl_vae.programs.random import chunk_seed, seeded
-from ppl_vae.programs.util import program_dtype
+from ppl_vae.programs.util import program_dtype, unwrap_distribution
 
 __all__ = ["ACTIVITY_THRESHOLD", "KL_THRESHOLD", "active_units", "kl_summary", "latent_pass",
            "latent_table",
@@ -35,20 +35,6 @@ ACTIVITY_THRESHOLD = 0.01
 # A dimension whose KL to the prior is below this (nats, averaged over points) carries no
 # information about x, whatever the covariance of its encoder mean says.
 KL_THRESHOLD = 0.01
-
-
-def _unwrap(fn):
-    """Strip Independent / expand wrappers down to the distribution that holds the parameters,
-    counting the dims that Independent reinterpreted."""
-    reinterpreted = 0
-    while True:
-        if isinstance(fn, torch.distributions.Independent):
-            reinterpreted += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif isinstance(fn, pyro.distributions.ExpandedDistribution):
-            fn = fn.base_dist
-        else:
-            return fn, reinterpreted
 
 
 def _local_pairs(model, guide, batch, num, plan: PointPlan, subsample):
@@ -169,8 +155,8 @@ def _chunk_moments(per_pair, rank, n):
         kls, means, noises = [], [], []
         for sites in per_pair:  # one pair, or one per draw when drawn one by one
             _, _, g, m = next(s for s in sites if s[0] == name)
-            q, _ = _unwrap(g["fn"])
-            p, _ = _unwrap(m["fn"])
+            q, _, _ = unwrap_distribution(g["fn"])
+            p, _, _ = unwrap_distribution(m["fn"])
             kl, method = _kl_per_dim(q, p, g["value"])
             kls.append(_to_kn(kl, rank, dim, n)[:, :n].double())  # [:n]: drop any padding
             mean, noise = _mean_and_noise(q, g["value"], rank, dim, n)

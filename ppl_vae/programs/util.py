@@ -9,7 +9,10 @@ import torch
 
 from ppl_vae.programs.checks import trace_pair
 
-__all__ = ["max_plate_nesting", "program_dtype", "module_parameters", "trainable_parameters"]
+__all__ = [
+    "max_plate_nesting", "program_dtype", "module_parameters", "trainable_parameters",
+    "unwrap_distribution",
+]
 
 
 def max_plate_nesting(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]) -> int:
@@ -68,3 +71,28 @@ def trainable_parameters(programs: Sequence[Callable], param_trace) -> tuple[lis
             params[id(leaf)] = leaf
             names.append(name)
     return list(params.values()), names
+
+
+def unwrap_distribution(fn, *, through_mask: bool = False):
+    """The distribution that holds a site's parameters, under its wrappers.
+
+    Strips ``Independent`` (counting the batch dims it reinterpreted as event dims) and
+    ``ExpandedDistribution``; with ``through_mask``, ``MaskedDistribution`` too (a sequence model
+    masks its padded steps, as Pyro's deep Markov model does), combining the masks.
+
+    Returns
+    -------
+    (distribution, reinterpreted dims, mask or None)
+    """
+    reinterpreted, mask = 0, None
+    while True:
+        if isinstance(fn, torch.distributions.Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+            fn = fn.base_dist
+        elif isinstance(fn, pyro.distributions.ExpandedDistribution):
+            fn = fn.base_dist
+        elif through_mask and isinstance(fn, pyro.distributions.MaskedDistribution):
+            mask = fn._mask if mask is None else mask & fn._mask
+            fn = fn.base_dist
+        else:
+            return fn, reinterpreted, mask

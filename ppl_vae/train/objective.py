@@ -19,6 +19,8 @@ import pyro
 import torch
 from pyro.poutine.messenger import Messenger
 
+from ppl_vae.programs.util import unwrap_distribution
+
 __all__ = ["FreeBits", "KLWarmup", "WarmupProgram"]
 
 
@@ -61,19 +63,6 @@ class WarmupProgram(torch.nn.Module):
             return self.program(*batch)
 
 
-def _factorised(fn):
-    """(base distribution, reinterpreted dims) under Independent / Expanded wrappers."""
-    reinterpreted = 0
-    while True:
-        if isinstance(fn, torch.distributions.Independent):
-            reinterpreted += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif isinstance(fn, pyro.distributions.ExpandedDistribution):
-            fn = fn.base_dist
-        else:
-            return fn, reinterpreted
-
-
 class FreeBits:
     """Free bits (Kingma et al. 2016, "Improved variational inference with inverse
     autoregressive flow", NeurIPS): train on E_q[log p(x | z)] - sum_g max(lambda, KL_g), where
@@ -113,8 +102,8 @@ class FreeBits:
         q_fn = self.guide_fns.get(msg["name"])
         if frame is None or q_fn is None:
             return None
-        q, rq = _factorised(q_fn)
-        p, _ = _factorised(msg["fn"])
+        q, rq, _ = unwrap_distribution(q_fn)
+        p, _, _ = unwrap_distribution(msg["fn"])
         z = msg["value"]
         if self.per == "dim" and (q.event_shape or p.event_shape):
             raise ValueError(f"free_bits per dimension: site {msg['name']!r} has a multivariate "
