@@ -9,14 +9,15 @@ import pandas as pd
 import torch
 
 from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
+from ppl_vae.data.tensors import as_tensors, resolve_device
+from ppl_vae.estimators.explain import explain
+from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
 from ppl_vae.train.storage import write_bytes
 
 __all__ = ["register", "print_plan", "cmd_compare_estimators"]
 
 
 def _first_rows(data, rows: int, device=None, dtype=None) -> tuple:
-    from ppl_vae.data.tensors import as_tensors
-
     tensors = as_tensors(data, dtype=dtype, device=device, name="data")
     return tuple(t[:rows] for t in tensors)
 
@@ -24,8 +25,6 @@ def _first_rows(data, rows: int, device=None, dtype=None) -> tuple:
 def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
     """Print :func:`ppl_vae.explain`'s table for the first rows of ``data``; return it. Module
     programs are moved to ``device`` (they are expected in the data's dtype already)."""
-    from ppl_vae.data.tensors import resolve_device
-    from ppl_vae.estimators.explain import explain
 
     dev = resolve_device(device)
     if dev is not None:
@@ -43,8 +42,6 @@ def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
 
 
 def cmd_compare_estimators(args) -> int:
-    from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
-
     run = open_run(args, require_run(args.run_dir))
     data = run.data(args.split)
     first = _as_tuple(data)[0]

@@ -29,8 +29,26 @@ from ppl_vae.cli.common import (
     whole_number,
 )
 from ppl_vae.cli.errors import one_line
+from ppl_vae.cli.estimators import print_plan
+from ppl_vae.estimators.registry import ESTIMATORS
+from ppl_vae.evaluation.metrics import evaluate
+from ppl_vae.programs.registry import describe
+from ppl_vae.reporting.run import report_run
 from ppl_vae.train.arguments import MAX_SEED
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME
+from ppl_vae.train.distributed import wants_engine
+from ppl_vae.train.loop import fit
+from ppl_vae.train.run_dir import (
+    build_programs,
+    check_same_run,
+    data_record,
+    fit_data,
+    load_data,
+    prepare_run_folder,
+    program_record,
+    save_run,
+    write_config,
+)
 from ppl_vae.train.storage import (
     MANIFEST_NAME,
     CorruptFileError,
@@ -38,6 +56,7 @@ from ppl_vae.train.storage import (
     verify_folder,
     write_bytes,
 )
+from ppl_vae.train.threads import choose_threads
 
 # `ppl-vae run`'s training defaults (measured on the bundled digits, see the README).
 RUN_LR, RUN_BATCH_SIZE = 3e-3, 32
@@ -161,7 +180,6 @@ def _devices(text: str):
 
 def config_from_args(args) -> dict:
     """The run's config.json: zoo programs by name, user files by path and sha256."""
-    from ppl_vae.train.run_dir import data_record, program_record
 
     shared = {}
     if args.latent_dim is not None:
@@ -180,7 +198,6 @@ def config_from_args(args) -> dict:
 def _is_writer(args) -> bool:
     """Whether this process writes the run folder: always, except the non-zero ranks of a
     data-parallel launch (torchrun, SLURM, Lightning's re-run of the script per device)."""
-    from ppl_vae.train.distributed import wants_engine
 
     if not wants_engine(args.devices, args.strategy, args.num_nodes):
         return True
@@ -200,16 +217,6 @@ def train_run(args, out: Path):
 
     An existing run in ``out`` is refused unless ``--resume`` (same programs, data and options
     required) or ``--overwrite``. Call it holding the folder's lock (:func:`_writing`)."""
-    from ppl_vae.train.loop import fit
-    from ppl_vae.train.run_dir import (
-        build_programs,
-        check_same_run,
-        fit_data,
-        load_data,
-        prepare_run_folder,
-        save_run,
-        write_config,
-    )
 
     config = config_from_args(args)
     writer = _is_writer(args)
@@ -234,7 +241,6 @@ def train_run(args, out: Path):
     print(f"training {args.model} / {args.guide} on {dataset.name} "
           f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "
           f"with the {args.estimator!r} estimator -> {out}", flush=True)
-    from ppl_vae.cli.estimators import print_plan
 
     print_plan(model, guide, fit_data(config, dataset, "train"), args.estimator, args.device)
     result = fit(
@@ -263,7 +269,6 @@ def _use_threads(model, guide, args) -> None:
     """The whole command (training, evaluation, diagnostics, report) on the threads that suit
     the model (``--threads``; see ``ppl_vae.train.threads``): the CLI owns its process, and on a
     busy machine torch's default of one thread per core made the digits job 3x slower."""
-    from ppl_vae.train.threads import choose_threads
 
     params = [p for program in (model, guide) if isinstance(program, torch.nn.Module)
               for p in program.parameters()]
@@ -274,7 +279,6 @@ def _use_threads(model, guide, args) -> None:
 
 def _evaluate(run, num_samples: int) -> None:
     """Evaluate a run's programs on its test split; write ``evaluation.csv`` and print it."""
-    from ppl_vae.evaluation.metrics import evaluate
 
     ev = evaluate(run.model, run.guide, run.data("test"), num_samples=num_samples)
     write_bytes(run.path / "evaluation.csv", ev.to_frame().to_csv().encode())
@@ -305,7 +309,6 @@ def cmd_run(args) -> int:
     """The main job: train on the data, evaluate, and write the report."""
     import time
 
-    from ppl_vae.reporting.run import report_run
 
     out = Path(args.out)
     with _writing(args, out):
@@ -340,8 +343,6 @@ def cmd_verify(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ppl_vae.programs.registry import describe
-
     for kind in ("model", "guide"):
         print(f"{kind}s:")
         for name, line in describe(kind):
@@ -350,8 +351,6 @@ def cmd_models(args) -> int:
 
 
 def cmd_estimators(args) -> int:
-    from ppl_vae.estimators.registry import ESTIMATORS
-
     for name, spec in ESTIMATORS.items():
         print(f"  {name:<10} {spec.summary}")
     return 0

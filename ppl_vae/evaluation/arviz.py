@@ -24,6 +24,7 @@ from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.evaluation.chunks import PointPlan, plan_points
 from ppl_vae.evaluation.export import DEFAULT_POINTS, ChainPass, chain_pass, select_points
 from ppl_vae.programs.util import program_dtype
+from ppl_vae.train.result import FitResult
 
 __all__ = ["build_tree", "to_arviz", "runs_from"]
 
@@ -58,8 +59,6 @@ def runs_from(model, guide, runs) -> list[tuple[Callable, Callable, dict]]:
 
 
 def _is_fit_result(obj) -> bool:
-    from ppl_vae.train.result import FitResult
-
     return isinstance(obj, FitResult)
 
 

@@ -7,6 +7,9 @@ import json
 
 import numpy as np
 
+from ppl_vae.diagnostics.calibration import pit_values
+from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS
+
 __all__ = [
     "arviz_figure", "elbo_curves", "gap_figure", "image_grid", "kl_figure", "khat_figure",
     "ecdf_figure", "latent_map", "sbc_figure",
@@ -47,7 +50,6 @@ def elbo_curves(history) -> bytes | None:
 
 def khat_figure(pointwise) -> bytes:
     """k-hat of every data point with the 0.5 / 0.7 thresholds, and its histogram."""
-    from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS
 
     plt = _plt()
     k = pointwise["k_hat"].to_numpy()
@@ -218,7 +220,6 @@ def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0) -> b
     import arviz_base
     import arviz_plots
 
-    from ppl_vae.diagnostics.calibration import pit_values
 
     _plt()
     pit = pit_values(result, seed)
