@@ -205,10 +205,11 @@ def test_compile_matches_eager_on_a_tiny_program():
     state, compiled = _train(model, "compile", data, steps=4)
     recorder = _recorder(state)
     assert recorder.num_traces == 1 and recorder.compile_seconds > 0
-    # One inference graph: the checked first call runs without autograd, as the replays do
-    # (with autograd on, AOTAutograd would also build a backward of the backward, then compile
-    # again for the replays' grad mode).
-    assert counters["stats"]["unique_graphs"] == 1 and counters["aot_autograd"]["total"] == 1
+    # One graph: the checked first call runs without autograd, as the replays do (with
+    # autograd on, dynamo would also capture the replays' grad mode as a second graph).
+    # AOTAutograd's own count is not asserted: it differs with the state of Inductor's caches
+    # (1 with a warm cache, 2 in a fresh clone).
+    assert counters["stats"]["unique_graphs"] == 1
     _, eager = _train(model, False, data, steps=4)
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=0.0)
 
