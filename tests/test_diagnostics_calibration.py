@@ -60,3 +60,24 @@ def test_ecdf_bands_are_simultaneous_at_the_family_level(x):
     bands = ecdf_bands(result, alpha=0.01)
     assert bands["ci_prob"].iloc[0] == pytest.approx(1 - 0.01 / 2)
     assert bands["inside_band"].all()
+
+
+def test_the_band_check_uses_a_fixed_subset_of_many_ranks():
+    # Beyond MAX_ECDF_RANKS the band is checked on a random subset, chosen by the seed alone:
+    # uniform PIT values stay inside, PIT values piled up near 1 (an overconfident guide's
+    # ranks) still fall outside.
+    import numpy as np
+
+    from ppl_vae.diagnostics.calibration import MAX_ECDF_RANKS, _band, ecdf_subset
+
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(size=20 * MAX_ECDF_RANKS)
+    kept = ecdf_subset(uniform, seed=1)
+    assert len(kept) == MAX_ECDF_RANKS and np.array_equal(kept, ecdf_subset(uniform, seed=1))
+    assert set(kept) <= set(uniform)
+    x, lower, upper = _band(len(kept), 0.99, 1000, 0)
+    ecdf = (np.searchsorted(np.sort(kept), x, side="right") / len(kept))
+    assert ((ecdf >= lower) & (ecdf <= upper)).all()
+    skewed = ecdf_subset(rng.uniform(size=20 * MAX_ECDF_RANKS) ** 0.8, seed=1)
+    ecdf = (np.searchsorted(np.sort(skewed), x, side="right") / len(skewed))
+    assert not ((ecdf >= lower) & (ecdf <= upper)).all()

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ppl_vae.diagnostics.calibration import pit_values
+from ppl_vae.diagnostics.calibration import MAX_ECDF_RANKS, pit_values
 from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS
 
 __all__ = [
@@ -231,7 +231,11 @@ def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0) -> b
         dev = calibration.set_index("column")["max_deviation"]
         cols = sorted(cols, key=lambda c: -float(dev.get(c, 0.0)))
     cols = cols[:max_dims]
-    values = pit[cols].dropna().to_numpy().T[:, None, :]  # (dims, chain, draw)
+    values = pit[cols].dropna().to_numpy()
+    if len(values) > MAX_ECDF_RANKS:  # the bands' cost grows with the square of the ranks
+        keep = np.random.default_rng(seed).choice(len(values), MAX_ECDF_RANKS, replace=False)
+        values = values[np.sort(keep)]
+    values = values.T[:, None, :]  # (dims, chain, draw)
     tree = arviz_base.from_dict(
         {"prior_sbc": {"pit": np.moveaxis(values, 0, -1)}},
         dims={"pit": ["latent"]}, coords={"latent": cols})
