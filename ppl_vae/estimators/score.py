@@ -136,14 +136,11 @@ class ScoreFunctionELBO(DifferentiableELBO):
         baseline: str = "leave_one_out",
         **options,
     ):
-        check_baseline(baseline)
         super().__init__(
             num_particles=num_particles, max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles, **options,
         )
-        self.leave_one_out = (
-            baseline == "leave_one_out" and vectorize_particles and num_particles > 1
-        )
+        self.leave_one_out = check_baseline(baseline, vectorize_particles, num_particles)
 
     def _get_trace(self, model, guide, args, kwargs):
         return graph_trace(self.max_plate_nesting, model, score_function_only(guide), args, kwargs)

@@ -67,12 +67,9 @@ class StickingTheLandingELBO(DifferentiableELBO):
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
                  vectorize_particles: bool = False, baseline: str = "leave_one_out",
                  **options):
-        check_baseline(baseline)
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                          vectorize_particles=vectorize_particles, **options)
-        self.leave_one_out = (
-            baseline == "leave_one_out" and vectorize_particles and num_particles > 1
-        )
+        self.leave_one_out = check_baseline(baseline, vectorize_particles, num_particles)
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = graph_trace(self.max_plate_nesting, model, guide, args, kwargs)

@@ -74,9 +74,12 @@ def graph_loss(elbo: ELBO, model, guide, args, kwargs, leave_one_out: bool) -> t
     return value_with_gradient(value / elbo.num_particles, surrogate / elbo.num_particles, args)
 
 
-def check_baseline(baseline: str) -> None:
+def check_baseline(baseline: str, vectorize_particles: bool, num_particles: int) -> bool:
+    """Whether the leave-one-out baseline applies: asked for, and K >= 2 vectorized particles
+    to leave one out of (``ValueError`` for an unknown ``baseline``)."""
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be 'leave_one_out' or 'none', got {baseline!r}")
+    return baseline == "leave_one_out" and bool(vectorize_particles) and num_particles > 1
 
 
 @final
@@ -96,12 +99,9 @@ class TraceGraphELBO(DifferentiableELBO):
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
                  vectorize_particles: bool = False, baseline: str = "none", **options):
-        check_baseline(baseline)
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                          vectorize_particles=vectorize_particles, **options)
-        self.leave_one_out = (
-            baseline == "leave_one_out" and vectorize_particles and num_particles > 1
-        )
+        self.leave_one_out = check_baseline(baseline, vectorize_particles, num_particles)
 
     def _get_trace(self, model, guide, args, kwargs):
         return graph_trace(self.max_plate_nesting, model, guide, args, kwargs)
