@@ -54,8 +54,10 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class CaseResult:
-    """Median ms per step and the first step's seconds (recording, compiling) per contender.
-    Every ratio is to ``torch`` (hand-written, fused Adam)."""
+    """Median ms per step and the warm-up steps' wall seconds (``first_s``: the first
+    ``warmup`` steps, where recording, the checks against eager and compiling happen; a fused
+    ``jit="compile"`` step compiles on the third) per contender. Every ratio is to ``torch``
+    (hand-written, fused Adam)."""
 
     setting: Setting
     median_ms: dict[str, float]
@@ -73,7 +75,7 @@ class CaseResult:
         return min(found), max(found)
 
     def payback_steps(self, name: str, against: str) -> float:
-        """Steps after which ``name``'s extra first-step cost (compiling) is won back by its
+        """Steps after which ``name``'s extra warm-up cost (compiling) is won back by its
         faster steps against ``against`` (``inf`` when it is not faster)."""
         extra = (self.first_s[name] - self.first_s[against]) * 1e3
         saved = self.median_ms[against] - self.median_ms[name]
@@ -108,8 +110,8 @@ def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, w
             step(x)
             _sync(device)
             times[name].append(tick() - t0)
-            if rounds == 0:  # wall time: Inductor compiles C++ in child processes
-                first[name] = time.perf_counter() - wall0
+            if rounds < warmup:  # wall time: Inductor compiles C++ in child processes
+                first[name] = first.get(name, 0.0) + time.perf_counter() - wall0
         rounds += 1
         if rounds >= warmup + min_rounds and time.perf_counter() - start > budget_s:
             break
@@ -135,7 +137,7 @@ def time_case(setting: Setting, contenders, *, device, dtype, budget_s: float, w
 
 def merge_repeats(results: list[CaseResult]) -> CaseResult:
     """One result from repeats of a case: the median over repeats of each contender's median
-    and of its first step's seconds, and every repeat's ratio kept."""
+    and of its warm-up seconds, and every repeat's ratio kept."""
     names = list(dict.fromkeys(n for r in results for n in r.median_ms))
     merged = CaseResult(
         results[0].setting,

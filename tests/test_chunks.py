@@ -81,3 +81,18 @@ def test_exported_points_have_the_draws_of_the_full_pass(digits):
 
 def test_map_chunks_keeps_the_order():
     assert map_chunks(lambda s: s * 2, [0, 5, 10], progress=False) == [0, 10, 20]
+
+
+def test_map_chunks_gives_memory_back_after_every_chunk(monkeypatch):
+    import platform
+
+    from ppl_vae.evaluation import chunks
+
+    calls = []
+    real = chunks.release_memory
+    monkeypatch.setattr(chunks, "release_memory", lambda full=False: calls.append(full) or real(full))
+    assert chunks.map_chunks(lambda s: s * 2, range(0, 130, 2)) == [s * 2 for s in range(0, 130, 2)]
+    # After each of the 65 chunks: the young generations, and every 64th all of them.
+    assert len(calls) == 65 and calls.count(True) == 1
+    trim = chunks._malloc_trim()
+    assert (trim is not None) == (platform.libc_ver()[0] == "glibc")

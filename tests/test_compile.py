@@ -139,3 +139,74 @@ def test_backend_compiles_the_recorded_graph():
     torch.testing.assert_close(torch.stack(got), torch.stack(want).detach())
     got[-1].backward()  # the compiled graph's gradients reach the parameters
     assert pyro.param("mu_loc").unconstrained().grad is not None
+
+
+def _ops(graph, target):
+    return [n for n in graph.graph.nodes if n.target is target]
+
+
+def test_fold_constants_stores_what_only_the_signature_fixes():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ppl_vae.estimators.graph_rewrites import fold_constants, simplify
+
+    aten = torch.ops.aten
+
+    def f(x, w):
+        # The standard-normal prior and the backward seed of a recorded Pyro step: tensors that
+        # depend on x only through its shape and dtype; plus a random draw and uninitialised
+        # memory filled in place, which must stay per call.
+        zero, one = x.new_zeros(()).expand(x.shape), x.new_ones(()).expand(x.shape)
+        seed = torch.ones_like(x.sum()).expand(x.shape) * 2.5
+        noise = torch.empty(x.shape, dtype=x.dtype).normal_()
+        return ((x - zero) / one * w + seed * x + noise).sum(), (seed + 1.0).neg()
+
+    args = (torch.randn(3, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64))
+    graph = make_fx(f)(*args)
+    torch.manual_seed(0)
+    expected = graph(*args)
+    folded = fold_constants(graph, args)
+    while simplify(graph.graph):
+        pass
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    assert folded >= 3
+    for target in (aten.new_zeros.default, aten.new_ones.default, aten.ones_like.default,
+                   aten.sub.Tensor, aten.div.Tensor):
+        assert not _ops(graph, target), target  # folded, then x - 0 and x / 1 dropped
+    assert len(_ops(graph, aten.normal_.default)) == 1 and _ops(graph, aten.empty.memory_format)
+    torch.manual_seed(0)
+    for got, want in zip(graph(*args), expected, strict=True):
+        assert torch.equal(got, want)
+    # Another x of the same signature: the folded tensors did not depend on its values.
+    other = (torch.randn(3, 4, dtype=torch.float64), args[1])
+    unfolded = make_fx(f)(*other)
+    torch.manual_seed(1)
+    want = unfolded(*other)
+    torch.manual_seed(1)
+    assert all(torch.equal(g, w) for g, w in zip(graph(*other), want, strict=True))
+
+
+def test_merge_duplicates_merges_pure_ops_only():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ppl_vae.estimators.graph_rewrites import merge_duplicates
+
+    def f(x):
+        a, b = (x * 2.0).sum(), (x * 2.0).sum()  # Pyro scores a site twice: value, surrogate
+        r1, r2 = torch.rand_like(x), torch.rand_like(x)  # two draws, never one
+        return a + b, r1 - r2
+
+    x = torch.randn(5, dtype=torch.float64)
+    graph = make_fx(f)(x)
+    torch.manual_seed(0)
+    expected = graph(x)
+    assert merge_duplicates(graph.graph) == 2  # the second mul and its sum
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    assert len(_ops(graph, torch.ops.aten.mul.Tensor)) == 1
+    assert len([n for n in graph.graph.nodes if "rand" in str(n.target)]) == 2
+    torch.manual_seed(0)
+    got = graph(x)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert not torch.equal(got[1], torch.zeros_like(got[1]))

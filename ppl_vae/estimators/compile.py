@@ -36,7 +36,7 @@ import torch
 from pyro import poutine
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ppl_vae.estimators.graph_rewrites import simplify
+from ppl_vae.estimators.graph_rewrites import fold_constants, merge_duplicates, simplify
 from ppl_vae.estimators.value_reads import ValueReads
 from ppl_vae.programs.util import module_parameters
 
@@ -182,6 +182,23 @@ class TraceOnce:
             self.compile_seconds += time.perf_counter() - t0
         return self._give_up(loss, args, kwargs) if isinstance(loss, str) else loss
 
+    def recorded(self, *args) -> tuple[torch.fx.GraphModule, list[torch.Tensor]] | None:
+        """The recorded loss-and-gradient graph for ``args`` and the leaves it takes, once both
+        of its checked replays against eager have passed; ``None`` before that, for a signature
+        not recorded yet, or when this recorder runs eagerly or compiles its graphs.
+
+        The graph is called as ``graph(leaves, tensors)`` (``tensors``: the tensor arguments in
+        order) and returns ``[loss, *grads]`` (``None`` for a leaf the loss does not reach).
+        """
+        if self.eager_reason is not None or self.backend is not None:
+            return None
+        key = (torch.is_grad_enabled(), tuple(_signature(a) for a in args), ())
+        entry = self._entries.get(key)
+        if entry is None or entry.calls < 2 or not entry.with_grad:
+            return None
+        leaves = _leaves(entry.names, entry.module_params)
+        return None if leaves is None else (entry.graph, leaves)
+
     def _give_up(self, reason: str, args, kwargs) -> torch.Tensor:
         if self.fallback is None:
             raise ValueError(f"jit=True: {reason}; use jit=False for these programs")
@@ -237,8 +254,11 @@ class TraceOnce:
                 raise
             return f"torch.fx could not record the step ({type(error).__name__}: {_first_line(error)})"
         graph.graph.eliminate_dead_code()
-        while simplify(graph.graph):  # a rewrite can expose another (a dropped view)
+        fold_constants(graph, (leaves, tensors))
+        # A rewrite can expose another (a dropped view, then two equal ops on its source).
+        while simplify(graph.graph) + merge_duplicates(graph.graph):
             pass
+        graph.graph.eliminate_dead_code()
         graph.recompile()
         compiled = self.backend is not None
         if compiled:

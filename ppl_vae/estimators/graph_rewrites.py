@@ -4,9 +4,13 @@ identities and save full passes over large tensors, without changing a single bi
 
 from __future__ import annotations
 
-import torch
+import operator
 
-__all__ = ["simplify"]
+import torch
+import torch.utils._pytree as pytree
+from torch.fx.node import map_arg
+
+__all__ = ["simplify", "fold_constants", "merge_duplicates"]
 
 _aten = torch.ops.aten
 _SUMS = (_aten.sum.default, _aten.sum.dim_IntList)
@@ -94,8 +98,7 @@ def _identity_of(node):
     if node.kwargs or not args or not isinstance(args[0], torch.fx.Node):
         return None
     if target in _NEUTRAL:
-        other = args[1] if len(args) == 2 else None
-        if isinstance(other, bool) or not isinstance(other, int | float) or other != _NEUTRAL[target]:
+        if len(args) != 2 or not _neutral_operand(args[1], target):
             return None
         same = args[0]
     elif target in _INVOLUTIONS and args[0].target is target and not args[0].kwargs:
@@ -105,7 +108,129 @@ def _identity_of(node):
     else:
         return None
     mine, theirs = _val(node), _val(same)
+    # t(t(x)) and detach(x) are views of x already: returning x aliases nothing new. An
+    # arithmetic identity's result is a fresh tensor: returned or mutated, it must stay one.
+    view = target is _aten.t.default or target is _aten.detach.default
     if (mine is None or theirs is None or mine.shape != theirs.shape
-            or mine.dtype != theirs.dtype or any(_mutates(u) for u in node.users)):
+            or mine.dtype != theirs.dtype
+            or any(_mutates(u) and not (view and u.op == "output") for u in node.users)):
         return None
     return same
+
+
+def _neutral_operand(node, target) -> bool:
+    """Whether ``node`` is a folded constant tensor filled with ``target``'s neutral element
+    (``x * ones``, ``x / ones``, ``x - zeros``, ``x + zeros``: Pyro's standard-normal priors)."""
+    if isinstance(node, bool) or isinstance(node, int | float):
+        return node == _NEUTRAL[target]
+    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+        return False
+    value = getattr(node.graph.owning_module, node.target, None)
+    return (isinstance(value, torch.Tensor) and value.numel() > 0
+            and bool((value == _NEUTRAL[target]).all()))
+
+
+# Ops that take a tensor only for its shape, dtype and device, fixed for a recorded signature.
+_FACTORIES = {_aten.new_zeros.default, _aten.new_ones.default, _aten.new_full.default,
+              _aten.zeros_like.default, _aten.ones_like.default, _aten.full_like.default,
+              _aten.full.default, _aten.zeros.default, _aten.ones.default,
+              _aten.scalar_tensor.default}
+# Uninitialised memory: its "value" is whatever the allocator returns.
+_UNDEFINED = {_aten.empty.memory_format, _aten.empty_like.default, _aten.new_empty.default,
+              _aten.empty_strided.default, _aten.new_empty_strided.default}
+
+
+def _is_pure(target) -> bool:
+    if target is operator.getitem:
+        return True
+    return (isinstance(target, torch._ops.OpOverload) and not target._schema.is_mutable
+            and torch.Tag.nondeterministic_seeded not in target.tags and target not in _UNDEFINED)
+
+
+def _stand_in(node) -> torch.Tensor:
+    """A tensor with the shape, strides, dtype and device of ``node``'s recorded value (what a
+    factory reads of its argument); its values are never read."""
+    val = _val(node)
+    return torch.empty_strided(val.shape, val.stride(), dtype=val.dtype, device=val.device)
+
+
+def fold_constants(gm: torch.fx.GraphModule, inputs) -> int:
+    """Compute once, at recording, every node whose value does not depend on the values of the
+    graph's inputs, and read it from the module afterwards.
+
+    A recorded Pyro step builds tensors that depend only on the signature it was recorded for:
+    the standard-normal prior's ``new_zeros`` / ``new_ones`` and their broadcasts, and the
+    backward pass's seed ``ones_like(loss)`` with every scale, expand and negation applied to it
+    (about a dozen ops of the 105 in the digits VAE's step). Each is the same tensor on every
+    call, so it is evaluated here with the same ops, bit for bit, and stored. Random and
+    in-place ops and uninitialised memory are never folded. ``inputs``: the example inputs the
+    graph was recorded with (flattened in the order of its placeholders).
+
+    Returns the number of nodes replaced by a stored constant.
+    """
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    flat = pytree.tree_leaves(inputs)
+    if len(flat) != len(placeholders):
+        return 0
+    real = dict(zip(placeholders, flat, strict=True))
+    values: dict = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or not _is_pure(node.target):
+            continue
+        inputs_of = node.all_input_nodes
+        if node.target in _FACTORIES or (inputs_of and all(n in values for n in inputs_of)):
+            def value_of(n):
+                return values[n] if n in values else real[n] if n in real else _stand_in(n)
+
+            args, kwargs = map_arg(node.args, value_of), map_arg(node.kwargs, value_of)
+            values[node] = node.target(*args, **kwargs)
+    done = 0
+    for node, value in values.items():
+        if not isinstance(value, torch.Tensor) or all(u in values for u in node.users):
+            continue
+        name = f"_folded_{done}"
+        while hasattr(gm, name):
+            name += "_"
+        gm.register_buffer(name, value.detach(), persistent=False)
+        with graph.inserting_before(node):
+            stored = graph.get_attr(name)
+        stored.meta.update(node.meta)
+        node.replace_all_uses_with(stored)
+        done += 1
+    if done:
+        graph.eliminate_dead_code()
+    return done
+
+
+def _hashable(value):
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, *(_hashable(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", *sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, float) and value != value:  # NaN != NaN: never a key match
+        return ("nan", id(value))
+    return (type(value).__name__, value) if not isinstance(value, torch.fx.Node) else value
+
+
+def merge_duplicates(graph: torch.fx.Graph) -> int:
+    """Common subexpressions: a pure, deterministic op applied twice to the same arguments is
+    computed once (Pyro's ELBOs score a site once for the loss's value and once for its
+    surrogate: the same sum, scale and log-density ops, twice). Exact: the same op on the same
+    tensors gives the same bits. Returns the number of nodes merged."""
+    seen: dict = {}
+    done = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not _is_pure(node.target):
+            continue
+        try:
+            key = (node.target, _hashable(node.args), _hashable(node.kwargs))
+            hash(key)
+        except TypeError:
+            continue
+        first = seen.setdefault(key, node)
+        if first is not node:
+            node.replace_all_uses_with(first)
+            graph.erase_node(node)
+            done += 1
+    return done

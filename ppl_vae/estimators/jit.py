@@ -142,6 +142,17 @@ class TracedELBO(pyro.infer.ELBO):
             self._recorders.popitem(last=False)
         return recorder
 
+    def step_recorder(self, model, guide) -> TraceOnce:
+        """A new recorder of this ELBO's loss and gradient for (model, guide) whose graphs are
+        replayed as recorded, never compiled (same checks as :meth:`recorder`): what a fused
+        training step (:mod:`ppl_vae.train.fused`) compiles together with its optimizer."""
+        inner, loss = self.inner, self.loss_function
+
+        def fn(*args, **kwargs):
+            return loss(inner, model, guide, *args, **kwargs)
+
+        return TraceOnce(fn, (model, guide))
+
     def _get_trace(self, model, guide, args, kwargs):
         return self.inner._get_trace(model, guide, args, kwargs)
 

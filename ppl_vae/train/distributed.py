@@ -114,7 +114,8 @@ class Engine:
         """Wrap the loss module in DDP (through Fabric) and its optimizer."""
         check_data_parallel(state)
         module, optimizer = self.fabric.setup(state.loss_fn, state.optimizer)
-        state.loss_fn, state.optimizer = module, optimizer
+        # DDP averages the gradients between backward() and the optimizer's step: no fused step.
+        state.loss_fn, state.optimizer, state.fused = module, optimizer, None
         return state
 
     def seed_epoch(self, seed: int, epoch: int) -> None:

@@ -16,10 +16,12 @@ import pyro
 import torch
 from pyro import poutine
 
+from ppl_vae.estimators.jit import TracedELBO
 from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 from ppl_vae.programs.util import trainable_parameters
+from ppl_vae.train.fused import FusedAdamStep, fusable
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
@@ -50,6 +52,9 @@ class TrainState:
         Number of steps taken.
     data_plate : str
         The plate whose sites are scaled by N / batch size (resolved by ``init_state``).
+    fused : FusedAdamStep or None
+        With ``jit="compile"`` and Adam on the CPU, the step with the optimizer compiled into
+        it (:mod:`ppl_vae.train.fused`); ``None``: loss, ``backward()`` and ``optimizer.step()``.
     """
 
     loss_fn: torch.nn.Module
@@ -58,6 +63,7 @@ class TrainState:
     param_names: list[str] = field(default_factory=list)
     step: int = 0
     data_plate: str = "data"
+    fused: FusedAdamStep | None = None
 
 
 def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Tensor]):
@@ -150,12 +156,19 @@ def init_state(
             "pyro.module, a PyroModule, or pass a torch.nn.Module as model or guide)"
         )
     loss_fn = elbo(scaled_model, scaled_guide)
-    return TrainState(loss_fn, make_optimizer(optimizer, params, lr), params, names,
-                      data_plate=data_plate)
+    optim = make_optimizer(optimizer, params, lr)
+    fused = None
+    if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
+        fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
+    return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused)
 
 
 def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState, torch.Tensor]:
     """One gradient step. Returns the state and the loss (a 0-dim tensor; no host sync)."""
+    if state.fused is not None:
+        loss = state.fused(batch)
+        state.step += 1
+        return state, loss
     state.optimizer.zero_grad(set_to_none=True)
     loss = state.loss_fn(*batch)
     loss.backward()
