@@ -1,6 +1,7 @@
 """``jit="compile"`` with Adam on the CPU: loss, gradient and optimizer step as one compiled
 graph (``ppl_vae.train.fused``), the same trajectory as the unfused step."""
 
+import copy
 import functools
 import warnings
 
@@ -52,7 +53,7 @@ def _data(dtype, n=4):
     return [(1.0 + torch.randn(8, 3, generator=g)).to(dtype) for _ in range(n)]
 
 
-def _train(jit, data, optimizer="adam", steps=6, lr_change_at=4):
+def _train(jit, data, optimizer="adam", steps=6, lr_change_at=4, reload_at=5):
     pyro.clear_param_store()
     torch.manual_seed(1)
     DECODER.to(data[0].dtype).net.reset_parameters()
@@ -63,6 +64,8 @@ def _train(jit, data, optimizer="adam", steps=6, lr_change_at=4):
         for i in range(steps):
             if i == lr_change_at:  # as a schedule does: the fused step must follow, not recompile
                 state.optimizer.param_groups[0]["lr"] *= 0.5
+            if i == reload_at:  # as a resume does: new state tensors, which the step must use
+                state.optimizer.load_state_dict(copy.deepcopy(state.optimizer.state_dict()))
             state, _ = update(state, (data[i % len(data)],))
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
     params.update({k: v.detach().clone() for k, v in DECODER.named_parameters()})

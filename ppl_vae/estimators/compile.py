@@ -336,6 +336,10 @@ def _compiled(graph: torch.fx.GraphModule, backend: str, device) -> Callable:
     if cuda_graphs:
         # Small batches on a GPU are launch-bound: CUDA graphs replay all kernels at once.
         options["triton.cudagraphs"] = True
+    elif backend == "inductor":
+        # The CPU kernels and their calls in one C++ library: one compiler run instead of one
+        # per kernel (a third less compile time on the digits VAE), no Python between kernels.
+        options["cpp_wrapper"] = True
     compiled = torch.compile(graph, backend=backend, fullgraph=True, dynamic=False,
                              options=options)
     if not cuda_graphs:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import pyro.infer
 import torch
+from pyro.infer.util import is_identically_zero
 
 from ppl_vae.estimators.compile import TraceOnce
 
@@ -52,12 +53,20 @@ def check_jit(jit) -> bool | str:
 def mc_loss(elbo: pyro.infer.Trace_ELBO, model, guide, *args, **kwargs) -> torch.Tensor:
     """Negative Monte Carlo ELBO, log q - log p summed over sites (Kingma & Welling 2014,
     estimator A), with the gradient of Pyro's surrogate (score-function terms included)."""
-    value, surrogate = 0.0, 0.0
+    value, surrogate, reparameterized = 0.0, 0.0, True
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
         _, surrogate_particle = elbo._differentiable_loss_particle(model_trace, guide_trace)
         value = value + guide_trace.log_prob_sum() - model_trace.log_prob_sum()
         surrogate = surrogate + surrogate_particle
+        reparameterized = reparameterized and not any(
+            not is_identically_zero(site["score_parts"].score_function)
+            for site in guide_trace.nodes.values() if site["type"] == "sample")
     value, surrogate = value / elbo.num_particles, surrogate / elbo.num_particles
+    if reparameterized:
+        # Without score-function terms the surrogate *is* the negative ELBO (the same sums, up
+        # to the order of additions): one expression instead of two, a tenth of the ops of a
+        # recorded VAE step (the unused value is dropped from the graph).
+        return surrogate
     # Value of the ELBO, gradient of the surrogate: they differ only for non-reparameterized sites.
     return value.detach() + (surrogate - surrogate.detach())
 
