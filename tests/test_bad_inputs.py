@@ -287,6 +287,10 @@ CLI_CASES = [
     ("user-file-syntax-error", lambda r, t: [*TRAIN[:1], "--model", f"{_file(t, 'm.py', 'def (')}:m",
                                              *TRAIN[3:], "--out", str(t / "n")], "syntax error"),
     ("evaluate-not-a-run", lambda r, t: ["evaluate", str(t)], "not a ppl-vae run folder"),
+    # A billion draws of one point cannot be chunked (chunks split points, not draws): refused
+    # up front instead of asking the allocator for terabytes.
+    ("evaluate-num-samples-huge", lambda r, t: ["evaluate", str(r), "--num-samples", "1000000000"],
+     "num_samples=1,000,000,000: the draws of a single data point would hold"),
     ("evaluate-config-not-json", lambda r, t: (_corrupt_json(r), ["evaluate", str(r)])[1],
      "config.json is not valid JSON"),
     ("evaluate-final-bit-flip", lambda r, t: (_flip(r / "final.pt"), ["evaluate", str(r)])[1],

@@ -209,10 +209,11 @@ def test_compile_matches_eager_on_a_tiny_program():
     assert state.fused.recorder.num_traces == 1 and state.fused.compile_seconds > 0
     assert state.fused.num_compiled == 1
     # One graph: the fused step runs without autograd (with autograd on, dynamo would also
-    # capture a grad mode of its own as a second graph).
+    # capture a grad mode of its own as a second graph); none through dynamo at all when
+    # Inductor takes the recorded graph directly (ppl_vae.train.fused._compile).
     # AOTAutograd's own count is not asserted: it differs with the state of Inductor's caches
     # (1 with a warm cache, 2 in a fresh clone).
-    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["stats"]["unique_graphs"] <= 1
     _, eager = _train(model, False, data, steps=4)
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=0.0)
 

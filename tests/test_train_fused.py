@@ -77,6 +77,11 @@ def test_fusable_says_why_not():
     assert fusable(torch.optim.Adam(p, lr=0.1), p) is None
     assert fusable(torch.optim.AdamW(p, lr=0.1), p) is None
     assert "SGD" in fusable(torch.optim.SGD(p, lr=0.1), p)
+
+    class MyAdam(torch.optim.Adam):  # may step differently: not replaced by the fused update
+        pass
+
+    assert "MyAdam" in fusable(MyAdam(p, lr=0.1), p)
     assert "amsgrad" in fusable(torch.optim.Adam(p, lr=0.1, amsgrad=True), p)
     q = [torch.zeros(1, requires_grad=True)]
     two = torch.optim.Adam([{"params": p}, {"params": q}], lr=0.1)
@@ -121,6 +126,23 @@ def test_fused_step_follows_the_unfused_trajectory(optimizer, dtype):
     for k in updated:
         for moment in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(ours["state"][k][moment], theirs["state"][k][moment], **tol)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_NO_INDUCTOR is not None, reason=str(_NO_INDUCTOR))
+def test_without_inductors_direct_entry_the_step_goes_through_torch_compile(monkeypatch):
+    def unavailable(*args):
+        raise ImportError("compile_fx moved")
+
+    monkeypatch.setattr(fused_module, "_compile_direct", unavailable)
+    data = _data(torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JitFallbackWarning)
+        state, fused = _train("compile", data)
+    assert state.fused.eager_reason is None and state.fused.num_compiled == 1
+    _, reference = _train(True, data)
+    for name, value in reference.items():
+        torch.testing.assert_close(fused[name], value, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_a_failed_fused_step_warns_and_trains_unfused(monkeypatch):

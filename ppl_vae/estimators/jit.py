@@ -135,15 +135,12 @@ class TracedELBO(pyro.infer.ELBO):
         if found is not None and found[0] is model and found[1] is guide:
             self._recorders.move_to_end(key)
             return found[2]
-        inner, loss = self.inner, self.loss_function
-
-        def fn(*args, **kwargs):
-            return loss(inner, model, guide, *args, **kwargs)
+        inner = self.inner
 
         def eager(*args, **kwargs):
             return inner.differentiable_loss(model, guide, *args, **kwargs)
 
-        recorder = TraceOnce(fn, (model, guide),
+        recorder = TraceOnce(self._traceable(model, guide), (model, guide),
                              backend="inductor" if self.mode == "compile" else None,
                              fallback=eager if self.mode == "auto" else None)
         self._recorders[key] = (model, guide, recorder)
@@ -155,12 +152,15 @@ class TracedELBO(pyro.infer.ELBO):
         """A new recorder of this ELBO's loss and gradient for (model, guide) whose graphs are
         replayed as recorded, never compiled (same checks as :meth:`recorder`): what a fused
         training step (:mod:`ppl_vae.train.fused`) compiles together with its optimizer."""
+        return TraceOnce(self._traceable(model, guide), (model, guide))
+
+    def _traceable(self, model, guide) -> Callable[..., torch.Tensor]:
         inner, loss = self.inner, self.loss_function
 
         def fn(*args, **kwargs):
             return loss(inner, model, guide, *args, **kwargs)
 
-        return TraceOnce(fn, (model, guide))
+        return fn
 
     def _get_trace(self, model, guide, args, kwargs):
         return self.inner._get_trace(model, guide, args, kwargs)

@@ -39,6 +39,7 @@ __all__ = ["draws_vectorize", "ELEMENT_BUDGET", "RESOLVE_ROWS", "PointPlan", "ch
            "map_chunks", "plan_points", "release_memory"]
 
 ELEMENT_BUDGET = 2**23  # K x chunk x row width elements per drawn tensor (32 MiB in float32)
+MAX_POINT_ELEMENTS = 2**28  # K x row width of one point, the smallest chunk (1 GiB in float32)
 # Rows the programs are run on to find the data plate: enough that an inner plate rarely has the
 # same size by chance, few enough to cost one small trace.
 RESOLVE_ROWS = 256
@@ -123,6 +124,14 @@ def _plan(model, guide, tensors, num_draws, data_plate, chunk_size) -> PointPlan
     autoguide of a model with local latents) are evaluated in one chunk.
     """
     n = num_rows(tensors)
+    width = max(1, sum(t[0].numel() for t in tensors))
+    if int(num_draws) * width > MAX_POINT_ELEMENTS:
+        # Chunks split the points, not the draws: one point's K draws must fit at once.
+        raise ValueError(
+            f"num_samples={int(num_draws):,}: the draws of a single data point would hold "
+            f"{int(num_draws) * width:,} values ({int(num_draws) * width * 4 / 2**30:.1f} GiB in "
+            f"float32); use at most {MAX_POINT_ELEMENTS // width:,} draws for rows of {width} "
+            "values")
     probe = tuple(t[: min(n, 2)] for t in tensors)
     whole = False
     try:
@@ -144,7 +153,6 @@ def _plan(model, guide, tensors, num_draws, data_plate, chunk_size) -> PointPlan
         nesting = max_plate_nesting(model, guide, probe)
     vectorized, d = _probe_draws(model, guide, probe, nesting, data_plate, subsample)
     if chunk_size is None and not subsampled:
-        width = max(1, sum(t[0].numel() for t in tensors))
         chunk_size = max(1, ELEMENT_BUDGET // (int(num_draws) * width))
     if whole:
         chunk_size = n
