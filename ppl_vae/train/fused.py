@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ppl_vae.estimators.compile import JitFallbackWarning, TraceOnce, _close
@@ -310,21 +309,32 @@ def _pick(items, mask) -> list:
 def _build(graph, trained, shapes, group, inputs):
     """make_fx of graph-then-Adam (on copies: recording runs the ops), compiled by Inductor.
     ``trained[i]``: whether the i-th leaf is one of the optimizer's tensors; ``shapes[i]``: its
-    shape as the recorded graph takes it."""
+    shape as the recorded graph takes it. The compiled graph takes its tensors flat, so that no
+    pytree is flattened on each call; the step returned takes them as ``inputs`` lays them out."""
+    sizes = [len(part) for part in inputs[:5]]
 
-    def fused(leaves, tensors, exp_avgs, exp_avg_sqs, steps, coefficients):
+    def fused(*flat):
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(list(flat[start:start + size]))
+            start += size
+        leaves, tensors, exp_avgs, exp_avg_sqs, steps = parts
         outputs = graph(_graph_leaves(leaves, shapes), tensors)
         _adam_update(_pick(leaves, trained), _pick(outputs[1:], trained), exp_avgs, exp_avg_sqs,
-                     steps, coefficients, group)
+                     steps, flat[start], group)
         return [outputs[0]]
 
-    copies = [[t.detach().clone() for t in part] if isinstance(part, list) else part.clone()
-              for part in inputs]
+    copies = [t.detach().clone() for part in inputs[:5] for t in part] + [inputs[5].clone()]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         recorded = make_fx(fused)(*copies)
     # Torch's generator for random ops (fallback_random), as the unfused compiled step: the
     # fused step draws the numbers eager draws, which the first-step check relies on.
-    return _compile(recorded, pytree.tree_leaves(copies))
+    compiled = _compile(recorded, copies)
+
+    def step(leaves, tensors, exp_avgs, exp_avg_sqs, steps, coefficients):
+        return compiled(*leaves, *tensors, *exp_avgs, *exp_avg_sqs, *steps, coefficients)
+
+    return step
 
 
 # cpp_wrapper: the kernels and their calls in one C++ library, one compiler run instead of one
