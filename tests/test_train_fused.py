@@ -145,6 +145,21 @@ def test_without_inductors_direct_entry_the_step_goes_through_torch_compile(monk
         torch.testing.assert_close(fused[name], value, rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(_NO_INDUCTOR is not None, reason=str(_NO_INDUCTOR))
+def test_a_scalar_param_given_new_storage_keeps_training():
+    # p.data = ... swaps a 0-dim leaf's storage under the step's cached view of it.
+    data = _data(torch.float64)
+    state, _ = _train("compile", data, steps=5)
+    noise = pyro.get_param_store().get_param("noise").unconstrained()
+    with torch.no_grad():
+        noise.data = noise.detach().clone()
+    before = noise.detach().clone()
+    with pyro.validation_enabled(False):
+        update(state, (data[1],))
+    assert state.fused.eager_reason is None and not torch.equal(noise.detach(), before)
+
+
 def test_a_failed_fused_step_warns_and_trains_unfused(monkeypatch):
     def broken(*args):
         raise RuntimeError("no compiler today")

@@ -270,8 +270,12 @@ class _Plan:
         return self.parts[4]
 
     def fits(self, graph, leaves, batch, group) -> bool:
+        # A leaf whose storage was swapped (``p.data = ...``) would leave a cached 1-element
+        # view (:func:`_flat`) updating the old storage: compare where the views point.
         return (graph is self.graph and len(leaves) == len(self.leaves)
                 and all(a is b for a, b in zip(leaves, self.leaves, strict=True))
+                and all(v is p or v.data_ptr() == p.data_ptr()
+                        for v, p in zip(self.parts[0], leaves, strict=True))
                 and _hyper(group) == self.hyper
                 and [_layout(t) for t in batch if isinstance(t, torch.Tensor)] == self.batch_layout)
 
