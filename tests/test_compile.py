@@ -210,3 +210,42 @@ def test_merge_duplicates_merges_pure_ops_only():
     got = graph(x)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert not torch.equal(got[1], torch.zeros_like(got[1]))
+
+
+def test_fold_constants_keeps_a_tensor_filled_in_place_per_call():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ppl_vae.estimators.graph_rewrites import fold_constants
+
+    def f(x, label):
+        # How Pyro's one-hot encodings are built: a fresh zeros tensor, scattered into in place.
+        one_hot = x.new_zeros(x.shape).scatter_(-1, label.unsqueeze(-1), 1.0)
+        return ((one_hot * 2.0).expand(2, *x.shape) * x).sum()
+
+    x = torch.randn(3, 4, dtype=torch.float64)
+    graph = make_fx(f)(x, torch.tensor([0, 1, 2]))
+    fold_constants(graph, (x, torch.tensor([0, 1, 2])))
+    graph.recompile()
+    for label in ([3, 3, 0], [1, 2, 3]):  # other labels, call after call: the one-hot follows
+        label = torch.tensor(label)
+        assert torch.equal(graph(x, label), f(x, label))
+
+
+def test_a_recorded_step_of_the_semi_supervised_vae_is_eagers():
+    # The corpus' SS-VAE (one-hot labels, a discrete guide site) under jit=True: the recording
+    # must match eager on every batch, and train as eager does.
+    from programs import ssvae
+
+    losses = {}
+    for jit in (False, True):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        model, guide = ssvae.make(torch.float64)
+        data = ssvae.data(torch.float64)
+        elbo = make_elbo("mc", jit=jit, **getattr(ssvae, "ELBO_OPTIONS", {}))
+        state = init_state(model, guide, elbo, data, num_data=data[0].shape[0])
+        pyro.set_rng_seed(1)
+        with pyro.validation_enabled(False):
+            losses[jit] = torch.stack([update(state, data)[1] for _ in range(5)])
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-10, atol=0.0)
+

@@ -42,11 +42,12 @@ def simplify(graph: torch.fx.Graph) -> int:
     Returns the number of rewrites.
     """
     done = 0
+    mutated = _mutated(graph)  # x * 1 -> x is exact only if x is not written in place later
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        same = _identity_of(node)
-        if same is not None:
+        same = None if node in mutated else _identity_of(node)
+        if same is not None and same not in mutated:
             node.replace_all_uses_with(same)
             graph.erase_node(node)
             done += 1
@@ -154,6 +155,51 @@ def _stand_in(node) -> torch.Tensor:
     return torch.empty_strided(val.shape, val.stride(), dtype=val.dtype, device=val.device)
 
 
+def _writes_and_views(node):
+    """(the argument nodes ``node`` writes to, the argument node its result aliases or None),
+    from the op's schema (``Tensor(a!) self`` is written; a return ``Tensor(a)`` is a view)."""
+    target = node.target
+    if target is operator.getitem:  # an element of a multi-output op (split): same storage
+        return [], node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
+    if not isinstance(target, torch._ops.OpOverload):
+        return [], None
+    schema = target._schema
+    written, source = [], None
+    for i, argument in enumerate(schema.arguments):
+        value = node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)
+        info = argument.alias_info
+        if info is None or not isinstance(value, torch.fx.Node):
+            continue
+        if info.is_write:
+            written.append(value)
+        if any(r.alias_info is not None and r.alias_info.before_set & info.before_set
+               for r in schema.returns):
+            source = value  # a view, or an in-place op's result: the argument's storage
+    return written, source
+
+
+def _mutated(graph: torch.fx.Graph) -> set:
+    """Every node whose tensor is written in place somewhere in the graph, with everything that
+    shares its storage (views of it, and what it is a view of)."""
+    group: dict = {}
+
+    def root(n):
+        while group.get(n, n) is not n:
+            n = group[n]
+        return n
+
+    written = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        writes, source = _writes_and_views(node)
+        written += writes
+        if source is not None:
+            group[root(node)] = root(source)
+    dirty = {root(n) for n in written}
+    return {n for n in graph.nodes if root(n) in dirty}
+
+
 def fold_constants(gm: torch.fx.GraphModule, inputs) -> int:
     """Compute once, at recording, every node whose value does not depend on the values of the
     graph's inputs, and read it from the module afterwards.
@@ -163,7 +209,8 @@ def fold_constants(gm: torch.fx.GraphModule, inputs) -> int:
     backward pass's seed ``ones_like(loss)`` with every scale, expand and negation applied to it
     (about a dozen ops of the 105 in the digits VAE's step). Each is the same tensor on every
     call, so it is evaluated here with the same ops, bit for bit, and stored. Random and
-    in-place ops and uninitialised memory are never folded. ``inputs``: the example inputs the
+    in-place ops, uninitialised memory and any tensor written in place later (or sharing storage
+    with one) are never folded. ``inputs``: the example inputs the
     graph was recorded with (flattened in the order of its placeholders).
 
     Returns the number of nodes replaced by a stored constant.
@@ -174,9 +221,11 @@ def fold_constants(gm: torch.fx.GraphModule, inputs) -> int:
     if len(flat) != len(placeholders):
         return 0
     real = dict(zip(placeholders, flat, strict=True))
+    # A fresh tensor that an in-place op fills (zeros, then scatter_: a one-hot) is per call.
+    mutated = _mutated(graph)
     values: dict = {}
     for node in graph.nodes:
-        if node.op != "call_function" or not _is_pure(node.target):
+        if node.op != "call_function" or not _is_pure(node.target) or node in mutated:
             continue
         inputs_of = node.all_input_nodes
         if node.target in _FACTORIES or (inputs_of and all(n in values for n in inputs_of)):
@@ -220,8 +269,10 @@ def merge_duplicates(graph: torch.fx.Graph) -> int:
     tensors gives the same bits. Returns the number of nodes merged."""
     seen: dict = {}
     done = 0
+    mutated = _mutated(graph)  # the same op on a tensor written in between is not the same
     for node in list(graph.nodes):
-        if node.op != "call_function" or not _is_pure(node.target):
+        if (node.op != "call_function" or not _is_pure(node.target) or node in mutated
+                or any(n in mutated for n in node.all_input_nodes)):
             continue
         try:
             key = (node.target, _hashable(node.args), _hashable(node.kwargs))
