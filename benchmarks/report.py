@@ -228,7 +228,7 @@ def write(path, args, results, contenders, memory_runs, gpu_lines, jobs=(),
     if len(compiled) > 2:
         lines += ["## Compile time and payback", "",
                   "Wall seconds of each contender's warm-up steps (the first `--warmup`, 3 by "
-                  "default: recording, the checks against eager, `torch.compile` (a fused "
+                  "default: recording, the checks against eager, Inductor (a fused "
                   "`jit=\"compile\"` step compiles on the third), JAX tracing and XLA "
                   "compilation; Inductor's on-disk cache off unless `--warm-compile-cache`), and "
                   "the steps after which the compiled step's extra warm-up time is won back by "

@@ -137,7 +137,7 @@ def sbc(model, guide, data, *, num_draws: int = 99, num_runs: int = 1, bins: int
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     plan = plan_points(model, guide, batch, num_draws=num_draws, data_plate=data_plate,
-                       chunk_size=chunk_size)
+                       chunk_size=chunk_size, draws_argument="num_draws")
     # With global latents a simulation is the whole data set (one global draw for all points);
     # without, each chunk of points is simulated on its own, which is the same joint draw.
     step = plan.num_points if plan.has_global else plan.chunk_size

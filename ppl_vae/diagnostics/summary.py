@@ -277,7 +277,7 @@ def pointwise_pass(chains, data, *, num_draws, points, num_worst, settings, data
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
     plan = plan_points(m0, g0, batch, num_draws=int(num_draws), data_plate=data_plate,
-                       chunk_size=chunk_size)
+                       chunk_size=chunk_size, draws_argument="num_draws")
     selected = select_points(plan.num_points, points, seed)
 
     def rows(chain):

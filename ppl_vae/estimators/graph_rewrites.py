@@ -122,7 +122,9 @@ def _identity_of(node):
 def _neutral_operand(node, target) -> bool:
     """Whether ``node`` is a folded constant tensor filled with ``target``'s neutral element
     (``x * ones``, ``x / ones``, ``x - zeros``, ``x + zeros``: Pyro's standard-normal priors)."""
-    if isinstance(node, bool) or isinstance(node, int | float):
+    if isinstance(node, bool):  # x * True: a type promotion, not an identity
+        return False
+    if isinstance(node, int | float):
         return node == _NEUTRAL[target]
     if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
         return False

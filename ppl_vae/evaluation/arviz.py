@@ -148,7 +148,7 @@ def to_arviz(
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
     plan = plan_points(chains[0][0], chains[0][1], batch, num_draws=int(num_draws),
-                       data_plate=data_plate, chunk_size=chunk_size)
+                       data_plate=data_plate, chunk_size=chunk_size, draws_argument="num_draws")
     selected = select_points(plan.num_points, points, seed)
     passes = [chain_pass(m, g, batch, plan, selected, num_draws=int(num_draws), seed=seed,
                          key=i, with_replicates=posterior_predictive, engine=engine,

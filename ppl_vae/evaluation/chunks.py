@@ -99,10 +99,12 @@ class PointPlan:
 
 def plan_points(model: Callable, guide: Callable, tensors: Sequence[torch.Tensor], *,
                 num_draws: int, data_plate: str | None = None,
-                chunk_size: int | None = None) -> PointPlan:
+                chunk_size: int | None = None, draws_argument: str = "num_samples") -> PointPlan:
     """Find the data plate (``None``: as ``fit`` does, :func:`resolve_data_plate`), probe the
     programs on two points and choose how to chunk them (the random state is left as it was:
-    see :func:`_plan`)."""
+    see :func:`_plan`). ``draws_argument``: the caller's name for ``num_draws``, for the error
+    when one point's draws cannot fit."""
+    check_draws_fit(tensors, num_draws, draws_argument)
     with preserved():
         n = num_rows(tensors)
         try:
@@ -117,6 +119,18 @@ def plan_points(model: Callable, guide: Callable, tensors: Sequence[torch.Tensor
         return _plan(model, guide, tensors, num_draws, data_plate, chunk_size)
 
 
+def check_draws_fit(tensors, num_draws: int, argument: str = "num_samples") -> None:
+    """Chunks split the points, not the draws: one point's K draws must fit at once."""
+    width = max(1, sum(t[0].numel() for t in tensors))
+    if int(num_draws) * width <= MAX_POINT_ELEMENTS:
+        return
+    size = int(num_draws) * width * tensors[0].element_size() / 2**30
+    raise ValueError(
+        f"{argument}={int(num_draws):,}: the draws of a single data point would hold "
+        f"{int(num_draws) * width:,} values ({size:.1f} GiB in {tensors[0].dtype}); use at most "
+        f"{MAX_POINT_ELEMENTS // width:,} draws for rows of {width} values")
+
+
 def _plan(model, guide, tensors, num_draws, data_plate, chunk_size) -> PointPlan:
     """The probe finds the plate nesting, whether the model subsamples ``data_plate`` itself,
     whether the guide has global sites, and whether K draws vectorize. Programs that fail on
@@ -124,14 +138,6 @@ def _plan(model, guide, tensors, num_draws, data_plate, chunk_size) -> PointPlan
     autoguide of a model with local latents) are evaluated in one chunk.
     """
     n = num_rows(tensors)
-    width = max(1, sum(t[0].numel() for t in tensors))
-    if int(num_draws) * width > MAX_POINT_ELEMENTS:
-        # Chunks split the points, not the draws: one point's K draws must fit at once.
-        raise ValueError(
-            f"num_samples={int(num_draws):,}: the draws of a single data point would hold "
-            f"{int(num_draws) * width:,} values ({int(num_draws) * width * 4 / 2**30:.1f} GiB in "
-            f"float32); use at most {MAX_POINT_ELEMENTS // width:,} draws for rows of {width} "
-            "values")
     probe = tuple(t[: min(n, 2)] for t in tensors)
     whole = False
     try:
@@ -153,6 +159,7 @@ def _plan(model, guide, tensors, num_draws, data_plate, chunk_size) -> PointPlan
         nesting = max_plate_nesting(model, guide, probe)
     vectorized, d = _probe_draws(model, guide, probe, nesting, data_plate, subsample)
     if chunk_size is None and not subsampled:
+        width = max(1, sum(t[0].numel() for t in tensors))
         chunk_size = max(1, ELEMENT_BUDGET // (int(num_draws) * width))
     if whole:
         chunk_size = n

@@ -162,7 +162,9 @@ class FusedAdamStep:
                 continue
             state = self.optimizer.state[p]
             if not state:
-                state["step"] = torch.zeros((), dtype=_step_dtype(p), device=p.device)
+                # What torch's fused Adam keeps its step counter in, on the parameter's device.
+                state["step"] = torch.zeros((), dtype=_adam._get_scalar_dtype(is_fused=True),
+                                            device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             states.append(state)
@@ -227,11 +229,6 @@ def _layout(t: torch.Tensor) -> tuple:
 
 def _hyper(group) -> list:
     return [group.get(k) for k in _HYPER]
-
-
-def _step_dtype(p: torch.Tensor) -> torch.dtype:
-    # What torch's fused Adam keeps its step counter in (float32 on the parameter's device).
-    return _adam._get_scalar_dtype(is_fused=True)
 
 
 def _coefficients(counts: list, group, like: torch.Tensor) -> torch.Tensor:
