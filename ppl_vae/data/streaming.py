@@ -208,7 +208,8 @@ def _local_size(batch_size: int, world_size: int) -> int:
 
 
 class EpochBatches:
-    """This process's batches, one shuffled epoch per call: ``stream(epoch)``.
+    """This process's batches, one epoch per call: ``stream(epoch)``, shuffled unless the batch
+    is the whole data set.
 
     One ``DataLoader`` serves every epoch (``DistributedSampler.set_epoch`` reshuffles it), so
     with ``DiskData(..., num_workers=k)`` the reader processes start once, not once an epoch.
@@ -231,7 +232,9 @@ class EpochBatches:
     -----
     Each call yields local batches of shape ``(B / world_size, ...)`` (the last may be smaller).
     Every process gets the same number of batches (``DistributedSampler`` pads by repeating a
-    few rows), or DDP would wait forever for the missing ones.
+    few rows), or DDP would wait forever for the missing ones. A full batch (``B = N``) keeps the
+    rows in their order: a guide with one parameter per row (``pyro.param`` of shape ``(N, ...)``,
+    an autoguide of local latents) must meet row ``i`` at position ``i`` in every step.
     """
 
     def __init__(self, data, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
@@ -240,7 +243,8 @@ class EpochBatches:
         self.local = _local_size(int(batch_size), int(world_size))
         rows = len(data) if isinstance(data, DiskData) else int(data[0].shape[0])
         self.sampler = DistributedSampler(
-            range(rows), num_replicas=world_size, rank=rank, shuffle=True, seed=sampler_seed(seed)
+            range(rows), num_replicas=world_size, rank=rank, shuffle=int(batch_size) < rows,
+            seed=sampler_seed(seed),
         )
         self.loader = None
         if isinstance(data, DiskData):

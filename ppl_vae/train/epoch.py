@@ -76,7 +76,10 @@ class Epochs:
 
     def batches(self, epoch: int):
         if self.engine is None and not self.prepared.streaming:
-            return iter_batches(self.prepared.train, self.config.batch_size, shuffle=True,
+            # A full batch is the data in its order, as plain Pyro's loop passes it: a guide with
+            # one parameter per row learns row i's posterior from row i only.
+            shuffle = self.config.batch_size < self.prepared.num_data
+            return iter_batches(self.prepared.train, self.config.batch_size, shuffle=shuffle,
                                 generator=epoch_generator(self.config.seed, epoch))
         if self.engine is not None:
             self.engine.seed_epoch(self.config.seed, epoch)
