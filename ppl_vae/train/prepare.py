@@ -19,6 +19,7 @@ from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
 from ppl_vae.estimators.registry import make_elbo, preflight_warnings
 from ppl_vae.programs.checks import check_autoguide_batches, check_support
 from ppl_vae.programs.handlers import ScaledProgram
+from ppl_vae.programs.rows import check_per_row_parameters
 from ppl_vae.train.arguments import FitConfig
 from ppl_vae.train.objective import FreeBits, KLWarmup, WarmupProgram
 from ppl_vae.train.state import TrainState, init_state
@@ -156,6 +157,8 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
     first = tuple(t[: max(config.batch_size // world, 1)] for t in prepared.head)
     # Before anything calls an autoguide: its first call fixes the rows it has parameters for.
     check_autoguide_batches(model, guide, first, prepared.num_data, config.data_plate)
+    # Mini-batches and one parameter per row: refused before the first step (nothing would fail).
+    check_per_row_parameters(model, guide, first, prepared.num_data, config.data_plate)
     check_rows = max(config.batch_size, 1024)
     check_support(model, guide, prepared.head, batch_size=check_rows, plate_name=config.data_plate)
     if prepared.validation_head is not None:
