@@ -265,21 +265,24 @@ def test_checkpoint_is_weights_only(digits, tmp_path):
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(digits, tmp_path):
     model, guide = small_vae()
-    calls = {"n": 0}
+    poisoned = {"on": False}
 
     class Poison(nn.Module):
         def forward(self, x):
-            calls["n"] += 1
-            if calls["n"] > 8:  # epoch 2 (4 steps per epoch, plus the preflight calls)
+            if poisoned["on"]:
                 pyro.factor("poison", x.new_tensor(float("nan")))
             return model(x)
+
+    def poison_after_epoch_1(record, state):
+        # From epoch 2 on, however many times the pre-flight checks ran the programs.
+        poisoned["on"] = True
 
     x = digits.train[:128]
     # jit=False: Poison changes what it computes from Python state after its first calls, which
     # no recording can see (jit="auto" checks the first two calls of each batch shape only).
     with pytest.raises(ppl_vae.TrainingDivergedError, match=r"at epoch \d+, step \d+") as info:
         ppl_vae.fit(Poison(), guide, x, epochs=5, batch_size=32, progress=False,
-                    checkpoint_dir=tmp_path, jit=False)
+                    checkpoint_dir=tmp_path, jit=False, callbacks=[poison_after_epoch_1])
     assert info.value.epoch >= 2
     assert len(info.value.history) == info.value.epoch - 1
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

@@ -33,11 +33,15 @@ positive_int = whole_number(1)
 
 
 def add_program_arguments(p: argparse.ArgumentParser) -> None:
-    """``--model`` / ``--guide`` for commands that read a run folder: a run trained with a user
-    program needs it named again (it is never imported because a config.json names it)."""
+    """``--model`` / ``--guide`` / ``--data`` for commands that read a run folder: a run trained
+    with a user program or data function needs it named again (it is never imported because a
+    config.json names it)."""
     p.add_argument("--model", default=None,
                    help="the run's user model file.py:name (checked against its recorded sha256)")
     p.add_argument("--guide", default=None, help="the run's user guide file.py:name")
+    p.add_argument("--data", default=None,
+                   help="the run's data function file.py:function (checked against its "
+                   "recorded sha256)")
 
 
 def require_run(run_dir) -> Path:
@@ -51,4 +55,4 @@ def require_run(run_dir) -> Path:
 
 def open_run(args, run_dir: Path):
     """Load the run, with the user programs named on this command line (if any)."""
-    return load_run(run_dir, model=args.model, guide=args.guide)
+    return load_run(run_dir, model=args.model, guide=args.guide, data=args.data)

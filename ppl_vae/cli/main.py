@@ -57,6 +57,7 @@ from ppl_vae.train.storage import (
     write_bytes,
 )
 from ppl_vae.train.threads import choose_threads
+from ppl_vae.train.user_data import data_function_record, is_data_function
 
 # `ppl-vae run`'s training defaults (measured on the bundled digits, see the README).
 RUN_LR, RUN_BATCH_SIZE = 3e-3, 32
@@ -117,7 +118,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide", default="mlp", help="zoo name or file.py:name")
     p.add_argument("--data", default="digits",
                    help="digits | binary | linear_gaussian | regression | eight_schools | "
-                   "mnist:DIR | file.npy/.npz/.csv")
+                   "mnist:DIR | file.npy/.npz/.csv | file.py:function (returns a tensor, a "
+                   "tuple of tensors, or a Dataset)")
     p.add_argument("--estimator", default="analytic", help="ELBO estimator (see `ppl-vae estimators`)")
     p.add_argument("--epochs", type=_epochs, default=30,
                    help="an integer, or 'auto': until the validation ELBO stops improving")
@@ -188,7 +190,9 @@ def config_from_args(args) -> dict:
         shared["hidden"] = args.hidden[0] if len(args.hidden) == 1 else list(args.hidden)
     return {
         **program_record("model", args.model), **program_record("guide", args.guide),
-        "data": data_record(args.data),
+        # A data function is recorded as a model file is: by its path and the file's sha256.
+        **(data_function_record(args.data) if is_data_function(args.data)
+           else {"data": data_record(args.data)}),
         "model_options": {**shared, **dict(args.model_option)},
         "guide_options": {**shared, **dict(args.guide_option)},
         "use_labels": bool(args.with_labels),

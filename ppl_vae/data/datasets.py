@@ -48,6 +48,10 @@ class Dataset:
         Float responses of shape ``(n,)`` for data sets whose programs take ``(x, y)`` with a
         real-valued ``y`` (regression, eight schools): ``run_dir.fit_data`` then passes
         ``(x, y)`` to the programs.
+    train_extra, test_extra : tuple of torch.Tensor
+        Further arguments of the programs after ``x`` (and labels, targets), one row per row
+        of ``x``: the members of a tuple that a program file's own data function returns
+        (``ppl-vae --data file.py:function``).
     """
 
     train: torch.Tensor
@@ -59,6 +63,8 @@ class Dataset:
     info: dict = field(default_factory=dict)
     train_targets: torch.Tensor | None = None
     test_targets: torch.Tensor | None = None
+    train_extra: tuple[torch.Tensor, ...] = ()
+    test_extra: tuple[torch.Tensor, ...] = ()
 
     @property
     def obs_dim(self) -> int:
@@ -73,8 +79,11 @@ class Dataset:
     def to(self, dtype: torch.dtype) -> Dataset:
         targets = [None if t is None else t.to(dtype)
                    for t in (self.train_targets, self.test_targets)]
+        extra = [tuple(t.to(dtype) if t.is_floating_point() else t for t in members)
+                 for members in (self.train_extra, self.test_extra)]
         return Dataset(self.train.to(dtype), self.test.to(dtype), self.train_labels,
-                       self.test_labels, self.name, self.image_shape, dict(self.info), *targets)
+                       self.test_labels, self.name, self.image_shape, dict(self.info), *targets,
+                       *extra)
 
 
 def _split(x: np.ndarray, y: np.ndarray | None, test_fraction: float, seed: int):

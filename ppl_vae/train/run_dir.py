@@ -35,6 +35,7 @@ from ppl_vae.train.checkpoint import (
 from ppl_vae.train.prepare import fingerprint
 from ppl_vae.train.resume import fingerprint_differences
 from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, remove_run_files, write_bytes
+from ppl_vae.train.user_data import is_data_function, load_data_function, named_data
 
 __all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run", "build_programs",
            "write_config", "read_config", "prepare_run_folder", "check_same_run",
@@ -45,7 +46,7 @@ RUN_FILES = ("config.json", "history.csv", CHECKPOINT_NAME, "final.pt", "evaluat
              "report.html", "diagnostics.nc", "diagnostics.csv", "diagnostics_checks.csv")
 # config.json keys that define the run: resuming with another value of one is refused.
 RUN_KEYS = ("model", "guide", "data", "model_options", "guide_options", "use_labels",
-            "model_sha256", "guide_sha256")
+            "model_sha256", "guide_sha256", "data_sha256")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 DATASETS = {
@@ -58,8 +59,11 @@ DATASETS = {
 
 
 def load_data(spec: str) -> datasets.Dataset:
-    """A name in ``DATASETS``, ``mnist:DIR`` or a ``.npy``/``.npz``/``.csv``
-    file."""
+    """A name in ``DATASETS``, ``mnist:DIR``, a ``.npy``/``.npz``/``.csv`` file, or
+    ``file.py:function``: the data a function of the user's file returns
+    (:mod:`ppl_vae.train.user_data`)."""
+    if is_data_function(spec):
+        return load_data_function(spec)
     if spec in DATASETS:
         return DATASETS[spec]()
     if spec.startswith("mnist:"):
@@ -70,8 +74,8 @@ def load_data(spec: str) -> datasets.Dataset:
         raise ValueError(f"data {spec!r} is a folder: pass a .npy/.npz/.csv file in it, or "
                          f"mnist:{spec} for a folder of MNIST IDX files")
     raise ValueError(
-        f"unknown data {spec!r}; choose one of: {', '.join(DATASETS)}, mnist:DIR, or a "
-        ".npy/.npz/.csv file"
+        f"unknown data {spec!r}; choose one of: {', '.join(DATASETS)}, mnist:DIR, a "
+        ".npy/.npz/.csv file, or file.py:function (a function returning the data)"
     )
 
 
@@ -80,6 +84,9 @@ def data_record(spec: str) -> str:
     that ``evaluate`` and ``report`` find it from any working directory."""
     if spec.startswith("mnist:"):
         return f"mnist:{Path(spec.split(':', 1)[1]).resolve()}"
+    if is_data_function(spec):
+        path, name = spec.split(":", 1)
+        return f"{Path(path).resolve()}:{name}"
     if Path(spec).suffix in {".npy", ".npz", ".csv"}:
         return str(Path(spec).resolve())
     return spec
@@ -111,6 +118,7 @@ def fit_data(config: dict, dataset, split: str = "train"):
         parts.append(dataset.train_labels if split == "train" else dataset.test_labels)
     if dataset.train_targets is not None:
         parts.append(dataset.train_targets if split == "train" else dataset.test_targets)
+    parts.extend(dataset.train_extra if split == "train" else dataset.test_extra)
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
@@ -226,13 +234,15 @@ def _program(path: Path, config: dict, kind: str, given):
     return given
 
 
-def load_run(run_dir, *, model=None, guide=None) -> Run:
+def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
     """Rebuild the programs of a run folder with their trained parameters.
 
     Every file read is checked against the folder's manifest. Zoo programs are built from
     their recorded names; a user program (``file.py:name`` in config.json) is imported only
     when given here, as the same ``file.py:name`` (checked against the recorded sha256) or as
     the class/function itself. Clears Pyro's param store: the run's parameters replace it.
+    Data from a user file's function (``file.py:function``) is loaded only when ``data`` names
+    it again, and the file must be the one the run was trained with (sha256).
     """
     path = Path(run_dir)
     config = read_config(path)
@@ -245,8 +255,9 @@ def load_run(run_dir, *, model=None, guide=None) -> Run:
             "guide=...)) to load them")
     programs = {"model": _program(path, config, "model", model),
                 "guide": _program(path, config, "guide", guide)}
+    data_spec = named_data(path, config, data)
     dtype = DTYPES[config.get("settings", {}).get("dtype", "float32")]
-    dataset = load_data(config["data"]).to(dtype)
+    dataset = load_data(data_spec).to(dtype)
     final = path / "final.pt"
     if not final.exists():
         final = path / CHECKPOINT_NAME
