@@ -273,8 +273,11 @@ def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
             program.to(dtype=dtype)
-    # pyro.param sites are created by running the programs once before their values load.
-    max_plate_nesting(model, guide, tuple(t[:2] for t in _as_tuple(fit_data(config, dataset))))
+    # pyro.param sites are created by running the programs once before their values load, on
+    # all training rows: a parameter with one row per data point (sized by x.shape[0]) is made
+    # with as many rows as in training.
+    with torch.random.fork_rng():
+        max_plate_nesting(model, guide, _as_tuple(fit_data(config, dataset)))
     try:
         restore_params(ckpt["params"], model, guide)
     except (RuntimeError, KeyError, ValueError) as exc:
