@@ -43,9 +43,8 @@ def _unindexed_leaves(tensor: torch.Tensor) -> set[int]:
         if node is None or node in seen or type(node).__name__ in _INDEXING:
             continue
         seen.add(node)
-        variable = getattr(node, "variable", None)  # AccumulateGrad: the node of a leaf
-        if isinstance(variable, torch.Tensor):
-            found.add(id(variable))
+        if type(node).__name__ == "AccumulateGrad":  # the node of a leaf tensor
+            found.add(id(node.variable))
         stack.extend(next_fn for next_fn, _ in node.next_functions)
     return found
 
@@ -57,7 +56,7 @@ def _row_tensors(site, plate: str):
     if dim is None:
         return
     base, reinterpreted, _ = unwrap_distribution(site["fn"], through_mask=True)
-    for name, constraint in getattr(base, "arg_constraints", {}).items():
+    for name, constraint in base.arg_constraints.items():
         tensor = base.__dict__.get(name)  # only the arguments the distribution was built from
         if not isinstance(tensor, torch.Tensor) or tensor.grad_fn is None:
             continue
