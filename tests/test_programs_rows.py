@@ -23,7 +23,7 @@ from ppl_vae.data.streaming import DiskData, epoch_batches
 from ppl_vae.programs.rows import per_row_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
-from programs import sparse_gamma_def, vae_soft  # noqa: E402
+from programs import gmm, sparse_gamma_def, vae_soft  # noqa: E402
 
 SHRINK = 100 / 101  # posterior mean / x_i for the prior N(0, 10^2) and unit noise
 SUBSAMPLE = 4
@@ -76,6 +76,9 @@ def test_per_row_parameters_are_found_from_a_trace():
         f"{p}_z_{layer}" for layer in ("top", "mid", "bottom") for p in ("alpha", "mean")]
     vae_model, vae_guide = vae_soft.make()
     assert per_row_parameters(vae_model, vae_guide, vae_soft.data()) == []
+    # An AutoDelta of the globals of a model whose per-point assignment is enumerated.
+    gmm_model, gmm_guide = gmm.make()
+    assert per_row_parameters(gmm_model, gmm_guide, (gmm.data()[0][:10],), num_data=30) == []
     assert len(pyro.get_param_store()) == 0  # run in a scope of its own
 
 

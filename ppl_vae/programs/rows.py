@@ -92,11 +92,16 @@ def _find(model, guide, data, num_data: int | None, data_plate: str | None):
             # An autoguide's first call fixes its parameters to the rows it meets (and it cannot
             # be copied without losing its model): its latent sites in the data plate are read
             # off the model alone, the parameters it would make for them named by site.
+            # Its sites are those of the model it was built on, which may block some (the GMM
+            # tutorial's AutoDelta leaves the enumerated assignment to the model).
             traces = (poutine.trace(model).get_trace(*data),)
             plate = choose_data_plate(program_plates(*traces), rows, data_plate, num_data)
+            seen = traces[0] if guide.model is model else \
+                poutine.trace(guide.model).get_trace(*data)
             found = {f"{type(guide).__name__}'s parameters of site {name!r}": None
-                     for name in latent_sites(traces[0])
-                     if data_dim(traces[0].nodes[name], plate) is not None}
+                     for name in latent_sites(seen)
+                     if data_dim(seen.nodes[name], plate) is not None
+                     and seen.nodes[name]["infer"].get("enumerate") is None}
         else:
             traces = trace_pair(model, guide, data)
             plate = choose_data_plate(program_plates(*traces), rows, data_plate, num_data)
