@@ -28,7 +28,13 @@ from ppl_vae.train.checkpoint import capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.train.epoch import Epochs
 from ppl_vae.train.objective import FreeBits, KLWarmup
-from ppl_vae.train.prepare import make_settings, preflight, prepare_data, validation_loss_fn
+from ppl_vae.train.prepare import (
+    make_settings,
+    preflight,
+    prepare_data,
+    validation_loss_fn,
+    warn_user,
+)
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
 from ppl_vae.train.storage import lock_run
@@ -195,7 +201,32 @@ def fit(
         lr_schedule=lr_schedule, kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits,
         free_bits_per=free_bits_per,
     )
-    return run_fit(model, guide, data, validation_data, config)
+    with _own_param_store():
+        return run_fit(model, guide, data, validation_data, config)
+
+
+@contextlib.contextmanager
+def _own_param_store():
+    """Train in an empty Pyro param store, then put this fit's parameters into the caller's.
+
+    ``pyro.module`` / ``pyro.param`` return the value already stored under a name, so fresh
+    networks registered under an earlier fit's names would start from that fit's weights (a
+    notebook's second run would depend on its first). Each fit trains its own parameters; once
+    it ends they replace those of the same names in the caller's store (where ``evaluate`` and
+    the programs find them), with one warning when the store held other values under them. A
+    fit that fails leaves the caller's store as it was.
+    """
+    store = pyro.get_param_store()
+    before = dict(store.named_parameters())
+    with store.scope() as trained:
+        yield
+    replaced = sorted(n for n, value in trained["params"].items()
+                      if n in before and before[n] is not value)
+    store.set_state(trained)
+    if replaced:
+        warn_user(f"fit trained its own parameters: Pyro's param store held {len(replaced)} "
+                  f"under this fit's names (e.g. {replaced[0]!r}, from an earlier fit or set by "
+                  "hand) that this fit did not start from; they are replaced by the trained ones")
 
 
 def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None) -> FitResult:
