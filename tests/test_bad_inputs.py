@@ -376,3 +376,26 @@ def test_a_real_process_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     _one_error_line(proc.stderr)
     assert "config.json is not valid JSON" in proc.stderr
+
+
+def test_evaluate_refuses_a_one_value_change_anywhere_in_the_data(tmp_path, capsys):
+    """The data fingerprint hashes every value: a change of one value in any row of a 1,000-row
+    CSV (train or test split) is refused, not only one in a sampled row."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(1000, 3)).round(3)
+    data = tmp_path / "d.csv"
+    pd.DataFrame(table, columns=["a", "b", "c"]).to_csv(data, index=False)
+    original = data.read_bytes()
+    argv = ["train", "--model", "ppca", "--guide", "mlp", "--latent-dim", "1", "--data",
+            str(data), "--estimator", "mc", "--epochs", "1", "--batch-size", "400",
+            "--no-progress", "--eval-samples", "2", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    for row in (0, 137, 512, 998):
+        changed = table.copy()
+        changed[row, 1] += 0.001
+        pd.DataFrame(changed, columns=["a", "b", "c"]).to_csv(data, index=False)
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "2"]) == 2, row
+        assert "is not the data the run was trained on" in capsys.readouterr().err
+    data.write_bytes(original)
+    assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "2"]) == 0

@@ -1,7 +1,7 @@
 """Resuming a run from its checkpoint: only the same run, or the same run with more epochs.
 
-A checkpoint records the settings and a fingerprint of the data (shape and the sha256 of a
-fixed-seed sample of rows, :func:`ppl_vae.train.prepare.fingerprint`). A resumed run that would
+A checkpoint records the settings and a fingerprint of the data (shape and the sha256 of every
+value, :func:`ppl_vae.train.prepare.fingerprint`). A resumed run that would
 differ in anything that changes the result (estimator, learning rate, seed, batch size, data, ...)
 is refused with every difference listed: training on top of another run's history would give a
 result that is neither run's. A longer budget (more epochs) is allowed and recorded in
@@ -44,8 +44,11 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
             if a["shape"] != b["shape"]:
                 out.append(f"{label}: shape {tuple(a['shape'])} in the checkpoint, "
                            f"{tuple(b['shape'])} now")
-            elif a["sha256"] != b["sha256"]:
+            elif "rows" not in a and a["sha256"] != b.get("sample_sha256"):
+                # Recorded by an earlier version: the sha256 of a fixed sample of rows.
                 out.append(f"{label}: other values (the sha256 of a fixed sample of rows differs)")
+            elif "rows" in a and a["sha256"] != b["sha256"]:
+                out.append(f"{label}: other values (the sha256 of its values differs)")
     return out
 
 

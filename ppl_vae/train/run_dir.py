@@ -277,7 +277,7 @@ def load_run(run_dir, *, model=None, guide=None) -> Run:
 
 def _check_same_data(path: Path, config: dict, dataset, dtype, recorded: dict) -> None:
     """Refuse a run whose data file changed since training: its numbers would be another data
-    set's (compared as resume compares, by shape and the sha256 of a fixed sample of rows)."""
+    set's (compared as resume compares, by shape and the sha256 of every value)."""
     now = {part: fingerprint(as_tensors(fit_data(config, dataset, split), dtype=dtype))
            for part, split in (("data", "train"), ("validation", "test"))}
     if recorded.get("validation") is None:
