@@ -14,7 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from _trust_cases import TRAIN, USER_PROGRAM, copy_run, make_run
+from _trust_cases import REPORT, TRAIN, USER_PROGRAM, copy_run, make_run
 from pyro.infer.autoguide import AutoNormal
 
 from ppl_vae import fit
@@ -399,3 +399,53 @@ def test_evaluate_refuses_a_one_value_change_anywhere_in_the_data(tmp_path, caps
         assert "is not the data the run was trained on" in capsys.readouterr().err
     data.write_bytes(original)
     assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "2"]) == 0
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("two") / "run", report=False)
+
+
+def _resume(*extra):
+    return lambda r, o: [*TRAIN, "--epochs", "2", *extra, "--out", str(r), "--resume"]
+
+
+# (id, argv(run, another run), message fragment): each refused, with no file of either
+# folder changed by a byte.
+REFUSED_KEEP_FILES = [
+    ("resume-other-lr", _resume("--lr", "0.01"), "lr: 0.001 in the checkpoint, 0.01 now"),
+    ("resume-other-estimator", _resume("--estimator", "score"), "estimator: 'mc'"),
+    ("resume-other-seed", _resume("--seed", "5"), "seed: 0 in the checkpoint, 5 now"),
+    ("resume-other-batch-size", _resume("--batch-size", "4"), "batch_size: 8"),
+    ("resume-other-dtype", _resume("--dtype", "float64"), "dtype: 'float32'"),
+    ("resume-fewer-epochs", lambda r, o: [*TRAIN, "--epochs", "1", "--out", str(r), "--resume"],
+     "may only get more epochs"),
+    ("report-out-own-final", lambda r, o: ["report", str(r), *REPORT, "--out", str(r / "final.pt")],
+     "is a ppl-vae run folder"),
+    ("report-out-other-config", lambda r, o: ["report", str(r), *REPORT, "--out",
+                                              str(o / "config.json")], "is a ppl-vae run folder"),
+    ("compare-csv-history", lambda r, o: ["compare-estimators", str(r), "--num-draws", "2",
+                                          "--csv", str(r / "history.csv")],
+     "--csv " ),
+]
+
+
+def _hashes(*folders):
+    return {str(p): p.read_bytes() for folder in folders for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("case, argv, fragment", REFUSED_KEEP_FILES,
+                         ids=[c[0] for c in REFUSED_KEEP_FILES])
+def test_refused_command_changes_no_byte(two_epoch_run, tmp_path, capsys, case, argv, fragment):
+    run = copy_run(two_epoch_run, tmp_path / "run")
+    other = copy_run(two_epoch_run, tmp_path / "other")
+    if case == "resume-fewer-epochs":  # a run of 2 epochs, resumed with 1
+        assert main([*TRAIN, "--epochs", "2", "--out", str(run), "--resume"]) == 0
+    before = _hashes(run, other)
+    capsys.readouterr()
+    assert main(argv(run, other)) == 2
+    err = capsys.readouterr().err
+    assert fragment in err, err
+    _one_error_line(err)
+    assert _hashes(run, other) == before

@@ -235,8 +235,16 @@ def train_run(args, out: Path):
     for program in (model, guide):  # the plan below runs them: in the data's dtype already
         if isinstance(program, torch.nn.Module):
             program.to(dtype=dtype)
-    if writer:  # a killed run's folder says what it was, from the first epoch on
-        write_config(out, {**config, "settings": {"dtype": args.dtype}})
+    # A killed run's folder says what it was from its first epoch on; written once fit has
+    # checked everything (a refused --resume leaves the folder as it was) and never over the
+    # config.json of a run being resumed (its settings and data fingerprint stay recorded).
+    callbacks = ()
+    if writer and not (args.resume and (out / "config.json").exists()):
+        first = {**config, "settings": {"dtype": args.dtype}}
+        if wants_engine(args.devices, args.strategy, args.num_nodes):
+            write_config(out, first)  # the workers run the callbacks, not this process
+        else:
+            callbacks = (_ConfigOnce(out, first),)
     _use_threads(model, guide, args)
     print(f"training {args.model} / {args.guide} on {dataset.name} "
           f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "
@@ -255,7 +263,7 @@ def train_run(args, out: Path):
         early_stopping_patience=args.early_stopping, patience=args.patience,
         max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
         lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
-        free_bits=args.free_bits,
+        free_bits=args.free_bits, callbacks=callbacks,
         devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
     )
     if result.settings.get("global_rank", 0) != 0:
@@ -263,6 +271,18 @@ def train_run(args, out: Path):
         raise SystemExit(0)
     save_run(out, config, result)
     return config, result, dataset
+
+
+class _ConfigOnce:
+    """fit callback: write the run's ``config.json`` after the first epoch it trains."""
+
+    def __init__(self, out: Path, config: dict):
+        self.out, self.config, self.done = out, config, False
+
+    def __call__(self, record, state) -> None:
+        if not self.done:
+            write_config(self.out, self.config)
+            self.done = True
 
 
 def _use_threads(model, guide, args) -> None:
