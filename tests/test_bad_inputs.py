@@ -449,3 +449,39 @@ def test_refused_command_changes_no_byte(two_epoch_run, tmp_path, capsys, case, 
     assert fragment in err, err
     _one_error_line(err)
     assert _hashes(run, other) == before
+
+
+HELPED_PROGRAM = """
+import pathlib, sys
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import pyro, pyro.distributions as dist
+import helper_h5cli as helper
+
+def model(sigma, y):
+    mu = pyro.sample("mu", dist.Normal(sigma.new_zeros(()), 10.0))
+    with pyro.plate("data", sigma.shape[0]):
+        pyro.sample("y", dist.Normal(mu, helper.scale(sigma.squeeze(-1))), obs=y)
+
+def guide(sigma, y):
+    loc = pyro.param("loc", lambda: sigma.new_zeros(()))
+    pyro.sample("mu", dist.Normal(loc, 1.0))
+"""
+
+
+def test_evaluate_refuses_a_changed_helper_module(tmp_path, capsys):
+    """Only the named file was checksummed: a helper it imports from its folder could change
+    between train and evaluate (the ELBO of other code, exit 0)."""
+    (tmp_path / "helper_h5cli.py").write_text("def scale(s):\n    return s\n")
+    (tmp_path / "prog.py").write_text(HELPED_PROGRAM)
+    spec = ["--model", f"{tmp_path / 'prog.py'}:model", "--guide", f"{tmp_path / 'prog.py'}:guide"]
+    try:
+        assert main([*TRAIN, *spec, "--out", str(tmp_path / "run")]) == 0
+        (tmp_path / "helper_h5cli.py").write_text("def scale(s):\n    return 0.01 * s\n")
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run"), *spec, "--num-samples", "3"]) == 2
+        err = capsys.readouterr().err
+        assert "model: helper_h5cli.py changed" in err, err
+        _one_error_line(err)
+    finally:
+        sys.modules.pop("helper_h5cli", None)
+        sys.path[:] = [p for p in sys.path if p != str(tmp_path)]

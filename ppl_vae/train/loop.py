@@ -22,6 +22,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ppl_vae.programs.digest import program_digests
 from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import capture_params
@@ -252,6 +253,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     if engine is not None:
         state = engine.setup(state)
     settings = make_settings(config, prepared, world, rank)
+    settings["programs"] = program_digests(model, guide)  # a resume or evaluate compares it
     stopper = _stopper(config, prepared, state)
     # One writer per run folder: a second process (or a second fit) training into it is refused
     # while this one runs. Data-parallel workers run under their launcher's lock.

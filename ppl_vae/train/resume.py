@@ -1,15 +1,17 @@
 """Resuming a run from its checkpoint: only the same run, or the same run with more epochs.
 
-A checkpoint records the settings and a fingerprint of the data (shape and the sha256 of every
-value, :func:`ppl_vae.train.prepare.fingerprint`). A resumed run that would
-differ in anything that changes the result (estimator, learning rate, seed, batch size, data, ...)
-is refused with every difference listed: training on top of another run's history would give a
-result that is neither run's. A longer budget (more epochs) is allowed and recorded in
+A checkpoint records the settings, a fingerprint of the data (shape and the sha256 of every
+value, :func:`ppl_vae.train.prepare.fingerprint`) and digests of the programs' source
+(:mod:`ppl_vae.programs.digest`). A resumed run that would differ in anything that changes the
+result (estimator, learning rate, seed, batch size, data, program code, ...) is refused with
+every difference listed: training on top of another run's history would give a result that is
+neither run's. A longer budget (more epochs) is allowed and recorded in
 ``settings["epochs_extended"]``. The device may change (a run moved to another machine).
 """
 
 from __future__ import annotations
 
+from ppl_vae.programs.digest import programs_differences
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import load_checkpoint, restore_params, restore_rng
 from ppl_vae.train.state import TrainState
@@ -67,6 +69,8 @@ def settings_differences(old: dict, new: dict) -> list[str]:
                    "run may only get more epochs)")
     if with_fingerprint:
         out += fingerprint_differences(old["fingerprint"], new["fingerprint"])
+    if "programs" in old:  # the same parameter names and shapes may belong to other code
+        out += programs_differences(old["programs"], new.get("programs", {}))
     return out
 
 

@@ -23,6 +23,7 @@ import torch
 
 from ppl_vae.data import datasets
 from ppl_vae.data.tensors import as_tensors
+from ppl_vae.programs.digest import program_digests, programs_differences
 from ppl_vae.programs.registry import build, file_sha256, is_file_spec
 from ppl_vae.programs.util import max_plate_nesting
 from ppl_vae.train.checkpoint import (
@@ -259,6 +260,12 @@ def load_run(run_dir, *, model=None, guide=None) -> Run:
         _check_same_data(path, config, dataset, dtype, recorded)
     pyro.clear_param_store()
     model, guide = build_programs(config, dataset, **programs)
+    trained = config.get("settings", {}).get("programs") or \
+        ckpt.get("settings", {}).get("programs")
+    changed = programs_differences(trained, program_digests(model, guide)) if trained else []
+    if changed:
+        raise ValueError(f"{path}: the programs are not the code the run was trained with "
+                         f"({'; '.join(changed)}); restore that code or retrain")
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
             program.to(dtype=dtype)
