@@ -17,7 +17,7 @@ import torch
 from _trust_cases import REPORT, TRAIN, USER_PROGRAM, copy_run, make_run
 from pyro.infer.autoguide import AutoNormal
 
-from ppl_vae import fit
+from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
 from ppl_vae.data.datasets import load_array
 from ppl_vae.data.tensors import as_tensors
@@ -47,8 +47,9 @@ def local_model(x):
 X = torch.randn(6, 3)
 
 
-def _fit(data):
-    return fit(model, guide, data, epochs=1, batch_size=2, progress=False, estimator="mc")
+def _fit(data, **extra):
+    return fit(model, guide, data, epochs=1, batch_size=2, progress=False, estimator="mc",
+               **extra)
 
 
 def _file(tmp_path, name, content):
@@ -137,6 +138,40 @@ API_CASES = [
      ValueError, "line 1: syntax error"),
     ("user-file-import-error", lambda t: resolve("model", f"{_file(t, 'm.py', 'import nope_x')}:model"),
      ValueError, "importing"),
+    ("csv-decimal-comma-semicolons", lambda t: load_array(_file(t, "d.csv", "a;b\n1,5;2,5\n"
+                                                                "3,5;4,5\n5,5;6,5\n")),
+     ValueError, "d.csv: its lines are separated by ';' (a decimal-comma locale's CSV?)"),
+    ("csv-decimal-comma-quoted", lambda t: load_array(_file(t, "d.csv", 'a,b\n"1,5","2,5"\n'
+                                                            '"3,5","4,5"\n"5,5","6,5"\n')),
+     ValueError, "values like '1,5': decimal commas"),
+    ("csv-trailing-commas", lambda t: load_array(_file(t, "d.csv", "1,2,\n3,4,\n5,6,\n7,8,\n")),
+     ValueError, "d.csv: every line ends with a comma (an empty last column)"),
+    ("csv-trailing-commas-header", lambda t: load_array(_file(t, "d.csv", "a,b,\n1,2,\n3,4,\n"
+                                                              "5,6,\n")),
+     ValueError, "every line ends with a comma"),
+    ("csv-header-only", lambda t: load_array(_file(t, "d.csv", "a,b\n")), ValueError,
+     "d.csv has a header line and no data rows"),
+    ("user-file-sys-exit", lambda t: resolve("model", f"{_file(t, 'm.py', 'import sys; sys.exit(3)')}"
+                                                      ":model"),
+     ValueError, "m.py called sys.exit(3) at import"),
+    ("dtype-float16-argument", lambda t: _fit(X, dtype=torch.float16), ValueError,
+     "dtype must be torch.float32 or torch.float64, got torch.float16"),
+    ("devices-many", lambda t: _fit(X, devices="many"), ValueError,
+     "devices must be a number of devices, a list of device indices or 'auto', got 'many'"),
+    ("checkpoint-is-a-folder", lambda t: load_checkpoint(t), ValueError, "is a folder, not a "
+     "checkpoint file"),
+    ("sparse-coo-data", lambda t: _fit(X.to_sparse()), ValueError,
+     "data is a sparse tensor (torch.sparse_coo)"),
+    ("sparse-csr-data", lambda t: _fit(X.to_sparse_csr()), ValueError,
+     "data is a sparse tensor (torch.sparse_csr)"),
+    ("evaluate-num-samples-zero", lambda t: evaluate(model, guide, X, num_samples=0), ValueError,
+     "num_samples must be >= 1, got 0"),
+    ("evaluate-num-samples-negative", lambda t: evaluate(model, guide, X, num_samples=-3),
+     ValueError, "num_samples must be >= 1, got -3"),
+    ("evaluate-num-samples-fraction", lambda t: evaluate(model, guide, X, num_samples=2.5),
+     TypeError, "num_samples must be an integer, got 2.5"),
+    ("evaluate-num-samples-bool", lambda t: evaluate(model, guide, X, num_samples=True),
+     TypeError, "num_samples must be an integer, got True"),
     ("config-not-json", lambda t: (_file(t, "config.json", "{bad"), read_config(t)), ValueError,
      "config.json is not valid JSON"),
     ("config-missing-key", lambda t: (_file(t, "config.json", '{"guide": "mlp", "data": "x"}'),

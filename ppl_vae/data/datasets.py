@@ -255,11 +255,34 @@ def _read_csv(path: Path, header: bool | None):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path} cannot be read as a CSV table ({first}); every row needs the "
                          "same number of comma-separated numbers") from None
+    _check_csv_layout(path, frame, header)
     y = frame.pop("label").to_numpy() if header and "label" in frame else None
     text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
-        raise ValueError(f"{path}: columns {text} are not numeric; remove or encode them")
+        comma = [c for c in text if frame[c].astype(str).str.fullmatch(r"-?\d+,\d+").any()]
+        hint = (f" (values like {frame[comma[0]].iloc[0]!r}: decimal commas; write the file with "
+                "'.' decimals)") if comma else ""
+        raise ValueError(f"{path}: columns {text} are not numeric; remove or encode them{hint}")
     return frame.to_numpy(), y, header
+
+
+def _check_csv_layout(path: Path, frame, header: bool) -> None:
+    """The CSV mistakes that would otherwise read as other data: a header and no rows, another
+    separator (a decimal-comma locale's ``;``), a comma at the end of every line."""
+    if len(frame) == 0:
+        raise ValueError(f"{path} has a header line and no data rows; add rows of numbers")
+    with open(path, newline="") as handle:
+        lines = [handle.readline() for _ in range(2)]
+    separator = next((sep for sep in (";", "\t") if any(sep in line for line in lines)), None)
+    if separator is not None:
+        raise ValueError(f"{path}: its lines are separated by {separator!r} (a decimal-comma "
+                         "locale's CSV?); ppl-vae reads comma-separated numbers with '.' decimals: "
+                         "write it with sep=',' and decimal='.'")
+    last = frame.columns[-1]
+    unnamed = not header or str(last).startswith("Unnamed:")
+    if frame.shape[1] > 1 and unnamed and bool(frame[last].isna().all()):
+        raise ValueError(f"{path}: every line ends with a comma (an empty last column); remove "
+                         "the trailing commas")
 
 
 def _read_numpy(path: Path):

@@ -224,6 +224,7 @@ def check_support(
     # validate_args is what the user wrote; nothing is scored here, so Pyro raises nothing.
     globally_on = bool(torch.distributions.Distribution._validate_args)
     found: dict[str, tuple] = {}  # site -> (distribution, bad rows or None when unknown)
+    observed = False
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = tuple(t[start : start + batch_size] for t in tensors)
@@ -231,6 +232,7 @@ def check_support(
             for name, site in model_trace.nodes.items():
                 if site["type"] != "sample" or not site["is_observed"]:
                     continue
+                observed = True
                 base = _base(site["fn"])
                 if globally_on and not base._validate_args:
                     continue
@@ -243,6 +245,10 @@ def check_support(
                 _, before = found.get(name, (base, []))
                 found[name] = (base, None if rows is None or before is None
                                else before + [r + start for r in rows])
+    if not observed:
+        warnings.warn("the model has no observed site (no pyro.sample(..., obs=...) or "
+                      "pyro.factor): the data never enter the ELBO, so training fits the prior, "
+                      "not a posterior; pass the data to a likelihood as obs=", stacklevel=3)
     for name, (base, rows) in found.items():
         message = _support_message(name, base, rows, max_rows)
         if globally_on:

@@ -161,8 +161,10 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
     check_support(model, guide, prepared.head, batch_size=check_rows, plate_name=config.data_plate)
     if prepared.validation_head is not None:
         try:
-            check_support(model, guide, prepared.validation_head, batch_size=check_rows,
-                          plate_name=config.data_plate)
+            with warnings.catch_warnings():  # said once, for the training data
+                warnings.filterwarnings("ignore", message="the model has no observed site")
+                check_support(model, guide, prepared.validation_head, batch_size=check_rows,
+                              plate_name=config.data_plate)
         except ValueError as exc:
             raise ValueError(f"validation_data: {exc}") from exc
     # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
