@@ -172,6 +172,11 @@ API_CASES = [
      TypeError, "num_samples must be an integer, got 2.5"),
     ("evaluate-num-samples-bool", lambda t: evaluate(model, guide, X, num_samples=True),
      TypeError, "num_samples must be an integer, got True"),
+    ("npz-too-large-for-memory", lambda t: load_array(_npz_claiming(t, (10**7, 10**5))),
+     ValueError, "GiB once decompressed, more than the"),
+    ("label-beyond-embedding", lambda t: fit(_embedding_model, _no_guide, (X, torch.tensor(
+        [0, 1, 2, 0, 7, 1])), epochs=1, batch_size=3, progress=False, estimator="mc"),
+     ValueError, "row 4 holds index 7, outside nn.Embedding(3, ...)"),
     ("config-not-json", lambda t: (_file(t, "config.json", "{bad"), read_config(t)), ValueError,
      "config.json is not valid JSON"),
     ("config-missing-key", lambda t: (_file(t, "config.json", '{"guide": "mlp", "data": "x"}'),
@@ -180,6 +185,32 @@ API_CASES = [
         {"model": "vae", "guide": "mlp", "data": "digits", "settings": {"dtype": "load"}})),
         read_config(t)), ValueError, "settings.dtype 'load' is not one of"),
 ]
+
+
+_EMBEDDING = torch.nn.Embedding(3, 3)
+
+
+def _embedding_model(x, y):
+    pyro.module("emb", _EMBEDDING)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(_EMBEDDING(y), 1.0).to_event(1), obs=x)
+
+
+def _no_guide(x, y):
+    pass
+
+
+def _npz_claiming(tmp_path, shape):
+    """A compressed .npz of a few bytes whose x.npy header claims ``shape`` float64 values."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": shape})
+    with zipfile.ZipFile(tmp_path / "d.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(1000))
+    return tmp_path / "d.npz"
 
 
 def _npy(tmp_path, array):
@@ -312,6 +343,12 @@ CLI_CASES = [
      "argument --seed: expected a whole number in [0, 4294967295]"),
     ("data-is-a-folder", lambda r, t: [*TRAIN[:6], str(t), *TRAIN[7:], "--out", str(t / "n")],
      "is a folder: pass a .npy/.npz/.csv file in it, or mnist:"),
+    ("model-option-latent-dim-negative", lambda r, t: [*TRAIN, "--model-option", "latent_dim=-3",
+                                                       "--out", str(t / "n")],
+     "argument --model-option: latent_dim: expected a whole number >= 1, got '-3'"),
+    ("model-option-latent-dim-text", lambda r, t: [*TRAIN, "--model-option", "latent_dim=abc",
+                                                   "--out", str(t / "n")],
+     "argument --model-option: latent_dim: expected a whole number >= 1, got 'abc'"),
     ("evaluate-data-changed-since-training", lambda r, t: _train_then_change_data(t),
      "is not the data the run was trained on (data: other values"),
     ("particles-beyond-memory", lambda r, t: [*TRAIN, "--num-particles", str(10**12),

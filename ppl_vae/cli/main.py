@@ -87,10 +87,18 @@ def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    key = key.replace("-", "_")
+    if key in ("latent_dim", "hidden"):  # checked as --latent-dim and --hidden are
+        sizes = value.strip("[]").split(",") if key == "hidden" else [value]
+        try:
+            parsed = [positive_int(v.strip()) for v in sizes]
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{key}: {exc}") from None
+        return key, parsed[0] if key == "latent_dim" or len(parsed) == 1 else parsed
     try:
-        return key.replace("-", "_"), json.loads(value)
+        return key, json.loads(value)
     except json.JSONDecodeError:
-        return key.replace("-", "_"), value
+        return key, value
 
 
 def _learning_rate(text: str) -> float:

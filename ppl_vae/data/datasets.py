@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import struct
 import warnings
 import zipfile
@@ -285,8 +286,49 @@ def _check_csv_layout(path: Path, frame, header: bool) -> None:
                          "the trailing commas")
 
 
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free now (Linux, and systems with ``SC_AVPHYS_PAGES``), else None."""
+    if os.name != "posix" or "SC_AVPHYS_PAGES" not in os.sysconf_names:
+        return None
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_npz_fits(path: Path) -> None:
+    """Refuse an ``.npz`` whose arrays ``x`` and ``y`` would not fit in the free memory, from
+    the shapes and dtypes in their ``.npy`` headers (and the zip's sizes), before anything is
+    decompressed: a compressed file of a few MB can hold arrays of hundreds of GB."""
+    free = available_memory()
+    if free is None or not zipfile.is_zipfile(path):
+        return
+    needed = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename not in ("x.npy", "y.npy"):
+                continue
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read = _NPY_HEADERS.get(version)
+                    if read is None:
+                        continue  # a newer header: np.load reads it as it is
+                    shape, _, dtype = read(member)
+                except ValueError:
+                    continue  # not an array header: np.load says so below
+            needed += max(info.file_size, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize)
+    if needed > free:
+        raise ValueError(f"{path}: its arrays take {needed / 2**30:.1f} GiB once "
+                         f"decompressed, more than the {free / 2**30:.1f} GiB of free memory; "
+                         "pass the data as .npy shards through DiskData (see docs/scaling.md)")
+
+
 def _read_numpy(path: Path):
     """``(x, y or None)`` from a ``.npy`` / ``.npz`` file, never unpickling (no code runs)."""
+    if path.suffix == ".npz":
+        _check_npz_fits(path)
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False), None

@@ -3,6 +3,7 @@ instead of a traceback from deep inside Pyro (and instead of checking every step
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -228,7 +229,8 @@ def check_support(
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = tuple(t[start : start + batch_size] for t in tensors)
-            model_trace, _ = trace_pair(model, guide, batch)
+            with _embedding_indices_checked(start):
+                model_trace, _ = trace_pair(model, guide, batch)
             for name, site in model_trace.nodes.items():
                 if site["type"] != "sample" or not site["is_observed"]:
                     continue
@@ -280,3 +282,28 @@ def _support_message(name, base, rows, max_rows) -> str:
     return (f"observed site {name!r}: {len(rows)} row(s) lie outside the support of its "
             f"likelihood {what}: rows {shown}; if that is meant (soft targets), build it with "
             f"validate_args=False")
+
+
+@contextlib.contextmanager
+def _embedding_indices_checked(start: int):
+    """While the programs run on rows ``start, ...``: an ``nn.Embedding`` given an index outside
+    its table (a label beyond the number of classes) is a ``ValueError`` naming the data row and
+    the value, not torch's "index out of range in self"."""
+
+    def check(module, args):
+        if not isinstance(module, torch.nn.Embedding) or not args:
+            return
+        index = args[0]
+        bad = (index < 0) | (index >= module.num_embeddings)
+        if bool(bad.any()):
+            where = torch.nonzero(bad)[0]
+            row = f"row {start + int(where[0])}" if index.dim() else "a scalar index"
+            raise ValueError(f"{row} holds index {int(index[tuple(where)])}, outside "
+                             f"nn.Embedding({module.num_embeddings}, ...), whose indices lie in "
+                             f"[0, {module.num_embeddings}): a label beyond the embedding's size")
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
