@@ -176,6 +176,11 @@ def fit(
     Returns
     -------
     FitResult
+        Training runs in an empty Pyro param store: each fit trains its own parameters (fresh
+        networks under an earlier fit's ``pyro.module`` names do not start from its weights);
+        the trained ones then replace those of the same names in Pyro's store, with a warning
+        when it held others. ``settings["programs"]`` holds the digests of the programs'
+        source (:mod:`ppl_vae.programs.digest`), compared by a resume and by ``load_run``.
 
     Raises
     ------
