@@ -46,6 +46,7 @@ from ppl_vae.train.run_dir import (
     load_data,
     prepare_run_folder,
     program_record,
+    replacing_run,
     save_run,
     write_config,
 )
@@ -316,7 +317,7 @@ def _evaluate(run, num_samples: int) -> None:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    with _writing(args, out):
+    with _writing(args, out), replacing_run(out, args.overwrite and _is_writer(args)):
         _, result, _ = train_run(args, out)
         print(result.history.tail(5).to_string(index=False))
         # The trained parameters, read back on the CPU exactly as `ppl-vae evaluate` reads them
@@ -339,7 +340,7 @@ def cmd_run(args) -> int:
 
 
     out = Path(args.out)
-    with _writing(args, out):
+    with _writing(args, out), replacing_run(out, args.overwrite and _is_writer(args)):
         clock = time.perf_counter()
         train_run(args, out)
         timings = {"train": time.perf_counter() - clock}

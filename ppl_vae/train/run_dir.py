@@ -11,8 +11,11 @@ a user program is imported only when the caller names it again (:func:`load_run`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +38,10 @@ from ppl_vae.train.checkpoint import (
 )
 from ppl_vae.train.prepare import fingerprint
 from ppl_vae.train.resume import fingerprint_differences
-from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, remove_run_files, write_bytes
+from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
 
 __all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run", "build_programs",
-           "write_config", "read_config", "prepare_run_folder", "check_same_run",
+           "write_config", "read_config", "prepare_run_folder", "replacing_run", "check_same_run",
            "program_record"]
 
 # Every file a run folder may hold (--overwrite removes exactly these, and what the manifest lists).
@@ -48,6 +51,8 @@ RUN_FILES = ("config.json", "history.csv", CHECKPOINT_NAME, "final.pt", "evaluat
 RUN_KEYS = ("model", "guide", "data", "model_options", "guide_options", "use_labels",
             "model_sha256", "guide_sha256")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Where --overwrite keeps the run it replaces until the new one has written a file.
+SET_ASIDE = ".ppl-vae-replaced"
 
 DATASETS = {
     "digits": datasets.load_digits,
@@ -165,7 +170,7 @@ def check_same_run(run_dir, config: dict) -> None:
 
 def prepare_run_folder(out, *, resume: bool, overwrite: bool) -> None:
     """Refuse to write a new run over an existing one unless ``resume`` (continue it) or
-    ``overwrite`` (remove its files first: only run files, nothing else in the folder)."""
+    ``overwrite`` (its files are set aside by :func:`replacing_run`)."""
     out = Path(out)
     if resume and overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it: give one")
@@ -178,7 +183,38 @@ def prepare_run_folder(out, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(present)}): pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out")
-    remove_run_files(out, RUN_FILES)
+
+
+@contextlib.contextmanager
+def replacing_run(out, overwrite: bool):
+    """``--overwrite``: the run files in ``out`` (nothing else) are moved into the hidden
+    folder :data:`SET_ASIDE` while the command runs. When it fails before the new run wrote a
+    file (refused settings, bad data, a program that fails its checks), they are moved back,
+    byte for byte; otherwise they are deleted (the new run, or its resumable checkpoint, is
+    what the folder holds)."""
+    out = Path(out)
+    names = run_file_names(out, RUN_FILES) if overwrite else []
+    if not names:
+        yield
+        return
+    aside = out / SET_ASIDE
+    if aside.exists() or aside.is_symlink():
+        raise ValueError(f"{aside} holds a run set aside by an --overwrite that was killed: move "
+                         f"its files back into {out} (or delete it), then run again")
+    aside.mkdir()
+    for name in names:
+        os.replace(out / name, aside / name)
+    try:
+        yield
+    except BaseException:
+        if not run_file_names(out, RUN_FILES):
+            for name in names:
+                os.replace(aside / name, out / name)
+            aside.rmdir()
+            raise
+        shutil.rmtree(aside)
+        raise
+    shutil.rmtree(aside)
 
 
 def save_run(out: Path, config: dict, result) -> None:

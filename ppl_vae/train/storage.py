@@ -38,7 +38,7 @@ from ppl_vae.train.locking import NOFOLLOW, set_mode, try_lock, unlock
 __all__ = [
     "RUN_FILE_MODE", "MANIFEST_NAME", "LOCK_NAME", "CorruptFileError", "DiskFullError",
     "RunLockedError", "write_bytes", "atomic_write", "read_run_file", "verify_folder",
-    "lock_run", "clean_temporaries", "remove_run_files",
+    "lock_run", "clean_temporaries", "remove_run_files", "run_file_names",
 ]
 
 RUN_FILE_MODE = 0o644
@@ -404,18 +404,22 @@ def clean_temporaries(folder, *, every_writer: bool = False) -> list[str]:
     return removed
 
 
-def remove_run_files(folder, names) -> list[str]:
-    """Delete a run's files (``names`` and every file of its manifest), the manifest last;
-    other files in the folder are left alone."""
+def run_file_names(folder, names) -> list[str]:
+    """A run's files present in ``folder``: ``names`` and every file of its manifest, the
+    manifest last."""
     folder = Path(folder)
     try:
         listed = set((_read_manifest(folder) or {"files": {}})["files"])
     except CorruptFileError:
         listed = set()
-    removed = []
-    for name in sorted(set(names) | listed) + [MANIFEST_NAME]:
-        path = folder / name
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-            removed.append(name)
+    return [name for name in sorted(set(names) | listed) + [MANIFEST_NAME]
+            if (folder / name).is_symlink() or (folder / name).is_file()]
+
+
+def remove_run_files(folder, names) -> list[str]:
+    """Delete a run's files (``names`` and every file of its manifest), the manifest last;
+    other files in the folder are left alone."""
+    removed = run_file_names(folder, names)
+    for name in removed:
+        (Path(folder) / name).unlink()
     return removed
