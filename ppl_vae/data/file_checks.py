@@ -21,8 +21,9 @@ def check_csv_layout(path: Path, frame, header: bool) -> None:
         lines = [handle.readline() for _ in range(2)]
     separator = next((sep for sep in (";", "\t") if any(sep in line for line in lines)), None)
     if separator is not None:
-        raise ValueError(f"{path}: its lines are separated by {separator!r} (a decimal-comma "
-                         "locale's CSV, or a TSV?); ppl-vae reads comma-separated numbers with '.' decimals: "
+        kind = "a decimal-comma locale's CSV" if separator == ";" else "a TSV"
+        raise ValueError(f"{path}: its lines are separated by {separator!r} ({kind}?); "
+                         "ppl-vae reads comma-separated numbers with '.' decimals: "
                          "write it with sep=',' and decimal='.'")
     last = frame.columns[-1]
     unnamed = not header or str(last).startswith("Unnamed:")
