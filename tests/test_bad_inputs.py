@@ -14,10 +14,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from _trust_cases import TRAIN, USER_PROGRAM, copy_run, make_run
+from _trust_cases import REPORT, TRAIN, USER_PROGRAM, copy_run, make_run
 from pyro.infer.autoguide import AutoNormal
 
-from ppl_vae import fit
+from ppl_vae import evaluate, fit
 from ppl_vae.cli import main
 from ppl_vae.data.datasets import load_array
 from ppl_vae.data.tensors import as_tensors
@@ -47,8 +47,9 @@ def local_model(x):
 X = torch.randn(6, 3)
 
 
-def _fit(data):
-    return fit(model, guide, data, epochs=1, batch_size=2, progress=False, estimator="mc")
+def _fit(data, **extra):
+    return fit(model, guide, data, epochs=1, batch_size=2, progress=False, estimator="mc",
+               **extra)
 
 
 def _file(tmp_path, name, content):
@@ -137,6 +138,45 @@ API_CASES = [
      ValueError, "line 1: syntax error"),
     ("user-file-import-error", lambda t: resolve("model", f"{_file(t, 'm.py', 'import nope_x')}:model"),
      ValueError, "importing"),
+    ("csv-decimal-comma-semicolons", lambda t: load_array(_file(t, "d.csv", "a;b\n1,5;2,5\n"
+                                                                "3,5;4,5\n5,5;6,5\n")),
+     ValueError, "d.csv: its lines are separated by ';' (a decimal-comma locale's CSV?)"),
+    ("csv-decimal-comma-quoted", lambda t: load_array(_file(t, "d.csv", 'a,b\n"1,5","2,5"\n'
+                                                            '"3,5","4,5"\n"5,5","6,5"\n')),
+     ValueError, "values like '1,5': decimal commas"),
+    ("csv-trailing-commas", lambda t: load_array(_file(t, "d.csv", "1,2,\n3,4,\n5,6,\n7,8,\n")),
+     ValueError, "d.csv: every line ends with a comma (an empty last column)"),
+    ("csv-trailing-commas-header", lambda t: load_array(_file(t, "d.csv", "a,b,\n1,2,\n3,4,\n"
+                                                              "5,6,\n")),
+     ValueError, "every line ends with a comma"),
+    ("csv-header-only", lambda t: load_array(_file(t, "d.csv", "a,b\n")), ValueError,
+     "d.csv has a header line and no data rows"),
+    ("user-file-sys-exit", lambda t: resolve("model", f"{_file(t, 'm.py', 'import sys; sys.exit(3)')}"
+                                                      ":model"),
+     ValueError, "m.py called sys.exit(3) at import"),
+    ("dtype-float16-argument", lambda t: _fit(X, dtype=torch.float16), ValueError,
+     "dtype must be torch.float32 or torch.float64, got torch.float16"),
+    ("devices-many", lambda t: _fit(X, devices="many"), ValueError,
+     "devices must be a number of devices, a list of device indices or 'auto', got 'many'"),
+    ("checkpoint-is-a-folder", lambda t: load_checkpoint(t), ValueError, "is a folder, not a "
+     "checkpoint file"),
+    ("sparse-coo-data", lambda t: _fit(X.to_sparse()), ValueError,
+     "data is a sparse tensor (torch.sparse_coo)"),
+    ("sparse-csr-data", lambda t: _fit(X.to_sparse_csr()), ValueError,
+     "data is a sparse tensor (torch.sparse_csr)"),
+    ("evaluate-num-samples-zero", lambda t: evaluate(model, guide, X, num_samples=0), ValueError,
+     "num_samples must be >= 1, got 0"),
+    ("evaluate-num-samples-negative", lambda t: evaluate(model, guide, X, num_samples=-3),
+     ValueError, "num_samples must be >= 1, got -3"),
+    ("evaluate-num-samples-fraction", lambda t: evaluate(model, guide, X, num_samples=2.5),
+     TypeError, "num_samples must be an integer, got 2.5"),
+    ("evaluate-num-samples-bool", lambda t: evaluate(model, guide, X, num_samples=True),
+     TypeError, "num_samples must be an integer, got True"),
+    ("npz-too-large-for-memory", lambda t: load_array(_npz_claiming(t, (10**7, 10**5))),
+     ValueError, "GiB once decompressed, more than the"),
+    ("label-beyond-embedding", lambda t: fit(_embedding_model, _no_guide, (X, torch.tensor(
+        [0, 1, 2, 0, 7, 1])), epochs=1, batch_size=3, progress=False, estimator="mc"),
+     ValueError, "row 4 holds index 7, outside nn.Embedding(3, ...)"),
     ("config-not-json", lambda t: (_file(t, "config.json", "{bad"), read_config(t)), ValueError,
      "config.json is not valid JSON"),
     ("config-missing-key", lambda t: (_file(t, "config.json", '{"guide": "mlp", "data": "x"}'),
@@ -145,6 +185,32 @@ API_CASES = [
         {"model": "vae", "guide": "mlp", "data": "digits", "settings": {"dtype": "load"}})),
         read_config(t)), ValueError, "settings.dtype 'load' is not one of"),
 ]
+
+
+_EMBEDDING = torch.nn.Embedding(3, 3)
+
+
+def _embedding_model(x, y):
+    pyro.module("emb", _EMBEDDING)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(_EMBEDDING(y), 1.0).to_event(1), obs=x)
+
+
+def _no_guide(x, y):
+    pass
+
+
+def _npz_claiming(tmp_path, shape):
+    """A compressed .npz of a few bytes whose x.npy header claims ``shape`` float64 values."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": shape})
+    with zipfile.ZipFile(tmp_path / "d.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(1000))
+    return tmp_path / "d.npz"
 
 
 def _npy(tmp_path, array):
@@ -277,6 +343,12 @@ CLI_CASES = [
      "argument --seed: expected a whole number in [0, 4294967295]"),
     ("data-is-a-folder", lambda r, t: [*TRAIN[:6], str(t), *TRAIN[7:], "--out", str(t / "n")],
      "is a folder: pass a .npy/.npz/.csv file in it, or mnist:"),
+    ("model-option-latent-dim-negative", lambda r, t: [*TRAIN, "--model-option", "latent_dim=-3",
+                                                       "--out", str(t / "n")],
+     "argument --model-option: latent_dim: expected a whole number >= 1, got '-3'"),
+    ("model-option-latent-dim-text", lambda r, t: [*TRAIN, "--model-option", "latent_dim=abc",
+                                                   "--out", str(t / "n")],
+     "argument --model-option: latent_dim: expected a whole number >= 1, got 'abc'"),
     ("evaluate-data-changed-since-training", lambda r, t: _train_then_change_data(t),
      "is not the data the run was trained on (data: other values"),
     ("particles-beyond-memory", lambda r, t: [*TRAIN, "--num-particles", str(10**12),
@@ -376,3 +448,118 @@ def test_a_real_process_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     _one_error_line(proc.stderr)
     assert "config.json is not valid JSON" in proc.stderr
+
+
+def test_evaluate_refuses_a_one_value_change_anywhere_in_the_data(tmp_path, capsys):
+    """The data fingerprint hashes every value: a change of one value in any row of a 1,000-row
+    CSV (train or test split) is refused, not only one in a sampled row."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(1000, 3)).round(3)
+    data = tmp_path / "d.csv"
+    pd.DataFrame(table, columns=["a", "b", "c"]).to_csv(data, index=False)
+    original = data.read_bytes()
+    argv = ["train", "--model", "ppca", "--guide", "mlp", "--latent-dim", "1", "--data",
+            str(data), "--estimator", "mc", "--epochs", "1", "--batch-size", "400",
+            "--no-progress", "--eval-samples", "2", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    for row in (0, 137, 512, 998):
+        changed = table.copy()
+        changed[row, 1] += 0.001
+        pd.DataFrame(changed, columns=["a", "b", "c"]).to_csv(data, index=False)
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "2"]) == 2, row
+        assert "is not the data the run was trained on" in capsys.readouterr().err
+    data.write_bytes(original)
+    assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "2"]) == 0
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("two") / "run", report=False)
+
+
+def _resume(*extra):
+    return lambda r, o: [*TRAIN, "--epochs", "2", *extra, "--out", str(r), "--resume"]
+
+
+# (id, argv(run, another run), message fragment): each refused, with no file of either
+# folder changed by a byte.
+REFUSED_KEEP_FILES = [
+    ("resume-other-lr", _resume("--lr", "0.01"), "lr: 0.001 in the checkpoint, 0.01 now"),
+    ("resume-other-estimator", _resume("--estimator", "score"), "estimator: 'mc'"),
+    ("resume-other-seed", _resume("--seed", "5"), "seed: 0 in the checkpoint, 5 now"),
+    ("resume-other-batch-size", _resume("--batch-size", "4"), "batch_size: 8"),
+    ("resume-other-dtype", _resume("--dtype", "float64"), "dtype: 'float32'"),
+    ("resume-fewer-epochs", lambda r, o: [*TRAIN, "--epochs", "1", "--out", str(r), "--resume"],
+     "may only get more epochs"),
+    ("report-out-own-final", lambda r, o: ["report", str(r), *REPORT, "--out", str(r / "final.pt")],
+     "is a ppl-vae run folder"),
+    ("report-out-other-config", lambda r, o: ["report", str(r), *REPORT, "--out",
+                                              str(o / "config.json")], "is a ppl-vae run folder"),
+    ("overwrite-then-data-missing", lambda r, o: [*TRAIN[:6], "nope.csv", *TRAIN[7:], "--out",
+                                                  str(r), "--overwrite"], "data file not found"),
+    ("overwrite-then-program-fails", lambda r, o: [*TRAIN[:2], "vae", *TRAIN[3:], "--out", str(r),
+                                                   "--overwrite"], "ppl-vae train: error:"),
+    ("overwrite-and-resume", lambda r, o: [*TRAIN, "--out", str(r), "--overwrite", "--resume"],
+     "give one"),
+    ("compare-csv-history", lambda r, o: ["compare-estimators", str(r), "--num-draws", "2",
+                                          "--csv", str(r / "history.csv")],
+     "--csv " ),
+]
+
+
+def _hashes(*folders):
+    return {str(p): p.read_bytes() for folder in folders for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("case, argv, fragment", REFUSED_KEEP_FILES,
+                         ids=[c[0] for c in REFUSED_KEEP_FILES])
+def test_refused_command_changes_no_byte(two_epoch_run, tmp_path, capsys, case, argv, fragment):
+    run = copy_run(two_epoch_run, tmp_path / "run")
+    other = copy_run(two_epoch_run, tmp_path / "other")
+    if case == "resume-fewer-epochs":  # a run of 2 epochs, resumed with 1
+        assert main([*TRAIN, "--epochs", "2", "--out", str(run), "--resume"]) == 0
+    before = _hashes(run, other)
+    capsys.readouterr()
+    assert main(argv(run, other)) == 2
+    err = capsys.readouterr().err
+    assert fragment in err, err
+    _one_error_line(err)
+    assert _hashes(run, other) == before
+
+
+HELPED_PROGRAM = """
+import pathlib, sys
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import pyro, pyro.distributions as dist
+import helper_h5cli as helper
+
+def model(sigma, y):
+    mu = pyro.sample("mu", dist.Normal(sigma.new_zeros(()), 10.0))
+    with pyro.plate("data", sigma.shape[0]):
+        pyro.sample("y", dist.Normal(mu, helper.scale(sigma.squeeze(-1))), obs=y)
+
+def guide(sigma, y):
+    loc = pyro.param("loc", lambda: sigma.new_zeros(()))
+    pyro.sample("mu", dist.Normal(loc, 1.0))
+"""
+
+
+def test_evaluate_refuses_a_changed_helper_module(tmp_path, capsys):
+    """Only the named file was checksummed: a helper it imports from its folder could change
+    between train and evaluate (the ELBO of other code, exit 0)."""
+    (tmp_path / "helper_h5cli.py").write_text("def scale(s):\n    return s\n")
+    (tmp_path / "prog.py").write_text(HELPED_PROGRAM)
+    spec = ["--model", f"{tmp_path / 'prog.py'}:model", "--guide", f"{tmp_path / 'prog.py'}:guide"]
+    try:
+        assert main([*TRAIN, *spec, "--out", str(tmp_path / "run")]) == 0
+        (tmp_path / "helper_h5cli.py").write_text("def scale(s):\n    return 0.01 * s\n")
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run"), *spec, "--num-samples", "3"]) == 2
+        err = capsys.readouterr().err
+        assert "model: helper_h5cli.py changed" in err, err
+        _one_error_line(err)
+    finally:
+        sys.modules.pop("helper_h5cli", None)
+        sys.path[:] = [p for p in sys.path if p != str(tmp_path)]

@@ -1,5 +1,8 @@
 import math
+import warnings
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from _linear_gaussian import LinearGaussian
@@ -68,3 +71,26 @@ def test_global_latent_is_counted_once():
     ev = ppl_vae.evaluate(model, guide, x, num_samples=10)
     assert ev["iwae"] == pytest.approx(exact, abs=1e-9)
     assert ev["elbo"] == pytest.approx(exact, abs=1e-9)
+
+
+def _normal_model(x):
+    loc = pyro.param("loc", torch.zeros((), dtype=x.dtype))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+
+def _no_guide(x):
+    pass
+
+
+def test_non_finite_metrics_warn_naming_the_term_and_the_row():
+    x = torch.zeros(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite: nothing to say
+        ok = ppl_vae.evaluate(_normal_model, _no_guide, x, num_samples=2)
+    assert math.isfinite(ok["elbo"])
+    pyro.get_param_store()["loc"] = torch.tensor(float("nan"))  # parameters gone NaN
+    with pytest.warns(UserWarning, match=r"elbo, iwae, recon not finite: the model's likelihood "
+                      r"log p\(x \| z\) is NaN or infinite at 6 data point\(s\), the first row 0"):
+        bad = ppl_vae.evaluate(_normal_model, _no_guide, x, num_samples=2)
+    assert math.isnan(bad["elbo"])

@@ -364,6 +364,79 @@ def test_observations_outside_the_data_plate_are_named_with_mini_batches():
     x = torch.randn(20)
     with pytest.warns(UserWarning, match=r"\['total'\] lie outside the data plate 'data'"):
         ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=5, progress=False)
+    pyro.clear_param_store()  # else the second fit says it does not start from the first's
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # full batches: nothing to scale, nothing to say
         ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=20, progress=False)
+
+
+class _UserVAE(nn.Module):
+    """A VAE as Pyro's tutorial writes it: networks registered under fixed names."""
+
+    def __init__(self, obs=64, latent=2):
+        super().__init__()
+        self.latent = latent
+        self.decoder = nn.Sequential(nn.Linear(latent, 16), nn.Tanh(), nn.Linear(16, obs))
+        self.encoder = nn.Sequential(nn.Linear(obs, 16), nn.Tanh(), nn.Linear(16, 2 * latent))
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.decoder(z), 0.5).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        loc, log_scale = self.encoder(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def _fresh_networks(seed=3):
+    torch.manual_seed(seed)  # the same initial weights each time
+    vae = _UserVAE().double()
+    return vae.model, vae.guide
+
+
+def test_second_fit_in_a_process_equals_a_fresh_one(digits):
+    x = digits.train[:128].double()
+    kwargs = dict(epochs=2, batch_size=32, seed=5, progress=False)
+    first = ppl_vae.fit(*_fresh_networks(), x, **kwargs)
+    with pytest.warns(UserWarning, match=r"fit trained its own parameters.*(decoder|encoder)"):
+        second = ppl_vae.fit(*_fresh_networks(), x, **kwargs)
+    pyro.clear_param_store()  # what a fresh process starts from
+    fresh = ppl_vae.fit(*_fresh_networks(), x, **kwargs)
+    pd.testing.assert_series_equal(second.history["train_elbo"], fresh.history["train_elbo"])
+    pd.testing.assert_series_equal(first.history["train_elbo"], fresh.history["train_elbo"])
+    # The caller's store holds the last fit's trained parameters (what evaluate finds).
+    decoder = dict(fresh.model.__self__.decoder.named_parameters())
+    for name, value in pyro.get_param_store().named_parameters():
+        if name.startswith("decoder$$$"):
+            assert value is decoder[name.split("$$$", 1)[1]]
+
+
+def test_plain_param_programs_start_from_their_init_each_fit():
+    def model(x):
+        loc = pyro.param("loc", torch.zeros((), dtype=x.dtype))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc, 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.full((20,), 2.0, dtype=torch.float64)
+    kwargs = dict(epochs=3, batch_size=10, lr=0.1, progress=False, estimator="mc")
+    first = ppl_vae.fit(model, guide, x, **kwargs)
+    assert 0.0 < pyro.param("loc").item()  # the store holds the trained value afterwards
+    with pytest.warns(UserWarning, match="'loc'"):
+        second = ppl_vae.fit(model, guide, x, **kwargs)
+    pd.testing.assert_series_equal(first.history["train_elbo"], second.history["train_elbo"])
+
+
+def test_failed_fit_leaves_the_param_store_as_it_was(digits):
+    model, guide = small_vae()
+    kept = pyro.param("kept", torch.ones(2)).unconstrained()
+    with pytest.raises(ValueError, match="batch_size"):
+        ppl_vae.fit(model, guide, digits.train[:10], batch_size=50, progress=False)
+    stored = dict(pyro.get_param_store().named_parameters())
+    assert list(stored) == ["kept"] and stored["kept"] is kept

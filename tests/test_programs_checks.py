@@ -129,3 +129,25 @@ def test_plate_the_program_subsamples_may_stand_for_the_whole_data_set():
     assert resolve_data_plate(model, no_guide, (x,), num_data=100) == "data"
     with pytest.raises(ValueError, match="no plate"):
         resolve_data_plate(model, no_guide, (x,), num_data=50)
+
+
+def test_a_model_without_observed_sites_is_a_warning():
+    def prior_only(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+
+    def observed(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[:, 0])
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+
+    x = torch.zeros(4, 1)
+    with pytest.warns(UserWarning, match="the model has no observed site"):
+        check_support(prior_only, guide, (x,), batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_support(observed, guide, (x,), batch_size=4)

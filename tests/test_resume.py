@@ -136,7 +136,7 @@ def _options(**extra):
         ({"num_particles": 2, "lr": 1e-2}, ["num_particles: 1 in the checkpoint, 2 now",
                                             "lr: 0.001 in the checkpoint, 0.01 now"]),
         ({"epochs": 1}, ["epochs: 2 in the checkpoint, 1 now (a resumed run may only get more"]),
-        ({"data": "other rows"}, ["data: other values (the sha256 of a fixed sample of rows"]),
+        ({"data": "other rows"}, ["data: other values (the sha256 of its values differs)"]),
         ({"data": "more rows"}, ["data: shape (128, 64) in the checkpoint, (160, 64) now"]),
         ({"validation_data": "given"}, ["validation: none in the checkpoint, given now"]),
         ({"dtype": torch.float64}, ["dtype: 'float32' in the checkpoint, 'float64' now"]),

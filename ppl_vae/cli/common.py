@@ -7,8 +7,10 @@ import argparse
 from pathlib import Path
 
 from ppl_vae.train.run_dir import load_run
+from ppl_vae.train.storage import MANIFEST_NAME
 
-__all__ = ["whole_number", "positive_int", "add_program_arguments", "require_run", "open_run"]
+__all__ = ["whole_number", "positive_int", "add_program_arguments", "require_run", "open_run",
+           "check_output_file"]
 
 
 def whole_number(minimum: int, maximum: int | None = None):
@@ -56,3 +58,24 @@ def require_run(run_dir) -> Path:
 def open_run(args, run_dir: Path):
     """Load the run, with the user programs named on this command line (if any)."""
     return load_run(run_dir, model=args.model, guide=args.guide, data=args.data)
+
+
+def check_output_file(option: str, path, *, own_run: Path | None = None,
+                      default: str | None = None) -> None:
+    """Refuse an output file ``path`` (given as ``option``) inside a run folder, its own or
+    another's: it would replace that run's trained parameters, config or manifest (the
+    manifest would even record the new bytes, so ``verify`` would say ok). ``own_run /
+    default`` (the command's own output, for example ``RUN/report.html``) is allowed. Checked
+    before anything, even the lock file, is written."""
+    if path is None:
+        return
+    target = Path(path).resolve()
+    folder = target.parent
+    if not any((folder / name).exists() or (folder / name).is_symlink()
+               for name in ("config.json", MANIFEST_NAME)):
+        return
+    if own_run is not None and default is not None and target == (own_run / default).resolve():
+        return
+    own = f" (or leave {option} out: {own_run / default})" if default is not None else ""
+    raise ValueError(f"{option} {path}: {folder} is a ppl-vae run folder, whose files only its "
+                     f"run writes; choose a file outside it{own}")

@@ -7,7 +7,13 @@ import json
 import os
 from pathlib import Path
 
-from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
+from ppl_vae.cli.common import (
+    add_program_arguments,
+    check_output_file,
+    open_run,
+    positive_int,
+    require_run,
+)
 from ppl_vae.diagnostics.run import diagnose_run
 from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.reporting.run import report_run
@@ -56,6 +62,7 @@ def cmd_diagnose(args) -> int:
 
 def cmd_report(args) -> int:
     run_dir = require_run(args.run_dir)
+    check_output_file("--out", args.out, own_run=run_dir, default="report.html")
     with lock_run(run_dir):
         path = report_run(run_dir, out=args.out, num_draws=args.num_draws,
                           gaps=not args.no_gaps, calibrate=not args.no_sbc, points=args.points,

@@ -8,7 +8,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
+from ppl_vae.cli.common import (
+    add_program_arguments,
+    check_output_file,
+    open_run,
+    positive_int,
+    require_run,
+)
 from ppl_vae.data.tensors import as_tensors, resolve_device
 from ppl_vae.estimators.explain import explain
 from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
@@ -42,6 +48,7 @@ def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
 
 
 def cmd_compare_estimators(args) -> int:
+    check_output_file("--csv", args.csv)
     run = open_run(args, require_run(args.run_dir))
     data = run.data(args.split)
     first = _as_tuple(data)[0]

@@ -46,6 +46,7 @@ from ppl_vae.train.run_dir import (
     load_data,
     prepare_run_folder,
     program_record,
+    replacing_run,
     save_run,
     write_config,
 )
@@ -88,10 +89,18 @@ def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    key = key.replace("-", "_")
+    if key in ("latent_dim", "hidden"):  # checked as --latent-dim and --hidden are
+        sizes = value.strip("[]").split(",") if key == "hidden" else [value]
+        try:
+            parsed = [positive_int(v.strip()) for v in sizes]
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{key}: {exc}") from None
+        return key, parsed[0] if key == "latent_dim" or len(parsed) == 1 else parsed
     try:
-        return key.replace("-", "_"), json.loads(value)
+        return key, json.loads(value)
     except json.JSONDecodeError:
-        return key.replace("-", "_"), value
+        return key, value
 
 
 def _learning_rate(text: str) -> float:
@@ -239,8 +248,16 @@ def train_run(args, out: Path):
     for program in (model, guide):  # the plan below runs them: in the data's dtype already
         if isinstance(program, torch.nn.Module):
             program.to(dtype=dtype)
-    if writer:  # a killed run's folder says what it was, from the first epoch on
-        write_config(out, {**config, "settings": {"dtype": args.dtype}})
+    # A killed run's folder says what it was from its first epoch on; written once fit has
+    # checked everything (a refused --resume leaves the folder as it was) and never over the
+    # config.json of a run being resumed (its settings and data fingerprint stay recorded).
+    callbacks = ()
+    if writer and not (args.resume and (out / "config.json").exists()):
+        first = {**config, "settings": {"dtype": args.dtype}}
+        if wants_engine(args.devices, args.strategy, args.num_nodes):
+            write_config(out, first)  # the workers run the callbacks, not this process
+        else:
+            callbacks = (_ConfigOnce(out, first),)
     _use_threads(model, guide, args)
     print(f"training {args.model} / {args.guide} on {dataset.name} "
           f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "
@@ -259,7 +276,7 @@ def train_run(args, out: Path):
         early_stopping_patience=args.early_stopping, patience=args.patience,
         max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
         lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
-        free_bits=args.free_bits,
+        free_bits=args.free_bits, callbacks=callbacks,
         devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
     )
     if result.settings.get("global_rank", 0) != 0:
@@ -267,6 +284,18 @@ def train_run(args, out: Path):
         raise SystemExit(0)
     save_run(out, config, result)
     return config, result, dataset
+
+
+class _ConfigOnce:
+    """fit callback: write the run's ``config.json`` after the first epoch it trains."""
+
+    def __init__(self, out: Path, config: dict):
+        self.out, self.config, self.done = out, config, False
+
+    def __call__(self, record, state) -> None:
+        if not self.done:
+            write_config(self.out, self.config)
+            self.done = True
 
 
 def _use_threads(model, guide, args) -> None:
@@ -292,7 +321,7 @@ def _evaluate(run, num_samples: int) -> None:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    with _writing(args, out):
+    with _writing(args, out), replacing_run(out, args.overwrite and _is_writer(args)):
         _, result, _ = train_run(args, out)
         print(result.history.tail(5).to_string(index=False))
         # The trained parameters, read back on the CPU exactly as `ppl-vae evaluate` reads them
@@ -315,7 +344,7 @@ def cmd_run(args) -> int:
 
 
     out = Path(args.out)
-    with _writing(args, out):
+    with _writing(args, out), replacing_run(out, args.overwrite and _is_writer(args)):
         clock = time.perf_counter()
         train_run(args, out)
         timings = {"train": time.perf_counter() - clock}

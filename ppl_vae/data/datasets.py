@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ppl_vae.data.file_checks import check_csv_layout, check_npz_fits
+
 __all__ = [
     "Dataset",
     "load_digits",
@@ -264,15 +266,21 @@ def _read_csv(path: Path, header: bool | None):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path} cannot be read as a CSV table ({first}); every row needs the "
                          "same number of comma-separated numbers") from None
+    check_csv_layout(path, frame, header)
     y = frame.pop("label").to_numpy() if header and "label" in frame else None
     text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
-        raise ValueError(f"{path}: columns {text} are not numeric; remove or encode them")
+        comma = [c for c in text if frame[c].astype(str).str.fullmatch(r"-?\d+,\d+").any()]
+        hint = (f" (values like {frame[comma[0]].iloc[0]!r}: decimal commas; write the file with "
+                "'.' decimals)") if comma else ""
+        raise ValueError(f"{path}: columns {text} are not numeric; remove or encode them{hint}")
     return frame.to_numpy(), y, header
 
 
 def _read_numpy(path: Path):
     """``(x, y or None)`` from a ``.npy`` / ``.npz`` file, never unpickling (no code runs)."""
+    if path.suffix == ".npz":
+        check_npz_fits(path)
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False), None

@@ -75,11 +75,17 @@ def _one_tensor(value, *, name: str, dtype, device, features: bool) -> torch.Ten
         # otherwise, and a tensor must not write through to the user's data.
         value = np.ascontiguousarray(value) if value.flags.writeable else value.copy(order="C")
         value = torch.from_numpy(value)
+    if type(value).__module__.startswith("scipy.sparse"):
+        raise ValueError(f"{name} is a SciPy sparse matrix; the programs take dense rows: pass "
+                         "x.toarray()")
     if not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{name}: cannot be read as a numeric tensor ({exc})") from None
+    if value.layout != torch.strided:
+        raise ValueError(f"{name} is a sparse tensor ({value.layout}); the programs take dense "
+                         "rows: pass x.to_dense()")
     if value.device.type == "meta":
         raise ValueError(f"{name} is on the 'meta' device, which holds shapes but no values; "
                          "pass a tensor with data, e.g. on 'cpu'")

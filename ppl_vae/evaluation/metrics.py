@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 
 import pandas as pd
@@ -17,6 +19,7 @@ from ppl_vae.evaluation.chunks import (
     plan_points,
 )
 from ppl_vae.programs.util import program_dtype
+from ppl_vae.train.arguments import as_integer
 
 __all__ = ["evaluate", "Evaluation", "RESOLVE_ROWS"]
 
@@ -79,6 +82,7 @@ def evaluate(
         Keys ``elbo``, ``iwae``, ``kl``, ``recon`` (floats, nats per data point), ``num_samples``.
         A model that subsamples its own data plate is evaluated on all of its points.
     """
+    num_samples = as_integer("num_samples", num_samples)
     ref_dtype, device = program_dtype(model, guide)
     tensors = as_tensors(data, dtype=ref_dtype, device=device, name="data")
     check_finite(tensors)
@@ -90,7 +94,8 @@ def evaluate(
         d = chunk_draws(plan, model, guide, tensors, start, num_draws=num_samples, seed=seed,
                         globals_=globals_)
         lw = d.log_weights.double()
-        return {"recon": float(d.log_lik.double().mean(0).sum()),
+        return {"bad": _non_finite(start, d),
+                "recon": float(d.log_lik.double().mean(0).sum()),
                 "kl": float((d.log_q - d.log_prior).double().mean(0).sum()),
                 "iwae": float(log_mean_exp(lw, 0).sum()), "joint": lw.sum(1).cpu(),
                 "global": (d.log_q_global - d.log_prior_global).double().cpu()}
@@ -106,7 +111,40 @@ def evaluate(
         iwae = float(log_mean_exp(joint, 0))
     else:
         iwae = sum(p["iwae"] for p in parts)
-    return Evaluation(
+    result = Evaluation(
         elbo=(recon - kl) / n, iwae=iwae / n, kl=kl / n, recon=recon / n,
         num_samples=int(num_samples),
     )
+    _warn_non_finite(result, [p["bad"] for p in parts])
+    return result
+
+
+# The terms of the log weights, as a warning names them.
+_TERMS = {"log_lik": "the model's likelihood log p(x | z)", "log_prior": "the prior log p(z)",
+          "log_q": "the guide's log q(z | x)"}
+
+
+def _non_finite(start: int, draws) -> dict:
+    """``{term: (points, first point)}`` for the terms that are NaN or infinite somewhere."""
+    out = {}
+    for term in _TERMS:
+        bad = ~torch.isfinite(getattr(draws, term)).all(0)  # (K, B) -> per point
+        if bool(bad.any()):
+            out[term] = (int(bad.sum()), start + int(bad.nonzero()[0, 0]))
+    return out
+
+
+def _warn_non_finite(result: Evaluation, chunks: list[dict]) -> None:
+    """Say why a metric is NaN or infinite: which term, at how many points, the first one."""
+    metrics = [k for k in ("elbo", "iwae", "kl", "recon") if not math.isfinite(result[k])]
+    if not metrics:
+        return
+    causes = []
+    for term, what in _TERMS.items():
+        found = [c[term] for c in chunks if term in c]
+        if found:
+            causes.append(f"{what} is NaN or infinite at {sum(f[0] for f in found)} data "
+                          f"point(s), the first row {min(f[1] for f in found)}")
+    warnings.warn(f"evaluate: {', '.join(metrics)} not finite: "
+                  + ("; ".join(causes) or "the sums overflow") + " (check the trained "
+                  "parameters, and the data against the model's support)", stacklevel=3)

@@ -3,6 +3,7 @@ instead of a traceback from deep inside Pyro (and instead of checking every step
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -224,13 +225,16 @@ def check_support(
     # validate_args is what the user wrote; nothing is scored here, so Pyro raises nothing.
     globally_on = bool(torch.distributions.Distribution._validate_args)
     found: dict[str, tuple] = {}  # site -> (distribution, bad rows or None when unknown)
+    observed = False
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = tuple(t[start : start + batch_size] for t in tensors)
-            model_trace, _ = trace_pair(model, guide, batch)
+            with _embedding_indices_checked(start):
+                model_trace, _ = trace_pair(model, guide, batch)
             for name, site in model_trace.nodes.items():
                 if site["type"] != "sample" or not site["is_observed"]:
                     continue
+                observed = True
                 base = _base(site["fn"])
                 if globally_on and not base._validate_args:
                     continue
@@ -243,6 +247,10 @@ def check_support(
                 _, before = found.get(name, (base, []))
                 found[name] = (base, None if rows is None or before is None
                                else before + [r + start for r in rows])
+    if not observed:
+        warnings.warn("the model has no observed site (no pyro.sample(..., obs=...) or "
+                      "pyro.factor): the data never enter the ELBO, so training fits the prior, "
+                      "not a posterior; pass the data to a likelihood as obs=", stacklevel=3)
     for name, (base, rows) in found.items():
         message = _support_message(name, base, rows, max_rows)
         if globally_on:
@@ -274,3 +282,28 @@ def _support_message(name, base, rows, max_rows) -> str:
     return (f"observed site {name!r}: {len(rows)} row(s) lie outside the support of its "
             f"likelihood {what}: rows {shown}; if that is meant (soft targets), build it with "
             f"validate_args=False")
+
+
+@contextlib.contextmanager
+def _embedding_indices_checked(start: int):
+    """While the programs run on rows ``start, ...``: an ``nn.Embedding`` given an index outside
+    its table (a label beyond the number of classes) is a ``ValueError`` naming the data row and
+    the value, not torch's "index out of range in self"."""
+
+    def check(module, args):
+        if not isinstance(module, torch.nn.Embedding) or not args:
+            return
+        index = args[0]
+        bad = (index < 0) | (index >= module.num_embeddings)
+        if bool(bad.any()):
+            where = torch.nonzero(bad)[0]
+            row = f"row {start + int(where[0])}" if index.dim() else "a scalar index"
+            raise ValueError(f"{row} holds index {int(index[tuple(where)])}, outside "
+                             f"nn.Embedding({module.num_embeddings}, ...), whose indices lie in "
+                             f"[0, {module.num_embeddings}): a label beyond the embedding's size")
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()

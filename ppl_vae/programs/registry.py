@@ -61,6 +61,10 @@ def _load_file(path: Path, attr: str):
     except Exception as exc:  # noqa: BLE001 - the user's module failed on import: say where
         sys.modules.pop(mod_name, None)
         raise ValueError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:  # a script's sys.exit() at import would end the command
+        sys.modules.pop(mod_name, None)
+        raise ValueError(f"importing {path} called sys.exit({exc.code!r}) at import: put the "
+                         "script's top-level code under if __name__ == '__main__':") from None
     if attr not in vars(module):
         names = sorted(k for k in vars(module) if not k.startswith("_"))
         raise ValueError(f"{path} defines no {attr!r}; it defines: {', '.join(names)}")

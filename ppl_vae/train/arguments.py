@@ -221,6 +221,10 @@ def check_checkpoint_dir(checkpoint_dir) -> Path | None:
 def check_devices(devices, strategy, num_nodes):
     """Lightning's forms: a count, ``"auto"`` (or another string Lightning parses), or a list of
     device indices; the strategy a name; ``num_nodes`` a count."""
+    if isinstance(devices, str) and devices != "auto" and \
+            not all(part.strip().lstrip("-").isdigit() for part in devices.split(",")):
+        raise ValueError(f"devices must be a number of devices, a list of device indices or "
+                         f"'auto', got {devices!r}")
     if devices is not None and not isinstance(devices, str):
         if isinstance(devices, Sequence):
             devices = tuple(as_integer(f"devices[{i}]", d, minimum=0) for i, d in enumerate(devices))
@@ -236,6 +240,10 @@ def _check_dtype(dtype) -> torch.dtype | None:
         return None
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float64), got {dtype!r}")
+    if dtype not in (torch.float32, torch.float64):
+        # Half precisions: log-densities summed over a data set lose every digit that matters.
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r} (half "
+                         "precision cannot hold the ELBO's sums)")
     return dtype
 
 

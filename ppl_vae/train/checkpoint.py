@@ -68,6 +68,9 @@ def load_checkpoint(path: Path, *, map_location=None) -> dict:
         checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file: name the "
+                         "checkpoint.pt or final.pt in it")
     data = read_run_file(path)
     try:
         with warnings.catch_warnings():  # torch's warnings about a foreign pickle: ours follows

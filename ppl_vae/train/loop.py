@@ -22,13 +22,20 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ppl_vae.programs.digest import program_digests
 from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.train.epoch import Epochs
 from ppl_vae.train.objective import FreeBits, KLWarmup
-from ppl_vae.train.prepare import make_settings, preflight, prepare_data, validation_loss_fn
+from ppl_vae.train.prepare import (
+    make_settings,
+    preflight,
+    prepare_data,
+    validation_loss_fn,
+    warn_user,
+)
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
 from ppl_vae.train.storage import lock_run
@@ -169,6 +176,11 @@ def fit(
     Returns
     -------
     FitResult
+        Training runs in an empty Pyro param store: each fit trains its own parameters (fresh
+        networks under an earlier fit's ``pyro.module`` names do not start from its weights);
+        the trained ones then replace those of the same names in Pyro's store, with a warning
+        when it held others. ``settings["programs"]`` holds the digests of the programs'
+        source (:mod:`ppl_vae.programs.digest`), compared by a resume and by ``load_run``.
 
     Raises
     ------
@@ -195,7 +207,32 @@ def fit(
         lr_schedule=lr_schedule, kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits,
         free_bits_per=free_bits_per,
     )
-    return run_fit(model, guide, data, validation_data, config)
+    with _own_param_store():
+        return run_fit(model, guide, data, validation_data, config)
+
+
+@contextlib.contextmanager
+def _own_param_store():
+    """Train in an empty Pyro param store, then put this fit's parameters into the caller's.
+
+    ``pyro.module`` / ``pyro.param`` return the value already stored under a name, so fresh
+    networks registered under an earlier fit's names would start from that fit's weights (a
+    notebook's second run would depend on its first). Each fit trains its own parameters; once
+    it ends they replace those of the same names in the caller's store (where ``evaluate`` and
+    the programs find them), with one warning when the store held other values under them. A
+    fit that fails leaves the caller's store as it was.
+    """
+    store = pyro.get_param_store()
+    before = dict(store.named_parameters())
+    with store.scope() as trained:
+        yield
+    replaced = sorted(n for n, value in trained["params"].items()
+                      if n in before and before[n] is not value)
+    store.set_state(trained)
+    if replaced:
+        warn_user(f"fit trained its own parameters: Pyro's param store held {len(replaced)} "
+                  f"under this fit's names (e.g. {replaced[0]!r}, from an earlier fit or set by "
+                  "hand) that this fit did not start from; they are replaced by the trained ones")
 
 
 def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None) -> FitResult:
@@ -221,6 +258,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     if engine is not None:
         state = engine.setup(state)
     settings = make_settings(config, prepared, world, rank)
+    settings["programs"] = program_digests(model, guide)  # a resume or evaluate compares it
     stopper = _stopper(config, prepared, state)
     # One writer per run folder: a second process (or a second fit) training into it is refused
     # while this one runs. Data-parallel workers run under their launcher's lock.

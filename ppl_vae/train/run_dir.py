@@ -11,8 +11,11 @@ a user program is imported only when the caller names it again (:func:`load_run`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ import torch
 
 from ppl_vae.data import datasets
 from ppl_vae.data.tensors import as_tensors
+from ppl_vae.programs.digest import program_digests, programs_differences
 from ppl_vae.programs.registry import build, file_sha256, is_file_spec
 from ppl_vae.programs.util import max_plate_nesting
 from ppl_vae.train.checkpoint import (
@@ -34,11 +38,11 @@ from ppl_vae.train.checkpoint import (
 )
 from ppl_vae.train.prepare import fingerprint
 from ppl_vae.train.resume import fingerprint_differences
-from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, remove_run_files, write_bytes
+from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
 from ppl_vae.train.user_data import is_data_function, load_data_function, named_data
 
 __all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run", "build_programs",
-           "write_config", "read_config", "prepare_run_folder", "check_same_run",
+           "write_config", "read_config", "prepare_run_folder", "replacing_run", "check_same_run",
            "program_record"]
 
 # Every file a run folder may hold (--overwrite removes exactly these, and what the manifest lists).
@@ -48,6 +52,8 @@ RUN_FILES = ("config.json", "history.csv", CHECKPOINT_NAME, "final.pt", "evaluat
 RUN_KEYS = ("model", "guide", "data", "model_options", "guide_options", "use_labels",
             "model_sha256", "guide_sha256", "data_sha256")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Where --overwrite keeps the run it replaces until the new one has written a file.
+SET_ASIDE = ".ppl-vae-replaced"
 
 DATASETS = {
     "digits": datasets.load_digits,
@@ -172,7 +178,7 @@ def check_same_run(run_dir, config: dict) -> None:
 
 def prepare_run_folder(out, *, resume: bool, overwrite: bool) -> None:
     """Refuse to write a new run over an existing one unless ``resume`` (continue it) or
-    ``overwrite`` (remove its files first: only run files, nothing else in the folder)."""
+    ``overwrite`` (its files are set aside by :func:`replacing_run`)."""
     out = Path(out)
     if resume and overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it: give one")
@@ -185,7 +191,38 @@ def prepare_run_folder(out, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(present)}): pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out")
-    remove_run_files(out, RUN_FILES)
+
+
+@contextlib.contextmanager
+def replacing_run(out, overwrite: bool):
+    """``--overwrite``: the run files in ``out`` (nothing else) are moved into the hidden
+    folder :data:`SET_ASIDE` while the command runs. When it fails before the new run wrote a
+    file (refused settings, bad data, a program that fails its checks), they are moved back,
+    byte for byte; otherwise they are deleted (the new run, or its resumable checkpoint, is
+    what the folder holds)."""
+    out = Path(out)
+    names = run_file_names(out, RUN_FILES) if overwrite else []
+    if not names:
+        yield
+        return
+    aside = out / SET_ASIDE
+    if aside.exists() or aside.is_symlink():
+        raise ValueError(f"{aside} holds a run set aside by an --overwrite that was killed: move "
+                         f"its files back into {out} (or delete it), then run again")
+    aside.mkdir()
+    for name in names:
+        os.replace(out / name, aside / name)
+    try:
+        yield
+    except BaseException:
+        if not run_file_names(out, RUN_FILES):
+            for name in names:
+                os.replace(aside / name, out / name)
+            aside.rmdir()
+            raise
+        shutil.rmtree(aside)
+        raise
+    shutil.rmtree(aside)
 
 
 def save_run(out: Path, config: dict, result) -> None:
@@ -270,6 +307,12 @@ def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
         _check_same_data(path, config, dataset, dtype, recorded)
     pyro.clear_param_store()
     model, guide = build_programs(config, dataset, **programs)
+    trained = config.get("settings", {}).get("programs") or \
+        ckpt.get("settings", {}).get("programs")
+    changed = programs_differences(trained, program_digests(model, guide)) if trained else []
+    if changed:
+        raise ValueError(f"{path}: the programs are not the code the run was trained with "
+                         f"({'; '.join(changed)}); restore that code or retrain")
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
             program.to(dtype=dtype)
@@ -291,7 +334,7 @@ def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
 
 def _check_same_data(path: Path, config: dict, dataset, dtype, recorded: dict) -> None:
     """Refuse a run whose data file changed since training: its numbers would be another data
-    set's (compared as resume compares, by shape and the sha256 of a fixed sample of rows)."""
+    set's (compared as resume compares, by shape and the sha256 of every value)."""
     now = {part: fingerprint(as_tensors(fit_data(config, dataset, split), dtype=dtype))
            for part, split in (("data", "train"), ("validation", "test"))}
     if recorded.get("validation") is None:

@@ -11,8 +11,9 @@ under ``files`` after it, so a kill at any point leaves each file matching one o
 digests, while a file changed afterwards (a bit flip, a truncation, an edit, a planted copy)
 matches none and is an error naming it. The manifest carries its own digest.
 
-A run folder is locked (``fcntl.flock`` on ``.ppl-vae.lock``, which holds the owner's pid and
-host) while a process writes in it; the kernel releases the lock when the process dies, so a
+A run folder is locked (``fcntl.flock``; on Windows ``msvcrt.locking``, see
+:mod:`~ppl_vae.train.locking`) on ``.ppl-vae.lock``, which holds the owner's pid and host,
+while a process writes in it; the system releases the lock when the process dies, so a
 killed run never leaves a stale lock. Temporary files carry the writer's host and pid and are
 removed at the next start once their writer is gone.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -33,10 +33,12 @@ import time
 import warnings
 from pathlib import Path
 
+from ppl_vae.train.locking import NOFOLLOW, set_mode, try_lock, unlock
+
 __all__ = [
     "RUN_FILE_MODE", "MANIFEST_NAME", "LOCK_NAME", "CorruptFileError", "DiskFullError",
     "RunLockedError", "write_bytes", "atomic_write", "read_run_file", "verify_folder",
-    "lock_run", "clean_temporaries", "remove_run_files",
+    "lock_run", "clean_temporaries", "remove_run_files", "run_file_names",
 ]
 
 RUN_FILE_MODE = 0o644
@@ -111,8 +113,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def _create_temp(path: Path) -> tuple[Path, int]:
     tmp = _temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, RUN_FILE_MODE)
-    os.fchmod(fd, RUN_FILE_MODE)  # the same mode for every run file, whatever the umask
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, RUN_FILE_MODE)
+    set_mode(fd, RUN_FILE_MODE)  # the same mode for every run file, whatever the umask
     return tmp, fd
 
 
@@ -240,7 +242,7 @@ def atomic_write(path, write, *, manifest: bool | None = None) -> Path:
 # ---------------------------------------------------------------------------------- reading
 def _read_regular(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise CorruptFileError(f"{path} is a symbolic link; run files are read only as "
@@ -320,13 +322,13 @@ def _other_writer(folder: Path) -> bool:
     if os.path.realpath(folder) in _HELD or not (folder / LOCK_NAME).exists():
         return False
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY | NOFOLLOW)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
+        if try_lock(fd, shared=True):
+            unlock(fd)
+            return False
         return True
     finally:
         os.close(fd)
@@ -352,17 +354,16 @@ def lock_run(folder):
     if key in _HELD:
         _HELD[key][1] += 1
     else:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, RUN_FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | NOFOLLOW, RUN_FILE_MODE)
+        if not try_lock(fd):
             os.close(fd)
             raise RunLockedError(
                 f"{folder} is in use by {_lock_owner(folder / LOCK_NAME)}: a run folder has one "
                 "writer at a time; wait for it to finish or choose another --out") from None
-        os.fchmod(fd, RUN_FILE_MODE)
+        set_mode(fd, RUN_FILE_MODE)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {_HOST}\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {_HOST}\n".encode())
         _HELD[key] = [fd, 1]
         clean_temporaries(folder, every_writer=True)
     try:
@@ -372,7 +373,7 @@ def lock_run(folder):
         if _HELD[key][1] == 0:
             fd = _HELD.pop(key)[0]
             os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            unlock(fd)
             os.close(fd)
 
 
@@ -403,18 +404,22 @@ def clean_temporaries(folder, *, every_writer: bool = False) -> list[str]:
     return removed
 
 
-def remove_run_files(folder, names) -> list[str]:
-    """Delete a run's files (``names`` and every file of its manifest), the manifest last;
-    other files in the folder are left alone."""
+def run_file_names(folder, names) -> list[str]:
+    """A run's files present in ``folder``: ``names`` and every file of its manifest, the
+    manifest last."""
     folder = Path(folder)
     try:
         listed = set((_read_manifest(folder) or {"files": {}})["files"])
     except CorruptFileError:
         listed = set()
-    removed = []
-    for name in sorted(set(names) | listed) + [MANIFEST_NAME]:
-        path = folder / name
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-            removed.append(name)
+    return [name for name in sorted(set(names) | listed) + [MANIFEST_NAME]
+            if (folder / name).is_symlink() or (folder / name).is_file()]
+
+
+def remove_run_files(folder, names) -> list[str]:
+    """Delete a run's files (``names`` and every file of its manifest), the manifest last;
+    other files in the folder are left alone."""
+    removed = run_file_names(folder, names)
+    for name in removed:
+        (Path(folder) / name).unlink()
     return removed
