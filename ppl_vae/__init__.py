@@ -27,6 +27,7 @@ from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
 from ppl_vae.evaluation.arviz import to_arviz
 from ppl_vae.evaluation.metrics import Evaluation, evaluate
 from ppl_vae.reporting.page import report
+from ppl_vae.train.loading import load
 from ppl_vae.train.loop import fit
 from ppl_vae.train.result import FitResult, TrainingDivergedError
 from ppl_vae.train.state import TrainState, init_state, update
@@ -47,6 +48,7 @@ __all__ = [
     "evaluate",
     "explain",
     "fit",
+    "load",
     "gradient_variance",
     "init_state",
     "make_elbo",

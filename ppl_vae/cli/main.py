@@ -251,7 +251,7 @@ def train_run(args, out: Path):
         epochs=args.epochs,
         batch_size=min(args.batch_size, dataset.train.shape[0]), lr=args.lr,
         optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
-        progress=not args.no_progress, checkpoint_dir=out, resume=args.resume,
+        progress=False if args.no_progress else None, checkpoint_dir=out, resume=args.resume,
         early_stopping_patience=args.early_stopping, patience=args.patience,
         max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
         lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
