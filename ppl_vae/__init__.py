@@ -25,6 +25,7 @@ from ppl_vae.estimators.explain import explain, monte_carlo_kl_sites
 from ppl_vae.estimators.registry import ESTIMATORS, EstimatorSpec, make_elbo, register_estimator
 from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
 from ppl_vae.evaluation.arviz import to_arviz
+from ppl_vae.evaluation.latents import latents
 from ppl_vae.evaluation.metrics import Evaluation, evaluate
 from ppl_vae.reporting.page import report
 from ppl_vae.train.loading import load
@@ -51,6 +52,7 @@ __all__ = [
     "load",
     "gradient_variance",
     "init_state",
+    "latents",
     "make_elbo",
     "register_estimator",
     "monte_carlo_kl_sites",

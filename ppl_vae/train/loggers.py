@@ -12,6 +12,7 @@ enough to follow the trend (collapse, warm-up), cheap enough for every epoch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -71,7 +72,13 @@ class EpochLoggers:
     def start(self, settings: dict) -> None:
         hparams = {k: v for k, v in settings.items() if k != "fingerprint"}
         for logger in self.loggers:
-            logger.log_hyperparams(hparams)
+            try:
+                logger.log_hyperparams(hparams)
+            except NotImplementedError:  # Fabric's CSVLogger: metrics only
+                warnings.warn(f"{type(logger).__module__}.{type(logger).__name__} does not log "
+                              "hyperparameters: the settings are in FitResult.settings (Lightning's "
+                              "lightning.pytorch.loggers.CSVLogger writes them to hparams.yaml)",
+                              stacklevel=4)
 
     def epoch(self, record: dict, state) -> None:
         metrics = {k: float(record[k]) for k in ("train_elbo", "val_elbo", "seconds")
