@@ -21,6 +21,7 @@ from ppl_vae.diagnostics import (
     pointwise_psis,
     sbc,
 )
+from ppl_vae.diagnostics.compare import Comparison, compare
 from ppl_vae.estimators.explain import explain, monte_carlo_kl_sites
 from ppl_vae.estimators.registry import ESTIMATORS, EstimatorSpec, make_elbo, register_estimator
 from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
@@ -60,6 +61,8 @@ __all__ = [
     "DiskData",
     "write_shards",
     "diagnose",
+    "compare",
+    "Comparison",
     "inference_gaps",
     "latent_table",
     "log_evidence",
