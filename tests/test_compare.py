@@ -97,3 +97,33 @@ def test_compare_needs_two_runs_and_data_for_fit_results():
         ppl_vae.compare([one, one])
     with pytest.raises(TypeError, match="not a FitResult or a run folder"):
         ppl_vae.compare([one, 3], x)
+
+
+def _shared_name_model(x):
+    shift = pyro.param("shift", torch.tensor(0.0))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+        pyro.sample("x", dist.Normal(z + shift, 1.0), obs=x)
+
+
+def _shared_name_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal((x - pyro.param("shift")) / 2, math.sqrt(0.5)))
+
+
+def test_runs_whose_programs_share_param_names_each_use_their_own():
+    """Two fits of programs with the same ``pyro.param`` name: the global store holds only the
+    second's value, yet each run is scored with its own, and the store is left as it was."""
+    x = torch.randn(300) * math.sqrt(2.0) + 3.0
+    results = []
+    for value in (3.0, 0.0):
+        pyro.clear_param_store()
+        pyro.param("shift", torch.tensor(value))
+        params = {"pyro_params": {"shift": pyro.param("shift").unconstrained().detach().clone()}}
+        results.append(ppl_vae.FitResult(model=_shared_name_model, guide=_shared_name_guide,
+                                         history=_history(), params=params, settings={}))
+    t = ppl_vae.compare({"right": results[0], "wrong": results[1]}, x, num_samples=20).table
+    truth = float(dist.Normal(3.0, math.sqrt(2.0)).log_prob(x).mean())
+    assert t.loc["right", "log_px"] == pytest.approx(truth, abs=1e-3)
+    assert t.loc["wrong", "diff"] < -4 * t.loc["wrong", "diff_se"]
+    assert float(pyro.param("shift").detach()) == 0.0  # the caller's store, as it was

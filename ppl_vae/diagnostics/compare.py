@@ -10,6 +10,7 @@ the runs agree on which points are hard.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyro
 import torch
+from scipy.special import logsumexp
 
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.diagnostics.latent import active_units, latent_table
@@ -31,6 +34,7 @@ from ppl_vae.train.run_dir import load_run
 __all__ = ["Comparison", "compare", "paired_difference"]
 
 BAD_KHAT = 0.7
+MIN_PSIS_DRAWS = 25  # PSIS fits the tail of K / 5 draws and needs 5 of them
 
 
 def paired_difference(a, b) -> tuple[float, float]:
@@ -52,7 +56,8 @@ class Comparison:
         p(x) per point, nats) and ``log_px_se``; ``diff`` and ``diff_se``: the paired difference
         to the reference run (the first) and its standard error; ``elbo``, ``kl``,
         ``active_units``, ``khat_bad_share`` (share of points with k-hat > 0.7: log p(x) of
-        those points is unreliable), ``train_seconds``, ``epochs``.
+        those points is unreliable; NaN with fewer than 25 samples), ``train_seconds``,
+        ``epochs``.
     pointwise : pandas.DataFrame
         ``log_px`` per point (rows) and run (columns).
     """
@@ -85,8 +90,8 @@ class Comparison:
         return self.table.to_html(float_format=lambda v: f"{v:.4g}")
 
 
-def _runs(runs, model, guide) -> dict:
-    """``{name: (model, guide, history)}`` from FitResults and run folders."""
+def _runs(runs) -> dict:
+    """``{name: FitResult or run folder}``."""
     items = runs.items() if isinstance(runs, Mapping) else \
         [(None, r) for r in runs] if isinstance(runs, Sequence) and not isinstance(runs, str) \
         else None
@@ -94,32 +99,59 @@ def _runs(runs, model, guide) -> dict:
         raise TypeError("runs must be a list or dict of FitResults or run folders")
     out = {}
     for i, (name, run) in enumerate(items):
-        if isinstance(run, FitResult):
-            label, entry = name or f"run {i}", (run.model, run.guide, run.history, None)
-        elif isinstance(run, str | Path):
-            loaded = load_run(run, model=model, guide=guide)
-            label = name or Path(run).name
-            entry = (loaded.model, loaded.guide, loaded.history, loaded)
-        else:
+        if not isinstance(run, FitResult | str | Path):
             raise TypeError(f"runs[{name or i}] is a {type(run).__name__}, not a FitResult or a "
                             "run folder")
-        if label in out:
-            label = f"{label} ({i})"
-        out[label] = entry
+        label = name or (Path(run).name if isinstance(run, str | Path) else f"run {i}")
+        out[label if label not in out else f"{label} ({i})"] = run
     if len(out) < 2:
         raise ValueError(f"compare needs at least two runs, got {len(out)}")
     return out
 
 
-def _held_out(runs: dict, data):
+@contextlib.contextmanager
+def _own_param_store():
+    """Each run is evaluated with its own parameters in Pyro's global param store (programs
+    that share ``pyro.param`` / ``pyro.module`` names would otherwise read one another's); the
+    caller's store is put back afterwards."""
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    try:
+        yield saved["constraints"]
+    finally:
+        store.clear()
+        store.set_state(saved)
+
+
+def _activate(run, constraints: dict, model, guide):
+    """(model, guide, history) of one run, its parameters alone in the param store."""
+    pyro.clear_param_store()
+    if not isinstance(run, FitResult):
+        loaded = load_run(run, model=model, guide=guide)
+        return loaded.model, loaded.guide, loaded.history
+    params = run.params.get("pyro_params", {})
+    unknown = [n for n in params if n not in constraints]
+    if unknown:
+        raise ValueError(f"compare: the param store does not know the constraints of {unknown}; "
+                         "compare run folders (FitResult.save) instead")
+    pyro.get_param_store().set_state({
+        "params": {n: v.detach().clone().requires_grad_() for n, v in params.items()},
+        "constraints": {n: constraints[n] for n in params}})
+    for key, program in (("model", run.model), ("guide", run.guide)):
+        if key in run.params and isinstance(program, torch.nn.Module):
+            program.load_state_dict(run.params[key])
+    return run.model, run.guide, run.history
+
+
+def _held_out(runs: dict, data, model, guide):
     """The data: given, or the test split of the run folders, which must hold the same."""
     if data is not None:
         return data
-    folders = {name: entry[3] for name, entry in runs.items()}
-    missing = [name for name, f in folders.items() if f is None]
+    missing = [name for name, run in runs.items() if isinstance(run, FitResult)]
     if missing:
         raise ValueError(f"data: pass the held-out data (runs {missing} are FitResults, which "
                          "carry none)")
+    folders = {name: load_run(run, model=model, guide=guide) for name, run in runs.items()}
     (first_name, first), *others = folders.items()
     held = as_tensors(first.data("test"))
     for name, folder in others:
@@ -150,7 +182,12 @@ def _one_run(model, guide, data, num_samples: int, seed) -> dict:
         parts = map_chunks(one, plan.starts())
         table = latent_table(model, guide, tensors, data_plate=plan.data_plate, seed=seed)
     lw = np.concatenate([p["lw"] for p in parts])
-    points = psis_table(lw, np.arange(len(lw)))
+    if lw.shape[1] >= MIN_PSIS_DRAWS:
+        points = psis_table(lw, np.arange(len(lw)))
+    else:  # too few draws for a tail fit: no k-hat, the estimates alone
+        lw = lw.astype(np.float64)
+        points = pd.DataFrame({"k_hat": np.nan, "elbo": lw.mean(1),
+                               "log_px": logsumexp(lw, axis=1) - np.log(lw.shape[1])})
     return {"points": points, "kl": float(np.concatenate([p["kl"] for p in parts]).mean()),
             "active_units": active_units(table), "has_global": plan.has_global}
 
@@ -179,12 +216,21 @@ def compare(runs, data=None, *, model=None, guide=None, num_samples: int = 100,
     -------
     Comparison
         ``.table``, ``.pointwise`` and ``.figure()``.
+
+    Notes
+    -----
+    Each run is evaluated with its own parameters alone in Pyro's param store (a FitResult's
+    ``params``, a folder's trained values); the caller's store is restored afterwards.
     """
-    entries = _runs(runs, model, guide)
-    data = _held_out(entries, data)
+    entries = _runs(runs)
     rows, pointwise = {}, {}
-    for name, (m, g, history, _) in entries.items():
-        result = _one_run(m, g, data, num_samples, seed)
+    with _own_param_store() as constraints:
+        data = _held_out(entries, data, model, guide)
+        results = {}
+        for name, run in entries.items():
+            m, g, history = _activate(run, constraints, model, guide)
+            results[name] = (_one_run(m, g, data, num_samples, seed), history)
+    for name, (result, history) in results.items():
         if result["has_global"]:
             warnings.warn(f"compare: run {name!r} has global latents: its log p(x) per point is "
                           "conditional on the shared global draws (their KL is not in it)",
@@ -197,7 +243,8 @@ def compare(runs, data=None, *, model=None, guide=None, num_samples: int = 100,
             "log_px_se": float(p["log_px"].std(ddof=1) / np.sqrt(n)),
             "elbo": float(p["elbo"].mean()), "kl": result["kl"],
             "active_units": result["active_units"],
-            "khat_bad_share": float((p["k_hat"] > BAD_KHAT).mean()),
+            "khat_bad_share": float((p["k_hat"] > BAD_KHAT).mean())
+            if p["k_hat"].notna().all() else np.nan,
             "train_seconds": float(history["seconds"].sum()) if "seconds" in history else np.nan,
             "epochs": int(history["epoch"].max()) if "epoch" in history and len(history) else 0,
         }
