@@ -63,5 +63,7 @@ def test_train_logger_csv(tmp_path, capsys):
     (metrics,) = (tmp_path / "logs").rglob("metrics.csv")
     frame = pd.read_csv(metrics)
     assert frame["step"].tolist() == [1, 2] and frame["val_elbo"].notna().all()
-    assert main(["train", "--out", str(tmp_path / "s"), *TINY, "--logger", "wandb"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(tmp_path / "s"), *TINY, "--logger", "wandb"])
+    assert exit_.value.code == 2
     assert "expected csv or tensorboard" in capsys.readouterr().err
