@@ -180,6 +180,28 @@ def test_cli_evaluates_a_folder_saved_from_python(tmp_path, programs, capsys):
     assert "test-set evaluation (16 rows" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "run")]) == 2
     assert "--model" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "run"), "--num-draws", "30", "--no-gaps", "--no-sbc",
+                 "--no-progress", "--model", f"{path}:model", "--guide", f"{path}:guide"]) == 0
+    assert "Verdicts" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_program_without_a_file_is_described_and_must_be_passed_again(tmp_path):
+    x = torch.randn(32, 3)
+
+    def local(x):  # defined in a function: no module-level name to record
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+            pyro.sample("x", pyro.distributions.Normal(z.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    guide = AutoNormal(local)
+    ppl_vae.fit(local, guide, x, epochs=1, batch_size=32, progress=False).save(tmp_path / "r",
+                                                                                data=x)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["model"].startswith("python:") and config["model"].endswith("local")
+    with pytest.raises(ValueError, match="saved from Python.*pass the programs again"):
+        ppl_vae.load(tmp_path / "r")
+    loaded = ppl_vae.load(tmp_path / "r", model=local, guide=AutoNormal(local))
+    assert loaded.guide.locs.z.shape == (32,)
 
 
 def test_short_repr_and_html():

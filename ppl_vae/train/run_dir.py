@@ -277,6 +277,12 @@ def load_run(run_dir, *, model=None, guide=None, data=None, validation_data=None
     path = Path(run_dir)
     config = read_config(path)
     named = {"model": model, "guide": guide}
+    described = [k for k in named if named[k] is None and config[k].startswith(PYTHON_PREFIX)]
+    if described:
+        raise ValueError(
+            f"{path / 'config.json'}: the {' and '.join(described)} were saved from Python ("
+            + ", ".join(config[k] for k in described) + "), not from a file: pass the programs "
+            "again (Python: ppl_vae.load(..., model=..., guide=...); CLI: --model file.py:name)")
     missing = [f"--{k} {config[k]}" for k in named if named[k] is None and _user_record(config[k])]
     if missing:
         raise ValueError(
