@@ -67,3 +67,27 @@ def test_train_logger_csv(tmp_path, capsys):
         main(["train", "--out", str(tmp_path / "s"), *TINY, "--logger", "wandb"])
     assert exit_.value.code == 2
     assert "expected csv or tensorboard" in capsys.readouterr().err
+
+
+def test_python_loads_a_cli_folder_and_saves_it_again(runs, tmp_path, capsys):
+    import ppl_vae
+
+    loaded = ppl_vae.load(runs / "r0")
+    assert loaded.settings["estimator"] == "analytic" and len(loaded.history) == 1
+    loaded.save(tmp_path / "copy", data="digits")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        loaded.save(runs / "r1", data="digits")  # another run's folder is never replaced
+    assert main(["evaluate", str(tmp_path / "copy"), "--num-samples", "3"]) == 0
+    capsys.readouterr()
+    z_copy = ppl_vae.latents(ppl_vae.load(tmp_path / "copy").model,
+                             ppl_vae.load(tmp_path / "copy").guide, loaded_data(runs))["z"]
+    again = ppl_vae.load(runs / "r0")
+    np.testing.assert_array_equal(z_copy.numpy(),
+                                  ppl_vae.latents(again.model, again.guide,
+                                                  loaded_data(runs))["z"].numpy())
+
+
+def loaded_data(runs):
+    from ppl_vae.data.datasets import load_digits
+
+    return load_digits().test[:50]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppl_vae.train.checkpoint import capture_params
+from ppl_vae.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.run_dir import load_run
 
 __all__ = ["load"]
+
+RECORD_KEYS = ("model", "guide", "model_sha256", "guide_sha256", "model_options",
+               "guide_options", "use_labels")
 
 
 def load(path, *, model=None, guide=None, data=None, validation_data=None) -> FitResult:
@@ -40,10 +43,13 @@ def load(path, *, model=None, guide=None, data=None, validation_data=None) -> Fi
     """
     run = load_run(Path(path), model=model, guide=guide, data=data,
                    validation_data=validation_data)
-    import pyro
-
-    params = capture_params(run.model, run.guide, list(pyro.get_param_store().keys()))
+    # The folder's own parameter record, under the names it was trained with (the zoo's
+    # module names carry a per-process counter: this process may have built others first).
+    final = run.path / "final.pt"
+    params = load_checkpoint(final if final.exists() else run.path / CHECKPOINT_NAME,
+                             map_location="cpu")["params"]
     settings = dict(run.config.get("settings", {}))
+    record = {k: run.config[k] for k in RECORD_KEYS if k in run.config}
     return FitResult(model=run.model, guide=run.guide, history=run.history, params=params,
                      settings=settings, state=None,
-                     stopped_early=settings.get("stopped_by") == "patience")
+                     stopped_early=settings.get("stopped_by") == "patience", record=record)

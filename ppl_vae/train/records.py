@@ -57,6 +57,10 @@ def parameter_differences(recorded: dict, now: dict) -> list[str]:
     out = []
     for group in ("pyro_params", "model", "guide"):
         was, has = recorded.get(group, {}), now.get(group, {})
+        if group == "pyro_params":  # module parameters ("name$$$key") are checked by their
+            # module's state dict: their prefix is a per-process name (the zoo's unique_name)
+            was = {n: v for n, v in was.items() if "$$$" not in n}
+            has = {n: v for n, v in has.items() if "$$$" not in n}
         out += [f"{group} {n!r} is missing" for n in was if n not in has]
         if group != "pyro_params":
             out += [f"{group} {n!r} was not trained" for n in has if n not in was]
@@ -98,12 +102,12 @@ def saved_dataset(run_dir, data: bytes) -> Dataset:
 
 
 
-def dataset_parts(dataset: Dataset, split: str):
-    """``x`` or ``(x, y)`` of one split, as ``fit`` got it."""
+def dataset_parts(dataset: Dataset, split: str, *, labels: bool = True):
+    """``x`` or ``(x, y)`` of one split, as ``fit`` got it (``labels=False``: a named data set
+    whose labels the run did not use, as the CLI without ``--with-labels``)."""
     x = dataset.train if split == "train" else dataset.test
-    for kind in ("labels", "targets"):
+    for kind in ("labels", "targets") if labels else ("targets",):
         y = getattr(dataset, f"{split}_{kind}")
         if y is not None:
             return x, y
     return x
-

@@ -34,6 +34,9 @@ class FitResult:
         The final training state (loss module and optimizer), to continue with ``update``.
     stopped_early : bool
         Whether early stopping ended training (the best validation parameters are restored).
+    record : dict or None
+        For a result read by :func:`ppl_vae.load`: how its folder recorded the programs (zoo
+        names and options, ``file.py:name`` and sha256), written again by :meth:`save`.
     """
 
     model: Any
@@ -43,6 +46,8 @@ class FitResult:
     settings: dict
     state: Any = field(repr=False, default=None)
     stopped_early: bool = False
+    # config.json's program entries of the folder ppl_vae.load read this from (save keeps them).
+    record: dict | None = None
 
     def save(self, path, *, data=None, validation_data=None, overwrite: bool = False) -> Path:
         """Write this result as a run folder (the CLI's format: ``config.json``,

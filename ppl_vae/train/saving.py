@@ -53,16 +53,17 @@ def _write_data(out: Path, dataset: Dataset) -> None:
     write_bytes(out / SAVED_DATA, buffer.getvalue(), manifest=True)
 
 
-def _check_fingerprint(dataset: Dataset, settings: dict) -> None:
+def _check_fingerprint(dataset: Dataset, settings: dict, labels: bool) -> None:
     """Refuse data that is not the data the run was trained on (shape and sampled rows)."""
     recorded = settings.get("fingerprint")
     if not recorded:
         return
     dtype = getattr(torch, settings.get("dtype", "float32"))
     has_validation = bool(dataset.info.get("validation"))
-    now = {"data": fingerprint(as_tensors(dataset_parts(dataset, "train"), dtype=dtype)),
-           "validation": fingerprint(as_tensors(dataset_parts(dataset, "test"), dtype=dtype))
-           if has_validation else None}
+    parts = {split: as_tensors(dataset_parts(dataset, split, labels=labels), dtype=dtype)
+             for split in ("train", "test")}
+    now = {"data": fingerprint(parts["train"]),
+           "validation": fingerprint(parts["test"]) if has_validation else None}
     differences = fingerprint_differences(
         recorded if has_validation else {**recorded, "validation": None}, now)
     if differences:
@@ -73,10 +74,16 @@ def _check_fingerprint(dataset: Dataset, settings: dict) -> None:
 
 
 def _config(result, data_spec: str, use_labels: bool) -> dict:
-    return {**describe_program("model", result.model), **describe_program("guide", result.guide),
-            "data": data_spec, "model_options": {}, "guide_options": {},
-            "use_labels": use_labels, "settings": result.settings,
-            "parameters": parameter_shapes(result.params), "written_by": "python"}
+    """config.json of a saved result: the programs as a loaded folder recorded them (zoo names
+    and options, files and their sha256), else as :func:`describe_program` describes them."""
+    programs = dict(result.record) if result.record else {
+        **describe_program("model", result.model), **describe_program("guide", result.guide),
+        "model_options": {}, "guide_options": {}}
+    if result.record and data_spec.startswith(SAVED_PREFIX) is False:
+        use_labels = bool(result.record.get("use_labels"))
+    return {**programs, "data": data_spec, "use_labels": use_labels,
+            "settings": result.settings, "parameters": parameter_shapes(result.params),
+            "written_by": "python"}
 
 
 def save_result(result, path, *, data=None, validation_data=None, overwrite: bool = False) -> Path:
@@ -99,8 +106,9 @@ def save_result(result, path, *, data=None, validation_data=None, overwrite: boo
         dataset, spec = None, NO_DATA
     if dataset is not None:
         dtype = getattr(torch, result.settings.get("dtype", "float32"))
-        _check_fingerprint(dataset if isinstance(data, str) else dataset.to(dtype),
-                           result.settings)
+        named = isinstance(data, str)
+        labels = bool((result.record or {}).get("use_labels")) if named else True
+        _check_fingerprint(dataset.to(dtype), result.settings, labels=labels)
     out.mkdir(parents=True, exist_ok=True)
     with lock_run(out):
         if present:
