@@ -91,3 +91,16 @@ def loaded_data(runs):
     from ppl_vae.data.datasets import load_digits
 
     return load_digits().test[:50]
+
+
+def test_latents_parquet(runs, tmp_path, capsys):
+    import importlib.util
+
+    out = tmp_path / "z.parquet"
+    code = main(["latents", str(runs / "r0"), "--out", str(out)])
+    if importlib.util.find_spec("pyarrow") is None and \
+            importlib.util.find_spec("fastparquet") is None:
+        assert code == 2 and "pip install pyarrow" in capsys.readouterr().err
+        assert not out.exists()
+    else:
+        assert code == 0 and list(pd.read_parquet(out).columns) == ["point", "z_0", "z_1"]

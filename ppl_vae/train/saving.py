@@ -79,7 +79,7 @@ def _config(result, data_spec: str, use_labels: bool) -> dict:
     programs = dict(result.record) if result.record else {
         **describe_program("model", result.model), **describe_program("guide", result.guide),
         "model_options": {}, "guide_options": {}}
-    if result.record and data_spec.startswith(SAVED_PREFIX) is False:
+    if result.record and not data_spec.startswith(SAVED_PREFIX):
         use_labels = bool(result.record.get("use_labels"))
     return {**programs, "data": data_spec, "use_labels": use_labels,
             "settings": result.settings, "parameters": parameter_shapes(result.params),
