@@ -147,6 +147,17 @@ def test_fit_checkpoint_dir_is_a_run_folder(tmp_path, programs):
                      validation_data=xv)
 
 
+def test_fit_never_trains_into_a_saved_run(tmp_path, programs):
+    _, module = programs
+    x, xv = _data()
+    _fit(module, x, xv).save(tmp_path / "run", data=x, validation_data=xv)
+    before = (tmp_path / "run" / "final.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="saved by FitResult.save"):
+        _fit(module, x, xv, checkpoint_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "final.pt").read_bytes() == before
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_resumed_fit_keeps_its_folder_a_run_folder(tmp_path, programs):
     _, module = programs
     x, xv = _data()

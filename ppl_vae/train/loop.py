@@ -247,7 +247,8 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
         # A new run into a folder with a checkpoint is refused in _resume_and_train.
         owns_folder = config.checkpoint_dir is not None and main and (
             config.resume or not (config.checkpoint_dir / CHECKPOINT_NAME).exists()) and \
-            start_fit_folder(config.checkpoint_dir, model, guide, prepared.dtype)
+            start_fit_folder(config.checkpoint_dir, model, guide, prepared.dtype,
+                             resume=config.resume)
         records, settings = _resume_and_train(model, guide, state, prepared, config, engine,
                                               settings, stopper, warmup)
         result = FitResult(

@@ -129,13 +129,19 @@ def _write_trained(out: Path, result) -> None:
     save_checkpoint(out / "final.pt", {"params": result.params, "history": records})
 
 
-def start_fit_folder(folder, model, guide, dtype: torch.dtype) -> bool:
+def start_fit_folder(folder, model, guide, dtype: torch.dtype, *, resume: bool) -> bool:
     """Make ``fit(checkpoint_dir=...)``'s folder a run folder from its first epoch on: write its
-    ``config.json`` unless one is there (the CLI's, or an earlier ``fit``'s). Returns whether
-    this ``fit`` owns the config (and so completes it at the end)."""
+    ``config.json``, unless the CLI wrote one (it completes its own) or this is a resumed
+    ``fit``'s. A run saved there by ``FitResult.save`` is refused. Returns whether this ``fit``
+    owns the config (and so completes it at the end)."""
     path = Path(folder) / "config.json"
     if path.exists():
-        return read_config(folder).get("written_by") == "fit"
+        writer = read_config(folder).get("written_by")
+        if writer == "python":
+            raise FileExistsError(f"checkpoint_dir {str(folder)!r} holds a run saved by "
+                                  "FitResult.save: choose another checkpoint_dir")
+        if writer != "fit" or resume:
+            return writer == "fit"
     config = {**describe_program("model", model), **describe_program("guide", guide),
               "data": NO_DATA, "model_options": {}, "guide_options": {}, "use_labels": False,
               "settings": {"dtype": str(dtype).replace("torch.", "")}, "written_by": "fit"}
