@@ -21,12 +21,15 @@ from ppl_vae.diagnostics import (
     pointwise_psis,
     sbc,
 )
+from ppl_vae.diagnostics.compare import Comparison, compare
 from ppl_vae.estimators.explain import explain, monte_carlo_kl_sites
 from ppl_vae.estimators.registry import ESTIMATORS, EstimatorSpec, make_elbo, register_estimator
 from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
 from ppl_vae.evaluation.arviz import to_arviz
+from ppl_vae.evaluation.latents import latents
 from ppl_vae.evaluation.metrics import Evaluation, evaluate
 from ppl_vae.reporting.page import report
+from ppl_vae.train.loading import load
 from ppl_vae.train.loop import fit
 from ppl_vae.train.result import FitResult, TrainingDivergedError
 from ppl_vae.train.state import TrainState, init_state, update
@@ -47,8 +50,10 @@ __all__ = [
     "evaluate",
     "explain",
     "fit",
+    "load",
     "gradient_variance",
     "init_state",
+    "latents",
     "make_elbo",
     "register_estimator",
     "monte_carlo_kl_sites",
@@ -56,6 +61,8 @@ __all__ = [
     "DiskData",
     "write_shards",
     "diagnose",
+    "compare",
+    "Comparison",
     "inference_gaps",
     "latent_table",
     "log_evidence",

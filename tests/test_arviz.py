@@ -36,6 +36,11 @@ def test_vae_export_follows_arviz_conventions(digits, dtype):
     assert tree["sample_stats"]["log_q"].dims == ("chain", "draw", "data")
     np.testing.assert_array_equal(tree["observed_data"]["x"].values, x.numpy())
     assert tree.attrs["estimator"] == "analytic"
+    # arviz_stats.loo would run on log_likelihood: the tree says it does not apply, and why.
+    for attrs in (tree.attrs, tree["log_likelihood"].attrs):
+        assert "does not apply" in attrs["leave_one_out"]
+        assert "ppl_vae.compare" in attrs["leave_one_out"]
+    assert "leave_one_out" not in tree["posterior"].attrs
     assert json.loads(tree.attrs["versions"])["pyro-ppl"].startswith("1.9")
     assert tree["posterior"]["z"].dtype == x.numpy().dtype
     # Same seed, same draws: the export is pointwise.draw laid out for ArviZ (12 points are

@@ -30,6 +30,7 @@ from ppl_vae.cli.common import (
 )
 from ppl_vae.cli.errors import one_line
 from ppl_vae.cli.estimators import print_plan
+from ppl_vae.cli.workflow import add_logger_argument, make_loggers
 from ppl_vae.estimators.registry import ESTIMATORS
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.registry import describe
@@ -63,7 +64,8 @@ from ppl_vae.train.user_data import data_function_record, is_data_function
 # `ppl-vae run`'s training defaults (measured on the bundled digits, see the README).
 RUN_LR, RUN_BATCH_SIZE = 3e-3, 32
 
-COMMAND_MODULES = ["ppl_vae.cli.main", "ppl_vae.cli.estimators", "ppl_vae.cli.diagnostics"]
+COMMAND_MODULES = ["ppl_vae.cli.main", "ppl_vae.cli.estimators", "ppl_vae.cli.diagnostics",
+                   "ppl_vae.cli.workflow"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -183,6 +185,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=None,
                    help="Lightning Fabric strategy: ddp (default with --devices), ddp_spawn, ...")
     p.add_argument("--num-nodes", type=positive_int, default=1, help="machines (torchrun / SLURM)")
+    add_logger_argument(p)
 
 
 def _devices(text: str):
@@ -272,12 +275,13 @@ def train_run(args, out: Path):
         epochs=args.epochs,
         batch_size=min(args.batch_size, dataset.train.shape[0]), lr=args.lr,
         optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
-        progress=not args.no_progress, checkpoint_dir=out, resume=args.resume,
+        progress=False if args.no_progress else None, checkpoint_dir=out, resume=args.resume,
         early_stopping_patience=args.early_stopping, patience=args.patience,
         max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
         lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
         free_bits=args.free_bits, callbacks=callbacks,
         devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+        loggers=make_loggers(args.logger, out) if writer else (),
     )
     if result.settings.get("global_rank", 0) != 0:
         # Data-parallel workers other than rank 0 are done: rank 0 writes and evaluates the run.

@@ -78,6 +78,19 @@ class Dataset:
             return None
         return int(torch.cat([self.train_labels, self.test_labels]).max()) + 1
 
+    def __repr__(self) -> str:
+        extra = [f"{self.num_classes} classes" if self.train_labels is not None else "",
+                 "targets" if self.train_targets is not None else "",
+                 f"images {self.image_shape[0]}x{self.image_shape[1]}" if self.image_shape else ""]
+        return (f"Dataset({self.name!r}, train {tuple(self.train.shape)}, test "
+                f"{tuple(self.test.shape)}, {self.train.dtype}"
+                + "".join(f", {e}" for e in extra if e) + ")")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<code>{html.escape(repr(self))}</code>"
+
     def to(self, dtype: torch.dtype) -> Dataset:
         targets = [None if t is None else t.to(dtype)
                    for t in (self.train_targets, self.test_targets)]

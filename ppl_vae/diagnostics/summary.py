@@ -16,6 +16,7 @@ from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.diagnostics.calibration import calibration_table
 from ppl_vae.diagnostics.collapse import Reconstruction, reconstruction_gain, reference_value
 from ppl_vae.diagnostics.convergence import Convergence, convergence
+from ppl_vae.diagnostics.display import checks_html, short_repr
 from ppl_vae.diagnostics.distributed import launch_diagnose
 from ppl_vae.diagnostics.gaps import inference_gaps
 from ppl_vae.diagnostics.latent import kl_summary, latent_pass, mutual_information
@@ -114,6 +115,12 @@ class Diagnostics:
 
     def __str__(self) -> str:
         return self.checks.to_string(index=False)
+
+    def __repr__(self) -> str:
+        return short_repr(self)
+
+    def _repr_html_(self) -> str:
+        return checks_html(self)
 
 
 def posterior_summary(tree, *, worst: list | None = None) -> pd.DataFrame:

@@ -36,6 +36,10 @@ class Evaluation(dict):
     def _repr_html_(self) -> str:
         return self.to_frame().to_html(float_format=lambda v: f"{v:.4f}")
 
+    def __repr__(self) -> str:
+        return "Evaluation(" + ", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in self.items()) + ")"
+
 
 def evaluate(
     model: Callable,

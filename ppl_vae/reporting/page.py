@@ -23,6 +23,7 @@ from ppl_vae.evaluation.arviz import runs_from
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.reporting import figures as figs
+from ppl_vae.reporting.display import ReportPath
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.storage import write_bytes
 
@@ -201,8 +202,9 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
 
     Returns
     -------
-    pathlib.Path
-        The written file. Every figure is embedded, so the file can be mailed or archived.
+    ReportPath
+        The written file (a :class:`pathlib.Path`; in a notebook it shows the page inline).
+        Every figure is embedded, so the file can be mailed or archived.
     """
     chains = runs_from(model, guide, runs)
     m0, g0, s0 = chains[0]
@@ -229,7 +231,7 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
         *_latent_space(diagnostics, labels), *_arviz(diagnostics, worst_rows),
         *_gaps(diagnostics.gaps), *_sbc(diagnostics),
     ]
-    return _write_page(out, title, parts)
+    return ReportPath(_write_page(out, title, parts))
 
 
 def _header(title, num_runs: int, num_points: int, diagnostics) -> list[str]:

@@ -21,6 +21,7 @@ import torch
 
 from ppl_vae.data.tensors import resolve_device
 from ppl_vae.estimators.jit import check_jit
+from ppl_vae.train.loggers import check_loggers
 from ppl_vae.train.state import OPTIMIZERS
 from ppl_vae.train.threads import check_threads
 
@@ -49,7 +50,7 @@ class FitConfig:
     dtype: torch.dtype | None = None
     threads: int | str | None = "auto"
     seed: int = 0
-    progress: bool = True
+    progress: bool | None = None  # None: on a terminal or in a notebook
     checkpoint_dir: Path | None = None
     resume: bool = False
     data_plate: str | None = None  # None: found by init_state (the plate of the batch's size)
@@ -69,6 +70,7 @@ class FitConfig:
     kl_warmup_epochs: int = 0
     free_bits: float | None = None
     free_bits_per: str = "dim"
+    loggers: tuple = ()  # lightning.fabric.loggers.Logger instances
 
     @property
     def optimizer_name(self) -> str:
@@ -260,7 +262,7 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
                     data_plate, callbacks, early_stopping_patience, elbo_options, devices,
                     strategy, num_nodes, patience=20, max_epochs=500, time_budget=None,
                     tolerance=0.01, lr_schedule=None, kl_warmup_epochs=0, free_bits=None,
-                    free_bits_per="dim", auto=False) -> FitConfig:
+                    free_bits_per="dim", auto=False, loggers=()) -> FitConfig:
     """Check every argument of ``fit`` but the programs and the data; return them as a
     :class:`FitConfig`. Raises ``TypeError`` / ``ValueError`` naming the argument.
     ``auto=True`` reads ``epochs`` as the budget of ``epochs="auto"`` (a FitConfig's fields
@@ -286,7 +288,8 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
         optimizer=check_optimizer(optimizer), device=resolve_device(device),
         dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),
         threads=check_threads(threads),
-        progress=as_flag("progress", progress), checkpoint_dir=checkpoint_dir, resume=resume,
+        progress=None if progress is None else as_flag("progress", progress),
+        loggers=check_loggers(loggers), checkpoint_dir=checkpoint_dir, resume=resume,
         data_plate=_as_name("data_plate", data_plate, optional=True), callbacks=check_callbacks(callbacks),
         early_stopping_patience=stop_patience, elbo_options=_check_elbo_options(elbo_options),
         devices=devices, strategy=strategy, num_nodes=num_nodes, **converge,

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 from ppl_vae.programs.digest import program_digests
 from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
-from ppl_vae.train.checkpoint import capture_params
+from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.train.epoch import Epochs
+from ppl_vae.train.loggers import EpochLoggers
 from ppl_vae.train.objective import FreeBits, KLWarmup
 from ppl_vae.train.prepare import (
     make_settings,
@@ -38,6 +39,7 @@ from ppl_vae.train.prepare import (
 )
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
+from ppl_vae.train.saving import finish_fit_folder, start_fit_folder
 from ppl_vae.train.storage import lock_run
 from ppl_vae.train.threads import choose_threads, intra_op_threads
 
@@ -64,7 +66,7 @@ def fit(
     dtype: torch.dtype | None = None,
     threads="auto",
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     data_plate: str | None = None,
@@ -82,6 +84,7 @@ def fit(
     kl_warmup_epochs: int = 0,
     free_bits: float | None = None,
     free_bits_per: str = "dim",
+    loggers: Sequence = (),
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -139,11 +142,15 @@ def fit(
         :func:`ppl_vae.train.threads.choose_threads`.
     seed : int
         Seeds Pyro, torch, NumPy and the batch order: the same seed gives the same history.
-    progress : bool
-        tqdm bar over epochs (shown only on a terminal).
+    progress : bool, optional
+        A ``tqdm.auto`` bar over epochs (a widget in Jupyter) and one summary line at the end
+        (epochs, final ELBOs, seconds, what stopped training). None (default): shown on a
+        terminal and in a notebook; True: always; False: never.
     checkpoint_dir : path, optional
         Write ``checkpoint.pt`` (atomically) and ``history.csv`` there after every epoch. A
-        folder that holds a checkpoint already is refused unless ``resume=True``.
+        folder that holds a checkpoint already is refused unless ``resume=True``. The folder is
+        a run folder (``config.json``, and ``final.pt`` at the end): ``ppl_vae.load`` reads it
+        (with ``data=``: it keeps no copy of the data).
     resume : bool
         Continue from ``checkpoint_dir``'s checkpoint when there is one. The run must be the
         checkpoint's run: other settings or other data (compared by shape and a content
@@ -172,6 +179,10 @@ def fit(
         ``"ddp_spawn"``, ``"ddp_fork"``. Default ``"auto"`` when ``devices`` > 1.
     num_nodes : int
         Number of machines (launched by torchrun or SLURM, see ``docs/scaling.md``).
+    loggers : sequence of lightning.fabric.loggers.Logger
+        Experiment loggers (``CSVLogger``, ``TensorBoardLogger``, MLflow, W&B): per epoch
+        ``train_elbo``, ``val_elbo``, ``kl``, ``lr``, ``kl_weight``, ``seconds``; the settings
+        as hyperparameters (:mod:`~ppl_vae.train.loggers`).
 
     Returns
     -------
@@ -205,7 +216,7 @@ def fit(
         devices=devices, strategy=strategy, num_nodes=num_nodes, patience=patience,
         max_epochs=max_epochs, time_budget=time_budget, tolerance=tolerance,
         lr_schedule=lr_schedule, kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits,
-        free_bits_per=free_bits_per,
+        free_bits_per=free_bits_per, loggers=loggers,
     )
     with _own_param_store():
         return run_fit(model, guide, data, validation_data, config)
@@ -260,18 +271,55 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     settings = make_settings(config, prepared, world, rank)
     settings["programs"] = program_digests(model, guide)  # a resume or evaluate compares it
     stopper = _stopper(config, prepared, state)
+    main = engine is None or engine.is_main
+    logs = None
+    if config.loggers and main:
+        logs = EpochLoggers(config.loggers, model, guide, _kl_rows(prepared, config))
+        logs.start(settings)
+        config = replace(config, callbacks=(*config.callbacks, logs.epoch))
     # One writer per run folder: a second process (or a second fit) training into it is refused
     # while this one runs. Data-parallel workers run under their launcher's lock.
     held = lock_run(config.checkpoint_dir) if config.checkpoint_dir is not None and engine is None \
         else contextlib.nullcontext()
     with held:
+        # A new run into a folder with a checkpoint is refused in _resume_and_train.
+        owns_folder = config.checkpoint_dir is not None and main and (
+            config.resume or not (config.checkpoint_dir / CHECKPOINT_NAME).exists()) and \
+            start_fit_folder(config.checkpoint_dir, model, guide, prepared.dtype,
+                             resume=config.resume)
         records, settings = _resume_and_train(model, guide, state, prepared, config, engine,
                                               settings, stopper, warmup)
-    return FitResult(
-        model=model, guide=guide, history=pd.DataFrame.from_records(records),
-        params=capture_params(model, guide, state.param_names), settings=settings,
-        state=state, stopped_early=stopper is not None and stopper.stopped,
-    )
+        result = FitResult(
+            model=model, guide=guide, history=pd.DataFrame.from_records(records),
+            params=capture_params(model, guide, state.param_names), settings=settings,
+            state=state, stopped_early=stopper is not None and stopper.stopped,
+        )
+        if owns_folder:
+            finish_fit_folder(config.checkpoint_dir, result)
+    if logs is not None:
+        logs.finish()
+    if main and show_progress(config.progress):
+        print(f"ppl-vae fit: {result._line()}", flush=True)
+    return result
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether to show the bar and the summary: ``progress``, or when None, on a terminal or
+    in a Jupyter kernel (where ``sys.stderr.isatty()`` is False)."""
+    if progress is not None:
+        return progress
+    if sys.stderr.isatty():
+        return True
+    shell = sys.modules.get("IPython")
+    shell = shell.get_ipython() if shell is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _kl_rows(prepared, config: FitConfig):
+    """The fixed rows the loggers' ``kl`` is measured on: a batch of validation rows (else of
+    training rows), in memory."""
+    rows = prepared.validation_head if prepared.validation_head is not None else prepared.head
+    return tuple(t[:config.batch_size] for t in rows)
 
 
 def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, settings: dict,
@@ -342,7 +390,7 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
     """The epochs ``todo``: each one's steps, its history row, early stopping, the checkpoint,
     the user's callbacks; stops when early stopping or a callback says so."""
     config, engine = epochs.config, epochs.engine
-    show = config.progress and sys.stderr.isatty()
+    show = show_progress(config.progress) and (engine is None or engine.is_main)
     bar = tqdm(todo, desc="ppl-vae fit", unit="epoch", disable=not show, initial=todo.start - 1,
                total=config.epochs)
     batch = max(config.batch_size // (1 if engine is None else engine.world_size), 1)

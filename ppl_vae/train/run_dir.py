@@ -31,12 +31,23 @@ from ppl_vae.programs.registry import build, file_sha256, is_file_spec
 from ppl_vae.programs.util import max_plate_nesting
 from ppl_vae.train.checkpoint import (
     CHECKPOINT_NAME,
+    capture_params,
     load_checkpoint,
     restore_params,
     save_checkpoint,
     save_history,
 )
 from ppl_vae.train.prepare import fingerprint
+from ppl_vae.train.records import (
+    NO_DATA,
+    PYTHON_PREFIX,
+    SAVED_DATA,
+    SAVED_PREFIX,
+    dataset_from_data,
+    parameter_differences,
+    parameter_shapes,
+    saved_dataset,
+)
 from ppl_vae.train.resume import fingerprint_differences
 from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
 from ppl_vae.train.user_data import is_data_function, load_data_function, named_data
@@ -47,7 +58,8 @@ __all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run
 
 # Every file a run folder may hold (--overwrite removes exactly these, and what the manifest lists).
 RUN_FILES = ("config.json", "history.csv", CHECKPOINT_NAME, "final.pt", "evaluation.csv",
-             "report.html", "diagnostics.nc", "diagnostics.csv", "diagnostics_checks.csv")
+             "report.html", "diagnostics.nc", "diagnostics.csv", "diagnostics_checks.csv",
+             SAVED_DATA)
 # config.json keys that define the run: resuming with another value of one is refused.
 RUN_KEYS = ("model", "guide", "data", "model_options", "guide_options", "use_labels",
             "model_sha256", "guide_sha256", "data_sha256")
@@ -253,8 +265,10 @@ def _program(path: Path, config: dict, kind: str, given):
     recorded = config[kind]
     if given is None:
         return recorded  # a zoo name (user files are refused before, in load_run)
-    if not isinstance(given, str):
-        return given  # a class or function passed in Python: the caller vouches for it
+    if not isinstance(given, str) or recorded.startswith(PYTHON_PREFIX):
+        # A program passed in Python, or one a Python session described: the parameters'
+        # recorded names and shapes are what load_run checks it against.
+        return given
     if is_file_spec(given) != is_file_spec(recorded) or (
             not is_file_spec(given) and given != recorded) or (
             is_file_spec(given) and given.split(":", 1)[1] != recorded.split(":", 1)[1]):
@@ -271,20 +285,52 @@ def _program(path: Path, config: dict, kind: str, given):
     return given
 
 
-def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
+def _user_record(spec: str) -> bool:
+    return is_file_spec(spec) or spec.startswith(PYTHON_PREFIX)
+
+
+def _run_dataset(path: Path, config: dict, data, validation_data):
+    """The run's data: its named data set or file, the folder's saved ``data.npz``, or (for a
+    folder that records none: ``fit(checkpoint_dir=...)``) what the caller passes."""
+    spec = config["data"]
+    if spec == NO_DATA:
+        if data is None:
+            raise ValueError(
+                f"{path} records no data (fit(checkpoint_dir=...) keeps no copy of it): load it "
+                "in Python with ppl_vae.load(..., data=...), or write the folder with "
+                "FitResult.save(dir, data=...) for the CLI")
+        return dataset_from_data(data, validation_data, name=path.name)
+    if data is not None and not isinstance(data, str):
+        raise ValueError(f"data: {path} brings its own data ({spec!r}); pass none")
+    if spec.startswith(SAVED_PREFIX):
+        return saved_dataset(path, read_run_file(path / spec[len(SAVED_PREFIX):]))
+    return load_data(named_data(path, config, data))
+
+
+def load_run(run_dir, *, model=None, guide=None, data=None, validation_data=None) -> Run:
     """Rebuild the programs of a run folder with their trained parameters.
 
     Every file read is checked against the folder's manifest. Zoo programs are built from
     their recorded names; a user program (``file.py:name`` in config.json) is imported only
     when given here, as the same ``file.py:name`` (checked against the recorded sha256) or as
-    the class/function itself. Clears Pyro's param store: the run's parameters replace it.
-    Data from a user file's function (``file.py:function``) is loaded only when ``data`` names
-    it again, and the file must be the one the run was trained with (sha256).
+    the class/function itself; a program a Python session saved (``python:...``) is passed
+    again. Clears Pyro's param store: the run's parameters replace it. ``data``: for a folder that
+    records no data (``fit(checkpoint_dir=...)``), the data itself (and ``validation_data``); for
+    a run trained on a user file's function (``file.py:function``), that spec named again, the
+    file checked against the recorded sha256.
+    When config.json records the parameters' names and shapes, programs whose parameters
+    differ are refused, naming them.
     """
     path = Path(run_dir)
     config = read_config(path)
     named = {"model": model, "guide": guide}
-    missing = [f"--{k} {config[k]}" for k in named if named[k] is None and is_file_spec(config[k])]
+    described = [k for k in named if named[k] is None and config[k].startswith(PYTHON_PREFIX)]
+    if described:
+        raise ValueError(
+            f"{path / 'config.json'}: the {' and '.join(described)} were saved from Python ("
+            + ", ".join(config[k] for k in described) + "), not from a file: pass the programs "
+            "again (Python: ppl_vae.load(..., model=..., guide=...); CLI: --model file.py:name)")
+    missing = [f"--{k} {config[k]}" for k in named if named[k] is None and _user_record(config[k])]
     if missing:
         raise ValueError(
             f"{path / 'config.json'} names user program file(s); ppl-vae never imports code a "
@@ -292,9 +338,8 @@ def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
             "guide=...)) to load them")
     programs = {"model": _program(path, config, "model", model),
                 "guide": _program(path, config, "guide", guide)}
-    data_spec = named_data(path, config, data)
     dtype = DTYPES[config.get("settings", {}).get("dtype", "float32")]
-    dataset = load_data(data_spec).to(dtype)
+    dataset = _run_dataset(path, config, data, validation_data).to(dtype)
     final = path / "final.pt"
     if not final.exists():
         final = path / CHECKPOINT_NAME
@@ -316,11 +361,20 @@ def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
             program.to(dtype=dtype)
-    # pyro.param sites are created by running the programs once before their values load, on
-    # all training rows: a parameter with one row per data point (sized by x.shape[0]) is made
-    # with as many rows as in training.
+    # pyro.param sites are created by running the programs once before their values load: on
+    # two rows, or on all training rows where a trained parameter has one entry per row (a
+    # per-row pyro.param sized by x.shape[0], an autoguide's local latents).
     with torch.random.fork_rng():
-        max_plate_nesting(model, guide, _as_tuple(fit_data(config, dataset)))
+        max_plate_nesting(model, guide, tuple(t[:_setup_rows(config, ckpt)]
+                                              for t in _as_tuple(fit_data(config, dataset))))
+    if "parameters" in config:
+        now = parameter_shapes(capture_params(model, guide, pyro.get_param_store().keys()))
+        differences = parameter_differences(config["parameters"], now)
+        if differences:
+            raise ValueError(f"{path}: the programs' parameters are not the trained ones ("
+                             + "; ".join(differences[:6])
+                             + ("; ..." if len(differences) > 6 else "")
+                             + "): pass the programs the run was trained with")
     try:
         restore_params(ckpt["params"], model, guide)
     except (RuntimeError, KeyError, ValueError) as exc:
@@ -330,6 +384,15 @@ def load_run(run_dir, *, model=None, guide=None, data=None) -> Run:
     history = path / "history.csv"
     history = pd.read_csv(io.BytesIO(read_run_file(history))) if history.exists() else pd.DataFrame()
     return Run(path, config, dataset, model, guide, history)
+
+
+def _setup_rows(config: dict, ckpt: dict) -> int | None:
+    """Rows to run the programs on before the parameters load: two, or all (None) when a
+    trained ``pyro.param`` has one entry per training row (made for the rows of its first
+    call). Read from the checkpoint's own tensors, so runs of every version are covered."""
+    rows = config.get("settings", {}).get("num_data")
+    shapes = [tuple(v.shape) for v in ckpt.get("params", {}).get("pyro_params", {}).values()]
+    return None if rows is None or any(rows in shape for shape in shapes) else 2
 
 
 def _check_same_data(path: Path, config: dict, dataset, dtype, recorded: dict) -> None:
