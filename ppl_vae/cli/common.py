@@ -36,8 +36,11 @@ def add_program_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` / ``--guide`` for commands that read a run folder: a run trained with a user
     program needs it named again (it is never imported because a config.json names it)."""
     p.add_argument("--model", default=None,
-                   help="the run's user model file.py:name (checked against its recorded sha256)")
-    p.add_argument("--guide", default=None, help="the run's user guide file.py:name")
+                   help="the run's user model file.py:name, checked against its recorded "
+                   "sha256 (default: the zoo model config.json names)")
+    p.add_argument("--guide", default=None,
+                   help="the run's user guide file.py:name (default: the zoo guide "
+                   "config.json names)")
 
 
 def require_run(run_dir) -> Path:
