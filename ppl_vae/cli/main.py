@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -21,7 +22,6 @@ from pathlib import Path
 import pyro
 import torch
 
-from ppl_vae import __version__
 from ppl_vae.cli.common import (
     add_program_arguments,
     open_run,
@@ -448,7 +448,7 @@ def register(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ppl-vae", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+    parser.add_argument("--version", action="version", version="%(prog)s " + importlib.metadata.version("ppl-vae"),
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
