@@ -94,7 +94,7 @@ def test_report_of_a_custom_global_model_with_two_runs(tmp_path):
     path = report(data=x, runs=runs, out=tmp_path / "global.html", num_draws=40,
                   gaps=False, calibrate=False, title="custom model")
     page = path.read_text()
-    assert "posterior of the global latents" in page  # arviz-plots plot_dist of mu
+    assert "posterior of every global latent dimension" in page  # arviz-plots plot_dist of mu
     assert "R-hat across runs" in page
     assert all(s.startswith("data:image/png;base64,") for s in _images(page))
 
