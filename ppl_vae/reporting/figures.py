@@ -218,6 +218,8 @@ def globals_figure(tree, selected) -> bytes | None:
     small = arviz_base.from_dict({"posterior": posterior})
     pc = arviz_plots.plot_dist(small, backend="matplotlib", col_wrap=3)
     fig = pc.viz["chart"].item() if "chart" in pc.viz else _plt().gcf()
+    if fig.get_layout_engine() is None:  # room between the rows for the tick labels
+        fig.subplots_adjust(hspace=0.6)
     return _png(fig)
 
 

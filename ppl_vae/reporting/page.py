@@ -302,9 +302,10 @@ def _latent_space(diagnostics, labels) -> list[str]:
     if means is None:
         return []
     if labels is not None and len(labels) == means.shape[0]:
-        return ["<h2>Latent space</h2>",
-                _img(figs.latent_map(means, np.asarray(labels)), "guide means coloured by label")]
-    return ["<h2>Latent space</h2>", _img(figs.latent_map(means), "guide means")]
+        png, caption = figs.latent_map(means, np.asarray(labels)), "guide means coloured by label"
+    else:
+        png, caption = figs.latent_map(means), "guide means"
+    return ["<h2>Latent space</h2>", _img(png, caption)] if png is not None else []
 
 
 _GAPS = {
