@@ -17,14 +17,14 @@ __all__ = ["posterior_section"]
 
 MAX_PANELS = 6  # panels per figure: more stop being readable at 1400 px
 MAX_ROWS = 15  # dimensions listed one per row; beyond, summary statistics
-PRIOR_ROWS = 64  # the model is traced on this many rows for the globals' prior moments
 
 
 def posterior_section(diagnostics, model, batch, worst_points) -> list[str]:
     """The section's HTML parts (empty when the model has no latent to show)."""
     tree = diagnostics.tree
     parts = []
-    globals_ = global_table(tree, model, tuple(t[:PRIOR_ROWS] for t in batch))
+    # On all the rows: a program may size its plates from its data (one trace, globals only).
+    globals_ = global_table(tree, model, batch)
     if globals_ is not None:
         parts += _globals(tree, globals_)
     parts += _locals(diagnostics, worst_points)
