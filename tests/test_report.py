@@ -108,6 +108,7 @@ def test_report_of_a_custom_global_model_with_two_runs(tmp_path):
                   gaps=False, calibrate=False, title="custom model")
     page = path.read_text()
     assert "posterior of every global latent dimension" in page  # arviz-plots plot_dist of mu
+    assert "no history given" in page and "<td>epochs run</td>" not in page  # not "0 epochs"
     assert "R-hat across runs" in page
     assert all(s.startswith("data:image/png;base64,") for s in _images(page))
 

@@ -41,8 +41,11 @@ def _latent_size(diagnostics) -> str:
 
 
 def _ending(settings: dict, history) -> dict:
+    if history is None or not len(history):
+        return {"training": "no history given (report was not handed a fit's result or "
+                            "history)"}
     rows = {}
-    run = 0 if history is None else len(history)
+    run = len(history)
     budget = settings.get("max_epochs") if settings.get("epochs_mode") == "auto" else \
         settings.get("epochs")
     rows["epochs run"] = f"{run}" + (f" of at most {budget}" if budget is not None else "")
@@ -53,11 +56,11 @@ def _ending(settings: dict, history) -> dict:
             "tolerance", "patience", "max_epochs", "epochs", "time_budget")})
     kept = settings.get("kept_epoch")
     if kept is not None:
-        last = None if history is None or not len(history) else int(history["epoch"].iloc[-1])
+        last = int(history["epoch"].iloc[-1])
         rows["kept epoch"] = (f"{kept}: the last one" if kept == last else
                               f"{kept}: the best monitored ELBO; the parameters of the epochs "
                               "after it were discarded")
-    if history is not None and "lr" in history and len(history):
+    if "lr" in history:
         first, last = float(history["lr"].iloc[0]), float(history["lr"].iloc[-1])
         drops = int((history["lr"].diff() < 0).sum())
         rows["learning rate"] = (f"{first:.3g}" if drops == 0 else
@@ -74,10 +77,11 @@ def settings_table(settings: dict, history, diagnostics, num_points: int) -> pd.
     rows["split"] = settings.get("split") or f"the data given to report ({num_points:,} rows)"
     rows["latent size"] = _latent_size(diagnostics)
     rows.update(_ending(settings, history))
-    name = str(settings.get("estimator", "unknown"))
-    spec = ESTIMATORS.get(name)
-    rows["estimator"] = name
-    rows["what it computes"] = spec.summary if spec is not None else "(not a registered name)"
+    if settings.get("estimator") is not None:
+        name = str(settings["estimator"])
+        spec = ESTIMATORS.get(name)
+        rows["estimator"] = name
+        rows["what it computes"] = spec.summary if spec is not None else "(not a registered name)"
     for key in _TRAINING_KEYS:
         if settings.get(key) is not None:
             rows[key] = settings[key]
