@@ -57,7 +57,7 @@ def test_compare_prints_the_table_and_writes_the_figure(runs, tmp_path, capsys):
 
 
 def test_train_logger_csv(tmp_path, capsys):
-    pytest.importorskip("lightning")
+    pytest.importorskip("lightning_fabric")
     assert main(["train", "--out", str(tmp_path / "r"), *TINY, "--epochs", "2",
                  "--logger", f"csv:{tmp_path / 'logs'}"]) == 0
     (metrics,) = (tmp_path / "logs").rglob("metrics.csv")

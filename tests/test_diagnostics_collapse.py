@@ -129,3 +129,31 @@ def test_an_untrained_vae_fails_and_a_trained_one_passes(digits):
         lr=3e-3, progress=False)
     gain, verdict = status()
     assert gain > 1.0 and verdict == "ok"
+
+
+def _latent(kls):
+    return pd.DataFrame({"site": "z", "dim": range(len(kls)), "kl": kls,
+                         "activity": [1.0 if k >= 0.01 else 0.0 for k in kls],
+                         "active": [k >= 0.01 for k in kls], "method": "analytic"})
+
+
+class _Recon:
+    def __init__(self, gain):
+        self.recon, self.recon_prior_mean, self.gain = -20.0 + gain, -20.0, gain
+
+
+@pytest.mark.parametrize("kls, mi, gain, status, advised", [
+    ([0.8, 0.7, 0.5] + [0.001] * 17, 2.7, 6.2, "ok", False),  # the converged digits VAE: 3 of 20
+    ([0.0] * 20, 0.0, 0.0, "failing", True),  # total collapse
+    ([0.02, 0.001, 0.001, 0.001], 0.05, 0.01, "warning", True),  # partial, and z says nothing
+    ([0.5, 0.6], 1.5, 3.0, "ok", False),  # every unit in use
+])
+def test_unused_units_are_flagged_only_when_the_code_carries_too_little(kls, mi, gain, status,
+                                                                         advised):
+    latent = _latent(kls)
+    rows = pd.DataFrame(collapse_rows(latent, kl_summary(latent), mi, None, 300, _Recon(gain),
+                                      None)).set_index("check")
+    assert rows.loc["Active units", "status"] == status
+    assert bool(rows.loc["Active units", "advice"]) == advised
+    if status == "ok" and min(kls) < 0.01:
+        assert "not collapse" in rows.loc["Active units", "why"]

@@ -45,3 +45,43 @@ def test_the_training_elbo_is_used_without_validation_and_short_histories_are_no
     assert convergence(h).column == "train_elbo" and convergence(h).still_improving
     assert convergence(_history(values[:6])) is None
     assert convergence_row(None) is None
+
+
+def _scheduled(seed=0):
+    """Like the MNIST run of issue 23: the ELBO rises by 3 nats over 88 epochs at lr 3e-3 and
+    while the plateau schedule halves the rate 11 times (down to 1.5e-6 at epoch 88), then is
+    flat (noise 0.05) at that rate for the last 12 epochs; the patience rule stopped it."""
+    rng = np.random.default_rng(seed)
+    e = np.arange(1, 101)
+    values = -30 + 3 * np.minimum(e, 88) / 88 + 0.05 * rng.standard_normal(100)
+    lr = 3e-3 * 0.5 ** np.clip(e - 77, 0, 11)
+    h = _history(values)
+    h["lr"] = lr
+    return h
+
+
+def test_a_run_flat_at_its_decayed_learning_rate_is_not_told_to_train_longer():
+    h = _scheduled()
+    # Over the last third (34 epochs) the rise at the higher rates still shows...
+    assert convergence(h.drop(columns="lr")).still_improving
+    # ... but at the final rate (within a factor 2 of it) the ELBO is flat: converged.
+    flagged = sum(convergence(_scheduled(seed), stopped_by="patience").still_improving
+                  for seed in range(20))
+    assert flagged <= 3  # a one-sided 5% test on flat noise: about 1 in 20
+    conv = convergence(h, stopped_by="patience")
+    assert conv.lr_end < 1e-5 and conv.window < 34
+    row = convergence_row(conv)
+    assert row["status"] == "ok" and row["advice"] == ""
+    assert "final learning rate" in row["why"] and f"{conv.lr_end:.2g}" in row["why"]
+
+
+def test_the_advice_follows_what_stopped_a_rising_run():
+    rising = _history(np.linspace(-30, -25, 40))
+    advice = {stop: convergence_row(convergence(rising, stopped_by=stop))["advice"]
+              for stop in ("epochs", "max_epochs", "time_budget", "patience")}
+    assert "epochs='auto'" in advice["epochs"]
+    assert "--max-epochs" in advice["max_epochs"] and "--time-budget" in advice["time_budget"]
+    assert "--patience" in advice["patience"] and "--tolerance" in advice["patience"]
+    # Rising at a constant learning rate is still rising, whatever the lr column says.
+    rising["lr"] = 1e-3
+    assert convergence(rising).still_improving and convergence(rising).lr_note == ""

@@ -11,7 +11,7 @@ from ppl_vae import diagnose
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
 
-pytest.importorskip("lightning")
+pytest.importorskip("lightning_fabric")
 
 
 def test_two_processes_match_one(digits):

@@ -27,7 +27,7 @@ def test_auto_stops_on_a_plateau_and_keeps_the_best_epoch(digits):
             tolerance=100.0, batch_size=64, progress=False)
     assert len(r.history) == 4 and r.settings["stopped_by"] == "patience"
     assert r.settings["epochs_mode"] == "auto" and r.settings["max_epochs"] == 50
-    assert r.stopped_early
+    assert r.stopped_early and r.settings["kept_epoch"] == 1  # the report shows it
 
 
 def test_auto_is_bounded_by_max_epochs_and_restores_the_best(digits):
@@ -43,7 +43,7 @@ def test_auto_is_bounded_by_max_epochs_and_restores_the_best(digits):
     r = fit(m, g, x, validation_data=v, epochs="auto", patience=50, max_epochs=4,
             tolerance=100.0, batch_size=64, lr=3e-3, progress=False, callbacks=[keep])
     assert len(r.history) == 4 and r.settings["stopped_by"] == "max_epochs"
-    assert not r.stopped_early
+    assert not r.stopped_early and r.settings["kept_epoch"] == 1
     now = [p.detach() for p in r.state.params]
     assert all(torch.equal(a, b) for a, b in zip(now, snapshots[0], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(now, snapshots[-1], strict=True))

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 import ppl_vae
-from ppl_vae.train.loggers import batch_kl
+from ppl_vae.train.loggers import batch_kl, fabric_loggers
 
-loggers = pytest.importorskip("lightning.fabric.loggers")
+loggers = fabric_loggers() or pytest.skip("needs Lightning Fabric (the loggers extra)",
+                                          allow_module_level=True)
 
 
 class Encoder(nn.Module):

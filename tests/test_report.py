@@ -62,6 +62,19 @@ def test_main_job_writes_a_self_contained_report(digits_run, capsys):
     checks = pd.read_csv(digits_run / "diagnostics_checks.csv")
     for check in checks["check"]:
         assert html.escape(check) in page, check
+    # Complete settings: what ran, how training ended, which epoch's parameters are reported.
+    for setting, value in (("model", "vae"), ("guide", "mlp"), ("data", "digits"),
+                           ("split", "test (360 rows; trained on 1,437)"),
+                           ("latent size", "z: 2 (local, per data point)"),
+                           ("epochs run", "2 of at most 2"),
+                           ("stopped by", "the fixed number of epochs (2)"),
+                           ("kept epoch", "2: the last one")):
+        assert f"<td>{setting}</td>\n      <td>{html.escape(value)}</td>" in page, setting
+    # Every table sits in a box of the page's width; the columns of the per-point tables and
+    # the SBC table are explained under them.
+    assert page.count("<table") == page.count("<div class='scroll'><table") + 1  # + verdicts
+    for column in ("k_hat", "ess", "log_px", "elbo_gap", "z_ms", "calibrated", "problem"):
+        assert f"<b>{column}</b>: " in page, column
 
 
 def test_diagnose_files_read_back_identically(digits_run, capsys):
@@ -94,7 +107,8 @@ def test_report_of_a_custom_global_model_with_two_runs(tmp_path):
     path = report(data=x, runs=runs, out=tmp_path / "global.html", num_draws=40,
                   gaps=False, calibrate=False, title="custom model")
     page = path.read_text()
-    assert "posterior of the global latents" in page  # arviz-plots plot_dist of mu
+    assert "posterior of every global latent dimension" in page  # arviz-plots plot_dist of mu
+    assert "no history given" in page and "<td>epochs run</td>" not in page  # not "0 epochs"
     assert "R-hat across runs" in page
     assert all(s.startswith("data:image/png;base64,") for s in _images(page))
 
@@ -106,14 +120,21 @@ def test_chromium_renders_every_image(digits_run, tmp_path):
     # A copy that writes every image's decoded width into the DOM once the page has loaded.
     probe = ("<script>window.addEventListener('load',()=>{const w=[...document.images]"
              ".map(i=>i.complete?i.naturalWidth:0);document.body.setAttribute("
-             "'data-widths',w.join(','));});</script>")
+             "'data-widths',w.join(','));const edge=document.body.getBoundingClientRect()"
+             ".right;const over=[...document.querySelectorAll('table')].filter(t=>"
+             "t.getBoundingClientRect().right>edge+1).length;document.body.setAttribute("
+             "'data-overflow',String(over));});</script>")
     probed = tmp_path / "probed.html"
     probed.write_text(page.replace("</body>", probe + "</body>"))
-    dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", probed.as_uri()], tmp_path)
+    dom = _chromium(["--virtual-time-budget=10000", "--window-size=1400,3000", "--dump-dom",
+                     probed.as_uri()], tmp_path)
     widths = re.search(r'data-widths="([0-9,]*)"', dom.stdout)
     assert widths, dom.stderr[-2000:]
     widths = [int(w) for w in widths.group(1).split(",")]
     assert len(widths) == len(_images(page)) and min(widths) > 0
+    # At 1400 px every table ends inside the page's column (none runs off to the right).
+    overflow = re.search(r'data-overflow="([0-9]*)"', dom.stdout)
+    assert overflow and int(overflow.group(1)) == 0, dom.stdout[-500:]
 
     shot = tmp_path / "shot.png"
     run = _chromium([f"--screenshot={shot}", "--window-size=1200,3000",

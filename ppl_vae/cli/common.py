@@ -39,11 +39,14 @@ def add_program_arguments(p: argparse.ArgumentParser) -> None:
     with a user program or data function needs it named again (it is never imported because a
     config.json names it)."""
     p.add_argument("--model", default=None,
-                   help="the run's user model file.py:name (checked against its recorded sha256)")
-    p.add_argument("--guide", default=None, help="the run's user guide file.py:name")
+                   help="the run's user model file.py:name, checked against its recorded "
+                   "sha256 (default: the zoo model config.json names)")
+    p.add_argument("--guide", default=None,
+                   help="the run's user guide file.py:name (default: the zoo guide "
+                   "config.json names)")
     p.add_argument("--data", default=None,
-                   help="the run's data function file.py:function (checked against its "
-                   "recorded sha256)")
+                   help="the run's data function file.py:function, checked against its "
+                   "recorded sha256 (default: the data config.json names)")
 
 
 def require_run(run_dir) -> Path:

@@ -73,7 +73,7 @@ def cmd_report(args) -> int:
 
 
 def _common(p) -> None:
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder (written by train or run)")
     p.add_argument("--num-draws", type=positive_int, default=200,
                    help="guide draws per data point")
     p.add_argument("--no-gaps", action="store_true", help="skip the inference-gap split")
@@ -91,9 +91,11 @@ def register(sub) -> None:
                        "(writes diagnostics.nc and diagnostics.csv)")
     _common(p)
     p.add_argument("--devices", type=_devices, default=None,
-                   help="processes to shard the data points over (Lightning Fabric, CPU)")
+                   help="processes to shard the data points over (Lightning Fabric, CPU; "
+                   "default: one process)")
     p.add_argument("--strategy", default=None,
-                   help="Lightning Fabric strategy: ddp (default with --devices), ddp_spawn")
+                   help="Lightning Fabric strategy: ddp or ddp_spawn (default: ddp when "
+                   "--devices is given)")
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a run folder "

@@ -82,7 +82,7 @@ def register(sub) -> None:
         "compare-estimators",
         help="gradient mean, variance and cost of each ELBO estimator on a trained run",
     )
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder (written by train or run)")
     p.add_argument("--estimators", nargs="+", default=["mc", "analytic", "score", "stl"],
                    help="estimator names (see `ppl-vae estimators`), e.g. iwae dreg vimco "
                         "tracegraph")
@@ -93,8 +93,9 @@ def register(sub) -> None:
                         "e.g. 1 5 50, add the encoder's SNR by K")
     p.add_argument("--vectorize-particles", action="store_true",
                    help="draw the K particles in one vectorized pass")
-    p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="the rows the gradient is taken on")
+    p.add_argument("--seed", type=int, default=0, help="seeds the gradient draws")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     add_program_arguments(p)
     p.set_defaults(func=cmd_compare_estimators)

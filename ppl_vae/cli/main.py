@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -68,8 +69,28 @@ COMMAND_MODULES = ["ppl_vae.cli.main", "ppl_vae.cli.estimators", "ppl_vae.cli.di
                    "ppl_vae.cli.workflow"]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (``run``'s own defaults included, since they
+    are set on its parser): ``none`` for an unset option unless its help already says what the
+    default does; nothing for on/off flags (off unless given)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.nargs == 0 or action.required or "default" in text
+                or action.default is argparse.SUPPRESS):
+            return text
+        if action.default is None:
+            return text + " (default: none)"
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors on one line like every other error."""
+    """argparse, with its usage errors on one line like every other error, and the defaults
+    in every command's help (the subcommands' parsers are of this class too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -125,13 +146,15 @@ def _positive_float(text: str) -> float:
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="vae", help="zoo name (see `ppl-vae models`) or file.py:name")
+    p.add_argument("--model", default="vae",
+                   help="zoo name (see `ppl-vae models`) or file.py:name")
     p.add_argument("--guide", default="mlp", help="zoo name or file.py:name")
     p.add_argument("--data", default="digits",
                    help="digits | binary | linear_gaussian | regression | eight_schools | "
                    "mnist:DIR | file.npy/.npz/.csv | file.py:function (returns a tensor, a "
                    "tuple of tensors, or a Dataset)")
-    p.add_argument("--estimator", default="analytic", help="ELBO estimator (see `ppl-vae estimators`)")
+    p.add_argument("--estimator", default="analytic",
+                   help="ELBO estimator (see `ppl-vae estimators`)")
     p.add_argument("--epochs", type=_epochs, default=30,
                    help="an integer, or 'auto': until the validation ELBO stops improving")
     p.add_argument("--patience", type=positive_int, default=20,
@@ -139,51 +162,69 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=positive_int, default=500,
                    help="--epochs auto: at most this many epochs")
     p.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
-                   help="stop training after this many seconds")
+                   help="stop training after this many seconds (default: no time limit)")
     p.add_argument("--tolerance", type=_positive_float, default=0.01,
                    help="--epochs auto: an improvement counts above this (nats per point)")
     p.add_argument("--lr-schedule", default=None, choices=["plateau"],
-                   help="halve the learning rate when the ELBO stops improving")
+                   help="plateau: halve the learning rate when the ELBO stops improving; none: "
+                   "a constant learning rate")
     p.add_argument("--kl-warmup-epochs", type=int, default=0,
-                   help="KL warm-up: latent terms weighted 0 -> 1 over these epochs")
+                   help="KL warm-up: latent terms weighted 0 -> 1 over these epochs (0: none)")
     p.add_argument("--free-bits", type=_positive_float, default=None, metavar="NATS",
-                   help="free bits: no latent dimension pushed below NATS of KL in training")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=_learning_rate, default=1e-3)
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--num-particles", type=positive_int, default=1)
-    p.add_argument("--vectorize-particles", action="store_true")
+                   help="free bits: no latent dimension pushed below NATS of KL in training "
+                   "(default: none, the plain ELBO)")
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="rows per training step (at most the training rows)")
+    p.add_argument("--lr", type=_learning_rate, default=1e-3, help="the optimizer's learning rate")
+    p.add_argument("--optimizer", default="adam",
+                   help="a torch.optim name in lower case: adam, adamw, sgd, rmsprop, ...")
+    p.add_argument("--num-particles", type=positive_int, default=1,
+                   help="latent draws per data point and step (the bound's K for iwae, vimco, "
+                   "dreg)")
+    p.add_argument("--vectorize-particles", action="store_true",
+                   help="draw the particles in one vectorized pass instead of a loop")
     p.add_argument("--jit", nargs="?", const="true", default="auto",
                    choices=["auto", "true", "false", "compile"],
-                   help="auto (default): record the step once per batch shape where the programs "
+                   help="auto: record the step once per batch shape where the programs "
                    "are static, eager otherwise; true: record or fail; compile: also compile it "
                    "(Inductor); false: Pyro's eager step. A bare --jit means true")
     p.add_argument("--threads", type=_threads, default="auto",
-                   help="intra-op CPU threads while training: auto (default: what the model's "
-                   "size can use, at most the idle cores) or a number")
-    p.add_argument("--latent-dim", type=positive_int, default=None, help="passed to model and guide")
+                   help="intra-op CPU threads while training: auto (what the model's size can "
+                   "use, at most the idle cores) or a number")
+    p.add_argument("--latent-dim", type=positive_int, default=None,
+                   help="latent size, passed to model and guide (default: the program's own)")
     p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
-                   help="passed to model and guide")
+                   help="hidden layer widths, passed to model and guide (default: the "
+                   "program's own)")
     p.add_argument("--model-option", type=_option, action="append", default=[],
-                   metavar="KEY=VALUE", help="extra model constructor option (JSON value)")
+                   metavar="KEY=VALUE",
+                   help="extra model constructor option (JSON value; repeatable; default: none)")
     p.add_argument("--guide-option", type=_option, action="append", default=[],
-                   metavar="KEY=VALUE", help="extra guide constructor option (JSON value)")
+                   metavar="KEY=VALUE",
+                   help="extra guide constructor option (JSON value; repeatable; default: none)")
     p.add_argument("--with-labels", action="store_true",
                    help="pass (x, label) batches to the programs (conditional models)")
-    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE")
+    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0,
+                   help="seeds torch, Pyro and the batch order (same seed, same run)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, mps ... (default: the CPU)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="the data's and the programs' floating-point type")
+    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
+                   help="integer --epochs: stop when the validation ELBO has not improved for "
+                   "PATIENCE epochs (default: no early stopping)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in OUT (its run files only)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--eval-samples", type=positive_int, default=100,
                    help="K for the evaluation's IWAE")
     p.add_argument("--devices", type=_devices, default=None,
-                   help="data-parallel processes per node (int or 'auto'; see docs/scaling.md)")
+                   help="data-parallel processes per node (int or 'auto'; see docs/scaling.md; "
+                   "default: one process)")
     p.add_argument("--strategy", default=None,
-                   help="Lightning Fabric strategy: ddp (default with --devices), ddp_spawn, ...")
+                   help="Lightning Fabric strategy: ddp, ddp_spawn, ... (default: ddp when "
+                   "--devices is given)")
     p.add_argument("--num-nodes", type=positive_int, default=1, help="machines (torchrun / SLURM)")
     add_logger_argument(p)
 
@@ -342,11 +383,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def run_folder(data: str) -> Path:
+    """``run --out``'s default: ``runs/<data name>`` (``digits``, ``mnist`` for ``mnist:DIR``,
+    a file's stem for ``file.npy`` or ``file.py:function``)."""
+    kind, sep, _ = data.partition(":")
+    name = "mnist" if sep and kind == "mnist" else Path(kind if sep else data).stem
+    return Path("runs") / (name or "data")
+
+
 def cmd_run(args) -> int:
     """The main job: train on the data, evaluate, and write the report."""
     import time
 
-
+    if args.out is None:  # set here, so that an interrupted run's hint names the folder
+        args.out = str(run_folder(args.data))
     out = Path(args.out)
     with _writing(args, out), replacing_run(out, args.overwrite and _is_writer(args)):
         clock = time.perf_counter()
@@ -399,22 +449,30 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("run", help="the main job: train, evaluate and write the report")
+    p = sub.add_parser(
+        "run", help="the main job: train, evaluate and write the report",
+        description="The main job: train to convergence, evaluate and write the report. Its "
+        f"training defaults differ from `train`'s: --epochs auto, --lr {RUN_LR:g}, --batch-size "
+        f"{RUN_BATCH_SIZE}, --lr-schedule plateau (measured on the bundled digits: about 100 "
+        "epochs). The run folder defaults to runs/<data name>.")
     add_training_arguments(p)
     # The main job trains to convergence: about 100 epochs of the digits VAE at these settings.
     p.set_defaults(epochs="auto", lr=RUN_LR, batch_size=RUN_BATCH_SIZE, lr_schedule="plateau")
-    p.add_argument("--out", default="runs/digits")
+    p.add_argument("--out", default=None,
+                   help="run folder to write (default: runs/<data name>, e.g. runs/digits, "
+                   "runs/mnist, runs/<file stem>)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="print the evaluation table of a run folder")
-    p.add_argument("run_dir")
-    p.add_argument("--num-samples", type=positive_int, default=100)
+    p.add_argument("run_dir", help="a run folder (written by train or run)")
+    p.add_argument("--num-samples", type=positive_int, default=100,
+                   help="K for the importance-weighted bound (IWAE)")
     add_program_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("verify", help="check every file of a run folder against its sha256 "
                        "manifest")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("models", help="list the model and guide zoo")
@@ -427,6 +485,8 @@ def register(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ppl-vae", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    parser.add_argument("--version", action="version", version="%(prog)s " + importlib.metadata.version("ppl-vae"),
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

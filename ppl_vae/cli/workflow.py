@@ -14,6 +14,7 @@ import pandas as pd
 from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
 from ppl_vae.diagnostics.compare import compare
 from ppl_vae.evaluation.latents import latents
+from ppl_vae.train.loggers import fabric_loggers
 from ppl_vae.train.storage import MANIFEST_NAME, write_bytes
 
 __all__ = ["register", "add_logger_argument", "make_loggers", "check_output"]
@@ -37,6 +38,13 @@ def add_logger_argument(p: argparse.ArgumentParser) -> None:
                    "OUT/logs); repeatable; needs pip install 'ppl-vae[loggers]'")
 
 
+def _fabric_loggers():
+    module = fabric_loggers()
+    if module is None:
+        raise ValueError("--logger needs Lightning Fabric: pip install 'ppl-vae[loggers]'")
+    return module
+
+
 def make_loggers(specs, out: Path) -> list:
     """Lightning loggers for ``--logger`` (the hyperparameter-writing CSV logger of
     ``lightning.pytorch`` where installed, else Fabric's)."""
@@ -48,17 +56,14 @@ def make_loggers(specs, out: Path) -> list:
                     importlib.util.find_spec("tensorboardX") is None:
                 raise ValueError("--logger tensorboard needs TensorBoard: pip install "
                                  "'ppl-vae[loggers]'")
-            from lightning.fabric.loggers import TensorBoardLogger
-
-            loggers.append(TensorBoardLogger(root, name="ppl-vae"))
-        elif importlib.util.find_spec("lightning.pytorch") is not None:
+            loggers.append(_fabric_loggers().TensorBoardLogger(root, name="ppl-vae"))
+        elif importlib.util.find_spec("lightning") is not None and \
+                importlib.util.find_spec("lightning.pytorch") is not None:
             from lightning.pytorch.loggers import CSVLogger
 
             loggers.append(CSVLogger(root, name="ppl-vae"))
         else:
-            from lightning.fabric.loggers import CSVLogger
-
-            loggers.append(CSVLogger(root, name="ppl-vae"))
+            loggers.append(_fabric_loggers().CSVLogger(root, name="ppl-vae"))
     return loggers
 
 

@@ -106,9 +106,13 @@ def diagnose_run(run_dir, *, num_draws: int = 200, gaps: bool = True, calibrate:
         if result is None:
             return run, None
     else:
-        result.convergence = convergence(run.history)
-        if _complete(result, run, split, gaps=gaps, calibrate=calibrate, seed=seed):
-            result.checks = verdicts(result, num_chains=1)
+        result.convergence = convergence(run.history, stopped_by=settings.get("stopped_by"))
+        _complete(result, run, split, gaps=gaps, calibrate=calibrate, seed=seed)
+        # The verdicts are judged again from the numbers read back (this version's thresholds
+        # and advice); rows only the file has (checks that could not run) are kept.
+        fresh = verdicts(result, num_chains=1)
+        kept = result.checks[~result.checks["check"].isin(fresh["check"])]
+        result.checks = pd.concat([fresh, kept], ignore_index=True)
     _write(out, result, digest, options)
     return run, result
 

@@ -234,13 +234,20 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
     result = Diagnostics(tree, pointwise, latent, mi, posterior_summary(tree, worst=worst),
                          gap_table, sbc_result,
                          calibration=None if sbc_result is None else calibration_table(sbc_result),
-                         convergence=convergence(history), reconstruction=recon,
+                         convergence=convergence(history, stopped_by=_stopped_by(
+                             settings, chains)), reconstruction=recon,
                          mi_reason=mi_reason, num_points=int(pointwise["point"].nunique()),
                          reference_mi=reference_value(reference, "mutual_information"),
                          timings=timer.seconds, latent_means=means)
     result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
                               ignore_index=True)
     return result
+
+
+def _stopped_by(settings, chains) -> str | None:
+    """What ended the training (``fit``'s settings), for the convergence advice."""
+    known = settings if settings is not None else (chains[0][2] or {})
+    return known.get("stopped_by")
 
 
 def _information(m0, g0, data, latent, data_plate, seed, skipped, timer):

@@ -44,12 +44,27 @@ def convergence_row(conv) -> dict | None:
         return row("Convergence", value, "warning",
                    f"still improving: the {series} ELBO gained {conv.gain_last_10pct:.3f} nats "
                    f"per point over the last 10% of the epochs, a slope {conv.z:.1f} standard "
-                   f"errors above zero over the last {conv.window} epochs; the model has not "
-                   "finished learning and every other check describes an unfinished fit",
-                   ADVICE["train"])
+                   f"errors above zero over the last {conv.window} epochs{conv.lr_note}; the "
+                   "model has not finished learning and every other check describes an "
+                   "unfinished fit", _longer(conv.stopped_by))
     return row("Convergence", value, "ok",
-               f"the {series} ELBO's slope over the last {conv.window} epochs is within its "
-               "noise (or below 0.02 nats per point per 10% of the epochs)")
+               f"the {series} ELBO's slope over the last {conv.window} epochs{conv.lr_note} is "
+               "within its noise (or below 0.02 nats per point per 10% of the epochs)"
+               + ("; more epochs at the final learning rate would gain nothing measurable"
+                  if conv.lr_note else ""))
+
+
+def _longer(stopped_by) -> str:
+    """How to train longer, given what ended this run (the advice must change the run)."""
+    if stopped_by == "patience":
+        return ("the stopping rule ended a run still rising by less than its tolerance per "
+                "patience epochs: train again with a larger patience or a smaller tolerance "
+                "(fit(..., patience=..., tolerance=...); --patience, --tolerance)")
+    if stopped_by == "max_epochs":
+        return "train longer: raise the epoch budget (fit(..., max_epochs=...); --max-epochs)"
+    if stopped_by == "time_budget":
+        return "train longer: raise the time budget (fit(..., time_budget=...); --time-budget)"
+    return ADVICE["train"]
 
 
 def collapse_rows(latent: pd.DataFrame, kl: dict, mi: float, mi_reason: str | None, num_points,
@@ -69,13 +84,7 @@ def collapse_rows(latent: pd.DataFrame, kl: dict, mi: float, mi_reason: str | No
                            "holds" if status == "failing" else "it does"),
                         f"{ADVICE['train']}; if it stays, {ADVICE['warmup']}"))
     if kl["num_dims"]:
-        frac = kl["active_units"] / kl["num_dims"]
-        status = "failing" if kl["active_units"] == 0 else "warning" if frac < 0.5 else "ok"
-        rows.append(row("Active units", f"{kl['active_units']} of {kl['num_dims']}", status,
-                        f"a dimension is active when the encoder mean varies with x (Cov > "
-                        f"{ACTIVITY_THRESHOLD}, Burda et al. 2016) and its KL to the prior is "
-                        f"not near zero (>= {KL_THRESHOLD} nats); none active is posterior "
-                        "collapse, fewer than half a warning", ADVICE["warmup"]))
+        rows.append(_active_units_row(kl, mi, recon))
         near_zero = not kl["kl_total"] >= 0.1
         rows.append(row("KL(q || prior)", f"{kl['kl_total']:.3f} nats",
                         "warning" if near_zero else "ok",
@@ -84,6 +93,35 @@ def collapse_rows(latent: pd.DataFrame, kl: dict, mi: float, mi_reason: str | No
                         ADVICE["warmup"]))
     rows.append(_mi_row(mi, mi_reason, num_points, reference_mi))
     return rows
+
+
+def _active_units_row(kl: dict, mi: float, recon) -> dict:
+    """Unused dimensions are what the ELBO does with more dimensions than the data needs (each
+    costs KL and buys nothing): they are flagged only when the code as a whole carries too little,
+    judged by the mutual information and the reconstruction gain, not by the count."""
+    active, dims = kl["active_units"], kl["num_dims"]
+    definition = (f"a dimension is active when the encoder mean varies with x (Cov > "
+                  f"{ACTIVITY_THRESHOLD}, Burda et al. 2016) and its KL to the prior is not "
+                  f"near zero (>= {KL_THRESHOLD} nats)")
+    value = f"{active} of {dims}"
+    if active == 0:
+        return row("Active units", value, "failing",
+                   f"{definition}; none is: posterior collapse, z carries nothing about x",
+                   ADVICE["warmup"])
+    starved = (math.isfinite(mi) and mi < 0.1) or (
+        recon is not None and recon.gain < max(0.1, 0.01 * abs(recon.recon_prior_mean)))
+    if active < dims and starved:
+        return row("Active units", value, "warning",
+                   f"{definition}; {dims - active} sit on the prior and the active ones carry "
+                   "too little (mutual information below 0.1 nats or no reconstruction gain): "
+                   "partial collapse", ADVICE["warmup"])
+    if active < dims:
+        return row("Active units", value, "ok",
+                   f"{definition}; {dims - active} of {dims} sit on the prior while the {active} "
+                   "active ones carry the information (mutual information and reconstruction "
+                   "gain are healthy): the ELBO leaves the dimensions it does not need unused "
+                   "(each would cost KL and buy nothing), which is not collapse")
+    return row("Active units", value, "ok", f"{definition}; every one is")
 
 
 def _mi_row(mi, reason, num_points, reference_mi) -> dict:

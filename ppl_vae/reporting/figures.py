@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 
@@ -11,8 +10,8 @@ from ppl_vae.diagnostics.calibration import MAX_ECDF_RANKS, pit_values
 from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS
 
 __all__ = [
-    "arviz_figure", "elbo_curves", "gap_figure", "image_grid", "kl_figure", "khat_figure",
-    "ecdf_figure", "latent_map", "sbc_figure",
+    "elbo_curves", "forest_figure", "gap_figure", "globals_figure", "image_grid", "kl_figure",
+    "khat_figure", "ecdf_figure", "latent_map", "sbc_figure",
 ]
 
 
@@ -32,19 +31,28 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def elbo_curves(history) -> bytes | None:
-    """Training and validation ELBO (nats per data point) per epoch."""
+def elbo_curves(history, kept_epoch=None) -> bytes | None:
+    """Training and validation ELBO (nats per data point) per epoch; a dashed line at the kept
+    epoch and dotted lines where the learning rate dropped (history's ``lr`` column)."""
     if history is None or len(history) == 0 or "train_elbo" not in history:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.plot(history["epoch"], history["train_elbo"], marker="o", ms=3, label="train ELBO")
     if "val_elbo" in history and history["val_elbo"].notna().any():
         ax.plot(history["epoch"], history["val_elbo"], marker="o", ms=3, label="validation ELBO")
+    if "lr" in history:
+        lr = history["lr"].to_numpy(dtype=float)
+        drops = history["epoch"].to_numpy()[1:][np.diff(lr) < 0]
+        for i, epoch in enumerate(drops):
+            ax.axvline(epoch - 0.5, color="gray", ls=":", lw=1,
+                       label="learning-rate drop" if i == 0 else None)
+    if kept_epoch is not None:
+        ax.axvline(kept_epoch, color="k", ls="--", lw=1.2, label=f"kept epoch {kept_epoch}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -78,11 +86,19 @@ def kl_figure(latent) -> bytes | None:
     if latent is None or len(latent) == 0:
         return None
     plt = _plt()
-    labels = [f"{s}[{d}]" for s, d in zip(latent["site"], latent["dim"], strict=True)]
-    fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(labels) + 2), 3.2))
+    sites = latent["site"].unique()
+    # One site: its dimension numbers (short, horizontal); several: site[dim].
+    labels = [str(d) if len(sites) == 1 else f"{s}[{d}]"
+              for s, d in zip(latent["site"], latent["dim"], strict=True)]
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.35 * n + 2)), 3.4))
     colors = ["tab:blue" if a else "lightgray" for a in latent["active"]]
-    ax.bar(range(len(labels)), latent["kl"], color=colors, edgecolor="k", lw=0.3)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.bar(range(n), latent["kl"], color=colors, edgecolor="k", lw=0.3)
+    step = max(1, int(np.ceil(n / 40)))  # at most 40 labels, each readable
+    ticks = list(range(0, n, step))
+    long = len(sites) > 1 or max(len(label) for label in labels) > 3
+    ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90 if long else 0, fontsize=10)
+    ax.set_xlabel(f"dimension of {sites[0]}" if len(sites) == 1 else "latent dimension")
     ax.set_ylabel("KL (nats, mean over data)")
     ax.set_title("KL per dimension (gray: inactive unit)", fontsize=10)
     return _png(fig)
@@ -138,18 +154,19 @@ def latent_map(means: np.ndarray, labels=None) -> bytes | None:
     return _png(fig)
 
 
-def sbc_figure(result, max_dims: int = 12) -> bytes | None:
-    """Rank histograms of the first ``max_dims`` dimensions with the uniform band (99%)."""
+def sbc_figure(result, names=None, max_dims: int = 12) -> bytes | None:
+    """Rank histograms with the uniform band (99%) of the dimensions ``names`` (the report
+    passes the failing and farthest-from-uniform ones first), at most ``max_dims``."""
     if result is None:
         return None
     from scipy import stats
 
     plt = _plt()
     hist = result.histograms()
-    names = list(hist.columns)[:max_dims]
+    names = list(hist.columns if names is None else names)[:max_dims]
     cols = min(6, len(names))
     nrows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.7, nrows * 1.5), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 2.0, nrows * 1.8), squeeze=False)
     table = result.table.set_index(result.table["site"] + "[" + result.table["dim"].astype(str)
                                    + "]")
     for ax, name in zip(axes.ravel(), names, strict=False):
@@ -159,11 +176,12 @@ def sbc_figure(result, max_dims: int = 12) -> bytes | None:
         ax.axhspan(lo, hi, color="lightgray")
         ok = bool(table.loc[name, "passed"])
         ax.bar(range(len(counts)), counts, color="tab:blue" if ok else "tab:red", width=1.0)
-        ax.set_title(f"{name} p={table.loc[name, 'p_value']:.2g}", fontsize=8)
+        ax.set_title(f"{name} p={table.loc[name, 'p_value']:.2g}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -183,38 +201,48 @@ def gap_figure(gaps) -> bytes | None:
     return _png(fig)
 
 
-def arviz_figure(tree, worst=None, max_local: int = 3, max_dims: int = 6) -> tuple[bytes | None, str]:
-    """arviz-plots (matplotlib backend): ``plot_dist`` of the global latents, or a
-    ``plot_forest`` of the local latents of the worst points when there are no globals."""
+def globals_figure(tree, selected) -> bytes | None:
+    """arviz-plots ``plot_dist`` of the chosen dimensions of the global latents only
+    (``selected``: rows of :func:`~ppl_vae.diagnostics.globals.global_table`), one panel each,
+    whatever the sites' size: a panel per dimension of a 66,040-dimension site would not end."""
+    import arviz_base
     import arviz_plots
 
-    plt = _plt()
-    sites_global = json.loads(tree.attrs.get("global_sites", "[]"))
-    sites_local = json.loads(tree.attrs.get("local_sites", "[]"))
+    if selected is None or not len(selected):
+        return None
+    posterior = {}
+    for site, index, position in zip(selected["site"], selected["index"], selected["position"],
+                                     strict=True):
+        draws = tree["posterior"][site].values
+        posterior[index] = draws.reshape(draws.shape[0], draws.shape[1], -1)[..., position]
+    small = arviz_base.from_dict({"posterior": posterior})
+    pc = arviz_plots.plot_dist(small, backend="matplotlib", col_wrap=3)
+    fig = pc.viz["chart"].item() if "chart" in pc.viz else _plt().gcf()
+    if fig.get_layout_engine() is None:  # room between the rows for the tick labels
+        fig.subplots_adjust(hspace=0.6)
+    return _png(fig)
+
+
+def forest_figure(tree, site: str, points, dims=None) -> bytes | None:
+    """arviz-plots ``plot_forest`` of a local latent at the given data points, restricted to the
+    event dimensions ``dims`` (all when None)."""
+    import arviz_plots
+
     plate = tree.attrs.get("data_plate", "data")
-    if sites_global:
-        pc = arviz_plots.plot_dist(tree, var_names=sites_global, backend="matplotlib")
-        caption = "posterior of the global latents (arviz-plots plot_dist)"
-    elif sites_local and worst:
-        points = list(worst)[:max_local]
-        coords = {plate: points}
-        event = f"{sites_local[0]}_dim_0"
-        if event in tree["posterior"].dims:  # a few dimensions keep the plot readable
-            coords[event] = tree["posterior"][event].values[:max_dims]
-        pc = arviz_plots.plot_forest(tree, var_names=sites_local[:1], coords=coords,
-                                     backend="matplotlib")
-        caption = (f"guide posterior of {sites_local[0]!r} at the {len(points)} points with the "
-                   "largest k-hat (arviz-plots plot_forest)")
-    else:
-        return None, ""
-    fig = pc.viz["chart"].item() if "chart" in pc.viz else plt.gcf()
-    return _png(fig), caption
+    coords = {plate: list(points)}
+    if dims is not None:
+        coords[f"{site}_dim_0"] = list(dims)
+    pc = arviz_plots.plot_forest(tree, var_names=[site], coords=coords, backend="matplotlib")
+    fig = pc.viz["chart"].item() if "chart" in pc.viz else _plt().gcf()
+    return _png(fig)
 
 
-def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0) -> bytes | None:
+def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0,
+                names=None) -> bytes | None:
     """Δ-ECDF of the SBC ranks (as PIT values) with simultaneous 99% bands (Säilynoja et al.
-    2022), drawn by arviz-plots' ``plot_ecdf_pit``; the ``max_dims`` dimensions farthest from
-    uniform (of those with the most simulations, the local ones) are shown."""
+    2022), drawn by arviz-plots' ``plot_ecdf_pit``; ``names`` (in that order) or the
+    ``max_dims`` dimensions farthest from uniform (of those with the most simulations, the
+    local ones) are shown."""
     if result is None:
         return None
     import arviz_base
@@ -227,7 +255,9 @@ def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0) -> b
     if counts.max() < 2:  # an ECDF of one rank has no band to be drawn in
         return None
     cols = [c for c in pit if counts[c] == counts.max()]
-    if calibration is not None and "max_deviation" in calibration:
+    if names is not None:
+        cols = [c for c in names if c in cols]
+    elif calibration is not None and "max_deviation" in calibration:
         dev = calibration.set_index("column")["max_deviation"]
         cols = sorted(cols, key=lambda c: -float(dev.get(c, 0.0)))
     cols = cols[:max_dims]
@@ -242,4 +272,10 @@ def ecdf_figure(result, calibration=None, max_dims: int = 8, seed: int = 0) -> b
     pc = arviz_plots.plot_ecdf_pit(tree, backend="matplotlib", ci_prob=0.99,
                                    col_wrap=4)
     fig = pc.viz["chart"].item() if "chart" in pc.viz else _plt().gcf()
+    for ax in fig.axes:  # "pit\nz[3]" in two lines ran into the row above: the name alone
+        title = ax.get_title()
+        if title:
+            ax.set_title(title.split("\n")[-1], fontsize=10)
+    if fig.get_layout_engine() is None:  # room between the rows for the tick labels
+        fig.subplots_adjust(hspace=0.55)
     return _png(fig)

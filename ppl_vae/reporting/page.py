@@ -3,7 +3,6 @@ variational inference work?" for a trained model and guide, readable offline."""
 
 from __future__ import annotations
 
-import base64
 import datetime
 import html
 import json
@@ -18,12 +17,17 @@ from pyro import poutine
 
 from ppl_vae.data.tensors import as_tensors
 from ppl_vae.diagnostics import diagnose
-from ppl_vae.estimators.registry import ESTIMATORS
 from ppl_vae.evaluation.arviz import runs_from
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.reporting import figures as figs
+from ppl_vae.reporting.calibration import sbc_section
 from ppl_vae.reporting.display import ReportPath
+from ppl_vae.reporting.html import img as _img
+from ppl_vae.reporting.html import legend
+from ppl_vae.reporting.html import table as _table
+from ppl_vae.reporting.posterior import posterior_section
+from ppl_vae.reporting.settings import settings_table
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.storage import write_bytes
 
@@ -43,20 +47,8 @@ figure{margin:12px 0}figcaption{color:#57606a;font-size:0.9em}img{max-width:100%
 .verdict{padding:10px 14px;border-radius:6px;margin:12px 0;color:#fff;font-weight:600}
 .next{margin:8px 0 16px;padding:8px 14px;border-left:4px solid #b35900;background:#fff8f0}
 .next li{margin:2px 0}tr:target{background:#fff3cd}
+.scroll{max-width:100%;overflow-x:auto}.legend{color:#57606a;font-size:0.85em;margin-top:2px}
 """
-
-
-def _img(png: bytes | None, caption: str) -> str:
-    if png is None:
-        return ""
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def _table(frame: pd.DataFrame, *, index=False, digits=4) -> str:
-    return frame.to_html(index=index, border=0, float_format=lambda v: f"{v:.{digits}g}",
-                         escape=True)
 
 
 def anchor(check: str) -> str:
@@ -154,24 +146,6 @@ def _latent_means(diagnostics, labels):
     return z.reshape(z.shape[0], -1), labels
 
 
-def _plan(settings: dict) -> pd.DataFrame:
-    name = str(settings.get("estimator", "unknown"))
-    spec = ESTIMATORS.get(name)
-    rows = {"estimator": name,
-            "what it computes": spec.summary if spec is not None else "(not a registered name)"}
-    for key in ("num_particles", "vectorize_particles", "jit", "epochs", "max_epochs",
-                "patience", "time_budget", "lr_schedule", "batch_size", "lr", "optimizer",
-                "kl_warmup_epochs", "free_bits", "seed", "dtype", "device"):
-        if settings.get(key) is not None:
-            rows[key] = settings[key]
-    if settings.get("kl_warmup_epochs") or settings.get("free_bits"):
-        rows["training objective"] = (
-            "changed during training only (KL warm-up / free bits: the history's kl_weight / "
-            "free_bits columns mark the epochs whose train_elbo is that objective); the "
-            "validation ELBO, the evaluation and every check here use the true ELBO")
-    return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
-
-
 def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
            diagnostics=None, history=None, settings=None, evaluation=None, image_shape=None,
            labels=None, title: str | None = None, num_draws: int = 200, gaps: bool = True,
@@ -222,16 +196,31 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     summary = diagnostics.summary()
     worst_rows = diagnostics.pointwise.sort_values("k_hat", ascending=False).head(10)
+    settings.setdefault("model", _program_name(m0))
+    settings.setdefault("guide", _program_name(g0))
     parts = [
         *_header(title, len(chains), batch[0].shape[0], diagnostics),
-        "<h2>Run settings and estimator plan</h2>", _table(_plan(settings)),
-        *_training(history, diagnostics.convergence), *_evaluation(evaluation),
+        "<h2>Run settings and estimator plan</h2>",
+        _table(settings_table(settings, history, diagnostics, batch[0].shape[0])),
+        *_training(history, diagnostics.convergence, settings), *_evaluation(evaluation),
         *_khat(summary, diagnostics.pointwise, worst_rows), *_latent_usage(summary, diagnostics),
         *_reconstructions(diagnostics.tree, m0, batch, image_shape),
-        *_latent_space(diagnostics, labels), *_arviz(diagnostics, worst_rows),
-        *_gaps(diagnostics.gaps), *_sbc(diagnostics),
+        *_latent_space(diagnostics, labels),
+        *posterior_section(diagnostics, m0, batch, _worst_points(worst_rows)),
+        *_gaps(diagnostics.gaps), *sbc_section(diagnostics),
     ]
     return ReportPath(_write_page(out, title, parts))
+
+
+def _program_name(program) -> str:
+    """A program's name for the settings table: a function's name, a module's class name."""
+    name = getattr(program, "__name__", None)
+    return str(name) if name else type(program).__name__
+
+
+def _worst_points(worst_rows) -> list:
+    first = worst_rows[worst_rows["chain"] == worst_rows["chain"].iloc[0]]
+    return first["point"].tolist()
 
 
 def _header(title, num_runs: int, num_points: int, diagnostics) -> list[str]:
@@ -247,25 +236,39 @@ def _header(title, num_runs: int, num_points: int, diagnostics) -> list[str]:
     ]
 
 
-def _training(history, conv) -> list[str]:
-    curves = figs.elbo_curves(history)
+def _training(history, conv, settings) -> list[str]:
+    kept = settings.get("kept_epoch")
+    curves = figs.elbo_curves(history, kept_epoch=kept)
+    marks = "; dashed: the kept epoch (its parameters are the result)" if kept else ""
+    if history is not None and "lr" in history and history["lr"].nunique() > 1:
+        marks += "; dotted: learning-rate drops"
     parts = ["<h2>Training</h2>",
-             _img(curves, "ELBO per epoch (nats per data point)") if curves else
+             _img(curves, f"ELBO per epoch (nats per data point){marks}") if curves else
              "<p>No training history was given.</p>"]
     if conv is not None:
         series = "validation" if conv.column == "val_elbo" else "training"
         parts.append(f"<p>Over the last {conv.window} of {conv.epochs} epochs the {series} "
                      f"ELBO moved {conv.slope:+.4f} &plusmn; {conv.slope_se:.4f} nats per point "
-                     f"per epoch, {conv.gain_last_10pct:+.3f} over the last 10% of the epochs: "
+                     f"per epoch, {conv.gain_last_10pct:+.3f} over the last 10% of the epochs"
+                     f"{html.escape(conv.lr_note)}: "
                      f"{'still improving' if conv.still_improving else 'converged'}.</p>")
     return parts
 
 
+_EVALUATION = {
+    "elbo": "ELBO, E_q[log p(x, z) - log q(z | x)] per data point",
+    "iwae": "importance-weighted bound on log p(x) with num_samples draws (tighter than elbo)",
+    "kl": "KL(q(z | x) || p(z)) per data point: what the code costs",
+    "recon": "E_q[log p(x | z)]: the reconstruction term (elbo = recon - kl)",
+    "num_samples": "guide draws per point for iwae",
+}
+
+
 def _evaluation(evaluation) -> list[str]:
-    ev = pd.DataFrame({"quantity": list(evaluation),
-                       "value": [float(v) for v in evaluation.values()]})
-    return ["<h2>Evaluation</h2>", _table(ev),
-            "<p>nats per data point; iwae is the importance-weighted bound on log p(x).</p>"]
+    names = list(evaluation)
+    ev = pd.DataFrame({"quantity": names, "value": [float(v) for v in evaluation.values()],
+                       "meaning": [_EVALUATION.get(n, "") for n in names]})
+    return ["<h2>Evaluation</h2>", _table(ev), "<p>In nats per data point.</p>"]
 
 
 def _khat(summary, pointwise, worst_rows) -> list[str]:
@@ -274,7 +277,8 @@ def _khat(summary, pointwise, worst_rows) -> list[str]:
             f"{summary['share_khat_gt_0.7']:.1%} above 0.7 (Vehtari et al. 2024 thresholds; "
             "above 0.7 the guide misses posterior mass there).</p>",
             _img(figs.khat_figure(pointwise), "k-hat per data point; dashed: 0.5 and 0.7"),
-            "<p>The data points with the largest k-hat:</p>", _table(worst_rows)]
+            "<p>The data points with the largest k-hat:</p>", _table(worst_rows),
+            legend(worst_rows.columns)]
 
 
 def _latent_usage(summary, diagnostics) -> list[str]:
@@ -300,58 +304,33 @@ def _latent_space(diagnostics, labels) -> list[str]:
     if means is None:
         return []
     if labels is not None and len(labels) == means.shape[0]:
-        return ["<h2>Latent space</h2>",
-                _img(figs.latent_map(means, np.asarray(labels)), "guide means coloured by label")]
-    return ["<h2>Latent space</h2>", _img(figs.latent_map(means), "guide means")]
+        png, caption = figs.latent_map(means, np.asarray(labels)), "guide means coloured by label"
+    else:
+        png, caption = figs.latent_map(means), "guide means"
+    return ["<h2>Latent space</h2>", _img(png, caption)] if png is not None else []
 
 
-def _arviz(diagnostics, worst_rows) -> list[str]:
-    worst = worst_rows[worst_rows["chain"] == worst_rows["chain"].iloc[0]]["point"].tolist()
-    png, caption = figs.arviz_figure(diagnostics.tree, worst)
-    if png is None:
-        return []
-    parts = ["<h2>ArviZ view of the posterior</h2>", _img(png, caption)]
-    if len(diagnostics.posterior):
-        parts.append(_table(diagnostics.posterior.reset_index().head(12)))
-    return parts
+_GAPS = {
+    "elbo_amortized": "ELBO with the encoder's q(z | x)",
+    "elbo_refined": "ELBO after optimising q for each point on its own",
+    "log_px": "importance-weighted log p(x)",
+    "amortization_gap": "elbo_refined - elbo_amortized: what the encoder leaves",
+    "approximation_gap": "log_px - elbo_refined: what the guide's family cannot represent",
+    "inference_gap": "log_px - elbo_amortized: the sum of both",
+    "refine_steps": "optimisation steps of the per-point refinement",
+}
 
 
 def _gaps(gaps) -> list[str]:
     if gaps is None:
         return []
     g = gaps.mean().to_frame("mean (nats)").reset_index(names="quantity")
+    g["meaning"] = [_GAPS.get(q, "") for q in g["quantity"]]
     return ["<h2>Inference gaps (Cremer et al. 2018)</h2>",
             "<p>Per-point refinement of q from the encoder's output: the amortization gap "
             "is what a per-point optimiser gains over the encoder; the approximation gap "
             "is what the guide's family cannot represent.</p>",
             _table(g), _img(figs.gap_figure(gaps), "gaps per refined point")]
-
-
-def _sbc(diagnostics) -> list[str]:
-    result, table = diagnostics.sbc, diagnostics.calibration
-    if result is None:
-        return []
-    parts = ["<h2>Simulation-based calibration (Talts et al. 2018)</h2>",
-             f"<p>{html.escape(result.simulation.capitalize())}. Ranks of the simulated latents "
-             "among guide draws given the simulated data are uniform when the guide is "
-             "calibrated.</p>",
-             _img(figs.ecdf_figure(result, table),
-                  "Δ-ECDF of the ranks (PIT) with simultaneous 99% bands (Säilynoja, Bürkner & "
-                  "Vehtari 2022; arviz-plots plot_ecdf_pit), the dimensions farthest from "
-                  "uniform: a curve leaving the band is miscalibrated (U-shaped departure: too "
-                  "narrow, one-sided: biased)"),
-             _img(figs.sbc_figure(result), "SBC rank histograms; gray band: 99% range of a bin "
-                  "under uniformity; red: failing dimension")]
-    if table is not None:
-        cols = ["column", "simulations", "p_value", "max_deviation", "ecdf_ok"]
-        cols += [c for c in table if c.startswith("coverage_") and c != "coverage_ok"]
-        cols += ["z_mean", "z_ms", "contraction", "calibrated", "problem"]
-        parts += ["<p>Per dimension: the chi-square p-value and the ECDF's largest deviation "
-                  "with its band test, the coverage of central intervals at each level, the "
-                  "posterior z-scores' mean and mean square (0 and 1 when calibrated) and the "
-                  "posterior contraction (Schad, Betancourt & Vasishth 2021).</p>",
-                  _table(table[cols].head(40), digits=3)]
-    return parts
 
 
 def _write_page(out, title, parts: list[str]) -> Path:

@@ -47,7 +47,9 @@ def report_run(run_dir, *, out=None, num_draws: int = 200, gaps: bool = True,
         evaluation = evaluate(run.model, run.guide, run.data("test"))
     labels = run.dataset.test_labels
     settings = {**run.config.get("settings", {}), "model": run.config.get("model"),
-                "guide": run.config.get("guide"), "data": run.config.get("data")}
+                "guide": run.config.get("guide"), "data": run.config.get("data"),
+                "split": f"test ({run.dataset.test.shape[0]:,} rows; trained on "
+                         f"{run.dataset.train.shape[0]:,})"}
     path = report(run.model, run.guide, run.data("test"), out=out or run_dir / "report.html",
                   diagnostics=diag, history=run.history, settings=settings,
                   evaluation=evaluation, image_shape=run.dataset.image_shape,

@@ -90,9 +90,13 @@ class EarlyStopping:
             self.stopped = True
         return self.stopped
 
-    def restore_best(self, model, guide) -> None:
+    def restore_best(self, model, guide) -> int | None:
+        """Restore the best epoch's parameters when this run keeps them; return that epoch
+        (None when the last epoch's parameters stay)."""
         if (self.stopped or self.keep_best) and self.best_params is not None:
             restore_params(self.best_params, model, guide)
+            return self.best_epoch
+        return None
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "best_params": self.best_params,

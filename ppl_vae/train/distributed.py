@@ -1,6 +1,6 @@
 """Data-parallel SVI on Lightning Fabric: ``fit(..., devices=N, strategy=..., num_nodes=M)``.
 
-Why Fabric (``lightning.fabric``) and not the Lightning ``Trainer`` or bare ``torch.distributed``:
+Why Fabric (the ``lightning-fabric`` package, ``lightning_fabric``) and not the Lightning ``Trainer`` or bare ``torch.distributed``:
 ``fit`` already has its training loop (``init_state`` / ``update``, checkpoints whose batch order
 and RNG make resumption exact). The ``Trainer`` would bring a second loop with its own
 optimisation, checkpoint and epoch logic; bare ``torch.distributed`` would leave process
@@ -55,11 +55,12 @@ def _accelerator(device) -> str:
 
 def _fabric(devices, strategy, num_nodes, device):
     try:
-        from lightning.fabric import Fabric
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-    except ImportError:  # pragma: no cover - lightning is a dependency of the distributed extra
+        from lightning_fabric import Fabric
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - lightning-fabric is the distributed extra
         raise ValueError(
-            "devices/strategy/num_nodes need Lightning: pip install 'ppl-vae[distributed]'"
+            "devices/strategy/num_nodes need Lightning Fabric: pip install "
+            "'ppl-vae[distributed]' (the lightning-fabric package)"
         ) from None
     try:
         return Fabric(

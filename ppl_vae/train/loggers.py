@@ -12,6 +12,8 @@ enough to follow the trend (collapse, warm-up), cheap enough for every epoch.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import warnings
 from collections.abc import Sequence
 
@@ -20,9 +22,31 @@ import torch
 from ppl_vae.estimators.kl import program_traces
 from ppl_vae.programs.checks import latent_sites
 
-__all__ = ["KL_ROWS", "check_loggers", "EpochLoggers", "batch_kl"]
+__all__ = ["KL_ROWS", "check_loggers", "fabric_loggers", "logger_bases", "EpochLoggers", "batch_kl"]
 
 KL_ROWS = 256
+
+
+def fabric_loggers():
+    """Fabric's loggers module: ``lightning_fabric.loggers`` (the ``distributed`` and
+    ``loggers`` extras install only that package) or ``lightning.fabric.loggers`` (the whole
+    ``lightning`` package); None where neither is installed."""
+    for package, module in (("lightning_fabric", "lightning_fabric.loggers"),
+                            ("lightning", "lightning.fabric.loggers")):
+        if importlib.util.find_spec(package) is not None:
+            return importlib.import_module(module)
+    return None
+
+
+def logger_bases() -> tuple[type, ...]:
+    """The ``Logger`` base classes installed: the two packages' classes are distinct, and
+    Lightning's own loggers (``lightning.pytorch.loggers``) derive from ``lightning.fabric``'s."""
+    bases = []
+    for package, module in (("lightning_fabric", "lightning_fabric.loggers"),
+                            ("lightning", "lightning.fabric.loggers")):
+        if importlib.util.find_spec(package) is not None:
+            bases.append(importlib.import_module(module).Logger)
+    return tuple(bases)
 
 
 def check_loggers(loggers) -> tuple:
@@ -31,12 +55,11 @@ def check_loggers(loggers) -> tuple:
     loggers = tuple(loggers or ())
     if not loggers:
         return ()
-    try:
-        from lightning.fabric.loggers import Logger
-    except ImportError:
-        raise ImportError("loggers need Lightning Fabric: pip install 'ppl-vae[loggers]'") from None
+    bases = logger_bases()
+    if not bases:
+        raise ImportError("loggers need Lightning Fabric: pip install 'ppl-vae[loggers]'")
     for i, logger in enumerate(loggers):
-        if not isinstance(logger, Logger):
+        if not isinstance(logger, bases):
             raise TypeError(f"loggers[{i}] is a {type(logger).__name__}, not a "
                             "lightning.fabric.loggers.Logger (CSVLogger, TensorBoardLogger, ...)")
     return loggers

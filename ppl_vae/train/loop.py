@@ -348,8 +348,10 @@ def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, 
         _train(model, guide, state, epochs, range(start, config.epochs + 1), records, settings,
                stopper, saver)
     settings["stopped_by"] = _stopped_by(config, records, stopper, settings)
-    if stopper is not None:
-        stopper.restore_best(model, guide)
+    kept = stopper.restore_best(model, guide) if stopper is not None else None
+    # The epoch whose parameters the result holds (the report and `ppl-vae report` show it).
+    settings["kept_epoch"] = kept if kept is not None else (
+        records[-1]["epoch"] if records else None)
     return records, settings
 
 
