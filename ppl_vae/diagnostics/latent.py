@@ -58,9 +58,12 @@ def _local_pairs(model, guide, batch, num, plan: PointPlan, subsample):
     return out, rank
 
 
-def _to_kn(t: torch.Tensor, rank: int, dim: int, n: int) -> torch.Tensor:
-    """(K, N, D) from a per-element tensor laid out as batch (rank dims) + event dims."""
-    t = t.reshape((1,) * max(0, rank - t.dim()) + tuple(t.shape))
+def _to_kn(t: torch.Tensor, rank: int, dim: int, n: int, event_dim: int) -> torch.Tensor:
+    """(K, N, D) from a per-element tensor laid out as batch (rank dims) + ``event_dim`` event
+    dims of the site. A draw taken one by one has no draw dimension (nor plate dimensions left
+    of its own): they are added at the left, counted from the event dims, so that its batch
+    dims are not mistaken for draws (ProdLDA with batch norm in the decoder is drawn so)."""
+    t = t.reshape((1,) * max(0, rank + event_dim - t.dim()) + tuple(t.shape))
     t = t.movedim(rank + dim, 1)
     t = t.reshape(t.shape[0], t.shape[1], -1)
     return t.expand(t.shape[0], n, t.shape[2]) if t.shape[1] == 1 else t
@@ -95,7 +98,9 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
         (variance over data points of the guide mean), ``active`` (bool: activity above
         ``threshold`` and KL not below ``KL_THRESHOLD``), ``method``
         (``"analytic"``, ``"monte carlo"``, ``"marginal"`` for a correlated Gaussian guide
-        against a factorised prior, ``"unavailable"`` (KL NaN) where none of these applies).
+        against a factorised prior, ``"... (whole site on dim 0)"`` for a multivariate site
+        against a prior of the same event shape (its KL on dim 0, NaN on the others),
+        ``"unavailable"`` (KL NaN) where none of these applies).
     """
     return latent_pass(model, guide, data, num_samples=num_samples, data_plate=data_plate,
                        threshold=threshold, seed=seed, chunk_size=chunk_size, engine=engine,
@@ -158,8 +163,9 @@ def _chunk_moments(per_pair, rank, n):
             q, _, _ = unwrap_distribution(g["fn"])
             p, _, _ = unwrap_distribution(m["fn"])
             kl, method = _kl_per_dim(q, p, g["value"])
-            kls.append(_to_kn(kl, rank, dim, n)[:, :n].double())  # [:n]: drop any padding
-            mean, noise = _mean_and_noise(q, g["value"], rank, dim, n)
+            event = len(g["fn"].event_shape)
+            kls.append(_to_kn(kl, rank, dim, n, event)[:, :n].double())  # [:n]: drop padding
+            mean, noise = _mean_and_noise(q, g["value"], rank, dim, n, event)
             means.append(mean[:n])
             noises.append(noise)
         kl = torch.cat(kls).mean(0).sum(0)  # (D,): K-average, summed over the chunk's points
@@ -197,18 +203,35 @@ def _kl_per_dim(q, p, z):
             return kl.expand(z.shape), "marginal"
         except (NotImplementedError, RuntimeError):
             pass
+    if q.event_shape == p.event_shape:
+        return _whole_site_kl(q, p, z)
     return torch.full(z.shape, float("nan"), dtype=z.dtype, device=z.device), "unavailable"
 
 
-def _mean_and_noise(q, z, rank, dim, n):
+def _whole_site_kl(q, p, z):
+    """KL of a multivariate site that has no per-dimension split (a one-hot label, a correlated
+    Gaussian against a correlated prior): the site's whole KL (closed form, else Monte Carlo at
+    z) on its first dimension, NaN on the others, so that the table's sum over dimensions is
+    the site's KL and no dimension is called uninformative on a share it does not have."""
+    try:
+        total, method = torch.distributions.kl_divergence(q, p), "analytic (whole site on dim 0)"
+    except NotImplementedError:
+        total, method = q.log_prob(z) - p.log_prob(z), "monte carlo (whole site on dim 0)"
+    out = torch.full(z.shape, float("nan"), dtype=z.dtype, device=z.device)
+    flat = out.reshape(*z.shape[: z.dim() - len(q.event_shape)], -1)
+    flat[..., 0] = total.expand(flat.shape[:-1])
+    return out, method
+
+
+def _mean_and_noise(q, z, rank, dim, n, event_dim):
     """E_q[z_d | x_i] per point, shape (N, D), and the sum over points of its Monte Carlo
     variance. Without a closed-form mean the K draws' average is used, and its variance
     (Var_q / K) is subtracted from the activity so that noise does not make collapsed units
     look active."""
     try:
-        return _to_kn(q.mean.expand(z.shape), rank, dim, n).mean(0).double(), 0.0
+        return _to_kn(q.mean.expand(z.shape), rank, dim, n, event_dim).mean(0).double(), 0.0
     except (NotImplementedError, RuntimeError):
-        draws = _to_kn(z, rank, dim, n)[:, :n].double()  # (K, N, D)
+        draws = _to_kn(z, rank, dim, n, event_dim)[:, :n].double()  # (K, N, D)
         noise = draws.var(0).sum(0) / draws.shape[0] if draws.shape[0] > 1 else 0.0
         return draws.mean(0), noise
 
