@@ -24,6 +24,7 @@ from pyro.poutine.util import site_is_subsample
 from ppl_vae.data.tensors import as_tensors
 from ppl_vae.evaluation.chunks import PointPlan, map_chunks, plan_points
 from ppl_vae.evaluation.pointwise import FixSubsample, trace_pairs
+from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.random import chunk_seed, seeded
 from ppl_vae.programs.util import program_dtype, unwrap_distribution
 
@@ -114,7 +115,15 @@ def latent_pass(model, guide, data, *, num_samples: int = 16, data_plate: str = 
                 progress: bool | None = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """:func:`latent_table` and, from the same pass, the guide mean E_q[z | x_i] of every
     point for the first local site (a DataFrame with ``point`` and ``<site>[j]`` columns, the
-    2-D view of the report; None without local latents)."""
+    2-D view of the report; None without local latents). The programs' modules run in
+    evaluation mode."""
+    with eval_mode(model, guide):
+        return _latent_pass(model, guide, data, num_samples, data_plate, threshold, seed,
+                            chunk_size, engine, progress)
+
+
+def _latent_pass(model, guide, data, num_samples, data_plate, threshold, seed, chunk_size,
+                 engine, progress):
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     plan = plan_points(model, guide, batch, num_draws=num_samples, data_plate=data_plate,
@@ -264,41 +273,48 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
         program = FixSubsample(data_plate, torch.arange(plan.chunk_size, device=device))(guide)
     else:
         batch = tuple(t[:max_points] for t in batch)
-    with seeded(seed), pyro.validation_enabled(False):
+    with seeded(seed), pyro.validation_enabled(False), eval_mode(model, guide):
         gtr = poutine.trace(program).get_trace(*batch)
-    total = None
+    sites = []
     for site in gtr.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
             continue
         frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-        if not any(f.name == data_plate for f in frames):
-            continue
-        term = _site_information(site, frames)
-        if term is None:
-            return float("nan")
-        total = term if total is None else total + term
-    if total is None:
+        if any(f.name == data_plate for f in frames):
+            sites.append((site, frames))
+    if not sites:
         raise ValueError(f"mutual information does not apply: the guide has no local latent "
                          f"site inside the plate {data_plate!r} (no per-point code z)")
-    if total.shape[0] < 2:
+    terms = _joint_information(sites)
+    if terms is None:
+        return float("nan")
+    if terms.shape[0] < 2:
         raise ValueError("data: the mutual information needs at least 2 data points")
-    # Cross-site terms would need the joint aggregate; one site (the usual case) is exact.
-    return float(total.double().mean())
+    return float(terms.double().mean())
 
 
-def _site_information(site, frames, block: int = 128) -> torch.Tensor | None:
-    """log q(z_i | x_i) - log mean_j q(z_i | x_j) per point i of one guide site, computed in
-    blocks of i (memory block x N, not N x N); None where q cannot be evaluated pairwise."""
-    fn, z = site["fn"], site["value"]  # z: (N, *event)
-    n = z.shape[0]
-    if len(frames) != 1 or fn.batch_shape != (n,):
-        return None
+def _joint_information(sites, block: int = 128) -> torch.Tensor | None:
+    """log q(z_i | x_i) - log mean_j q(z_i | x_j) per point i, z_i all local sites of point
+    i together, computed in blocks of i (memory block x N, not N x N); None where q cannot be
+    evaluated pairwise.
+
+    The pairwise log q(z_i | x_j) is the sum over sites of each site's density at x_j's
+    parameters. Summing per-site informations instead would count each site up to log N
+    (scANVI's z1, y, z2: up to 3 log N). The own term j = i is one of the N in the mean, so the
+    estimate cannot exceed log N. A site whose parameters depend on an earlier site's draw
+    (z1 from z2 and y) is scored at x_j's parameters given x_j's own draws of those sites."""
+    n = sites[0][0]["value"].shape[0]
+    for site, frames in sites:
+        if len(frames) != 1 or site["fn"].batch_shape != (n,):
+            return None
     terms = []
     for i in range(0, n, block):
-        try:
-            pair = fn.log_prob(z[i : i + block].unsqueeze(1))  # (block, N_j): q(z_i | x_j)
-        except (RuntimeError, ValueError):
-            return None  # e.g. a conditional flow, whose transform cannot broadcast
+        pair = 0.0
+        for site, _ in sites:
+            try:  # (block, N_j): q(z_i | x_j)
+                pair = pair + site["fn"].log_prob(site["value"][i : i + block].unsqueeze(1))
+            except (RuntimeError, ValueError):
+                return None  # e.g. a conditional flow, whose transform cannot broadcast
         own = torch.diagonal(pair, offset=i)
         terms.append(own - (torch.logsumexp(pair, dim=1) - math.log(n)))
     return torch.cat(terms)

@@ -23,6 +23,7 @@ from xarray import DataTree
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.evaluation.chunks import PointPlan, plan_points
 from ppl_vae.evaluation.export import DEFAULT_POINTS, ChainPass, chain_pass, select_points
+from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.train.result import FitResult
 
@@ -147,12 +148,15 @@ def to_arviz(
     dtype, device = program_dtype(chains[0][0], chains[0][1])
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
-    plan = plan_points(chains[0][0], chains[0][1], batch, num_draws=int(num_draws),
-                       data_plate=data_plate, chunk_size=chunk_size, draws_argument="num_draws")
-    selected = select_points(plan.num_points, points, seed)
-    passes = [chain_pass(m, g, batch, plan, selected, num_draws=int(num_draws), seed=seed,
-                         key=i, with_replicates=posterior_predictive, engine=engine,
-                         progress=progress) for i, (m, g, _) in enumerate(chains)]
+    # The draws with the programs' modules in evaluation mode (dropout off), as evaluate.
+    with eval_mode(*(p for m, g, _ in chains for p in (m, g))):
+        plan = plan_points(chains[0][0], chains[0][1], batch, num_draws=int(num_draws),
+                           data_plate=data_plate, chunk_size=chunk_size,
+                           draws_argument="num_draws")
+        selected = select_points(plan.num_points, points, seed)
+        passes = [chain_pass(m, g, batch, plan, selected, num_draws=int(num_draws), seed=seed,
+                             key=i, with_replicates=posterior_predictive, engine=engine,
+                             progress=progress) for i, (m, g, _) in enumerate(chains)]
     run_settings = settings if settings is not None else chains[0][2]
     return build_tree(passes, plan, selected, chains=chains, num_draws=int(num_draws),
                       seed=seed, settings=run_settings, name=name)
