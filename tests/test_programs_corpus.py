@@ -39,7 +39,7 @@ PENDING_DIAGNOSE = {
 REFERENCE = {"gmm": TraceEnum_ELBO}
 
 PROGRAMS = ["vae_soft", "ssvae", "dmm", "bayes_regression:diagonal", "bayes_regression:low_rank",
-            "subsampled", "prodlda", "gmm"]
+            "subsampled", "prodlda", "gmm", "scanvi"]
 BATCH = 10
 
 

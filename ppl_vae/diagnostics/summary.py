@@ -84,6 +84,9 @@ class Diagnostics:
         Seconds per phase (``draws``, ``latent``, ``sbc``, ``mutual information``, ``gaps``).
     latent_means : pandas.DataFrame or None
         E_q[z | x_i] of the first local site for every point (``point``, ``<site>[j]``).
+    scales : dict
+        Sites the program scales itself (``poutine.scale``) and their scale; when not empty
+        the log weights (k-hat, IWAE, ELBO gap) are in those units, and ``checks`` says so.
     """
 
     tree: object
@@ -102,6 +105,7 @@ class Diagnostics:
     reference_mi: float | None = None
     timings: dict = field(default_factory=dict)
     latent_means: pd.DataFrame | None = None
+    scales: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Headline numbers (floats)."""
@@ -189,7 +193,7 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                                progress=progress)
     chains = runs_from(model, guide, runs)
     # Every check runs the programs' modules in evaluation mode (dropout off), as evaluate.
-    with eval_mode(*(p for m, g, _ in chains for p in (m, g))):
+    with eval_mode(*(p for m, g, _ in chains for p in (m, g))) as switched:
         m0, g0, _ = chains[0]
         timer = _Timer()
         with timer("draws"):
@@ -198,6 +202,7 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                                                  num_worst=num_worst, settings=settings,
                                                  chunk_size=chunk_size, data_plate=data_plate,
                                                  seed=seed, engine=engine, progress=progress)
+                tree.attrs["modules_switched_to_eval"] = int(switched)
             else:
                 pointwise = pointwise_psis(tree)
         # The plate the pass resolved (or the one the given export was made with).
@@ -223,6 +228,13 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                 gap_table = _optional("Inference gaps", skipped, inference_gaps, m0, g0, data,
                                       num_points=gap_points, steps=gap_steps, data_plate=data_plate,
                                       seed=seed)
+        if scales := json.loads(tree.attrs.get("scaled_sites", "{}")):
+            skipped.append(_row(
+                "Program's own scale", f"poutine.scale on {sorted(scales)[:4]}", "warning",
+                "the program scales its own sites, so the log weights are Pyro's scaled terms: "
+                "k-hat, IWAE and the ELBO gap read them in those units, and none of them is a "
+                "statement about the normalized log p(x) (I(x; z) uses q alone and is not "
+                "affected)", "compare these checks on the unscaled program"))
         exported = set(tree["posterior"][data_plate].values) \
             if data_plate in tree["posterior"].dims else set()
         first = pointwise[pointwise["chain"] == pointwise["chain"].iloc[0]]
@@ -233,7 +245,7 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                              convergence=convergence(history), reconstruction=recon,
                              mi_reason=mi_reason, num_points=int(pointwise["point"].nunique()),
                              reference_mi=reference_value(reference, "mutual_information"),
-                             timings=timer.seconds, latent_means=means)
+                             timings=timer.seconds, latent_means=means, scales=scales)
         result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
                                   ignore_index=True)
         return result

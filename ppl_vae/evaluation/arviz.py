@@ -149,7 +149,7 @@ def to_arviz(
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
     # The draws with the programs' modules in evaluation mode (dropout off), as evaluate.
-    with eval_mode(*(p for m, g, _ in chains for p in (m, g))):
+    with eval_mode(*(p for m, g, _ in chains for p in (m, g))) as switched:
         plan = plan_points(chains[0][0], chains[0][1], batch, num_draws=int(num_draws),
                            data_plate=data_plate, chunk_size=chunk_size,
                            draws_argument="num_draws")
@@ -158,8 +158,10 @@ def to_arviz(
                              key=i, with_replicates=posterior_predictive, engine=engine,
                              progress=progress) for i, (m, g, _) in enumerate(chains)]
     run_settings = settings if settings is not None else chains[0][2]
-    return build_tree(passes, plan, selected, chains=chains, num_draws=int(num_draws),
+    tree = build_tree(passes, plan, selected, chains=chains, num_draws=int(num_draws),
                       seed=seed, settings=run_settings, name=name)
+    tree.attrs["modules_switched_to_eval"] = int(switched)
+    return tree
 
 
 def build_tree(passes: list[ChainPass], plan: PointPlan, selected: np.ndarray, *, chains,
@@ -197,6 +199,9 @@ def build_tree(passes: list[ChainPass], plan: PointPlan, selected: np.ndarray, *
         "local_sites": json.dumps(meta["local_sites"]),
         "global_sites": json.dumps(meta["global_sites"]),
         "observed_sites": json.dumps(meta["observed_sites"]),
+        # Sites the program scales itself (poutine.scale) and their scale: log_p, log_q and
+        # log_likelihood carry it, as in Pyro's ELBO (not normalized densities).
+        "scaled_sites": json.dumps(meta.get("scales", {})),
         "settings": json.dumps(settings, default=str),
         "versions": json.dumps(_versions()),
     }

@@ -153,7 +153,7 @@ def _latent_means(diagnostics, labels):
     return z.reshape(z.shape[0], -1), labels
 
 
-def _plan(settings: dict) -> pd.DataFrame:
+def _plan(settings: dict, attrs: dict) -> pd.DataFrame:
     name = str(settings.get("estimator", "unknown"))
     spec = ESTIMATORS.get(name)
     rows = {"estimator": name,
@@ -168,6 +168,17 @@ def _plan(settings: dict) -> pd.DataFrame:
             "changed during training only (KL warm-up / free bits: the history's kl_weight / "
             "free_bits columns mark the epochs whose train_elbo is that objective); the "
             "validation ELBO, the evaluation and every check here use the true ELBO")
+    rows["modules in evaluation"] = (
+        "eval mode (dropout off, batch norm on running statistics) for the evaluation, the "
+        "validation ELBO, every check and the draws; "
+        f"{attrs.get('modules_switched_to_eval', 0)} module(s) switched from training mode "
+        "and restored afterwards")
+    scales = json.loads(attrs.get("scaled_sites", "{}"))
+    if scales:
+        rows["program's own scale"] = (
+            f"poutine.scale on {sorted(scales)[:4]}: every log density here is Pyro's scaled "
+            "term, as in its ELBO; IWAE, k-hat and I(x; z) assume a normalized density "
+            "(see the checks)")
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
 
@@ -222,7 +233,8 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
     worst_rows = diagnostics.pointwise.sort_values("k_hat", ascending=False).head(10)
     parts = [
         *_header(title, len(chains), batch[0].shape[0], diagnostics),
-        "<h2>Run settings and estimator plan</h2>", _table(_plan(settings)),
+        "<h2>Run settings and estimator plan</h2>",
+        _table(_plan(settings, diagnostics.tree.attrs)),
         *_training(history, diagnostics.convergence), *_evaluation(evaluation),
         *_khat(summary, diagnostics.pointwise, worst_rows), *_latent_usage(summary, diagnostics),
         *_reconstructions(diagnostics.tree, m0, batch, image_shape),
