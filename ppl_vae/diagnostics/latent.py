@@ -255,9 +255,10 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
                        seed: int | None = 0) -> float:
     """Estimate I_q(x; z) in nats over the local latents (one draw per point).
 
-    With z_i ~ q(z | x_i): I = mean_i [log q(z_i | x_i) - log mean_j q(z_i | x_j)]. This needs
+    With z_i ~ q(z | x_i): I = mean_i [log q(z_i | x_i) - log mean_j q(z_i | x_j)], z_i all
+    local sites of point i together (so I <= log N however many sites). This needs
     q(z_i | x_j) for all pairs, O(N^2) density evaluations, so at most ``max_points`` points are
-    used. Returns NaN when the guide's local sites do not have one batch dimension per data
+    used. The programs' modules run in eval mode. Returns NaN when the guide's local sites do not have one batch dimension per data
     point or their density cannot be evaluated pairwise (conditional flows).
 
     Raises
