@@ -67,43 +67,44 @@ def _filled(cell) -> bool:
 
 def _registered_owners(known: set[int]) -> list[torch.nn.Module]:
     """Modules registered with ``pyro.module`` whose parameters no module in ``known`` (ids of
-    parameters) owns: the owner of each such parameter in the param store."""
+    parameters) holds: the outermost module above each such parameter in the param store (a
+    ``_Recorder`` around a ``Linear``, ProdLDA's encoder), found by following references."""
     store = pyro.get_param_store()
-    owners = {}
-    for name in store.keys():
-        if _DIVIDER not in name:
-            continue
-        param = store._params.get(name)  # the unconstrained leaf: the module's own Parameter
-        if param is None or id(param) in known:
-            continue
-        # The parameter's owner is the innermost layer; the registered module (a _Recorder
-        # around a Linear, ProdLDA's encoder) is its outermost parent.
-        for module in _holders(param, "_parameters"):
-            owners.setdefault(id(module), _outermost(module))
-    return list(owners.values())
+    params = [store._params[name] for name in store.keys()  # the modules' own Parameters
+              if _DIVIDER in name and id(store._params[name]) not in known]
+    if not params:
+        return []
+    level = _holders(params, "_parameters")
+    seen = {id(m) for m in level}
+    outermost = []
+    while level:  # one scan of the heap per level, for all modules of the level at once
+        parents = _holders(level, "_modules")
+        have_parent = {id(child) for parent in parents for child in parent._modules.values()}
+        outermost += [m for m in level if id(m) not in have_parent]
+        level = [p for p in parents if id(p) not in seen]
+        seen.update(id(p) for p in level)
+    return outermost
 
 
-def _holders(obj, slot: str) -> Iterator[torch.nn.Module]:
-    """The modules whose dict ``slot`` (``_parameters`` or ``_modules``) holds ``obj``: that
-    dict is referred to by the module, or by its ``__dict__`` (managed instance dicts)."""
-    for holder in gc.get_referrers(obj):
-        if not isinstance(holder, dict):
-            continue
-        for outer in gc.get_referrers(holder):
-            candidates = [outer] if isinstance(outer, torch.nn.Module) else (
-                gc.get_referrers(outer) if isinstance(outer, dict) else [])
-            for module in candidates:
-                if isinstance(module, torch.nn.Module) and getattr(module, slot) is holder:
-                    yield module
-
-
-def _outermost(module: torch.nn.Module) -> torch.nn.Module:
-    seen = {id(module)}
-    while (parent := next(_holders(module, "_modules"), None)) is not None \
-            and id(parent) not in seen:
-        seen.add(id(parent))
-        module = parent
-    return module
+def _holders(objs: list, slot: str) -> list[torch.nn.Module]:
+    """The modules whose dict ``slot`` (``_parameters`` or ``_modules``) holds one of ``objs``.
+    That dict is referred to by the module itself, or by the module's ``__dict__`` (Python's
+    managed instance dicts); ``gc.get_referrers`` scans the heap once per call."""
+    dicts = [d for d in gc.get_referrers(*objs) if isinstance(d, dict)]
+    if not dicts:
+        return []
+    wanted = {id(d) for d in dicts}
+    outer = gc.get_referrers(*dicts)
+    instance_dicts = [d for d in outer if isinstance(d, dict)]
+    candidates = [m for m in outer if isinstance(m, torch.nn.Module)]
+    if instance_dicts:
+        candidates += [m for m in gc.get_referrers(*instance_dicts)
+                       if isinstance(m, torch.nn.Module)]
+    found: dict[int, torch.nn.Module] = {}
+    for module in candidates:
+        if id(getattr(module, slot)) in wanted:
+            found.setdefault(id(module), module)
+    return list(found.values())
 
 
 def program_modules(*programs: Callable) -> list[torch.nn.Module]:
