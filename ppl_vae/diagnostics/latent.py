@@ -25,6 +25,7 @@ from ppl_vae.data.tensors import as_tensors
 from ppl_vae.evaluation.chunks import PointPlan, map_chunks, plan_points
 from ppl_vae.evaluation.pointwise import FixSubsample, trace_pairs
 from ppl_vae.programs.modes import eval_mode
+from ppl_vae.programs.plates import own_scale
 from ppl_vae.programs.random import chunk_seed, seeded
 from ppl_vae.programs.util import program_dtype, unwrap_distribution
 
@@ -48,15 +49,36 @@ def _local_pairs(model, guide, batch, num, plan: PointPlan, subsample):
     out = []
     for gtr, mtr in pairs:
         sites = []
+        reversed_ = _drawn_before_its_parents(gtr, mtr)
         for name, site in gtr.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
                 continue
             dim = next((f.dim for f in site["cond_indep_stack"] if f.name == plan.data_plate),
                        None)
             if dim is not None and name in mtr.nodes:
-                sites.append((name, dim, site, mtr.nodes[name]))
+                sites.append((name, dim, site, mtr.nodes[name], name in reversed_))
         out.append(sites)
     return out, rank
+
+
+def _drawn_before_its_parents(guide_trace, model_trace) -> set[str]:
+    """Latent sites that the guide draws before a latent the model draws before them
+    (scANVI: the model draws z1, y, then z2 | z1, y; the guide draws z2 first, then y, z1
+    from it). Their prior may depend on draws that depend on them, so the closed-form
+    KL(q(z2 | x) || p(z2 | z1, y)) at those draws is not their share of the ELBO's KL: the
+    Monte Carlo log-ratio at the joint draw is."""
+    def order(trace):
+        return [n for n, s in trace.nodes.items() if s["type"] == "sample"
+                and not s["is_observed"] and not site_is_subsample(s)]
+
+    model_order, guide_order = order(model_trace), order(guide_trace)
+    out = set()
+    for i, name in enumerate(guide_order):
+        if name in model_order:
+            before = set(model_order[: model_order.index(name)])
+            if before & set(guide_order[i + 1:]):
+                out.add(name)
+    return out
 
 
 def _to_kn(t: torch.Tensor, rank: int, dim: int, n: int, event_dim: int) -> torch.Tensor:
@@ -101,7 +123,9 @@ def latent_table(model, guide, data, *, num_samples: int = 16, data_plate: str =
         (``"analytic"``, ``"monte carlo"``, ``"marginal"`` for a correlated Gaussian guide
         against a factorised prior, ``"... (whole site on dim 0)"`` for a multivariate site
         against a prior of the same event shape (its KL on dim 0, NaN on the others),
-        ``"unavailable"`` (KL NaN) where none of these applies).
+        ``"unavailable"`` (KL NaN) where none of these applies), ``scale`` (the program's own
+        ``poutine.scale`` of the site, 1 when it has none: ``kl`` is in nats, and
+        ``(kl * scale).sum()`` is the part of evaluate's scaled ``kl`` these sites make).
     """
     return latent_pass(model, guide, data, num_samples=num_samples, data_plate=data_plate,
                        threshold=threshold, seed=seed, chunk_size=chunk_size, engine=engine,
@@ -142,7 +166,7 @@ def _latent_pass(model, guide, data, num_samples, data_plate, threshold, seed, c
         values = torch.cat([p[2][site] for p in parts]).float().cpu().numpy()
         means = pd.DataFrame(values, columns=[f"{site}[{j}]" for j in range(values.shape[1])])
         means.insert(0, "point", np.arange(len(means)))
-    for name, method in (parts[0][1] if parts else []):
+    for name, method, scale in (parts[0][1] if parts else []):
         kl = sum(p[0][name][0] for p in parts) / plan.num_points
         count, mean, m2, noise = parts[0][0][name][1:]
         for p in parts[1:]:
@@ -154,9 +178,10 @@ def _latent_pass(model, guide, data, num_samples, data_plate, threshold, seed, c
             informative = not value < KL_THRESHOLD  # NaN (KL unavailable) leaves it to activity
             rows.append({"site": name, "dim": d, "kl": value, "activity": float(activity[d]),
                          "active": bool(activity[d] > threshold) and informative,
-                         "method": method})
+                         "method": method, "scale": scale})
     if not rows:
-        return pd.DataFrame(columns=["site", "dim", "kl", "activity", "active", "method"]), None
+        return pd.DataFrame(columns=["site", "dim", "kl", "activity", "active", "method",
+                                     "scale"]), None
     return pd.DataFrame(rows), means
 
 
@@ -165,13 +190,14 @@ def _chunk_moments(per_pair, rank, n):
     of squared deviations of the guide means over points, sum of their Monte Carlo noise);
     [(site, KL method)]; and the guide means per point."""
     stats, methods, point_means = {}, [], {}
-    for name, dim, _, _ in per_pair[0]:
+    for name, dim, *_ in per_pair[0]:
         kls, means, noises = [], [], []
         for sites in per_pair:  # one pair, or one per draw when drawn one by one
-            _, _, g, m = next(s for s in sites if s[0] == name)
+            _, _, g, m, reversed_ = next(s for s in sites if s[0] == name)
             q, _, _ = unwrap_distribution(g["fn"])
             p, _, _ = unwrap_distribution(m["fn"])
-            kl, method = _kl_per_dim(q, p, g["value"])
+            kl, method = (_joint_draw_kl(q, p, g, m) if reversed_
+                          else _kl_per_dim(q, p, g["value"]))
             event = len(g["fn"].event_shape)
             kls.append(_to_kn(kl, rank, dim, n, event)[:, :n].double())  # [:n]: drop padding
             mean, noise = _mean_and_noise(q, g["value"], rank, dim, n, event)
@@ -181,7 +207,7 @@ def _chunk_moments(per_pair, rank, n):
         mean = torch.stack(means).mean(0)  # (N_chunk, D)
         center = mean.mean(0)
         stats[name] = (kl, n, center, ((mean - center) ** 2).sum(0), sum(noises) / len(noises))
-        methods.append((name, method))
+        methods.append((name, method, float(torch.as_tensor(own_scale(g)).double().mean())))
         point_means[name] = mean
     return stats, methods, point_means
 
@@ -215,6 +241,19 @@ def _kl_per_dim(q, p, z):
     if q.event_shape == p.event_shape:
         return _whole_site_kl(q, p, z)
     return torch.full(z.shape, float("nan"), dtype=z.dtype, device=z.device), "unavailable"
+
+
+def _joint_draw_kl(q, p, guide_site, model_site):
+    """Monte Carlo log q - log p at the joint draw, per dimension where both factorise, else
+    the whole site's on dimension 0 (see :func:`_drawn_before_its_parents`)."""
+    z = guide_site["value"]
+    if not q.event_shape and not p.event_shape:
+        return q.log_prob(z) - p.log_prob(z), "monte carlo (prior depends on later draws)"
+    total = guide_site["fn"].log_prob(z) - model_site["fn"].log_prob(z)
+    out = torch.full(z.shape, float("nan"), dtype=z.dtype, device=z.device)
+    flat = out.reshape(*total.shape, -1)
+    flat[..., 0] = total
+    return out, "monte carlo (prior depends on later draws; whole site on dim 0)"
 
 
 def _whole_site_kl(q, p, z):
