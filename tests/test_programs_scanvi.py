@@ -89,3 +89,12 @@ def test_diagnose_and_report_say_the_program_is_scaled(trained, tmp_path):
                           out=tmp_path / "report.html").read_text()
     assert "program&#x27;s own scale" in page or "program's own scale" in page
     assert "eval mode (dropout off" in page
+
+
+def test_a_scale_that_depends_on_the_chunk_is_named(trained):
+    """1 / (batch x genes) on chunks of 10 and 40 rows: evaluate says that the scale moved
+    with the chunk and how to get the whole data set's ELBO."""
+    net, data, _ = trained
+    with pytest.warns(ScaledProgramWarning, match="differs between chunks.*batch_size=N"):
+        chunked = ppl_vae.evaluate(net.model, net.guide, data, num_samples=20, batch_size=15)
+    assert isinstance(chunked.scales["x"], tuple)

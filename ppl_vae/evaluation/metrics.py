@@ -35,7 +35,9 @@ class Evaluation(dict):
         weighted bound of the scaled weights, not a bound on log p(x).
     """
 
-    scales: dict = {}
+    def __init__(self, *args, scales: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scales = dict(scales or {})
 
     @property
     def scaled(self) -> bool:
@@ -138,12 +140,15 @@ def _evaluate(model, guide, tensors, num_samples, data_plate, batch_size, seed, 
         iwae = sum(p["iwae"] for p in parts)
     out = Evaluation(
         elbo=(recon - kl) / n, iwae=iwae / n, kl=kl / n, recon=recon / n,
-        num_samples=int(num_samples),
+        num_samples=int(num_samples), scales=scales_of(parts),
     )
-    out.scales = scales_of(parts)
     if out.scaled:
-        warnings.warn(scaled_message(out.scales, "iwae is the bound of the scaled weights, not "
-                                     "of log p(x)"), ScaledProgramWarning, stacklevel=2)
+        consequence = "iwae is the bound of the scaled weights, not of log p(x)"
+        if any(isinstance(v, tuple) for v in out.scales.values()):
+            consequence += ("; the scale differs between chunks (it depends on the batch "
+                            "size): pass batch_size=N for the ELBO of the whole data set")
+        warnings.warn(scaled_message(out.scales, consequence), ScaledProgramWarning,
+                      stacklevel=3)
     return out
 
 
