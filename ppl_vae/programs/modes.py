@@ -9,6 +9,7 @@ it had afterwards, even when the evaluation raises.
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
 from collections.abc import Callable, Iterator
@@ -23,8 +24,9 @@ _DIVIDER = "$$$"  # pyro.module's separator between module and parameter names
 
 
 def _reachable(program) -> Iterator[object]:
-    """The objects a program refers to: itself, a bound method's instance, a partial's
-    function and arguments, its closure cells and the globals its code names."""
+    """The objects a program refers to: itself, a bound method's instance (and the networks
+    it holds), a partial's function and arguments, a function's closure cells and the
+    networks among the globals its code names."""
     seen = set()
     stack = [program]
     while stack:
@@ -38,28 +40,26 @@ def _reachable(program) -> Iterator[object]:
             # ELBOModule's model) is an attribute that is not a module.
             stack.extend(v for v in vars(obj).values()
                          if callable(v) and not isinstance(v, torch.nn.Module))
-            continue
-        bound = getattr(obj, "__self__", None)
-        if bound is not None and not inspect.ismodule(bound):
-            stack.append(bound)
-        func = getattr(obj, "func", None)  # functools.partial
-        if callable(func):
-            stack.extend([func, *getattr(obj, "args", ()), *getattr(obj, "keywords", {}).values()])
-        code = getattr(obj, "__code__", None)
-        if code is not None:
-            stack.extend(cell.cell_contents for cell in (obj.__closure__ or ())
-                         if _filled(cell))
-            names = getattr(obj, "__globals__", {})
-            stack.extend(names[n] for n in code.co_names if n in names
-                         and isinstance(names[n], torch.nn.Module))
-        elif not callable(obj) and hasattr(obj, "__dict__") and not inspect.isclass(obj):
-            # A plain object holding networks as attributes (a class that is not a Module).
-            stack.extend(v for v in vars(obj).values() if isinstance(v, torch.nn.Module))
+        elif inspect.ismethod(obj):
+            stack.append(obj.__self__)
+        elif isinstance(obj, functools.partial):
+            stack.extend([obj.func, *obj.args, *obj.keywords.values()])
+        elif inspect.isfunction(obj):
+            stack.extend(cell.cell_contents for cell in obj.__closure__ or () if _filled(cell))
+            stack.extend(obj.__globals__[n] for n in obj.__code__.co_names
+                         if isinstance(obj.__globals__.get(n), torch.nn.Module))
+        elif not inspect.isclass(obj) and not inspect.ismodule(obj):
+            # An instance holding networks as attributes (a class that is not a Module).
+            attrs = getattr(obj, "__dict__", None)
+            if isinstance(attrs, dict):
+                stack.extend(v for v in attrs.values() if isinstance(v, torch.nn.Module))
 
 
 def _filled(cell) -> bool:
+    """Whether a closure cell holds a value (one bound later in the enclosing scope does not
+    yet; reading it raises)."""
     try:
-        cell.cell_contents  # noqa: B018 - an empty cell raises
+        cell.cell_contents  # noqa: B018
     except ValueError:
         return False
     return True
