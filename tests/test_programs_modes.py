@@ -87,15 +87,19 @@ def test_modes_are_restored_when_evaluation_raises():
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1), obs=x)
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
 
     def guide(x):
-        if not encoder.training:
-            raise RuntimeError("evaluation failed")
-        encoder(x)
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc = encoder(x)
+            if not encoder.training:
+                raise RuntimeError("evaluation failed")
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
 
-    with pytest.raises(RuntimeError, match="evaluation failed"), eval_mode(model, guide):
-        guide(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="the guide failed .*evaluation failed"):
+        ppl_vae.evaluate(model, guide, torch.randn(5, 2))
     assert encoder.training and encoder[0].training and not encoder[1].training
 
 
