@@ -279,3 +279,73 @@ def test_every_estimator_trains_the_digits_vae(name, digits):
                              progress=False)
     elbo = result.history["train_elbo"]
     assert elbo.iloc[-1] > elbo.iloc[0] + 2.0, (name, elbo.round(2).tolist())
+
+
+# --- pyro.factor in the guide (scANVI's classifier term) ---------------------------------------
+
+def _factor_programs(has_rsample, dtype=torch.float64):
+    import pyro.distributions as dist
+    from pyro import poutine
+
+    net = torch.nn.Linear(3, 4).to(dtype)
+
+    def model(x):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("net", net)
+        loc, log_scale = net(x.expand(-1, 3)).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+            with poutine.mask(mask=x[:, 0] > 0):  # on some points only, as labelled cells
+                pyro.factor("aux", -(z - 1).pow(2).sum(-1), has_rsample=has_rsample)
+
+    return model, guide, net
+
+
+@pytest.mark.parametrize("estimator, has_rsample, jit", [
+    ("mc", False, False), ("mc", False, "auto"), ("mc", True, "auto"),
+    ("analytic", True, False), ("analytic", True, "auto")])
+def test_guide_factor_loss_and_gradients_equal_pyros(estimator, has_rsample, jit):
+    """The loss and every gradient at the same parameters and seed equal Pyro's ELBO, which
+    counts a guide factor as a log q term (its score term when has_rsample=False)."""
+    from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+    model, guide, net = _factor_programs(has_rsample)
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64)[:, None]
+    ref_elbo = {"mc": Trace_ELBO, "analytic": TraceMeanField_ELBO}[estimator]()
+
+    def loss_and_grads(loss_fn):
+        pyro.set_rng_seed(4)
+        net.zero_grad()
+        loss = loss_fn(x)
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in net.parameters()]
+
+    ours = loss_and_grads(make_elbo(estimator, jit=jit)(model, guide))
+    want = loss_and_grads(ref_elbo(model, guide))
+    pyro.set_rng_seed(4)
+    assert ours[0] == pytest.approx(ref_elbo.loss(model, guide, x), rel=1e-10)
+    assert ours[0] == pytest.approx(want[0], rel=1e-10)
+    for got, expected in zip(ours[1], want[1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+    # The factor is in the loss: without it the value differs.
+    assert any(g.abs().sum() > 0 for g in ours[1])
+
+
+@pytest.mark.parametrize("estimator, has_rsample", [
+    ("iwae", True), ("stl", True), ("score", False), ("analytic", False), ("enum", True)])
+def test_estimators_without_a_place_for_guide_factors_refuse_them_by_name(estimator,
+                                                                          has_rsample):
+    import ppl_vae
+
+    model, guide, _ = _factor_programs(has_rsample)
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64)[:, None]
+    with pytest.raises(ValueError, match=rf"estimator '{estimator}' cannot train the guide's "
+                       r"factor site 'aux'.*as Pyro does: .*mc"):
+        ppl_vae.fit(model, guide, x, estimator=estimator, epochs=1, batch_size=6,
+                    progress=False)
+    assert get_spec("mc").guide_factors == "any"

@@ -39,7 +39,7 @@ PENDING_DIAGNOSE = {
 REFERENCE = {"gmm": TraceEnum_ELBO}
 
 PROGRAMS = ["vae_soft", "ssvae", "dmm", "bayes_regression:diagonal", "bayes_regression:low_rank",
-            "subsampled", "prodlda", "gmm"]
+            "subsampled", "prodlda", "gmm", "scanvi"]
 BATCH = 10
 
 
@@ -115,11 +115,20 @@ def test_program_trains_with_pyro_scales_and_pyro_elbo(program, estimator, dtype
 
 
 def _pyro_elbo_draws(program, model, guide, data, num, options):
-    """Per-point ELBO of ``num`` independent single draws of Pyro's ELBO."""
+    """Per-point ELBO of ``num`` independent single draws of Pyro's ELBO, with the programs'
+    network in eval mode (dropout off) as evaluate runs it."""
     elbo = REFERENCE.get(program, Trace_ELBO)(**options)
     n = data[0].shape[0]
-    with pyro.validation_enabled(False):
-        return np.array([-elbo.loss(model, guide, *data) / n for _ in range(num)])
+    owner = getattr(model, "__self__", None)  # ProdLDA's and scANVI's programs are methods
+    was = owner.training if isinstance(owner, torch.nn.Module) else None
+    if was is not None:
+        owner.eval()
+    try:
+        with pyro.validation_enabled(False):
+            return np.array([-elbo.loss(model, guide, *data) / n for _ in range(num)])
+    finally:
+        if was is not None:
+            owner.train(was)
 
 
 def _pending(cases, pending):

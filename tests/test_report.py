@@ -77,7 +77,7 @@ def test_main_job_writes_a_self_contained_report(digits_run, capsys):
         assert f"<b>{column}</b>: " in page, column
 
 
-def test_diagnose_files_read_back_identically(digits_run, capsys):
+def test_diagnose_files_read_back_identically(digits_run, capsys, tmp_path):
     _, result = diagnose_run(digits_run, num_draws=30, gaps=False, calibrate=False)
     import xarray as xr
 
@@ -87,10 +87,10 @@ def test_diagnose_files_read_back_identically(digits_run, capsys):
     table = pd.read_csv(digits_run / "diagnostics.csv")
     assert len(table) == 360 and {"k_hat", "log_px", "elbo_gap"} <= set(table.columns)
     assert main(["report", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc",
-                 "--out", str(digits_run / "again.html")]) == 0
-    assert (digits_run / "again.html").stat().st_size > 10_000
-    assert f"report: {(digits_run / 'again.html').resolve()}" in capsys.readouterr().out
-    assert "Verdicts" in (digits_run / "again.html").read_text()
+                 "--out", str(tmp_path / "again.html")]) == 0
+    assert (tmp_path / "again.html").stat().st_size > 10_000
+    assert f"report: {(tmp_path / 'again.html').resolve()}" in capsys.readouterr().out
+    assert "Verdicts" in (tmp_path / "again.html").read_text()
     assert main(["diagnose", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc"]) == 0
     printed = capsys.readouterr().out
     checks = pd.read_csv(digits_run / "diagnostics_checks.csv")
@@ -151,7 +151,8 @@ def test_chromium_renders_every_image(digits_run, tmp_path):
 
 
 
-def test_report_reuses_current_files_and_recomputes_stale_ones(digits_run, monkeypatch, capsys):
+def test_report_reuses_current_files_and_recomputes_stale_ones(digits_run, monkeypatch, capsys,
+                                                              tmp_path):
     import json
 
     import h5py
@@ -178,8 +179,8 @@ def test_report_reuses_current_files_and_recomputes_stale_ones(digits_run, monke
     monkeypatch.setattr(run_module, "diagnose", no_diagnose)
     # Same options as the files: read back; the gaps the files lack are the only new work.
     assert main(["report", str(digits_run), "--num-draws", "30", "--no-sbc", "--points", "12",
-                 "--out", str(digits_run / "reused.html")]) == 0
-    assert "Inference gaps" in (digits_run / "reused.html").read_text()
+                 "--out", str(tmp_path / "reused.html")]) == 0
+    assert "Inference gaps" in (tmp_path / "reused.html").read_text()
     assert (digits_run / "diagnostics_gaps.csv").exists()
     capsys.readouterr()
     # Other options (or another checkpoint) make the files stale: diagnose runs again (here it

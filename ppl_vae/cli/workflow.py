@@ -162,7 +162,7 @@ def cmd_compare(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("latents", help="write the guide's per-point latent means (or draws) "
                        "of a run's data to a .csv, .npy, .npz or .parquet file")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder (written by train, run or FitResult.save)")
     p.add_argument("--out", required=True, help="file to write; its suffix picks the format "
                    "(.csv, .npy, .npz, .parquet); never inside a run folder")
     p.add_argument("--split", choices=["test", "train"], default="test",
@@ -177,7 +177,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("compare", help="compare run folders on their shared held-out data: "
                        "log p(x) per point, paired differences, ELBO, KL, active units")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN",
+                   help="two or more run folders, compared on the same held-out points")
     p.add_argument("--num-samples", type=positive_int, default=100,
                    help="importance samples per point for log p(x) (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")

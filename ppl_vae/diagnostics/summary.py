@@ -39,6 +39,7 @@ from ppl_vae.diagnostics.verdicts import (
 from ppl_vae.evaluation.arviz import build_tree, runs_from
 from ppl_vae.evaluation.chunks import plan_points
 from ppl_vae.evaluation.export import DEFAULT_POINTS, chain_pass, select_points
+from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.train.distributed import wants_engine
 
@@ -84,6 +85,9 @@ class Diagnostics:
         Seconds per phase (``draws``, ``latent``, ``sbc``, ``mutual information``, ``gaps``).
     latent_means : pandas.DataFrame or None
         E_q[z | x_i] of the first local site for every point (``point``, ``<site>[j]``).
+    scales : dict
+        Sites the program scales itself (``poutine.scale``) and their scale; when not empty
+        the log weights (k-hat, IWAE, ELBO gap) are in those units, and ``checks`` says so.
     """
 
     tree: object
@@ -102,6 +106,7 @@ class Diagnostics:
     reference_mi: float | None = None
     timings: dict = field(default_factory=dict)
     latent_means: pd.DataFrame | None = None
+    scales: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Headline numbers (floats)."""
@@ -194,54 +199,64 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                                reference=reference, points=points, chunk_size=chunk_size,
                                progress=progress)
     chains = runs_from(model, guide, runs)
-    m0, g0, _ = chains[0]
-    timer = _Timer()
-    with timer("draws"):
-        if tree is None:
-            tree, pointwise = pointwise_pass(chains, data, num_draws=num_draws, points=points,
-                                             num_worst=num_worst, settings=settings,
-                                             chunk_size=chunk_size, data_plate=data_plate,
-                                             seed=seed, engine=engine, progress=progress)
-        else:
-            pointwise = pointwise_psis(tree)
-    # The plate the pass resolved (or the one the given export was made with).
-    data_plate = data_plate if data_plate is not None else tree.attrs["data_plate"]
-    opts = dict(data_plate=data_plate, seed=seed, engine=engine, progress=progress)
-    with timer("latent"):
-        latent, means = latent_pass(m0, g0, data, chunk_size=chunk_size, **opts)
-    # The two optional checks need more of the programs (reparameterised local sites, a way to
-    # feed simulations to the guide); when a model does not allow them the report says why.
-    sbc_result, skipped = None, []
-    if calibrate:
-        with timer("sbc"):
-            sbc_result = _optional("Simulation-based calibration", skipped, sbc, m0, g0, data,
-                                   num_draws=sbc_draws, chunk_size=chunk_size, **opts)
-    if engine is not None and not engine.is_main:
-        return None  # the sharded phases are done; rank 0 finishes
-    mi, mi_reason, recon = _information(m0, g0, data, latent, data_plate, seed, skipped, timer)
-    if history is None:
-        history = getattr(model if runs is None else runs[0], "history", None)
-    gap_table = None
-    if gaps and latent.shape[0]:
-        with timer("gaps"):
-            gap_table = _optional("Inference gaps", skipped, inference_gaps, m0, g0, data,
-                                  num_points=gap_points, steps=gap_steps, data_plate=data_plate,
-                                  seed=seed)
-    exported = set(tree["posterior"][data_plate].values) \
-        if data_plate in tree["posterior"].dims else set()
-    first = pointwise[pointwise["chain"] == pointwise["chain"].iloc[0]]
-    worst = [p for p in first.nlargest(num_worst, "k_hat")["point"] if p in exported]
-    result = Diagnostics(tree, pointwise, latent, mi, posterior_summary(tree, worst=worst),
-                         gap_table, sbc_result,
-                         calibration=None if sbc_result is None else calibration_table(sbc_result),
-                         convergence=convergence(history, stopped_by=_stopped_by(
-                             settings, chains)), reconstruction=recon,
-                         mi_reason=mi_reason, num_points=int(pointwise["point"].nunique()),
-                         reference_mi=reference_value(reference, "mutual_information"),
-                         timings=timer.seconds, latent_means=means)
-    result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
-                              ignore_index=True)
-    return result
+    # Every check runs the programs' modules in evaluation mode (dropout off), as evaluate.
+    with eval_mode(*(p for m, g, _ in chains for p in (m, g))) as switched:
+        m0, g0, _ = chains[0]
+        timer = _Timer()
+        with timer("draws"):
+            if tree is None:
+                tree, pointwise = pointwise_pass(chains, data, num_draws=num_draws, points=points,
+                                                 num_worst=num_worst, settings=settings,
+                                                 chunk_size=chunk_size, data_plate=data_plate,
+                                                 seed=seed, engine=engine, progress=progress)
+                tree.attrs["modules_switched_to_eval"] = int(switched)
+            else:
+                pointwise = pointwise_psis(tree)
+        # The plate the pass resolved (or the one the given export was made with).
+        data_plate = data_plate if data_plate is not None else tree.attrs["data_plate"]
+        opts = dict(data_plate=data_plate, seed=seed, engine=engine, progress=progress)
+        with timer("latent"):
+            latent, means = latent_pass(m0, g0, data, chunk_size=chunk_size, **opts)
+        # The two optional checks need more of the programs (reparameterised local sites, a way to
+        # feed simulations to the guide); when a model does not allow them the report says why.
+        sbc_result, skipped = None, []
+        if calibrate:
+            with timer("sbc"):
+                sbc_result = _optional("Simulation-based calibration", skipped, sbc, m0, g0, data,
+                                       num_draws=sbc_draws, chunk_size=chunk_size, **opts)
+        if engine is not None and not engine.is_main:
+            return None  # the sharded phases are done; rank 0 finishes
+        mi, mi_reason, recon = _information(m0, g0, data, latent, data_plate, seed, skipped, timer)
+        if history is None:
+            history = getattr(model if runs is None else runs[0], "history", None)
+        gap_table = None
+        if gaps and latent.shape[0]:
+            with timer("gaps"):
+                gap_table = _optional("Inference gaps", skipped, inference_gaps, m0, g0, data,
+                                      num_points=gap_points, steps=gap_steps, data_plate=data_plate,
+                                      seed=seed)
+        if scales := json.loads(tree.attrs.get("scaled_sites", "{}")):
+            skipped.append(_row(
+                "Program's own scale", f"poutine.scale on {sorted(scales)[:4]}", "warning",
+                "the program scales its own sites, so the log weights are Pyro's scaled terms: "
+                "k-hat, IWAE and the ELBO gap read them in those units, and none of them is a "
+                "statement about the normalized log p(x) (I(x; z) uses q alone and is not "
+                "affected)", "compare these checks on the unscaled program"))
+        exported = set(tree["posterior"][data_plate].values) \
+            if data_plate in tree["posterior"].dims else set()
+        first = pointwise[pointwise["chain"] == pointwise["chain"].iloc[0]]
+        worst = [p for p in first.nlargest(num_worst, "k_hat")["point"] if p in exported]
+        result = Diagnostics(tree, pointwise, latent, mi, posterior_summary(tree, worst=worst),
+                             gap_table, sbc_result,
+                             calibration=None if sbc_result is None else calibration_table(sbc_result),
+                             convergence=convergence(history, stopped_by=_stopped_by(
+                                 settings, chains)), reconstruction=recon,
+                             mi_reason=mi_reason, num_points=int(pointwise["point"].nunique()),
+                             reference_mi=reference_value(reference, "mutual_information"),
+                             timings=timer.seconds, latent_means=means, scales=scales)
+        result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
+                                  ignore_index=True)
+        return result
 
 
 def _stopped_by(settings, chains) -> str | None:

@@ -14,8 +14,8 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape
 
 __all__ = [
-    "DifferentiableELBO", "importance_trace", "detached_replay", "refuse_non_reparameterized", "loss_value",
-    "loss_and_grads",
+    "DifferentiableELBO", "importance_trace", "detached_replay", "refuse_non_reparameterized",
+    "refuse_guide_factors", "guide_factor_sites", "loss_value", "loss_and_grads",
 ]
 
 
@@ -74,6 +74,27 @@ def refuse_non_reparameterized(estimator: str, guide_trace, accepting) -> None:
             f"{name!r} ({type(site['fn']).__name__}) has no rsample; estimators that accept "
             f"it: {', '.join(accepting())}"
         )
+
+
+def guide_factor_sites(guide_trace) -> dict[str, bool]:
+    """The guide's ``pyro.factor`` sites (observed auxiliary sites), each with its
+    ``has_rsample``."""
+    return {name: bool(site["fn"].has_rsample) for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample" and site["is_observed"]
+            and site["infer"].get("is_auxiliary")}
+
+
+def refuse_guide_factors(estimator: str, allowed: str, guide_trace, accepting) -> None:
+    """``ValueError`` naming the first guide factor an estimator whose spec says
+    ``guide_factors=allowed`` cannot train, and the estimators that train it as Pyro does
+    (``accepting(has_rsample)``: names, read from the registry when the error is raised)."""
+    for name, has_rsample in guide_factor_sites(guide_trace).items():
+        if allowed == "any" or (allowed == "reparameterized" and has_rsample):
+            continue
+        raise ValueError(
+            f"estimator {estimator!r} cannot train the guide's factor site {name!r} "
+            f"(pyro.factor(..., has_rsample={has_rsample})); estimators that train it as Pyro "
+            f"does: {', '.join(accepting(has_rsample))}")
 
 
 def loss_value(differentiable_loss, *args, **kwargs) -> float:

@@ -22,7 +22,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from ppl_vae.estimators._traces import refuse_non_reparameterized
+from ppl_vae.estimators._traces import refuse_guide_factors, refuse_non_reparameterized
 from ppl_vae.estimators.dreg import DoublyReparameterizedELBO
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
 from ppl_vae.estimators.jit import TracedELBO, check_jit, enum_loss, mc_loss, mean_field_loss
@@ -34,7 +34,8 @@ from ppl_vae.estimators.tracegraph import TraceGraphELBO
 from ppl_vae.estimators.vimco import VIMCO
 
 __all__ = [
-    "ESTIMATORS", "EstimatorSpec", "SiteFacts", "get_spec", "make_elbo", "preflight_warnings",
+    "ESTIMATORS", "EstimatorSpec", "SiteFacts", "get_spec", "make_elbo",
+    "preflight_warnings",
     "register_estimator", "unregister_estimator",
 ]
 
@@ -106,6 +107,14 @@ class EstimatorSpec:
         Every latent guide site must be reparameterizable. :func:`preflight_warnings` then
         refuses a guide site without ``rsample`` before training, with a ``ValueError`` naming
         the site and the registered estimators that accept it.
+    guide_factors : {"refused", "reparameterized", "any"}
+        What the estimator does with a ``pyro.factor`` in the guide (scANVI's classifier term).
+        ``"any"``: counted as Pyro's ``Trace_ELBO`` counts it, a log q term (its value in the
+        loss; its gradient pathwise with ``has_rsample=True``, by the score function with
+        ``has_rsample=False``). ``"reparameterized"``: only ``has_rsample=True`` factors, as
+        ``TraceMeanField_ELBO`` subtracts their entropy term (it would silently drop the others,
+        which have none). ``"refused"``: the estimator's math has no place for them;
+        :func:`preflight_warnings` refuses such a guide before training.
     """
 
     build: Callable[..., pyro.infer.ELBO]
@@ -117,6 +126,7 @@ class EstimatorSpec:
     variance_reference: bool = False
     needs_rsample: bool = False
     enumerates: bool = False
+    guide_factors: str = "refused"
 
 
 def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELBO]:
@@ -206,14 +216,14 @@ _REGISTRY: dict[str, EstimatorSpec] = {
         _traced_elbo(pyro.infer.Trace_ELBO, mc_loss),
         "Monte Carlo estimate of the whole ELBO, log p(x, z) - log q(z | x) at reparameterized "
         "draws (Kingma & Welling 2014, estimator A; Pyro's Trace_ELBO)",
-        has_jit=True,
+        has_jit=True, guide_factors="any",
     ),
     "analytic": EstimatorSpec(
         _traced_elbo(partial(MeanFieldELBO, accepting=_accepting_any_guide), mean_field_loss),
         "closed-form KL(q || p) where torch registers one, Monte Carlo reconstruction "
         "(Kingma & Welling 2014, estimator B; Pyro's TraceMeanField_ELBO)",
         has_jit=True, plan=_analytic_plan, preflight=_analytic_preflight,
-        variance_reference=True, needs_rsample=True,
+        variance_reference=True, needs_rsample=True, guide_factors="reparameterized",
     ),
     "enum": EstimatorSpec(
         _traced_elbo(pyro.infer.TraceEnum_ELBO, enum_loss),
@@ -308,11 +318,15 @@ def get_spec(estimator: str) -> EstimatorSpec:
     return _REGISTRY[estimator]
 
 
-def _refuse_sites_without_rsample(estimator: str, guide, batch) -> None:
-    # The guide alone: the check must not run the model (fit counts on one pre-flight pass).
+def _guide_trace(guide, batch):
+    # The guide alone: the checks must not run the model (fit counts on one pre-flight pass).
     with torch.no_grad(), pyro.validation_enabled(False):
-        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*as_batch(batch)))
-    refuse_non_reparameterized(estimator, guide_trace, _accepting_any_guide)
+        return prune_subsample_sites(poutine.trace(guide).get_trace(*as_batch(batch)))
+
+
+def _accepting_factors(has_rsample: bool) -> list[str]:
+    allowed = ("any", "reparameterized") if has_rsample else ("any",)
+    return sorted(n for n, spec in _REGISTRY.items() if spec.guide_factors in allowed)
 
 
 def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
@@ -322,11 +336,16 @@ def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
     ------
     ValueError
         If the estimator cannot handle the programs, for example a guide site without
-        ``rsample`` for an estimator whose spec says ``needs_rsample``.
+        ``rsample`` for an estimator whose spec says ``needs_rsample``, or a ``pyro.factor``
+        in the guide its spec's ``guide_factors`` does not take.
     """
     spec = get_spec(estimator)
-    if spec.needs_rsample:
-        _refuse_sites_without_rsample(estimator, guide, batch)
+    if spec.needs_rsample or spec.guide_factors != "any":
+        guide_trace = _guide_trace(guide, batch)
+        refuse_guide_factors(estimator, spec.guide_factors, guide_trace,
+                             _accepting_factors)
+        if spec.needs_rsample:
+            refuse_non_reparameterized(estimator, guide_trace, _accepting_any_guide)
     return list(spec.preflight(model, guide, batch))
 
 

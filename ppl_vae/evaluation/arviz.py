@@ -23,6 +23,7 @@ from xarray import DataTree
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.evaluation.chunks import PointPlan, plan_points
 from ppl_vae.evaluation.export import DEFAULT_POINTS, ChainPass, chain_pass, select_points
+from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.train.result import FitResult
 
@@ -155,15 +156,20 @@ def to_arviz(
     dtype, device = program_dtype(chains[0][0], chains[0][1])
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
-    plan = plan_points(chains[0][0], chains[0][1], batch, num_draws=int(num_draws),
-                       data_plate=data_plate, chunk_size=chunk_size, draws_argument="num_draws")
-    selected = select_points(plan.num_points, points, seed)
-    passes = [chain_pass(m, g, batch, plan, selected, num_draws=int(num_draws), seed=seed,
-                         key=i, with_replicates=posterior_predictive, engine=engine,
-                         progress=progress) for i, (m, g, _) in enumerate(chains)]
+    # The draws with the programs' modules in evaluation mode (dropout off), as evaluate.
+    with eval_mode(*(p for m, g, _ in chains for p in (m, g))) as switched:
+        plan = plan_points(chains[0][0], chains[0][1], batch, num_draws=int(num_draws),
+                           data_plate=data_plate, chunk_size=chunk_size,
+                           draws_argument="num_draws")
+        selected = select_points(plan.num_points, points, seed)
+        passes = [chain_pass(m, g, batch, plan, selected, num_draws=int(num_draws), seed=seed,
+                             key=i, with_replicates=posterior_predictive, engine=engine,
+                             progress=progress) for i, (m, g, _) in enumerate(chains)]
     run_settings = settings if settings is not None else chains[0][2]
-    return build_tree(passes, plan, selected, chains=chains, num_draws=int(num_draws),
+    tree = build_tree(passes, plan, selected, chains=chains, num_draws=int(num_draws),
                       seed=seed, settings=run_settings, name=name)
+    tree.attrs["modules_switched_to_eval"] = int(switched)
+    return tree
 
 
 def build_tree(passes: list[ChainPass], plan: PointPlan, selected: np.ndarray, *, chains,
@@ -203,6 +209,9 @@ def build_tree(passes: list[ChainPass], plan: PointPlan, selected: np.ndarray, *
         "local_sites": json.dumps(meta["local_sites"]),
         "global_sites": json.dumps(meta["global_sites"]),
         "observed_sites": json.dumps(meta["observed_sites"]),
+        # Sites the program scales itself (poutine.scale) and their scale: log_p, log_q and
+        # log_likelihood carry it, as in Pyro's ELBO (not normalized densities).
+        "scaled_sites": json.dumps(meta.get("scales", {})),
         "settings": json.dumps(settings, default=str),
         "versions": json.dumps(_versions()),
         "leave_one_out": NO_LOO,

@@ -210,7 +210,7 @@ def chain_pass(model, guide, tensors, plan: PointPlan, selected: np.ndarray, *, 
         extra = per_chunk(start, d) if per_chunk is not None else None
         meta = {"local_sites": d.local_sites, "global_sites": d.global_sites,
                 "observed_sites": list(d.observed), "data_dims": d.data_dims,
-                "observed_dims": d.observed_dims}
+                "observed_dims": d.observed_dims, "scales": d.scales}
         return arrays, extra, d.log_weights.double().sum(1).cpu(), meta
 
     parts = map_chunks(one, starts, engine=engine, desc="draws", progress=progress)

@@ -18,14 +18,32 @@ from ppl_vae.evaluation.chunks import (
     map_chunks,
     plan_points,
 )
+from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.train.arguments import as_integer
 
-__all__ = ["evaluate", "Evaluation", "RESOLVE_ROWS"]
+__all__ = ["evaluate", "Evaluation", "RESOLVE_ROWS", "ScaledProgramWarning"]
 
 
 class Evaluation(dict):
-    """A dict of floats (nats per data point) that prints as a table."""
+    """A dict of floats (nats per data point) that prints as a table.
+
+    Attributes
+    ----------
+    scales : dict of str -> float
+        The sites the program scales itself (``poutine.scale``) and their scale; empty for a
+        normalized program. When not empty, ``scaled`` is True, every value is in the program's
+        scaled units (``elbo`` is Pyro's ELBO of the program), and ``iwae`` is the importance-
+        weighted bound of the scaled weights, not a bound on log p(x).
+    """
+
+    def __init__(self, *args, scales: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scales = dict(scales or {})
+
+    @property
+    def scaled(self) -> bool:
+        return bool(self.scales)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"value (nats per data point)": pd.Series(self)})
@@ -85,11 +103,23 @@ def evaluate(
     Evaluation
         Keys ``elbo``, ``iwae``, ``kl``, ``recon`` (floats, nats per data point), ``num_samples``.
         A model that subsamples its own data plate is evaluated on all of its points.
+        The programs' ``nn.Module``s run in evaluation mode (dropout off, batch norm on its
+        running statistics), each put back in its own mode afterwards
+        (:func:`~ppl_vae.programs.modes.eval_mode`). ``Evaluation.scales`` names the sites
+        the program scales itself (``poutine.scale``): the values are then in those units, as
+        Pyro's ELBO is.
     """
     num_samples = as_integer("num_samples", num_samples)
     ref_dtype, device = program_dtype(model, guide)
     tensors = as_tensors(data, dtype=ref_dtype, device=device, name="data")
     check_finite(tensors)
+    with eval_mode(model, guide):
+        return _evaluate(model, guide, tensors, num_samples, data_plate, batch_size, seed,
+                         engine, progress)
+
+
+def _evaluate(model, guide, tensors, num_samples, data_plate, batch_size, seed, engine,
+              progress) -> Evaluation:
     plan = plan_points(model, guide, tensors, num_draws=num_samples, data_plate=data_plate,
                        chunk_size=batch_size)
     globals_ = global_draws(plan, model, guide, tensors, num_draws=num_samples, seed=seed)
@@ -102,7 +132,8 @@ def evaluate(
                 "recon": float(d.log_lik.double().mean(0).sum()),
                 "kl": float((d.log_q - d.log_prior).double().mean(0).sum()),
                 "iwae": float(log_mean_exp(lw, 0).sum()), "joint": lw.sum(1).cpu(),
-                "global": (d.log_q_global - d.log_prior_global).double().cpu()}
+                "global": (d.log_q_global - d.log_prior_global).double().cpu(),
+                "scales": d.scales}
 
     parts = map_chunks(one, plan.starts(), engine=engine, desc="evaluate", progress=progress)
     n = plan.num_points
@@ -115,12 +146,44 @@ def evaluate(
         iwae = float(log_mean_exp(joint, 0))
     else:
         iwae = sum(p["iwae"] for p in parts)
-    result = Evaluation(
+    out = Evaluation(
         elbo=(recon - kl) / n, iwae=iwae / n, kl=kl / n, recon=recon / n,
-        num_samples=int(num_samples),
+        num_samples=int(num_samples), scales=scales_of(parts),
     )
-    _warn_non_finite(result, [p["bad"] for p in parts])
-    return result
+    if out.scaled:
+        consequence = "iwae is the bound of the scaled weights, not of log p(x)"
+        if any(isinstance(v, tuple) for v in out.scales.values()):
+            consequence += ("; the scale differs between chunks (it depends on the batch "
+                            "size): pass batch_size=N for the ELBO of the whole data set")
+        warnings.warn(scaled_message(out.scales, consequence), ScaledProgramWarning,
+                      stacklevel=3)
+    _warn_non_finite(out, [p["bad"] for p in parts])
+    return out
+
+
+class ScaledProgramWarning(UserWarning):
+    """The program scales its own sites: a check that assumes a normalized density is not
+    one on these units."""
+
+
+def scales_of(parts) -> dict:
+    """The program's own scales seen by the chunks (``Draws.scales`` of each), merged; a site
+    scaled differently in two chunks (a scale that depends on the batch size) keeps its
+    largest and smallest as a ``(min, max)`` pair."""
+    seen: dict[str, set] = {}
+    for part in parts:
+        for name, scale in part["scales"].items():
+            seen.setdefault(name, set()).add(round(scale, 12))
+    return {name: next(iter(v)) if len(v) == 1 else (min(v), max(v)) for name, v in seen.items()}
+
+
+def scaled_message(scales: dict, consequence: str) -> str:
+    """One line naming the scaled sites, their scale and what follows."""
+    shown = ", ".join(f"{name!r} x {scale if isinstance(scale, tuple) else f'{scale:.4g}'}"
+                      for name, scale in list(scales.items())[:4])
+    more = f" and {len(scales) - 4} more" if len(scales) > 4 else ""
+    return (f"the program scales its own sites with poutine.scale ({shown}{more}): values are "
+            f"Pyro's scaled terms, as in its ELBO; {consequence}")
 
 
 # The terms of the log weights, as a warning names them.
@@ -151,4 +214,4 @@ def _warn_non_finite(result: Evaluation, chunks: list[dict]) -> None:
                           f"point(s), the first row {min(f[1] for f in found)}")
     warnings.warn(f"evaluate: {', '.join(metrics)} not finite: "
                   + ("; ".join(causes) or "the sums overflow") + " (check the trained "
-                  "parameters, and the data against the model's support)", stacklevel=3)
+                  "parameters, and the data against the model's support)", stacklevel=4)

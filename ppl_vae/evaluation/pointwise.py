@@ -9,7 +9,7 @@ data point i, log p(x_i | z), log p(z_i) and log q(z_i | x_i), plus the same for
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import torch
@@ -20,6 +20,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.programs.checks import data_dim
+from ppl_vae.programs.plates import own_scale
 from ppl_vae.programs.util import max_plate_nesting
 
 __all__ = [
@@ -61,6 +62,10 @@ class Draws:
         The guide's global sites (auxiliary ones included), one trace per pass (one pass holds
         all K draws when vectorized, K passes otherwise); replayed by the next chunk of data
         points so that all chunks share the same global draws.
+    scales : dict of str -> float
+        Sites the program scales itself (``poutine.scale``; not the subsampling factor of a
+        plate), with that scale (its mean where it is a tensor). Every log-density above
+        carries it, as in Pyro's ELBO; empty for a normalized program.
     """
 
     latents: dict
@@ -77,6 +82,14 @@ class Draws:
     observed_dims: dict
     rank: int
     global_traces: list | None = None
+    scales: dict = field(default_factory=dict)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the program scales a site itself: the log-densities are then Pyro's scaled
+        terms, not a normalized log p(x, z) (IWAE is no bound on log p(x), k-hats and
+        information measures mix units)."""
+        return bool(self.scales)
 
     def take(self, index: torch.Tensor) -> Draws:
         """The same draws on the points ``index`` (positions along N) only."""
@@ -90,7 +103,7 @@ class Draws:
                      self.log_q[:, index], self.log_prior_global, self.log_q_global,
                      self.local_sites, self.global_sites, self.data_dims,
                      {s: v[:, index] for s, v in self.log_lik_sites.items()},
-                     self.observed_dims, self.rank, self.global_traces)
+                     self.observed_dims, self.rank, self.global_traces, self.scales)
 
     @property
     def log_p(self) -> torch.Tensor:
@@ -124,13 +137,20 @@ def reduce_to_points(log_prob: torch.Tensor, rank: int, data_dim: int | None, n:
     return lp.expand(lp.shape[0], n)
 
 
-def site_log_prob(site) -> torch.Tensor:
+def site_log_prob(site, scales: dict | None = None) -> torch.Tensor:
+    """A site's masked log-density; with ``scales`` (a dict), times the program's own scale
+    (:func:`~ppl_vae.programs.plates.own_scale`), recorded there by site name when not 1."""
     lp = site["fn"].log_prob(site["value"])
     mask = site["mask"]
     if isinstance(mask, torch.Tensor):
         lp = torch.where(mask, lp, lp.new_zeros(()))
     elif mask is False:
         lp = torch.zeros_like(lp)
+    if scales is not None:
+        scale = own_scale(site)
+        if isinstance(scale, torch.Tensor) or scale != 1.0:
+            scales[site["name"]] = float(torch.as_tensor(scale).double().mean())
+            lp = lp * scale
     return lp
 
 
@@ -254,12 +274,12 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
     log_lik, log_prior, log_q = zeros_kn.clone(), zeros_kn.clone(), zeros_kn.clone()
     log_prior_g, log_q_g = zeros_kn[:, 0].clone(), zeros_kn[:, 0].clone()
     latents, observed, local_sites, global_sites, data_dims, lik_sites = {}, {}, [], [], {}, {}
-    obs_dims = {}
+    obs_dims, scales = {}, {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site) or name == PARTICLE_PLATE:
             continue  # plates record themselves as sample sites; they are not latents
         dim = data_dim(site, data_plate)
-        lp = reduce_to_points(site_log_prob(site), rank, dim, n)
+        lp = reduce_to_points(site_log_prob(site, scales), rank, dim, n)
         if site["is_observed"]:
             observed[name] = site["value"]
             obs_dims[name] = (dim, len(site["fn"].event_shape))
@@ -268,7 +288,7 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
             continue
         if name not in guide_trace.nodes:
             continue  # drawn from the prior: its density cancels in p/q
-        lq = reduce_to_points(site_log_prob(guide_trace.nodes[name]), rank, dim, n)
+        lq = reduce_to_points(site_log_prob(guide_trace.nodes[name], scales), rank, dim, n)
         value = site["value"]
         latents[name] = value if vectorized else _lift(value, len(site["fn"].event_shape), rank)
         data_dims[name] = dim
@@ -285,13 +305,13 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
         # guide's Delta site at the constrained value carries just the Jacobian term.
         if gsite["type"] == "sample" and gsite["infer"].get("is_auxiliary"):
             dim = data_dim(gsite, data_plate)
-            lq = reduce_to_points(site_log_prob(gsite), rank, dim, n)
+            lq = reduce_to_points(site_log_prob(gsite, scales), rank, dim, n)
             if dim is None:
                 log_q_g += lq
             else:
                 log_q += lq
     return Draws(latents, observed, log_lik, log_prior, log_q, log_prior_g, log_q_g,
-                 local_sites, global_sites, data_dims, lik_sites, obs_dims, rank)
+                 local_sites, global_sites, data_dims, lik_sites, obs_dims, rank, scales=scales)
 
 
 def _concat(parts: list[Draws]) -> Draws:
@@ -309,5 +329,5 @@ def _concat(parts: list[Draws]) -> Draws:
         log_q_global=cat(lambda p: p.log_q_global), local_sites=first.local_sites,
         global_sites=first.global_sites, data_dims=first.data_dims,
         log_lik_sites={s: cat(lambda p, s=s: p.log_lik_sites[s]) for s in first.log_lik_sites},
-        observed_dims=first.observed_dims, rank=first.rank,
+        observed_dims=first.observed_dims, rank=first.rank, scales=first.scales,
     )

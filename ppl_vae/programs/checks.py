@@ -100,11 +100,15 @@ def check_sites_agree(model_trace, guide_trace) -> None:
         if extra:
             parts.append(f"in the guide but not in the model: {extra}")
         raise ValueError("model and guide latent sites disagree; " + "; ".join(parts))
+    # A pyro.factor in the guide (an observed auxiliary site, scANVI's classifier term) is a
+    # log q term Pyro's ELBOs count; whether an estimator takes it is the estimator's to say.
     observed_in_guide = [
         n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and s["is_observed"]
+        and not s["infer"].get("is_auxiliary")
     ]
     if observed_in_guide:
-        raise ValueError(f"the guide observes sites {observed_in_guide}; only the model may")
+        raise ValueError(f"the guide observes sites {observed_in_guide}; only the model may "
+                         "(a guide may add a pyro.factor term)")
     check_event_shapes(model_trace, guide_trace)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["PlateInfo", "site_plate_size", "frame_full_size", "program_plates",
+__all__ = ["PlateInfo", "site_plate_size", "frame_full_size", "own_scale", "program_plates",
            "choose_data_plate", "observed_outside"]
 
 
@@ -54,6 +54,18 @@ def frame_full_size(frame, site) -> int:
     if full is None or full < 0:
         return site_plate_size(site, frame.dim)
     return int(full)
+
+
+def own_scale(site):
+    """The scale a site carries from the program itself (``poutine.scale``, scANVI's
+    1 / (batch x genes)): its recorded scale without the full_size / size factor of each plate
+    the program subsamples, which Pyro adds for the subsample and which stands for the
+    points not drawn. A float, or a tensor broadcastable with the site's log-density."""
+    scale = site["scale"]
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.size and frame.size > 0:
+            scale = scale * (frame.size / frame.full_size)
+    return scale
 
 
 @dataclass

@@ -90,4 +90,21 @@ def settings_table(settings: dict, history, diagnostics, num_points: int) -> pd.
             "changed during training only (KL warm-up / free bits: the history's kl_weight / "
             "free_bits columns mark the epochs whose train_elbo is that objective); the "
             "validation ELBO, the evaluation and every check here use the true ELBO")
+    rows.update(_program_rows(diagnostics.tree.attrs))
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
+
+
+def _program_rows(attrs) -> dict:
+    """How the checks treated the programs: their modules' mode, their own scale."""
+    rows = {"modules in evaluation": (
+        "eval mode (dropout off, batch norm on running statistics) for the evaluation, the "
+        "validation ELBO, every check and the draws; "
+        f"{attrs.get('modules_switched_to_eval', 0)} module(s) switched from training mode "
+        "and restored afterwards")}
+    scales = json.loads(attrs.get("scaled_sites", "{}"))
+    if scales:
+        rows["program's own scale"] = (
+            f"poutine.scale on {sorted(scales)[:4]}: every log density here is Pyro's scaled "
+            "term, as in its ELBO; IWAE, k-hat and I(x; z) assume a normalized density "
+            "(see the checks)")
+    return rows

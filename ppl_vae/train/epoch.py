@@ -10,6 +10,7 @@ import torch
 
 from ppl_vae.data.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
 from ppl_vae.data.tensors import iter_batches
+from ppl_vae.programs.modes import eval_mode
 from ppl_vae.train.arguments import FitConfig
 from ppl_vae.train.prepare import Prepared
 from ppl_vae.train.result import TrainingDivergedError
@@ -101,8 +102,9 @@ class Epochs:
         record = {"epoch": epoch, "train_elbo": -float(epoch_loss) / self.prepared.num_data}
         if self.val_loss_fn is not None:
             p = self.prepared
-            val = validation_loss(self.val_loss_fn, p.validation, self.config.batch_size,
-                                  self.engine, p.device, p.dtype)
+            with eval_mode(self.val_loss_fn):  # dropout off, as evaluate; modes restored
+                val = validation_loss(self.val_loss_fn, p.validation, self.config.batch_size,
+                                      self.engine, p.device, p.dtype)
             record["val_elbo"] = -float(val) / p.num_validation
         record["seconds"] = time.perf_counter() - t0
         record["steps"] = len(losses)

@@ -175,9 +175,12 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
         model, guide = WarmupProgram(model, warmup), WarmupProgram(guide, warmup)
     if free_bits is not None:
         model, guide = free_bits.model(model), free_bits.guide(guide)
+    # Before init_state runs the loss: an estimator refuses what it cannot train (a guide
+    # factor, a site without rsample) by name, not by an error from inside its loss.
+    messages = preflight_warnings(config.estimator, model, guide, first)
     state = init_state(model, guide, elbo, first, num_data=prepared.num_data,
                        data_plate=config.data_plate, optimizer=config.optimizer, lr=config.lr)
-    for message in preflight_warnings(config.estimator, model, guide, first):
+    for message in messages:
         warn_user(message)
     if config.early_stopping_patience is not None and prepared.validation is None:
         warn_user("early_stopping_patience has no effect without validation_data")

@@ -388,10 +388,13 @@ def load_run(run_dir, *, model=None, guide=None, data=None, validation_data=None
 
 def _setup_rows(config: dict, ckpt: dict) -> int | None:
     """Rows to run the programs on before the parameters load: two, or all (None) when a
-    trained ``pyro.param`` has one entry per training row (made for the rows of its first
-    call). Read from the checkpoint's own tensors, so runs of every version are covered."""
+    trained parameter has one entry per training row (a per-row ``pyro.param`` sized by
+    ``x.shape[0]``, an autoguide's local latents: made for the rows of their first call).
+    Read from the checkpoint's own tensors, so runs of every version are covered."""
     rows = config.get("settings", {}).get("num_data")
-    shapes = [tuple(v.shape) for v in ckpt.get("params", {}).get("pyro_params", {}).values()]
+    params = ckpt.get("params", {})
+    shapes = [tuple(v.shape) for group in params.values() if isinstance(group, dict)
+              for v in group.values() if isinstance(v, torch.Tensor)]
     return None if rows is None or any(rows in shape for shape in shapes) else 2
 
 

@@ -1,5 +1,7 @@
 """A topic model in the style of Pyro's ProdLDA tutorial: per document a logistic-normal topic
-mixture, a product of experts over words, and word counts with a Multinomial likelihood."""
+mixture, a product of experts over words, and word counts with a Multinomial likelihood. As in
+the tutorial, the encoder drops units out and the decoder batch-normalizes its logits (so draws
+do not vectorize over an extra plate: ``BatchNorm1d`` reads dimension 1 as channels)."""
 
 import pyro
 import pyro.distributions as dist
@@ -20,20 +22,21 @@ def local_scale(num_data, batch_size):
 class ProdLDA(nn.Module):
     def __init__(self):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(VOCAB, HIDDEN), nn.Softplus())
+        self.encoder = nn.Sequential(nn.Linear(VOCAB, HIDDEN), nn.Softplus(), nn.Dropout(0.2))
         self.fc_mu = nn.Linear(HIDDEN, TOPICS)
         self.fc_lv = nn.Linear(HIDDEN, TOPICS)
         self.beta = nn.Linear(TOPICS, VOCAB, bias=False)
+        self.bn = nn.BatchNorm1d(VOCAB, affine=False)
 
     def model(self, docs):
-        pyro.module("decoder", self.beta)
+        pyro.module("decoder", nn.ModuleList([self.beta, self.bn]))
         with pyro.plate("documents", docs.shape[0]):
             logtheta_loc = docs.new_zeros((docs.shape[0], TOPICS))
             logtheta_scale = docs.new_ones((docs.shape[0], TOPICS))
             logtheta = pyro.sample("logtheta",
                                    dist.Normal(logtheta_loc, logtheta_scale).to_event(1))
             theta = F.softmax(logtheta, -1)
-            count_param = F.softmax(self.beta(theta), -1)
+            count_param = F.softmax(self.bn(self.beta(theta)), -1)
             total_count = int(docs.sum(-1).max())
             pyro.sample("obs", dist.Multinomial(total_count, count_param), obs=docs)
 
