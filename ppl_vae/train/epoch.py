@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -121,16 +122,21 @@ class Epochs:
               checkpoint: tuple[Path, int | None] | None) -> dict:
         t0 = time.perf_counter()
         losses = []
-        for step, batch in enumerate(self.batches(epoch), start=1):
-            if self.warmup is not None:
-                self.warmup.set_step(state.step)
-            try:
-                state, loss = update(state, batch)
-            except Exception as error:
-                # Re-raised unchanged: the programs' own exception, told where training was.
-                error.add_note(f"{STEP_NOTE} {epoch}, step {step}")
-                raise
-            losses.append(loss)
+        with warnings.catch_warnings():
+            # Pyro's eager ELBOs warn at every NaN step; the divergence check below stops the
+            # run at the epoch's end, naming the first bad step, with one error instead.
+            warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]?Inf)",
+                                    category=UserWarning)
+            for step, batch in enumerate(self.batches(epoch), start=1):
+                if self.warmup is not None:
+                    self.warmup.set_step(state.step)
+                try:
+                    state, loss = update(state, batch)
+                except Exception as error:
+                    # Re-raised unchanged: the programs' own exception, told where training was.
+                    error.add_note(f"{STEP_NOTE} {epoch}, step {step}")
+                    raise
+                losses.append(loss)
         stacked = torch.stack(losses)
         epoch_loss = stacked.mean() if self.engine is None else self.engine.mean(stacked.mean())
         check_divergence(stacked, epoch_loss, epoch, records, checkpoint)
