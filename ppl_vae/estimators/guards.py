@@ -52,9 +52,9 @@ _LOAD_CELLS = {"LOAD_DEREF", "STORE_DEREF", "LOAD_CLASSDEREF", "DELETE_DEREF"}
 @functools.lru_cache(maxsize=4096)
 def is_user_code(filename: str) -> bool:
     """Whether code from ``filename`` is the user's (a program or its helpers), not a library."""
-    if filename.startswith("<frozen") or not filename:
-        return False
-    if filename.startswith("<"):  # exec'd or typed at a prompt: the user's
+    if filename.startswith(("<frozen", "<string>")) or not filename:
+        return False  # namedtuple's and dataclasses' generated methods are "<string>"
+    if filename.startswith("<"):  # typed at a prompt or in a notebook cell: the user's
         return True
     path = str(Path(filename).resolve())
     return not any(path == lib or path.startswith(lib + "/") for lib in _LIBRARIES)
@@ -206,9 +206,8 @@ class Watch:
     def restore(self, guards: Guards, snapshot: list) -> None:
         """Put back, as they were before the programs first ran, the values that changed since
         ``snapshot`` (a counter the programs keep), so that trial runs leave no trace."""
-        for read, before in zip(guards.reads, snapshot, strict=True):
-            label, container, name = read
-            if freeze(_read(container, name)) != before:
+        for (_, container, name), (kind, want) in zip(guards.reads, snapshot, strict=True):
+            if not _same(kind, want, _read(container, name)):
                 _write(container, name, self._reads[(id(container), name)][3])
 
 
@@ -255,6 +254,42 @@ def _cells(code: types.CodeType, names: tuple[str, ...]) -> list:
     return found
 
 
+_SAME, _SCALAR, _TENSOR, _CONTAINER, _FROZEN = range(5)
+_IMMUTABLE = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+              type, torch.nn.Module)
+
+
+def _expect(value) -> tuple:
+    """What a guard compares ``value`` with, by the cheapest test that sees a change: identity
+    for functions, classes, modules and trained tensors; equality for scalars; identity and
+    version counter for other tensors; :func:`freeze` for the rest (containers, objects)."""
+    if type(value) in _SCALAR_TYPES:
+        return (_SCALAR, value)
+    if isinstance(value, _IMMUTABLE) or value is _MISSING:
+        return (_SAME, value)
+    if isinstance(value, torch.Tensor):
+        return (_SAME, value) if value.requires_grad else (_TENSOR, (value, value._version))
+    if type(value) in (list, tuple, dict) and all(
+            type(v) in _SCALAR_TYPES or isinstance(v, _IMMUTABLE)
+            for v in (value.values() if type(value) is dict else value)):
+        # A registry of classes, a list of numbers: one comparison in C with a shallow copy.
+        return (_CONTAINER, (value, _copy(value)))
+    return (_FROZEN, freeze(value))
+
+
+def _same(kind: int, want, value) -> bool:
+    if kind == _SCALAR:
+        return value is want or (type(value) is type(want)
+                                 and (value == want or (value != value and want != want)))
+    if kind == _SAME:
+        return value is want
+    if kind == _TENSOR:
+        return value is want[0] and value._version == want[1]
+    if kind == _CONTAINER:
+        return value is want[0] and value == want[1]
+    return freeze(value) == want
+
+
 class Guards:
     """Values the programs read from Python, re-read on demand.
 
@@ -263,6 +298,12 @@ class Guards:
     reads : list of (label, container, key)
         ``container[key]`` for a dictionary (globals, an instance's ``__dict__``), or a closure
         cell's contents when ``key`` is ``None``.
+
+    Notes
+    -----
+    :meth:`changed` costs a dictionary look-up and one comparison per read (about 0.1 us for a
+    scalar, an identity or a tensor's version); a container or an object is compared item by
+    item, up to two levels deep.
     """
 
     def __init__(self, reads: list[tuple]):
@@ -272,13 +313,13 @@ class Guards:
         return len(self.reads)
 
     def snapshot(self) -> list:
-        """The current values, frozen (:func:`freeze`)."""
-        return [freeze(_read(container, key)) for _, container, key in self.reads]
+        """What :meth:`changed` compares the values with, as they are now."""
+        return [_expect(_read(container, key)) for _, container, key in self.reads]
 
     def changed(self, snapshot: list) -> str | None:
         """The label of the first value that differs from ``snapshot`` (``None``: none)."""
-        for (label, container, key), before in zip(self.reads, snapshot, strict=True):
-            if freeze(_read(container, key)) != before:
+        for (label, container, key), (kind, want) in zip(self.reads, snapshot, strict=True):
+            if not _same(kind, want, _read(container, key)):
                 return label
         return None
 
