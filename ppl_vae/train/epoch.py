@@ -118,13 +118,12 @@ class Epochs:
             self.engine.seed_epoch(self.config.seed, epoch)
         return self.stream(epoch)
 
-    def train(self, state: TrainState, epoch: int, records: list,
-              checkpoint: tuple[Path, int | None] | None) -> dict:
-        t0 = time.perf_counter()
+    def steps(self, state: TrainState, epoch: int) -> list[torch.Tensor]:
+        """The epoch's steps; their losses (0-dim tensors, not read on the host)."""
         losses = []
         with warnings.catch_warnings():
-            # Pyro's eager ELBOs warn at every NaN step; the divergence check below stops the
-            # run at the epoch's end, naming the first bad step, with one error instead.
+            # Pyro's eager ELBOs warn at every NaN step; the divergence check stops the run at
+            # the epoch's end, naming the first bad step, with one error instead.
             warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]?Inf)",
                                     category=UserWarning)
             for step, batch in enumerate(self.batches(epoch), start=1):
@@ -137,6 +136,12 @@ class Epochs:
                     error.add_note(f"{STEP_NOTE} {epoch}, step {step}")
                     raise
                 losses.append(loss)
+        return losses
+
+    def train(self, state: TrainState, epoch: int, records: list,
+              checkpoint: tuple[Path, int | None] | None) -> dict:
+        t0 = time.perf_counter()
+        losses = self.steps(state, epoch)
         stacked = torch.stack(losses)
         epoch_loss = stacked.mean() if self.engine is None else self.engine.mean(stacked.mean())
         check_divergence(stacked, epoch_loss, epoch, records, checkpoint)
@@ -145,8 +150,12 @@ class Epochs:
         record = {"epoch": epoch, "train_elbo": -float(epoch_loss) / self.prepared.num_data}
         if self.val_loss_fn is not None:
             p = self.prepared
-            val = validation_loss(self.val_loss_fn, p.validation, self.config.batch_size,
-                                  self.engine, p.device, p.dtype)
+            try:
+                val = validation_loss(self.val_loss_fn, p.validation, self.config.batch_size,
+                                      self.engine, p.device, p.dtype)
+            except Exception as error:
+                error.add_note(f"{STEP_NOTE} {epoch}, on the validation data")
+                raise
             record["val_elbo"] = -float(val) / p.num_validation
             check_validation(record["val_elbo"], epoch, records, checkpoint)
         record["seconds"] = time.perf_counter() - t0
