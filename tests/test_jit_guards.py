@@ -192,3 +192,56 @@ def test_cli_exits_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, ca
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert "epoch 2, step 4" in err[0]
     assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] == 1
+
+
+STEP = {"scale": 1.0}
+
+
+def _scaled_loss(x, w):
+    return (w * x).sum() * STEP["scale"]
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = w
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_value_changing_at_every_step_is_recorded_8_times_then_given_up(fallback):
+    w = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    x = torch.ones(3, dtype=torch.float64)
+
+    def fn(x):
+        return _scaled_loss(x, w)
+
+    recorder = TraceOnce(fn, (_Holder(w),), fallback=fn if fallback else None)
+    try:
+        for i in range(9):  # the first recording, then 8 more for 8 changed values
+            STEP["scale"] = 1.0 + i
+            assert float(recorder(x)) == pytest.approx(6.0 * (1.0 + i), rel=1e-12)
+        assert recorder.num_traces == 9 and recorder.eager_reason is None
+        STEP["scale"] = 20.0
+        if not fallback:
+            with pytest.raises(ValueError, match="the global STEP .* changed again"):
+                recorder(x)
+            return
+        with pytest.warns(JitFallbackWarning, match="the global STEP .* changed again"):
+            assert float(recorder(x)) == pytest.approx(120.0, rel=1e-12)
+    finally:
+        STEP["scale"] = 1.0
+
+
+def test_the_fused_compiled_step_follows_a_schedule_set_in_python():
+    from ppl_vae.estimators.compile import inductor_unavailable
+
+    if inductor_unavailable():
+        pytest.skip(inductor_unavailable())
+    compiled, fallbacks = _fit(impure.make_attribute, "compile", epochs=2)
+    eager, _ = _fit(impure.make_attribute, False, epochs=2)
+    assert not fallbacks and compiled.state.fused is not None
+    assert compiled.state.fused.recorder.rerecords == 1
+    # Inductor's loops round differently from eager's kernels: close, not equal.
+    torch.testing.assert_close(torch.tensor(compiled.history["train_elbo"].to_numpy()),
+                               torch.tensor(eager.history["train_elbo"].to_numpy()),
+                               rtol=1e-6, atol=0.0)
