@@ -43,6 +43,7 @@ _LIBRARIES = tuple(sorted(
     {str(Path(p).resolve()) for p in _PATHS}
     | {str(Path(m.__file__).resolve().parent) for m in (torch, pyro)}
     | {str(Path(__file__).resolve().parents[1])}))  # ppl_vae/: its handlers are not programs
+_INSTALLED = {"site-packages", "dist-packages"}
 _RANDOM_FILE = str(Path(random.__file__).resolve())
 _LOAD_GLOBALS = {"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME"}
 _LOAD_ATTRS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR", "DELETE_ATTR"}
@@ -56,8 +57,11 @@ def is_user_code(filename: str) -> bool:
         return False  # namedtuple's and dataclasses' generated methods are "<string>"
     if filename.startswith("<"):  # typed at a prompt or in a notebook cell: the user's
         return True
-    path = str(Path(filename).resolve())
-    return not any(path == lib or path.startswith(lib + "/") for lib in _LIBRARIES)
+    path = Path(filename).resolve()
+    if _INSTALLED & set(path.parts):  # an installed package, wherever its environment lives
+        return False
+    text = str(path)
+    return not any(text == lib or text.startswith(lib + "/") for lib in _LIBRARIES)
 
 
 def freeze(value, depth: int = 2):
