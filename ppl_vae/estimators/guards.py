@@ -24,6 +24,7 @@ import contextlib
 import dis
 import functools
 import gc
+import itertools
 import random
 import sys
 import sysconfig
@@ -39,10 +40,10 @@ _MISSING = object()
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 _SCALAR_TYPES = frozenset(_SCALARS)
 _PATHS = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-_LIBRARIES = tuple(sorted(
-    {str(Path(p).resolve()) for p in _PATHS}
-    | {str(Path(m.__file__).resolve().parent) for m in (torch, pyro)}
-    | {str(Path(__file__).resolve().parents[1])}))  # ppl_vae/: its handlers are not programs
+_LIBRARIES = tuple(
+    {Path(p).resolve() for p in _PATHS}
+    | {Path(m.__file__).resolve().parent for m in (torch, pyro)}
+    | {Path(__file__).resolve().parents[1]})  # ppl_vae/: its handlers are not programs
 _INSTALLED = {"site-packages", "dist-packages"}
 _RANDOM_FILE = str(Path(random.__file__).resolve())
 _LOAD_GLOBALS = {"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME"}
@@ -60,8 +61,7 @@ def is_user_code(filename: str) -> bool:
     path = Path(filename).resolve()
     if _INSTALLED & set(path.parts):  # an installed package, wherever its environment lives
         return False
-    text = str(path)
-    return not any(text == lib or text.startswith(lib + "/") for lib in _LIBRARIES)
+    return not any(path.is_relative_to(lib) for lib in _LIBRARIES)
 
 
 def freeze(value, depth: int = 2):
@@ -80,7 +80,7 @@ def freeze(value, depth: int = 2):
         return (kind, len(value), tuple(freeze(v, depth - 1) for v in value[:64]))
     if depth and isinstance(value, dict):
         return (kind, len(value), tuple((k, freeze(v, depth - 1))
-                                        for k, v in list(value.items())[:64]))
+                                        for k, v in itertools.islice(value.items(), 64)))
     attributes = getattr(value, "__dict__", None)
     if depth and isinstance(attributes, dict):
         return ("object", id(value), freeze(attributes, depth - 1))
