@@ -382,7 +382,7 @@ CLI_CASES = [
      "expected a whole number >= 1"),
     ("unknown-flag", lambda r, t: ["evaluate", str(r), "--bogus"], "unrecognized arguments"),
     ("loss-diverges", lambda r, t: [*TRAIN, "--epochs", "30", "--lr", "1e30", "--out",
-                                    str(t / "n")], "the loss became nan"),
+                                    str(t / "n")], "ELBO became nan at epoch 1"),
     ("program-hard-codes-the-batch", lambda r, t: [
         *TRAIN, "--batch-size", "3", "--out", str(t / "n"),
         "--model", f"{_file(t, 'hard.py', HARD_CODED)}:model", "--guide", f"{t / 'hard.py'}:guide"],

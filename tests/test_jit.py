@@ -1,7 +1,9 @@
 """``jit="auto"`` / ``"compile"`` (``ppl_vae.estimators.jit.TracedELBO``): recorded where the
 programs are static, eager with one warning naming why where they are not."""
 
+import array
 import inspect
+import itertools
 import warnings
 
 import pyro
@@ -32,6 +34,17 @@ def guide(x):
     loc = pyro.param("mu_loc", torch.tensor(0.0, dtype=x.dtype))
     scale = pyro.param("mu_scale", torch.tensor(1.0, dtype=x.dtype), constraint=constraints.positive)
     pyro.sample("mu", dist.Normal(loc, scale))
+
+
+# State the guards (ppl_vae.estimators.guards) cannot see: items of a C array.
+HIDDEN = array.array("d", [0.0])
+
+
+def hidden_model(x):
+    noise = pyro.param("noise", torch.tensor(1.0, dtype=x.dtype), constraint=constraints.positive)
+    mu = pyro.sample("mu", dist.Normal(x.new_zeros(()), x.new_ones(()) * 10.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(mu + HIDDEN[0], noise), obs=x)
 
 
 def reading_model(x):
@@ -89,14 +102,37 @@ def test_auto_falls_back_on_a_program_that_reads_values_and_says_where():
 
 
 @pytest.mark.parametrize("jit", [True, "auto"])
-def test_a_program_that_changes_after_recording_is_caught_on_the_next_batch(jit):
+def test_a_global_changed_after_recording_is_guarded_and_recorded_again(jit):
     data = _batches()
     pyro.clear_param_store()
     state = init_state(model, guide, make_elbo("mc", jit=jit), (data[0],), num_data=64)
     try:
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("error", JitFallbackWarning)
+            state, _ = update(state, (data[0],))  # recorded with shift 0
+            SETTINGS["shift"] = 3.0  # read by the model from Python: guarded
+            for batch in data[1:]:
+                state, loss = update(state, (batch,))
+            pyro.set_rng_seed(1)
+            recorded = state.loss_fn(data[0])
+            pyro.set_rng_seed(1)
+            eager = make_elbo("mc")(state.loss_fn.model, state.loss_fn.guide)(data[0])
+    finally:
+        SETTINGS["shift"] = 0.0
+    recorder = _recorder(state)
+    assert recorder.eager_reason is None and recorder.num_traces == 2 and recorder.rerecords == 1
+    torch.testing.assert_close(recorded, eager, rtol=1e-12, atol=0.0)  # with shift 3
+
+
+@pytest.mark.parametrize("jit", [True, "auto"])
+def test_a_program_that_changes_after_recording_is_caught_on_the_next_batch(jit):
+    data = _batches()
+    pyro.clear_param_store()
+    state = init_state(hidden_model, guide, make_elbo("mc", jit=jit), (data[0],), num_data=64)
+    try:
         with pyro.validation_enabled(False):
             state, _ = update(state, (data[0],))  # recorded with shift 0, checked
-            SETTINGS["shift"] = 3.0  # Python state the recording cannot see
+            HIDDEN[0] = 3.0  # Python state neither the recording nor the guards can see
             if jit is True:
                 with pytest.raises(ValueError, match="static structure"):
                     update(state, (data[1],))
@@ -106,14 +142,15 @@ def test_a_program_that_changes_after_recording_is_caught_on_the_next_batch(jit)
             assert torch.isfinite(loss)
             state, _ = update(state, (data[2],))  # eager from now on, no second warning
     finally:
-        SETTINGS["shift"] = 0.0
+        HIDDEN[0] = 0.0
     assert "new batch" in _recorder(state).eager_reason
 
 
 def test_first_call_compares_gradients_not_only_the_loss():
     # Same value, a different gradient on every other call: the recording (an even call) and
-    # the eager check (an odd one) disagree on the gradient only.
-    calls = {"n": 0}
+    # the eager check (an odd one) disagree on the gradient only. (A counter the guards cannot
+    # see: a dict's would make the recorder give up before it compares.)
+    calls = itertools.count(1)
     w = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
 
     class Program(torch.nn.Module):
@@ -125,15 +162,14 @@ def test_first_call_compares_gradients_not_only_the_loss():
             pass
 
     def fn(x):
-        calls["n"] += 1
-        surrogate = (w * x).sum() * (1.0 if calls["n"] % 2 else 2.0)
+        surrogate = (w * x).sum() * (1.0 if next(calls) % 2 else 2.0)
         value = (w * x).sum()
         return value.detach() + (surrogate - surrogate.detach())
 
     x = torch.ones(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="gradient of parameter 0"):
         TraceOnce(fn, (Program(),))(x)
-    calls["n"] = 0
+    calls = itertools.count(1)
     with pytest.warns(JitFallbackWarning, match="gradient of parameter 0"):
         TraceOnce(fn, (Program(),), fallback=fn)(x)
 

@@ -12,6 +12,7 @@ import pickle
 
 import torch
 
+from ppl_vae.train.epoch import STEP_NOTE
 from ppl_vae.train.storage import DiskFullError
 
 __all__ = ["one_line", "DEBUG_HINT"]
@@ -45,7 +46,14 @@ def _os_error(exc: OSError) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """A one-line message for ``exc``, ending with what to do."""
+    """A one-line message for ``exc``, ending with what to do; where training was when the
+    programs raised it (``fit``'s note), when it was."""
+    text = _message(exc)
+    notes = [n for n in getattr(exc, "__notes__", ()) if n.startswith(STEP_NOTE)]
+    return f"{text} [{notes[0]}]" if notes else text
+
+
+def _message(exc: BaseException) -> str:
     # torch's CPU allocator raises a bare RuntimeError ("DefaultCPUAllocator: can't allocate").
     if isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
             isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):

@@ -37,6 +37,8 @@ from pyro import poutine
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ppl_vae.estimators.graph_rewrites import fold_constants, merge_duplicates, simplify
+from ppl_vae.estimators.guards import Watch, python_rng_kept
+from ppl_vae.estimators.inductor import _compiled, _first_line, inductor_unavailable
 from ppl_vae.estimators.value_reads import ValueReads
 from ppl_vae.programs.util import module_parameters
 
@@ -84,8 +86,10 @@ class _Entry:
     """One recorded graph, the parameter names it reads, and how often it has been replayed
     (the first two calls are checked against eager)."""
 
-    def __init__(self, graph, names, module_params, with_grad, compiled):
+    def __init__(self, graph, names, module_params, with_grad, compiled, guards=None,
+                 expected=None):
         self.graph = graph
+        self.guards, self.expected = guards, expected  # Python values read, as recorded
         self.names = names
         self.module_params = module_params
         self.with_grad = with_grad
@@ -135,7 +139,7 @@ class TraceOnce:
 
     def __init__(self, fn: Callable[..., torch.Tensor], programs: Sequence, *,
                  max_entries: int = 8, backend: str | None = None,
-                 fallback: Callable[..., torch.Tensor] | None = None):
+                 fallback: Callable[..., torch.Tensor] | None = None, max_rerecords: int = 8):
         self.fn = fn
         self.programs = list(programs)
         self.max_entries = int(max_entries)
@@ -145,6 +149,8 @@ class TraceOnce:
         self.num_traces = 0
         self.eager_reason: str | None = None
         self.compile_seconds = 0.0
+        self.max_rerecords = int(max_rerecords)
+        self.rerecords = 0
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.eager_reason is not None:
@@ -168,6 +174,9 @@ class TraceOnce:
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
+            changed = entry.guards.changed(entry.expected) if entry.guards else None
+            if changed is not None:
+                return self._record_again(key, changed, args, kwargs)
         leaves = _leaves(entry.names, entry.module_params)
         if leaves is None:  # a parameter was deleted or renamed: record again
             del self._entries[key]
@@ -196,8 +205,22 @@ class TraceOnce:
         entry = self._entries.get(key)
         if entry is None or entry.calls < 2 or not entry.with_grad:
             return None
+        if entry.guards and entry.guards.changed(entry.expected) is not None:
+            return None  # the caller's unfused step records again
         leaves = _leaves(entry.names, entry.module_params)
         return None if leaves is None else (entry.graph, leaves)
+
+    def _record_again(self, key, changed: str, args, kwargs) -> torch.Tensor:
+        """A value the programs read changed since ``key`` was recorded: record it again, up to
+        ``max_rerecords`` times (as torch.compile's recompile limit), then give up."""
+        del self._entries[key]
+        self.rerecords += 1
+        if self.rerecords > self.max_rerecords:
+            return self._give_up(
+                f"{changed} changed again ({self.rerecords} recordings for changed Python values, "
+                "a schedule the programs read); recording the step for every value costs more "
+                "than it saves", args, kwargs)
+        return self(*args, **kwargs)
 
     def _give_up(self, reason: str, args, kwargs) -> torch.Tensor:
         if self.fallback is None:
@@ -214,14 +237,18 @@ class TraceOnce:
         # One eager run (random state restored afterwards) creates lazily built parameters,
         # lets the ELBO guess max_plate_nesting, and names the param sites the graph reads.
         # Same grad mode as the call: some ELBOs (TraceEnum_ELBO) refuse a loss without grad.
-        reads = ValueReads()
-        with torch.random.fork_rng(devices=_cuda_devices(args)), _grad_mode(with_grad):
+        reads, watch = ValueReads(), Watch()
+        with torch.random.fork_rng(devices=_cuda_devices(args)), _grad_mode(with_grad), \
+                python_rng_kept():
             with poutine.trace(param_only=True) as capture, pyro.validation_enabled(False):
-                with reads if self.fallback is not None else contextlib.nullcontext():
+                with reads if self.fallback is not None else contextlib.nullcontext(), watch:
                     self.fn(*args, **kwargs)
         if reads.sites:
             return (f"the programs read a tensor's value on the host ({reads.sites[0]}), so what "
                     "they compute may depend on the batch; a recording would freeze it")
+        # The Python values they read, as they are now: a replay checks them first (guards).
+        guards = watch.guards()
+        expected = guards.snapshot()
         names = list(dict.fromkeys(capture.trace.nodes))
         # Torch modules' parameters are looked up once (walking the modules costs more than a
         # small model's step); load_state_dict and optimizers update them in place.
@@ -247,12 +274,20 @@ class TraceOnce:
         try:
             with pyro.validation_enabled(False), _grad_mode(with_grad), torch.random.fork_rng(
                 devices=_cuda_devices(args)
-            ):
+            ), python_rng_kept():
                 graph = make_fx(loss_and_grads, _error_on_data_dependent_ops=False)(leaves, tensors)
         except Exception as error:  # noqa: BLE001 - the eager run above succeeded: a tracing limit
             if self.fallback is None:
                 raise
             return f"torch.fx could not record the step ({type(error).__name__}: {_first_line(error)})"
+        changed = guards.changed(expected)
+        if changed is not None:  # the recording run changed it: the programs keep state
+            watch.restore(guards, expected)  # as if the two trial runs had not happened
+            return (f"the programs change {changed} each time they run (a counter or other "
+                    "state they keep), which a replay of a recording would never change")
+        if watch.impure is not None:
+            return (f"the programs call {watch.impure}, whose values a recording would freeze "
+                    "(draw random numbers with torch or pyro.sample)")
         graph.graph.eliminate_dead_code()
         fold_constants(graph, (leaves, tensors))
         # A rewrite can expose another (a dropped view, then two equal ops on its source).
@@ -264,7 +299,7 @@ class TraceOnce:
         if compiled:
             graph = _compiled(graph, self.backend, tensors[0].device if tensors else None)
         self.num_traces += 1
-        return _Entry(graph, names, module_params, with_grad, compiled)
+        return _Entry(graph, names, module_params, with_grad, compiled, guards, expected)
 
     # -- replay ----------------------------------------------------------------------------
     def _replay(self, entry: _Entry, leaves, tensors) -> torch.Tensor:
@@ -326,48 +361,6 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
         return False
     rms = max(want.numel(), 1) ** 0.5
     return bool((got - want).norm() / rms <= 1e3 * eps * (1.0 + want.norm() / rms))
-
-
-def _compiled(graph: torch.fx.GraphModule, backend: str, device) -> Callable:
-    # Torch's own generator for random ops (fallback_random): the compiled step draws the same
-    # numbers as eager, so the first-call check compares like with like and seeds mean the same.
-    options = {"fallback_random": True} if backend == "inductor" else None
-    cuda_graphs = backend == "inductor" and device is not None and device.type == "cuda"
-    if cuda_graphs:
-        # Small batches on a GPU are launch-bound: CUDA graphs replay all kernels at once.
-        options["triton.cudagraphs"] = True
-    elif backend == "inductor":
-        # The CPU kernels and their calls in one C++ library: one compiler run instead of one
-        # per kernel (a third less compile time on the digits VAE), no Python between kernels.
-        options["cpp_wrapper"] = True
-    compiled = torch.compile(graph, backend=backend, fullgraph=True, dynamic=False,
-                             options=options)
-    if not cuda_graphs:
-        return compiled
-
-    def run(leaves, tensors):
-        # A CUDA graph's outputs live in its pool and are overwritten by the next replay; the
-        # gradients are handed to the optimizer, so they are copied out.
-        torch.compiler.cudagraph_mark_step_begin()
-        return [None if o is None else o.clone() for o in compiled(leaves, tensors)]
-
-    return run
-
-
-def inductor_unavailable() -> str | None:
-    """Why ``torch.compile(backend="inductor")`` cannot build CPU code here, or ``None``."""
-    try:
-        from torch._inductor import cpp_builder
-
-        compiler = cpp_builder.get_cpp_compiler()
-    except Exception as error:  # noqa: BLE001 - any failure means no C++ compiler is usable
-        return f"no C++ compiler for Inductor ({type(error).__name__}: {_first_line(error)})"
-    return None if compiler else "no C++ compiler for Inductor"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else ""
 
 
 def _grad_mode(enabled: bool):
