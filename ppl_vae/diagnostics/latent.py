@@ -43,7 +43,7 @@ def _local_pairs(model, guide, batch, num, plan: PointPlan, subsample):
     rank = plan.nesting + 1
     with torch.no_grad():
         pairs = trace_pairs(model, guide, batch, num, rank, plan.vectorized, subsample,
-                            plan.data_plate, None)
+                            plan.data_plate, None, plan.enumerated)
     out = []
     for gtr, mtr in pairs:
         sites = []

@@ -1,0 +1,122 @@
+"""The per-site and per-module facts of :mod:`ppl_vae.programs.analysis`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from pyro.distributions import Unit
+from pyro.poutine.util import site_is_subsample
+
+from ppl_vae.programs.checks import data_dim
+from ppl_vae.programs.handlers import PARTICLE_PLATE
+
+__all__ = ["SiteInfo", "site_infos", "program_modules"]
+
+KINDS = ("latent", "observed", "factor", "auxiliary")
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """One sample site of the model or the guide, as the probe trace shows it.
+
+    Attributes
+    ----------
+    name : str
+    program : str
+        ``"model"`` or ``"guide"``.
+    kind : str
+        ``"latent"``, ``"observed"``, ``"factor"`` (``pyro.factor``: an observed ``Unit``) or
+        ``"auxiliary"`` (an autoguide's ``<site>_unconstrained``).
+    local : bool
+        Inside the data plate (one value per data point), else global.
+    data_dim : int or None
+        The data plate's dimension in the site's batch shape (negative), None for a global.
+    event_dim : int
+        Dimensions of one value of the site (its distribution's event shape).
+    enumerated : bool
+        Marked for enumeration (``infer={"enumerate": ...}``, ``config_enumerate``).
+    plate_scale : float
+        Pyro's own factor for subsampled plates (full size / subsample size, product over the
+        site's plates) in the probe trace: n_obs / B for scvi-tools' cells plate.
+    program_scale : float
+        The rest of the site's scale: the program's own ``poutine.scale`` (1 when none).
+        ppl-vae's N / B for mini-batches is neither (it is put around the programs in training).
+    """
+
+    name: str
+    program: str
+    kind: str
+    local: bool
+    data_dim: int | None
+    event_dim: int
+    enumerated: bool
+    plate_scale: float
+    program_scale: float
+
+
+def _kind(site) -> str:
+    if site["is_observed"]:
+        return "factor" if isinstance(site["fn"], Unit) else "observed"
+    return "auxiliary" if site["infer"].get("is_auxiliary") else "latent"
+
+
+def _plate_scale(site) -> float:
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.size not in (None, -1, 0) and frame.full_size > 0:
+            factor *= frame.full_size / frame.size
+    return factor
+
+
+def site_infos(trace, program: str, plate: str) -> tuple[SiteInfo, ...]:
+    """:class:`SiteInfo` of every sample site of ``trace`` (index sites of plates excluded)."""
+    out = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or name == PARTICLE_PLATE:
+            continue
+        dim = data_dim(site, plate)
+        plate_scale = _plate_scale(site)
+        scale = float(site["scale"]) if not isinstance(site["scale"], torch.Tensor) or \
+            site["scale"].numel() == 1 else float("nan")
+        out.append(SiteInfo(name, program, _kind(site), dim is not None, dim,
+                            len(site["fn"].event_shape), site["infer"].get("enumerate") is not None,
+                            plate_scale, scale / plate_scale))
+    return tuple(out)
+
+
+def program_modules(programs: Iterable, params: Iterable[torch.Tensor]) -> tuple[torch.nn.Module, ...]:
+    """The user's modules: programs that are modules, the objects of bound-method programs, and
+    the modules found beside them whose parameters the programs registered (``pyro.module``,
+    ``PyroModule``), outermost first, each once."""
+    found: list[torch.nn.Module] = []
+    ids = {id(p) for p in params}
+    candidates = []
+    for program in programs:
+        owner = getattr(program, "__self__", None)
+        for obj in (program, owner):
+            if isinstance(obj, torch.nn.Module):
+                candidates.append(obj)
+        for cell in getattr(program, "__closure__", None) or ():
+            if isinstance(cell.cell_contents, torch.nn.Module):
+                candidates.append(cell.cell_contents)
+        code, names = getattr(program, "__code__", None), getattr(program, "__globals__", {})
+        for attr in (code.co_names if code is not None else ()):
+            if isinstance(names.get(attr), torch.nn.Module):
+                candidates.append(names[attr])
+    for module in candidates:
+        if any(module is m for m in found):
+            continue
+        if module is programs_first(programs, module) or any(id(p) in ids for p in module.parameters()):
+            found.append(module)
+    return tuple(found)
+
+
+def programs_first(programs, module):
+    """``module`` when it is one of the programs or a program's object (kept even when it
+    registered no parameter), else None."""
+    for program in programs:
+        if module is program or module is getattr(program, "__self__", None):
+            return module
+    return None
