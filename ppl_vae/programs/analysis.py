@@ -375,11 +375,21 @@ def _vectorize_verdict(model, guide, probe, plate, nesting, enumerated, model_tr
     return True, None
 
 
-def _batch_shape(site) -> torch.Size:
+def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size | None:
+    """``torch.broadcast_shapes(a, b)``, or None where they do not broadcast."""
+    width = max(len(a), len(b))
+    a, b = (1,) * (width - len(a)) + tuple(a), (1,) * (width - len(b)) + tuple(b)
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
+        return None
+    return torch.Size(max(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _batch_shape(site) -> torch.Size | None:
+    """The site's batch shape with its value's (None where they do not broadcast)."""
     value, event = site["value"], len(site["fn"].event_shape)
     shape = torch.Size(site["fn"].batch_shape)
     if isinstance(value, torch.Tensor) and value.dim() >= event:
-        shape = torch.broadcast_shapes(shape, value.shape[: value.dim() - event])
+        return _broadcast(shape, value.shape[: value.dim() - event])
     return shape
 
 
@@ -387,8 +397,10 @@ def _shape_reason(name, site, flat, rank) -> str | None:
     """Why site ``name``'s vectorized batch shape is not the probe's with a draw dimension."""
     if flat is None or isinstance(site["fn"], Unit):
         return None
-    got = _batch_shape(site)
-    want = _batch_shape(flat)
+    got, want = _batch_shape(site), _batch_shape(flat)
+    if got is None or want is None:
+        return (f"site {name!r}: its value's shape {tuple(site['value'].shape)} does not "
+                f"broadcast with its distribution's batch shape inside a plate of draws")
     if site["infer"].get("_enumerate_dim") is not None or len(got) > rank:
         got = got[-rank:]  # enumerated dimensions lie left of the draws
     inner = got[1:] if len(got) == rank else got
