@@ -57,13 +57,19 @@ def test_data_plate_sizing_is_read_off_the_trace(case, sizing, dtype):
     if case in ("rows", "size-less"):
         model, guide = _plain(sizeless=case == "size-less")
         data = _x(dtype)
+    elif case == "scvi_plate":  # more cells than a probe holds, so that B < n_obs there
+        module = importlib.import_module("programs.scvi_plate")
+        cells = module.CountModule(PROBE_ROWS + 44).to(dtype)
+        model, guide = cells.model, cells.guide
+        data = (torch.poisson(torch.full((PROBE_ROWS + 44, module.N_GENES), 3.0,
+                                         dtype=torch.float64)).to(dtype),)
     else:
         model, guide, data = _corpus(case, dtype)
     a = analyze_programs(model, guide, data)
     assert a.data_plate.sizing == sizing
     n = data[0].shape[0]
     assert a.num_points == n  # every point of the data, however the plate is sized
-    assert a.probe_rows < n or case == "subsampled"  # an unset AutoNormal sees all rows
+    assert a.probe_rows == min(n, PROBE_ROWS)
     if sizing in ("model-subsamples", "guide-subsamples"):
         module = importlib.import_module(f"programs.{case}")
         assert a.data_plate.subsample_size == module.SUBSAMPLE == a.chunk_points
@@ -85,7 +91,7 @@ def test_sites_local_and_global_in_model_and_guide(dtype):
 
 
 def test_scales_separate_pyros_subsampling_from_the_programs_own():
-    n_obs = 40
+    n_obs = PROBE_ROWS + 10
 
     def model(x):
         with pyro.plate("cells", size=n_obs, subsample_size=x.shape[0]):
@@ -97,8 +103,7 @@ def test_scales_separate_pyros_subsampling_from_the_programs_own():
 
     a = analyze_programs(model, guide, _x(torch.float64, n=n_obs))
     site = a.site("model", "x")
-    rows = a.probe_rows
-    assert site.plate_scale == pytest.approx(n_obs / rows)
+    assert site.plate_scale == pytest.approx(n_obs / a.probe_rows)
     assert site.program_scale == pytest.approx(0.25)
 
 

@@ -5,9 +5,9 @@ Everything that plans a pass over data points (``fit``'s pre-flight, ``evaluate`
 the programs' structure by running them until something does not fail. It is built from two
 traces of each program:
 
-1. the guide, then the model replayed on it, on a probe of the data (``PROBE_ROWS`` rows and
-   always fewer than N, or all rows where a parameter has one row per data point or an
-   autoguide has not been set up yet): the plates, how the data plate gets its size, the sites, their scales, the
+1. the guide, then the model replayed on it, on a probe of the data (its first ``PROBE_ROWS``
+   rows, or all rows where a parameter has one row per data point or an autoguide has not been
+   set up yet): the plates, how the data plate gets its size, the sites, their scales, the
    enumerated and factor sites, the parameters and modules;
 2. the same pair inside an extra plate of two draws, left of every plate the programs use: the
    draws vectorize when every site carries that dimension where it should and keeps the
@@ -59,7 +59,8 @@ class DataPlate:
         One of :data:`SIZINGS`: ``"rows"`` (``pyro.plate(name, len(x))``); ``"size-less"``
         (``pyro.plate(name)``, sized by the tensors); ``"follows-batch"`` (scvi-tools'
         ``pyro.plate(name, size=n_obs, subsample_size=x.shape[0])``: Pyro scales by
-        n_obs / B, the batch is the subsample); ``"model-subsamples"`` (``pyro.plate(name,
+        n_obs / B, the batch is the subsample; on data of at most ``PROBE_ROWS`` rows the
+        probe holds all N = n_obs rows and it reads as ``"rows"``, which it then is); ``"model-subsamples"`` (``pyro.plate(name,
         len(x), subsample_size=b)`` in the model, which indexes its data itself);
         ``"guide-subsamples"`` (AIR: the guide subsamples, the model's plate replays its
         indices).
@@ -258,11 +259,9 @@ def _probe_rows(guide, tensors, n: int) -> int:
     unset = isinstance(guide, AutoGuide) and guide.prototype_trace is None
     store = pyro.get_param_store()
     per_row = any(_per_row(name, v, n) for name, v in store.items())
-    if unset or per_row or rows <= 2:
+    if unset or per_row or rows <= PROBE_ROWS:
         return rows
-    # Fewer rows than N, so that a plate sized by the batch (and one subsampled to it) is told
-    # from a plate of the data set's size.
-    return min(PROBE_ROWS, rows - 1)
+    return PROBE_ROWS
 
 
 def _analyze(model, guide, tensors, data_plate, n) -> ProgramAnalysis:
