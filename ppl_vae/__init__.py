@@ -26,6 +26,7 @@ from ppl_vae.estimators.registry import ESTIMATORS, EstimatorSpec, make_elbo, re
 from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
 from ppl_vae.evaluation.arviz import to_arviz
 from ppl_vae.evaluation.metrics import Evaluation, evaluate
+from ppl_vae.programs.analysis import ProgramAnalysis, analyze_programs
 from ppl_vae.reporting.page import report
 from ppl_vae.train.loop import fit
 from ppl_vae.train.result import FitResult, TrainingDivergedError
@@ -41,6 +42,8 @@ __all__ = [
     "EstimatorSpec",
     "Evaluation",
     "FitResult",
+    "ProgramAnalysis",
+    "analyze_programs",
     "TrainState",
     "TrainingDivergedError",
     "datasets",
