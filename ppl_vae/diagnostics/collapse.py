@@ -88,9 +88,7 @@ def reconstruction_gain(model, guide, data, *, num_samples: int = 16, max_points
     dtype, device = program_dtype(model, guide)
     tensors = as_tensors(data, dtype=dtype, device=device, name="data")
     plan = plan_points(model, guide, tensors, num_draws=num_samples, data_plate=data_plate)
-    fixed = plan.subsampled or plan.chunk_size == plan.num_points
-    positions = None if fixed else range(min(max_points, plan.num_points))
-    batch, subsample = plan.chunk(tensors, 0, positions)
+    batch, subsample = plan.first_points(tensors, max_points)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

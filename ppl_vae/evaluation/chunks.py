@@ -68,6 +68,9 @@ class PointPlan:
         subsample_size=x.shape[0]``): each chunk gives it its own rows' indices.
     enumerated : bool
         The model has enumerated sites the guide does not draw: summed out in every pass.
+    fixed_points : bool
+        The programs fix a chunk's points (a subsampling plate's b indices, all N with a
+        parameter per data point): a pass on fewer points takes a whole chunk, not a slice.
     """
 
     num_points: int
@@ -79,6 +82,7 @@ class PointPlan:
     has_global: bool
     indexed: bool = False
     enumerated: bool = False
+    fixed_points: bool = False
 
     def starts(self) -> list[int]:
         return list(range(0, self.num_points, self.chunk_size))
@@ -100,6 +104,12 @@ class PointPlan:
             return tuple(t[start:stop] for t in tensors), index if self.indexed else None
         index = torch.as_tensor(positions, dtype=torch.long, device=ref.device) + start
         return tuple(t[index] for t in tensors), index if self.indexed else None
+
+    def first_points(self, tensors: Sequence[torch.Tensor], count: int):
+        """(batch, subsample) of the first ``count`` points, or of the whole first chunk where
+        the programs fix a chunk's points."""
+        positions = None if self.fixed_points else range(min(count, self.num_points))
+        return self.chunk(tensors, 0, positions)
 
     def draw_options(self) -> dict:
         """``draw``'s keyword arguments that this plan fixes."""
@@ -137,7 +147,7 @@ def plan_from(analysis: ProgramAnalysis, tensors: Sequence[torch.Tensor], num_dr
     return PointPlan(int(n), analysis.nesting, analysis.vectorizes, plate.subsampled,
                      int(min(max(1, chunk_size), n)), plate.name, analysis.has_global,
                      indexed=plate.indexed and plate.full_size == n,
-                     enumerated=bool(analysis.enumerated))
+                     enumerated=bool(analysis.enumerated), fixed_points=fixed is not None)
 
 
 def check_draws_fit(tensors, num_draws: int, argument: str = "num_samples") -> None:
