@@ -243,8 +243,8 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
             continue  # plates record themselves as sample sites; they are not latents
         dim = data_dim(site, data_plate)
         if name in summed:
-            if not site["is_observed"]:
-                continue  # its log p(a) is inside the observation's marginal
+            if summed[name] is None:
+                continue  # an enumerated site: its log p(a) is inside the marginal
             lp = reduce_to_points(summed[name], rank, dim, n)
         else:
             lp = reduce_to_points(site_log_prob(site), rank, dim, n)
@@ -284,10 +284,11 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
 
 def _summed_out(model_trace, rank) -> dict:
     """Log-densities of the sites that depend on an enumerated dimension (left of the draws at
-    ``-rank``), with those dimensions summed out: {observed site: log sum_a p(a) p(x | a, ...)}
-    for the first observed site that depends on them, zeros for later ones, and the enumerated
-    sites themselves (their terms are inside). Exact for enumerated sites that are independent
-    given the draws (one per point, a mixture's assignment); Pyro's contraction order for
+    ``-rank``), with those dimensions summed out: {first site that depends on them and is not
+    enumerated itself: log sum_a p(a) p(. | a, ...)} (an observation's likelihood, or a latent's
+    prior such as a mixture prior's component summed out of log p(z)), zeros for the later
+    ones, None for the enumerated sites (their terms are inside). Exact for enumerated sites
+    that are independent given the draws (a mixture's assignment); Pyro's contraction order for
     ``pyro.markov`` chains is not reproduced."""
     parts = {name: site_log_prob(site) for name, site in model_trace.nodes.items()
              if site["type"] == "sample" and not site_is_subsample(site)
@@ -297,12 +298,12 @@ def _summed_out(model_trace, rank) -> dict:
     total = sum(parts.values())
     marginal = total.reshape(-1, *total.shape[total.dim() - rank:]).logsumexp(0)
     out, first = {}, True
-    for name, lp in parts.items():
-        if model_trace.nodes[name]["is_observed"]:
+    for name in parts:
+        if model_trace.nodes[name]["infer"].get("_enumerate_dim") is not None:
+            out[name] = None
+        else:
             out[name] = marginal if first else torch.zeros_like(marginal)
             first = False
-        else:
-            out[name] = lp
     return out
 
 
