@@ -20,6 +20,7 @@ structure on data of that signature, which is what a pass is planned from.
 
 from __future__ import annotations
 
+import types
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -193,15 +194,14 @@ def clear_cache() -> None:
 def _identity(program) -> tuple:
     """A key for a program that survives re-binding: ``vae.model`` is a new bound-method object
     on every attribute access, so it is keyed by its object and function."""
-    owner = getattr(program, "__self__", None)
-    if owner is not None and getattr(program, "__func__", None) is not None:
-        return id(owner), id(program.__func__)
+    if isinstance(program, types.MethodType):
+        return id(program.__self__), id(program.__func__)
     return id(program), None
 
 
 def _alive(program) -> Callable:
     """A weak reference to what a key's ids stand for (ids are reused after collection)."""
-    target = getattr(program, "__self__", None) or program
+    target = program.__self__ if isinstance(program, types.MethodType) else program
     try:
         return weakref.ref(target)
     except TypeError:  # not weak-referenceable: keep it alive with the cache entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -86,37 +87,30 @@ def site_infos(trace, program: str, plate: str) -> tuple[SiteInfo, ...]:
     return tuple(out)
 
 
-def program_modules(programs: Iterable, params: Iterable[torch.Tensor]) -> tuple[torch.nn.Module, ...]:
-    """The user's modules: programs that are modules, the objects of bound-method programs, and
-    the modules found beside them whose parameters the programs registered (``pyro.module``,
-    ``PyroModule``), outermost first, each once."""
-    found: list[torch.nn.Module] = []
+def _beside(program) -> list:
+    """Modules a program holds: itself, the object of a bound method, the modules in its
+    closure and in the globals it names."""
+    if isinstance(program, types.MethodType):
+        return [program.__self__, *_beside(program.__func__)]
+    if not isinstance(program, types.FunctionType):
+        return [program]
+    cells = [cell.cell_contents for cell in program.__closure__ or ()]
+    named = [program.__globals__.get(name) for name in program.__code__.co_names]
+    return cells + named
+
+
+def program_modules(programs: Iterable, params: Iterable[torch.Tensor]
+                    ) -> tuple[torch.nn.Module, ...]:
+    """The user's modules: programs that are modules and the objects of bound-method programs
+    (always), and the modules in their closures or globals whose parameters the programs
+    registered (``pyro.module``, ``PyroModule``), each once."""
     ids = {id(p) for p in params}
-    candidates = []
+    found: list[torch.nn.Module] = []
     for program in programs:
-        owner = getattr(program, "__self__", None)
-        for obj in (program, owner):
-            if isinstance(obj, torch.nn.Module):
-                candidates.append(obj)
-        for cell in getattr(program, "__closure__", None) or ():
-            if isinstance(cell.cell_contents, torch.nn.Module):
-                candidates.append(cell.cell_contents)
-        code, names = getattr(program, "__code__", None), getattr(program, "__globals__", {})
-        for attr in (code.co_names if code is not None else ()):
-            if isinstance(names.get(attr), torch.nn.Module):
-                candidates.append(names[attr])
-    for module in candidates:
-        if any(module is m for m in found):
-            continue
-        if module is programs_first(programs, module) or any(id(p) in ids for p in module.parameters()):
-            found.append(module)
+        own = program.__self__ if isinstance(program, types.MethodType) else program
+        for module in _beside(program):
+            if not isinstance(module, torch.nn.Module) or any(module is m for m in found):
+                continue
+            if module is own or any(id(p) in ids for p in module.parameters()):
+                found.append(module)
     return tuple(found)
-
-
-def programs_first(programs, module):
-    """``module`` when it is one of the programs or a program's object (kept even when it
-    registered no parameter), else None."""
-    for program in programs:
-        if module is program or module is getattr(program, "__self__", None):
-            return module
-    return None
