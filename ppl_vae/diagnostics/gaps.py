@@ -23,7 +23,7 @@ from torch.distributions import biject_to
 
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.estimators._bound import log_mean_exp
-from ppl_vae.evaluation.chunks import ELEMENT_BUDGET
+from ppl_vae.evaluation.chunks import ELEMENT_BUDGET, chunk_draws, global_draws, plan_points
 from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.programs.analysis import analyze_programs
 from ppl_vae.programs.random import seeded
@@ -46,9 +46,13 @@ def log_evidence(model, guide, data, *, num_samples: int = 1000, data_plate: str
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
-    with seeded(seed):
-        d = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate)
-    lw = d.log_weights.double()
+    # Chunks as the programs' analysis plans them (all N points, draws one by one where they
+    # do not vectorize, enumerated sites summed out), the global draws shared by all chunks.
+    plan = plan_points(model, guide, batch, num_draws=num_samples, data_plate=data_plate)
+    globals_ = global_draws(plan, model, guide, batch, num_draws=num_samples, seed=seed)
+    lw = torch.cat([chunk_draws(plan, model, guide, batch, start, num_draws=num_samples,
+                                seed=seed, globals_=globals_).log_weights.double()
+                    for start in plan.starts()], 1)
     iw, elbo = log_mean_exp(lw, 0), lw.mean(0)
     return pd.DataFrame({"log_px": iw.cpu().numpy(), "elbo": elbo.cpu().numpy(),
                          "elbo_gap": (iw - elbo).cpu().numpy()})
