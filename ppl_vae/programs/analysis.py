@@ -277,11 +277,11 @@ def _analyze(model, guide, tensors, data_plate, n) -> ProgramAnalysis:
     params = _param_sites(model_trace, guide_trace)
     per_row = tuple(p for p, v in params.items() if _per_row(p, v, num_points))
     enumerated = any(s.enumerated for s in sites if s.program == "model")
-    vectorizes, reason = _vectorize_verdict(model, guide, probe, plate, nesting, enumerated,
-                                            model_trace, guide_trace)
+    vectorizes, reason, runs = _vectorize_verdict(model, guide, probe, plate, nesting,
+                                                  enumerated, model_trace, guide_trace)
     modules = program_modules((model, guide), params.values())
     return ProgramAnalysis(plate, num_points, rows, nesting, sites, vectorizes, reason, modules,
-                           per_row, program_runs=4)
+                           per_row, program_runs=2 + runs)
 
 
 def _per_row(name: str, value: torch.Tensor, n: int) -> bool:
@@ -347,31 +347,36 @@ def vectorized_programs(model, guide, plate: DataPlate, rank: int, num: int, row
 
 
 def _vectorize_verdict(model, guide, probe, plate, nesting, enumerated, model_trace,
-                       guide_trace) -> tuple[bool, str | None]:
+                       guide_trace) -> tuple[bool, str | None, int]:
     """Trace the pair in a plate of two draws and compare every site's shape with the probe's:
     the draws vectorize when each site gains the draw dimension at ``-(nesting + 1)`` (size 1 or
     2) and keeps its other dimensions. A program that raises inside the plate (Pyro's CVAE:
     ``loc[mask]`` with a mask of the data's shape) is one that does not broadcast over it: the
-    error is that observation, recorded as the reason, and no other plan is tried on it."""
+    error is that observation, recorded as the reason, and no other plan is tried on it.
+    Returns (vectorizes, reason, programs run)."""
     rank = nesting + 1
     m, g = vectorized_programs(model, guide, plate, rank, _PROBE_DRAWS, probe[0].shape[0],
                                probe[0].device)
-    try:
-        gtr = poutine.trace(g).get_trace(*probe)
-        replayed = poutine.replay(m, trace=gtr)
-        if enumerated:
-            replayed = poutine.enum(replayed, first_available_dim=-rank - 1)
-        mtr = poutine.trace(replayed).get_trace(*probe)
-    except (RuntimeError, IndexError, ValueError, TypeError) as exc:
-        return False, f"{type(exc).__name__} inside a plate of draws: {exc}".split("\n")[0]
-    for trace, flat in ((gtr, guide_trace), (mtr, model_trace)):
+    traces, runs = [], 0
+    for label, program in (("guide", g), ("model", m)):
+        if traces:
+            program = poutine.replay(program, trace=traces[0])
+            if enumerated:
+                program = poutine.enum(program, first_available_dim=-rank - 1)
+        runs += 1
+        try:
+            traces.append(poutine.trace(program).get_trace(*probe))
+        except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+            message = f"{exc}".split("\n")[0]
+            return False, f"the {label} raised {type(exc).__name__} in a plate of draws: {message}", runs
+    for trace, flat in zip(traces, (guide_trace, model_trace), strict=True):
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site) or name == PARTICLE_PLATE:
                 continue
             reason = _shape_reason(name, site, flat.nodes.get(name), rank)
             if reason is not None:
-                return False, reason
-    return True, None
+                return False, reason, runs
+    return True, None, runs
 
 
 def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size | None:
