@@ -47,6 +47,11 @@ PROBE_ROWS = 256
 SIZINGS = ("rows", "size-less", "follows-batch", "model-subsamples", "guide-subsamples")
 _PROBE_DRAWS = 2
 CACHE_SIZE = 16
+# What torch, Pyro and user code raise on tensors of unexpected shapes (broadcasting, indexing,
+# plate checks, ``assert x.dim() == 2``): inside the plate of draws, the finding that the draws
+# do not vectorize. Anything else is the program's own failure and propagates.
+_SHAPE_ERRORS = (RuntimeError, IndexError, ValueError, TypeError, AssertionError,
+                 NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -366,7 +371,7 @@ def _vectorize_verdict(model, guide, probe, plate, nesting, enumerated, model_tr
         runs += 1
         try:
             traces.append(poutine.trace(program).get_trace(*probe))
-        except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+        except _SHAPE_ERRORS as exc:
             message = f"{exc}".split("\n")[0]
             return False, f"the {label} raised {type(exc).__name__} in a plate of draws: {message}", runs
     for trace, flat in zip(traces, (guide_trace, model_trace), strict=True):
