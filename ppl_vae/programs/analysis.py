@@ -27,15 +27,19 @@ from dataclasses import dataclass
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.distributions import Unit
 from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.subsample_messenger import _Subsample
-from pyro.poutine.util import site_is_subsample
 
-from ppl_vae.programs.analysis_sites import SiteInfo, program_modules, site_infos
+from ppl_vae.programs.analysis_sites import (
+    SIZINGS,
+    DataPlate,
+    SiteInfo,
+    program_modules,
+    site_infos,
+)
+from ppl_vae.programs.analysis_vectorize import vectorize_verdict
 from ppl_vae.programs.checks import trace_pair
-from ppl_vae.programs.handlers import PARTICLE_PLATE, FixSubsample, in_draw_plate
+from ppl_vae.programs.handlers import PARTICLE_PLATE
 from ppl_vae.programs.plates import choose_data_plate, program_plates
 
 __all__ = ["DataPlate", "ProgramAnalysis", "SiteInfo", "analyze_programs", "clear_cache",
@@ -44,54 +48,7 @@ __all__ = ["DataPlate", "ProgramAnalysis", "SiteInfo", "analyze_programs", "clea
 # Rows of the probe trace: enough that an inner plate rarely has the data's size by chance,
 # few enough to cost one small trace.
 PROBE_ROWS = 256
-SIZINGS = ("rows", "size-less", "follows-batch", "model-subsamples", "guide-subsamples")
-_PROBE_DRAWS = 2
 CACHE_SIZE = 16
-# What torch, Pyro and user code raise on tensors of unexpected shapes (broadcasting, indexing,
-# plate checks, ``assert x.dim() == 2``): inside the plate of draws, the finding that the draws
-# do not vectorize. Anything else is the program's own failure and propagates.
-_SHAPE_ERRORS = (RuntimeError, IndexError, ValueError, TypeError, AssertionError,
-                 NotImplementedError)
-
-
-@dataclass(frozen=True)
-class DataPlate:
-    """The plate over data points and how it gets its size.
-
-    Attributes
-    ----------
-    name : str
-    sizing : str
-        One of :data:`SIZINGS`: ``"rows"`` (``pyro.plate(name, len(x))``); ``"size-less"``
-        (``pyro.plate(name)``, sized by the tensors); ``"follows-batch"`` (scvi-tools'
-        ``pyro.plate(name, size=n_obs, subsample_size=x.shape[0])``: Pyro scales by
-        n_obs / B, the batch is the subsample; on data of at most ``PROBE_ROWS`` rows the
-        probe holds all N = n_obs rows and it reads as ``"rows"``, which it then is); ``"model-subsamples"`` (``pyro.plate(name,
-        len(x), subsample_size=b)`` in the model, which indexes its data itself);
-        ``"guide-subsamples"`` (AIR: the guide subsamples, the model's plate replays its
-        indices).
-    full_size : int
-        The number of points the plate stands for in the probe trace.
-    subsample_size : int or None
-        The fixed subsample size ``b`` of ``"model-subsamples"`` / ``"guide-subsamples"``: a
-        pass gives the programs all rows and ``b`` indices at a time.
-    """
-
-    name: str
-    sizing: str
-    full_size: int
-    subsample_size: int | None
-
-    @property
-    def subsampled(self) -> bool:
-        """A program draws indices into all rows: passes give it all rows and fixed indices."""
-        return self.sizing in ("model-subsamples", "guide-subsamples")
-
-    @property
-    def indexed(self) -> bool:
-        """The plate draws (unused) indices for the batch it is handed: a pass gives it the
-        chunk's own row indices, so that a program using them sees the right rows."""
-        return self.sizing == "follows-batch"
 
 
 @dataclass(frozen=True)
@@ -282,7 +239,7 @@ def _analyze(model, guide, tensors, data_plate, n) -> ProgramAnalysis:
     params = _param_sites(model_trace, guide_trace)
     per_row = tuple(p for p, v in params.items() if _per_row(p, v, num_points))
     enumerated = any(s.enumerated for s in sites if s.program == "model")
-    vectorizes, reason, runs = _vectorize_verdict(model, guide, probe, plate, nesting,
+    vectorizes, reason, runs = vectorize_verdict(model, guide, probe, plate, nesting,
                                                   enumerated, model_trace, guide_trace)
     modules = program_modules((model, guide), params.values())
     return ProgramAnalysis(plate, num_points, rows, nesting, sites, vectorizes, reason, modules,
@@ -338,84 +295,3 @@ def _param_sites(*traces) -> dict[str, torch.Tensor]:
     """``pyro.param`` sites of the traces (constrained values), by name."""
     return {name: site["value"] for trace in traces for name, site in trace.nodes.items()
             if site["type"] == "param"}
-
-
-def vectorized_programs(model, guide, plate: DataPlate, rank: int, num: int, rows: int, device):
-    """The programs as a vectorized pass runs them: in a plate of ``num`` draws, with the
-    chunk's indices for a subsampling plate."""
-    model, guide = in_draw_plate(model, num, rank), in_draw_plate(guide, num, rank)
-    if plate.subsampled or plate.indexed:
-        count = plate.subsample_size if plate.subsampled else rows
-        index = torch.arange(count, device=device)
-        model, guide = FixSubsample(plate.name, index)(model), FixSubsample(plate.name, index)(guide)
-    return model, guide
-
-
-def _vectorize_verdict(model, guide, probe, plate, nesting, enumerated, model_trace,
-                       guide_trace) -> tuple[bool, str | None, int]:
-    """Trace the pair in a plate of two draws and compare every site's shape with the probe's:
-    the draws vectorize when each site gains the draw dimension at ``-(nesting + 1)`` (size 1 or
-    2) and keeps its other dimensions. A program that raises inside the plate (Pyro's CVAE:
-    ``loc[mask]`` with a mask of the data's shape) is one that does not broadcast over it: the
-    error is that observation, recorded as the reason, and no other plan is tried on it.
-    Returns (vectorizes, reason, programs run)."""
-    rank = nesting + 1
-    m, g = vectorized_programs(model, guide, plate, rank, _PROBE_DRAWS, probe[0].shape[0],
-                               probe[0].device)
-    traces, runs = [], 0
-    for label, program in (("guide", g), ("model", m)):
-        if traces:
-            program = poutine.replay(program, trace=traces[0])
-            if enumerated:
-                program = poutine.enum(program, first_available_dim=-rank - 1)
-        runs += 1
-        try:
-            traces.append(poutine.trace(program).get_trace(*probe))
-        except _SHAPE_ERRORS as exc:
-            message = f"{exc}".split("\n")[0]
-            return False, f"the {label} raised {type(exc).__name__} in a plate of draws: {message}", runs
-    for trace, flat in zip(traces, (guide_trace, model_trace), strict=True):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site) or name == PARTICLE_PLATE:
-                continue
-            reason = _shape_reason(name, site, flat.nodes.get(name), rank)
-            if reason is not None:
-                return False, reason, runs
-    return True, None, runs
-
-
-def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size | None:
-    """``torch.broadcast_shapes(a, b)``, or None where they do not broadcast."""
-    width = max(len(a), len(b))
-    a, b = (1,) * (width - len(a)) + tuple(a), (1,) * (width - len(b)) + tuple(b)
-    if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
-        return None
-    return torch.Size(max(x, y) for x, y in zip(a, b, strict=True))
-
-
-def _batch_shape(site) -> torch.Size | None:
-    """The site's batch shape with its value's (None where they do not broadcast)."""
-    value, event = site["value"], len(site["fn"].event_shape)
-    shape = torch.Size(site["fn"].batch_shape)
-    if isinstance(value, torch.Tensor) and value.dim() >= event:
-        return _broadcast(shape, value.shape[: value.dim() - event])
-    return shape
-
-
-def _shape_reason(name, site, flat, rank) -> str | None:
-    """Why site ``name``'s vectorized batch shape is not the probe's with a draw dimension."""
-    if flat is None or isinstance(site["fn"], Unit):
-        return None
-    got, want = _batch_shape(site), _batch_shape(flat)
-    if got is None or want is None:
-        return (f"site {name!r}: its value's shape {tuple(site['value'].shape)} does not "
-                f"broadcast with its distribution's batch shape inside a plate of draws")
-    if site["infer"].get("_enumerate_dim") is not None or len(got) > rank:
-        got = got[-rank:]  # enumerated dimensions lie left of the draws
-    inner = got[1:] if len(got) == rank else got
-    ok_draw = len(got) < rank or got[0] in (1, _PROBE_DRAWS)
-    inner_want = want[-len(inner):] if inner else torch.Size()
-    if ok_draw and all(a in (1, b) or b == 1 for a, b in zip(inner, inner_want, strict=False)):
-        return None
-    return (f"site {name!r} has batch shape {tuple(got)} inside a plate of {_PROBE_DRAWS} "
-            f"draws at dim {-rank}, {tuple(want)} without it: the program mixes the draws")

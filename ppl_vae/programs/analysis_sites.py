@@ -1,4 +1,4 @@
-"""The per-site and per-module facts of :mod:`ppl_vae.programs.analysis`."""
+"""The data plate, per-site and per-module facts of :mod:`ppl_vae.programs.analysis`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,50 @@ from pyro.poutine.util import site_is_subsample
 from ppl_vae.programs.checks import data_dim
 from ppl_vae.programs.handlers import PARTICLE_PLATE
 
-__all__ = ["SiteInfo", "site_infos", "program_modules"]
+__all__ = ["DataPlate", "SIZINGS", "SiteInfo", "site_infos", "program_modules"]
 
 KINDS = ("latent", "observed", "factor", "auxiliary")
+SIZINGS = ("rows", "size-less", "follows-batch", "model-subsamples", "guide-subsamples")
+
+
+@dataclass(frozen=True)
+class DataPlate:
+    """The plate over data points and how it gets its size.
+
+    Attributes
+    ----------
+    name : str
+    sizing : str
+        One of :data:`SIZINGS`: ``"rows"`` (``pyro.plate(name, len(x))``); ``"size-less"``
+        (``pyro.plate(name)``, sized by the tensors); ``"follows-batch"`` (scvi-tools'
+        ``pyro.plate(name, size=n_obs, subsample_size=x.shape[0])``: Pyro scales by
+        n_obs / B, the batch is the subsample; on data of at most ``PROBE_ROWS`` rows the
+        probe holds all N = n_obs rows and it reads as ``"rows"``, which it then is); ``"model-subsamples"`` (``pyro.plate(name,
+        len(x), subsample_size=b)`` in the model, which indexes its data itself);
+        ``"guide-subsamples"`` (AIR: the guide subsamples, the model's plate replays its
+        indices).
+    full_size : int
+        The number of points the plate stands for in the probe trace.
+    subsample_size : int or None
+        The fixed subsample size ``b`` of ``"model-subsamples"`` / ``"guide-subsamples"``: a
+        pass gives the programs all rows and ``b`` indices at a time.
+    """
+
+    name: str
+    sizing: str
+    full_size: int
+    subsample_size: int | None
+
+    @property
+    def subsampled(self) -> bool:
+        """A program draws indices into all rows: passes give it all rows and fixed indices."""
+        return self.sizing in ("model-subsamples", "guide-subsamples")
+
+    @property
+    def indexed(self) -> bool:
+        """The plate draws (unused) indices for the batch it is handed: a pass gives it the
+        chunk's own row indices, so that a program using them sees the right rows."""
+        return self.sizing == "follows-batch"
 
 
 @dataclass(frozen=True)
