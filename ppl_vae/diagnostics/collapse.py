@@ -106,7 +106,11 @@ def reconstruction_gain(model, guide, data, *, num_samples: int = 16, max_points
                 or site["infer"].get("_ppl_vae_at_prior_mean")):
             continue
         dim = data_dim(site, plan.data_plate)
-        lp = reduce_to_points(site_log_prob(site), rank, dim, n)[0].double()
+        lp = site_log_prob(site)
+        if lp.dim() > rank:  # a prior mean per value of an enumerated site: no single z
+            raise ValueError(f"site {site['name']!r}: the local latents' prior depends on an "
+                             "enumerated site, so there is no single prior mean to decode")
+        lp = reduce_to_points(lp, rank, dim, n)[0].double()
         base += lp if dim is not None else lp / n
     recon = float(d.log_lik.double().mean(0).mean())
     at_mean = float(base.mean())
