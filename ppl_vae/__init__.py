@@ -28,6 +28,7 @@ from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
 from ppl_vae.evaluation.arviz import to_arviz
 from ppl_vae.evaluation.latents import latents
 from ppl_vae.evaluation.metrics import Evaluation, evaluate
+from ppl_vae.programs.analysis import ProgramAnalysis, analyze_programs
 from ppl_vae.reporting.page import report
 from ppl_vae.train.loading import load
 from ppl_vae.train.loop import fit
@@ -44,6 +45,8 @@ __all__ = [
     "EstimatorSpec",
     "Evaluation",
     "FitResult",
+    "ProgramAnalysis",
+    "analyze_programs",
     "TrainState",
     "TrainingDivergedError",
     "datasets",

@@ -3,6 +3,8 @@ pass over all of them gives (exactly for an exact guide, to Monte Carlo error ot
 global latents are shared by every chunk, and exported points are reproducible."""
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from _diagnostics_cases import GlobalGuide, global_data, global_model, make_guide, model, simulate
@@ -96,3 +98,42 @@ def test_map_chunks_gives_memory_back_after_every_chunk(monkeypatch):
     assert len(calls) == 65 and calls.count(True) == 1
     trim = chunks._malloc_trim()
     assert (trim is not None) == (platform.libc_ver()[0] == "glibc")
+
+
+def test_plan_gives_a_plate_that_follows_the_batch_its_own_row_indices():
+    """scvi-tools' ``pyro.plate("cells", size=n_obs, subsample_size=x.shape[0])``: chunks of
+    rows, each with the indices of its rows (not Pyro's random ones)."""
+    n_obs, seen = 300, []
+
+    def cells_model(x):
+        with pyro.plate("cells", size=n_obs, subsample_size=x.shape[0]) as idx:
+            seen.append(idx)
+            pyro.sample("x", dist.Normal(x.new_zeros(x.shape[0]), 1.0), obs=x[:, 0])
+
+    x = torch.randn(n_obs, 2, dtype=torch.float64)
+    plan = plan_points(cells_model, lambda x: None, (x,), num_draws=2, chunk_size=128)
+    assert plan.indexed and not plan.subsampled and plan.starts() == [0, 128, 256]
+    batch, index = plan.chunk((x,), 256)
+    assert batch[0].shape[0] == 44 and torch.equal(index, torch.arange(256, 300))
+    ev = evaluate(cells_model, lambda x: None, x, num_samples=2, batch_size=128)
+    want = float(torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0]).mean())
+    assert ev["elbo"] == pytest.approx(want, rel=1e-12)
+    assert torch.equal(torch.cat(seen[-3:]), torch.arange(n_obs))  # each row once, in order
+
+
+def test_plan_holds_all_points_in_one_chunk_with_a_per_row_parameter():
+    n = 10
+
+    def row_model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def row_guide(x):
+        loc = pyro.param("row_loc", x.new_zeros(n))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    x = torch.randn(n, dtype=torch.float64)
+    plan = plan_points(row_model, row_guide, (x,), num_draws=2, chunk_size=3)
+    assert plan.fixed_points and plan.chunk_size == n and plan.starts() == [0]

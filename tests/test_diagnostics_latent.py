@@ -74,8 +74,7 @@ def test_collapsed_guide_has_no_information():
 # --- the latent table against evaluate's KL on every corpus program ----------------------------
 
 CORPUS = ["vae_soft", "ssvae", "dmm", "bayes_regression:diagonal", "subsampled", "prodlda",
-          "scanvi", pytest.param("gmm", marks=pytest.mark.xfail(strict=True, reason=(
-              "pending: evaluate sums the model's enumerated assignment out (issue 20)")))]
+          "scanvi", "gmm", "scvi_plate", "air_like", "cvae"]
 
 
 @pytest.mark.filterwarnings("ignore:.*enumerate sites")

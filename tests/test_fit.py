@@ -116,7 +116,7 @@ def test_data_plate_is_found_recorded_and_checked():
     x = torch.randn(20)
     result = ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=5, progress=False)
     assert result.settings["data_plate"] == "points"
-    with pytest.raises(ValueError, match=r"data_plate='data': .*their plates: 'points' \(size 5\)"):
+    with pytest.raises(ValueError, match=r"data_plate='data': .*their plates: 'points' \(size 20\)"):
         ppl_vae.fit(model, normal_mean_guide, x, epochs=1, batch_size=5, progress=False,
                     data_plate="data")
 

@@ -25,9 +25,11 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.data.tensors import as_tensors
-from ppl_vae.evaluation.pointwise import draw, in_draw_plate, reduce_to_points, site_log_prob
+from ppl_vae.evaluation.chunks import plan_points
+from ppl_vae.evaluation.pointwise import draw, reduce_to_points, site_log_prob
 from ppl_vae.programs.checks import data_dim
-from ppl_vae.programs.util import max_plate_nesting, program_dtype
+from ppl_vae.programs.handlers import FixSubsample, in_draw_plate
+from ppl_vae.programs.util import program_dtype
 
 __all__ = ["Reconstruction", "reconstruction_gain", "reference_value"]
 
@@ -70,8 +72,13 @@ class Reconstruction:
 
 @torch.no_grad()
 def reconstruction_gain(model, guide, data, *, num_samples: int = 16, max_points: int = 2000,
-                        data_plate: str = "data", seed: int | None = 0) -> Reconstruction:
+                        data_plate: str | None = "data", seed: int | None = 0) -> Reconstruction:
     """E_q[log p(x | z)] against log p(x | z at the prior mean), on at most ``max_points`` rows.
+
+    The points and the way they are drawn are the programs' analysis' (the first chunk of a
+    plan, see :func:`~ppl_vae.evaluation.chunks.plan_points`): a subsampling plate's own
+    indices, all N with a parameter per data point, draws one by one where they do not
+    vectorize.
 
     Raises
     ------
@@ -79,37 +86,55 @@ def reconstruction_gain(model, guide, data, *, num_samples: int = 16, max_points
         If the model has no local latent sites in ``data_plate``, or their prior has no mean.
     """
     dtype, device = program_dtype(model, guide)
-    batch = tuple(t[:max_points] for t in as_tensors(data, dtype=dtype, device=device,
-                                                     name="data"))
-    n = batch[0].shape[0]
+    tensors = as_tensors(data, dtype=dtype, device=device, name="data")
+    plan = plan_points(model, guide, tensors, num_draws=num_samples, data_plate=data_plate)
+    batch, subsample = plan.first_points(tensors, max_points)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        nesting = max_plate_nesting(model, guide, batch)
-        d = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate,
-                 nesting=nesting)
+        d = draw(model, guide, batch, num_samples=num_samples, subsample=subsample,
+                 **plan.draw_options())
         if not d.local_sites:
-            raise ValueError(f"model: no local latent sites in the plate {data_plate!r}, so "
-                             "there is no code z whose reconstruction could be judged")
-        rank = nesting + 1
-        with pyro.validation_enabled(False):
-            gtr = poutine.trace(in_draw_plate(guide, 1, rank)).get_trace(*batch)
-            fixed = _AtPriorMean(d.local_sites)(in_draw_plate(model, 1, rank))
-            try:
-                mtr = poutine.trace(poutine.replay(fixed, trace=gtr)).get_trace(*batch)
-            except NotImplementedError as exc:
-                raise ValueError(f"model: a local latent's prior has no mean ({exc})") from exc
-    base = torch.zeros(n, dtype=torch.float64, device=batch[0].device)
+            raise ValueError(f"model: no local latent sites in the plate {plan.data_plate!r}, "
+                             "so there is no code z whose reconstruction could be judged")
+        mtr = _at_prior_mean(model, guide, batch, subsample, plan, d.local_sites)
+    n = d.log_lik.shape[1]
+    rank = plan.nesting + 1
+    base = torch.zeros(n, dtype=torch.float64, device=tensors[0].device)
     for site in mtr.nodes.values():
         if (site["type"] != "sample" or site_is_subsample(site) or not site["is_observed"]
                 or site["infer"].get("_ppl_vae_at_prior_mean")):
             continue
-        dim = data_dim(site, data_plate)
-        lp = reduce_to_points(site_log_prob(site), rank, dim, n)[0].double()
+        dim = data_dim(site, plan.data_plate)
+        lp = site_log_prob(site)
+        if lp.dim() > rank:  # a prior mean per value of an enumerated site: no single z
+            raise ValueError(f"site {site['name']!r}: the local latents' prior depends on an "
+                             "enumerated site, so there is no single prior mean to decode")
+        lp = reduce_to_points(lp, rank, dim, n)[0].double()
         base += lp if dim is not None else lp / n
     recon = float(d.log_lik.double().mean(0).mean())
     at_mean = float(base.mean())
     return Reconstruction(recon, at_mean, recon - at_mean)
+
+
+def _at_prior_mean(model, guide, batch, subsample, plan, local_sites):
+    """The model's trace with its local latents at their prior mean (one draw of the rest, in a
+    plate of one draw where draws vectorize, as the program itself shapes them where not)."""
+    rank = plan.nesting + 1
+    if subsample is not None:
+        model = FixSubsample(plan.data_plate, subsample)(model)
+        guide = FixSubsample(plan.data_plate, subsample)(guide)
+    if plan.vectorized:
+        model, guide = in_draw_plate(model, 1, rank), in_draw_plate(guide, 1, rank)
+    with pyro.validation_enabled(False):
+        gtr = poutine.trace(guide).get_trace(*batch)
+        fixed = poutine.replay(_AtPriorMean(local_sites)(model), trace=gtr)
+        if plan.enumerated:
+            fixed = poutine.enum(fixed, first_available_dim=-rank - 1)
+        try:
+            return poutine.trace(fixed).get_trace(*batch)
+        except NotImplementedError as exc:
+            raise ValueError(f"model: a local latent's prior has no mean ({exc})") from exc
 
 
 def reference_value(reference, key: str) -> float | None:

@@ -23,10 +23,11 @@ from torch.distributions import biject_to
 
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.estimators._bound import log_mean_exp
-from ppl_vae.evaluation.chunks import ELEMENT_BUDGET, draws_vectorize
+from ppl_vae.evaluation.chunks import ELEMENT_BUDGET, chunk_draws, global_draws, plan_points
 from ppl_vae.evaluation.pointwise import draw
+from ppl_vae.programs.analysis import analyze_programs
 from ppl_vae.programs.random import seeded
-from ppl_vae.programs.util import max_plate_nesting, program_dtype, unwrap_distribution
+from ppl_vae.programs.util import program_dtype, unwrap_distribution
 
 __all__ = ["inference_gaps", "log_evidence", "RefinedGuide"]
 
@@ -45,9 +46,13 @@ def log_evidence(model, guide, data, *, num_samples: int = 1000, data_plate: str
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
-    with seeded(seed):
-        d = draw(model, guide, batch, num_samples=num_samples, data_plate=data_plate)
-    lw = d.log_weights.double()
+    # Chunks as the programs' analysis plans them (all N points, draws one by one where they
+    # do not vectorize, enumerated sites summed out), the global draws shared by all chunks.
+    plan = plan_points(model, guide, batch, num_draws=num_samples, data_plate=data_plate)
+    globals_ = global_draws(plan, model, guide, batch, num_draws=num_samples, seed=seed)
+    lw = torch.cat([chunk_draws(plan, model, guide, batch, start, num_draws=num_samples,
+                                seed=seed, globals_=globals_).log_weights.double()
+                    for start in plan.starts()], 1)
     iw, elbo = log_mean_exp(lw, 0), lw.mean(0)
     return pd.DataFrame({"log_px": iw.cpu().numpy(), "elbo": elbo.cpu().numpy(),
                          "elbo_gap": (iw - elbo).cpu().numpy()})
@@ -172,19 +177,27 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)
+    analysis = analyze_programs(model, guide, batch, data_plate=data_plate)
+    if analysis.chunk_points is not None:
+        raise ValueError(
+            f"inference gaps refine each point's q on a slice of the rows; the programs fix "
+            f"which points a pass holds ({analysis.data_plate.sizing} plate "
+            f"{analysis.data_plate.name!r}" + (f", per-row parameters {list(analysis.per_row_params)}"
+                                               if analysis.per_row_params else "") + ")")
     batch = tuple(t[:num_points] for t in batch)
+    data_plate = analysis.data_plate.name
     with seeded(seed):
-        nesting = max_plate_nesting(model, guide, batch)
-        # A guide like the deep Markov model's (torch.cat of an RNN state and z) cannot draw
-        # over an extra plate: its draws are then taken one by one.
+        # The analysis decides how draws are taken: a guide like the deep Markov model's
+        # (torch.cat of an RNN state and z) cannot draw over an extra plate, so one by one.
+        nesting, vectorized = analysis.nesting, analysis.vectorizes
         with torch.no_grad(), pyro.validation_enabled(False):
-            vectorized = draws_vectorize(model, guide, batch, nesting, data_plate)
             init = poutine.trace(guide).get_trace(*batch)
         refine = RefinedGuide(init, data_plate)
         if not refine.specs:
             raise ValueError(f"guide: no local latent sites inside the plate {data_plate!r}")
         refined_guide = refine(guide)
-        draws = {"nesting": nesting, "data_plate": data_plate, "vectorized": vectorized}
+        draws = {"nesting": nesting, "data_plate": data_plate, "vectorized": vectorized,
+                 "enumerate_model": bool(analysis.enumerated)}
         taken = _refine(model, refined_guide, refine, batch, steps=steps, lr=lr,
                         num_particles=num_particles, check_every=check_every,
                         tolerance=tolerance, num_check=num_check, draws=draws)

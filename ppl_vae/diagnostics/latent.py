@@ -45,7 +45,7 @@ def _local_pairs(model, guide, batch, num, plan: PointPlan, subsample):
     rank = plan.nesting + 1
     with torch.no_grad():
         pairs = trace_pairs(model, guide, batch, num, rank, plan.vectorized, subsample,
-                            plan.data_plate, None)
+                            plan.data_plate, None, plan.enumerated)
     out = []
     for gtr, mtr in pairs:
         sites = []
@@ -308,11 +308,10 @@ def mutual_information(model, guide, data, *, data_plate: str = "data", max_poin
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     plan = plan_points(model, guide, batch, num_draws=1, data_plate=data_plate)
-    program = guide
-    if plan.subsampled:  # the model's own subsample size B: its first B points
-        program = FixSubsample(data_plate, torch.arange(plan.chunk_size, device=device))(guide)
-    else:
-        batch = tuple(t[:max_points] for t in batch)
+    data_plate = plan.data_plate
+    # The first max_points points, or the first chunk where the programs fix its points.
+    batch, subsample = plan.first_points(batch, max_points)
+    program = guide if subsample is None else FixSubsample(data_plate, subsample)(guide)
     with seeded(seed), pyro.validation_enabled(False), eval_mode(model, guide):
         gtr = poutine.trace(program).get_trace(*batch)
     sites = []

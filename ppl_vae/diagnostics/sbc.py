@@ -176,8 +176,8 @@ def _simulation_ranks(model, guide, batch, plan, start, step, num_draws, simulat
     with pyro.validation_enabled(False):
         sim = poutine.trace(program).get_trace(*chunk)
     args = (simulation_args or _default_simulation_args)(sim, chunk)
-    d = draw(model, guide, args, num_samples=num_draws, data_plate=plan.data_plate,
-             nesting=plan.nesting, vectorized=plan.vectorized, subsample=subsample)
+    d = draw(model, guide, args, num_samples=num_draws, subsample=subsample,
+             **plan.draw_options())
     valid = min(start + step, plan.num_points) - start
     out = {k: {} for k in ("ranks", "truth", "mean", "sd")}
     for name, value in d.latents.items():

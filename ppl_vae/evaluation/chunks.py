@@ -6,13 +6,17 @@ numbers whichever process or pass computes it; chunk boundaries depend only on N
 data's width, never on the number of processes. Global latents are drawn once and replayed in
 every chunk, so all points share the same global draws, as in one pass over all data.
 
-Two kinds of program need more than slicing rows:
+The plan is read off the programs' analysis (:mod:`ppl_vae.programs.analysis`), never found
+by trying. Programs that need more than slicing rows:
 
-- a model that subsamples its own data plate (``pyro.plate("data", N, subsample_size=B)``)
-  gets all rows and the chunk's indices as its subsample (:class:`FixSubsample`), so each of
-  its N points is scored once;
-- a program that cannot broadcast over an extra draw dimension (``x @ w`` on a sampled ``w``)
-  is drawn one draw at a time, as ``Predictive(parallel=False)`` does.
+- a model that subsamples its own data plate (``pyro.plate("data", N, subsample_size=B)``), or
+  a guide that does and a model that replays its indices (AIR), gets all rows and the chunk's
+  indices as its subsample (``FixSubsample``), so each of its N points is scored once;
+- a plate that subsamples the batch it is handed (scvi-tools' ``size=n_obs,
+  subsample_size=x.shape[0]``) gets the chunk's rows and their own indices;
+- a program that cannot broadcast over an extra draw dimension (``x @ w`` on a sampled ``w``,
+  ``loc[mask]``) is drawn one draw at a time, as ``Predictive(parallel=False)`` does;
+- a model with enumerated sites has them summed out, as ``TraceEnum_ELBO`` does.
 """
 
 from __future__ import annotations
@@ -24,25 +28,18 @@ import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
-from ppl_vae.data.tensors import num_rows
-from ppl_vae.evaluation.pointwise import Draws, FixSubsample, draw
-from ppl_vae.programs.checks import resolve_data_plate, trace_pair
-from ppl_vae.programs.random import chunk_seed, preserved, seeded
-from ppl_vae.programs.util import max_plate_nesting
+from ppl_vae.evaluation.pointwise import Draws, draw
+from ppl_vae.programs.analysis import ProgramAnalysis, analyze_programs
+from ppl_vae.programs.random import chunk_seed, seeded
 
-__all__ = ["draws_vectorize", "ELEMENT_BUDGET", "RESOLVE_ROWS", "PointPlan", "chunk_draws", "global_draws",
-           "map_chunks", "plan_points", "release_memory"]
+__all__ = ["draws_vectorize", "ELEMENT_BUDGET", "PointPlan", "chunk_draws", "global_draws",
+           "map_chunks", "plan_from", "plan_points", "release_memory"]
 
 ELEMENT_BUDGET = 2**23  # K x chunk x row width elements per drawn tensor (32 MiB in float32)
 MAX_POINT_ELEMENTS = 2**28  # K x row width of one point, the smallest chunk (1 GiB in float32)
-# Rows the programs are run on to find the data plate: enough that an inner plate rarely has the
-# same size by chance, few enough to cost one small trace.
-RESOLVE_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,14 @@ class PointPlan:
     data_plate : str
     has_global : bool
         The guide has sites outside the data plate (drawn once, replayed in every chunk).
+    indexed : bool
+        The plate draws indices for the batch it is handed (scvi-tools' ``size=n_obs,
+        subsample_size=x.shape[0]``): each chunk gives it its own rows' indices.
+    enumerated : bool
+        The model has enumerated sites the guide does not draw: summed out in every pass.
+    fixed_points : bool
+        The programs fix a chunk's points (a subsampling plate's b indices, all N with a
+        parameter per data point): a pass on fewer points takes a whole chunk, not a slice.
     """
 
     num_points: int
@@ -75,6 +80,9 @@ class PointPlan:
     chunk_size: int
     data_plate: str
     has_global: bool
+    indexed: bool = False
+    enumerated: bool = False
+    fixed_points: bool = False
 
     def starts(self) -> list[int]:
         return list(range(0, self.num_points, self.chunk_size))
@@ -92,31 +100,54 @@ class PointPlan:
             index = torch.cat([torch.arange(start, stop), torch.arange(pad)])
             return tuple(tensors), index.to(ref.device)
         if positions is None:
-            return tuple(t[start:stop] for t in tensors), None
+            index = torch.arange(start, stop, device=ref.device)
+            return tuple(t[start:stop] for t in tensors), index if self.indexed else None
         index = torch.as_tensor(positions, dtype=torch.long, device=ref.device) + start
-        return tuple(t[index] for t in tensors), None
+        return tuple(t[index] for t in tensors), index if self.indexed else None
+
+    def first_points(self, tensors: Sequence[torch.Tensor], count: int):
+        """(batch, subsample) of the first ``count`` points, or of the whole first chunk where
+        the programs fix a chunk's points."""
+        positions = None if self.fixed_points else range(min(count, self.num_points))
+        return self.chunk(tensors, 0, positions)
+
+    def draw_options(self) -> dict:
+        """``draw``'s keyword arguments that this plan fixes."""
+        return dict(data_plate=self.data_plate, nesting=self.nesting, vectorized=self.vectorized,
+                    enumerate_model=self.enumerated)
 
 
 def plan_points(model: Callable, guide: Callable, tensors: Sequence[torch.Tensor], *,
                 num_draws: int, data_plate: str | None = None,
                 chunk_size: int | None = None, draws_argument: str = "num_samples") -> PointPlan:
-    """Find the data plate (``None``: as ``fit`` does, :func:`resolve_data_plate`), probe the
-    programs on two points and choose how to chunk them (the random state is left as it was:
-    see :func:`_plan`). ``draws_argument``: the caller's name for ``num_draws``, for the error
-    when one point's draws cannot fit."""
+    """How to walk over the points of ``tensors``, from the programs' analysis
+    (:func:`~ppl_vae.programs.analysis.analyze_programs`, which finds the data plate as ``fit``
+    does when ``data_plate`` is None; the random state is left as it was).
+    ``draws_argument``: the caller's name for ``num_draws``, for the error when one point's
+    draws cannot fit."""
     check_draws_fit(tensors, num_draws, draws_argument)
-    with preserved():
-        n = num_rows(tensors)
-        try:
-            data_plate = resolve_data_plate(model, guide, tuple(t[:RESOLVE_ROWS] for t in tensors),
-                                            data_plate, num_data=n)
-        except ValueError as exc:
-            try:  # a model that indexes all its data by its own subsample of them
-                data_plate = resolve_data_plate(model, guide, tuple(tensors), data_plate,
-                                                num_data=n)
-            except ValueError:
-                raise exc from None
-        return _plan(model, guide, tensors, num_draws, data_plate, chunk_size)
+    analysis = analyze_programs(model, guide, tensors, data_plate=data_plate)
+    return plan_from(analysis, tensors, num_draws, chunk_size)
+
+
+def plan_from(analysis: ProgramAnalysis, tensors: Sequence[torch.Tensor], num_draws: int,
+              chunk_size: int | None = None) -> PointPlan:
+    """The :class:`PointPlan` of an analysis: chunks of ``chunk_size`` points (by default as
+    many as keep one drawn tensor near :data:`ELEMENT_BUDGET` elements), except where the
+    programs fix a chunk's points (a subsampling plate's b indices, all N with a parameter per
+    data point)."""
+    plate = analysis.data_plate
+    fixed = analysis.chunk_points
+    if fixed is not None:
+        chunk_size = fixed
+    elif chunk_size is None:
+        width = max(1, sum(t[0].numel() for t in tensors))
+        chunk_size = max(1, ELEMENT_BUDGET // (int(num_draws) * width))
+    n = analysis.num_points
+    return PointPlan(int(n), analysis.nesting, analysis.vectorizes, plate.subsampled,
+                     int(min(max(1, chunk_size), n)), plate.name, analysis.has_global,
+                     indexed=plate.indexed and plate.full_size == n,
+                     enumerated=bool(analysis.enumerated), fixed_points=fixed is not None)
 
 
 def check_draws_fit(tensors, num_draws: int, argument: str = "num_samples") -> None:
@@ -131,74 +162,11 @@ def check_draws_fit(tensors, num_draws: int, argument: str = "num_samples") -> N
         f"{MAX_POINT_ELEMENTS // width:,} draws for rows of {width} values")
 
 
-def _plan(model, guide, tensors, num_draws, data_plate, chunk_size) -> PointPlan:
-    """The probe finds the plate nesting, whether the model subsamples ``data_plate`` itself,
-    whether the guide has global sites, and whether K draws vectorize. Programs that fail on
-    two rows but run on all of them (a guide with one parameter per data point, such as an
-    autoguide of a model with local latents) are evaluated in one chunk.
-    """
-    n = num_rows(tensors)
-    probe = tuple(t[: min(n, 2)] for t in tensors)
-    whole = False
-    try:
-        subsampled = _self_subsampled(model, guide, probe, data_plate) is not None
-    except ValueError as exc:
-        try:  # a model that indexes its data by its own subsample, or a per-point guide
-            subsampled = _self_subsampled(model, guide, tensors, data_plate) is not None
-        except ValueError:
-            raise exc from None
-        whole = not subsampled
-    subsample = None
-    if subsampled:
-        n, size = _self_subsampled(model, guide, tuple(tensors), data_plate)
-        chunk_size, probe, subsample = size, tuple(tensors), _arange(size, tensors)
-        nesting = max_plate_nesting(FixSubsample(data_plate, subsample)(model),
-                                    FixSubsample(data_plate, subsample)(guide), probe)
-    else:
-        probe = tuple(tensors) if whole else probe
-        nesting = max_plate_nesting(model, guide, probe)
-    vectorized, d = _probe_draws(model, guide, probe, nesting, data_plate, subsample)
-    if chunk_size is None and not subsampled:
-        width = max(1, sum(t[0].numel() for t in tensors))
-        chunk_size = max(1, ELEMENT_BUDGET // (int(num_draws) * width))
-    if whole:
-        chunk_size = n
-    return PointPlan(int(n), int(nesting), vectorized, subsampled, int(min(max(1, chunk_size), n)),
-                     data_plate, d.global_traces is not None)
-
-
-def _arange(count: int, tensors) -> torch.Tensor:
-    return torch.arange(count, device=tensors[0].device)
-
-
-def _self_subsampled(model, guide, batch, data_plate) -> tuple[int, int] | None:
-    """(full size, subsample size) of ``data_plate`` when the model subsamples it itself."""
-    with torch.no_grad(), pyro.validation_enabled(False):
-        model_trace, _ = trace_pair(model, guide, batch)
-    site = model_trace.nodes.get(data_plate)
-    if site is None or site["type"] != "sample" or not isinstance(site["fn"], _Subsample):
-        return None
-    fn = site["fn"]
-    return None if fn.subsample_size in (None, fn.size) else (int(fn.size), int(fn.subsample_size))
-
-
-def draws_vectorize(model, guide, batch, nesting, data_plate, subsample=None) -> bool:
-    """Whether the programs' draws vectorize over a particle plate on ``batch`` (else
-    :func:`~ppl_vae.evaluation.pointwise.draw` must be called with ``vectorized=False``)."""
-    return _probe_draws(model, guide, batch, nesting, data_plate, subsample)[0]
-
-
-def _probe_draws(model, guide, batch, nesting, data_plate, subsample) -> tuple[bool, Draws]:
-    """Whether two draws vectorize over a particle plate (else they are drawn one by one)."""
-    kwargs = dict(num_samples=2, data_plate=data_plate, nesting=nesting, subsample=subsample)
-    try:
-        return True, draw(model, guide, batch, vectorized=True, **kwargs)
-    except Exception as vec_exc:  # noqa: BLE001 - any failure of the user's programs
-        try:
-            return False, draw(model, guide, batch, vectorized=False, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"the programs fail when drawing from the guide on two points: "
-                             f"{exc} (vectorized over draws: {vec_exc})") from exc
+def draws_vectorize(model, guide, batch, data_plate: str | None = None) -> bool:
+    """Whether the programs' draws vectorize over a plate of draws on data like ``batch``
+    (else :func:`~ppl_vae.evaluation.pointwise.draw` must be called with
+    ``vectorized=False``): the analysis' verdict."""
+    return analyze_programs(model, guide, batch, data_plate=data_plate).vectorizes
 
 
 def global_draws(plan: PointPlan, model, guide, tensors, *, num_draws: int,
@@ -208,9 +176,8 @@ def global_draws(plan: PointPlan, model, guide, tensors, *, num_draws: int,
         return None
     batch, subsample = plan.chunk(tensors, 0)
     with seeded(chunk_seed(seed, "globals", key)):
-        return draw(model, guide, batch, num_samples=num_draws, data_plate=plan.data_plate,
-                    nesting=plan.nesting, vectorized=plan.vectorized, subsample=subsample,
-                    num_points=plan.num_points).global_traces
+        return draw(model, guide, batch, num_samples=num_draws, subsample=subsample,
+                    num_points=plan.num_points, **plan.draw_options()).global_traces
 
 
 def chunk_draws(plan: PointPlan, model, guide, tensors, start: int, *, num_draws: int,
@@ -218,9 +185,8 @@ def chunk_draws(plan: PointPlan, model, guide, tensors, start: int, *, num_draws
     """K draws on the chunk beginning at ``start``, seeded from (seed, key, start)."""
     batch, subsample = plan.chunk(tensors, start)
     with seeded(chunk_seed(seed, "points", key, start)):
-        d = draw(model, guide, batch, num_samples=num_draws, data_plate=plan.data_plate,
-                 nesting=plan.nesting, vectorized=plan.vectorized, subsample=subsample,
-                 globals_=globals_, num_points=plan.num_points)
+        d = draw(model, guide, batch, num_samples=num_draws, subsample=subsample,
+                 globals_=globals_, num_points=plan.num_points, **plan.draw_options())
     valid = plan.stop(start) - start
     if d.log_lik.shape[1] != valid:  # the padding of a self-subsampling model's last chunk
         d = d.take(torch.arange(valid, device=d.log_lik.device))

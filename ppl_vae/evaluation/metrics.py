@@ -11,18 +11,12 @@ import torch
 
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.estimators._bound import log_mean_exp
-from ppl_vae.evaluation.chunks import (
-    RESOLVE_ROWS,
-    chunk_draws,
-    global_draws,
-    map_chunks,
-    plan_points,
-)
+from ppl_vae.evaluation.chunks import chunk_draws, global_draws, map_chunks, plan_points
 from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.train.arguments import as_integer
 
-__all__ = ["evaluate", "Evaluation", "RESOLVE_ROWS", "ScaledProgramWarning"]
+__all__ = ["evaluate", "Evaluation", "ScaledProgramWarning"]
 
 
 class Evaluation(dict):

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.programs.checks import data_dim
+from ppl_vae.programs.handlers import PARTICLE_PLATE, FixSubsample, in_draw_plate
 from ppl_vae.programs.plates import own_scale
 from ppl_vae.programs.util import max_plate_nesting
 
@@ -27,8 +26,6 @@ __all__ = [
     "Draws", "FixSubsample", "draw", "in_draw_plate", "reduce_to_points",
     "site_log_prob", "trace_pairs",
 ]
-
-PARTICLE_PLATE = "_ppl_vae_draws"
 
 
 @dataclass
@@ -116,17 +113,6 @@ class Draws:
         return self.log_p - self.log_q
 
 
-def in_draw_plate(fn: Callable, num: int, rank: int) -> Callable:
-    """``fn`` run inside a plate of ``num`` draws at dimension ``-rank`` (left of every plate the
-    program uses), so that one pass draws all of them."""
-
-    def wrapped(*args):
-        with pyro.plate(PARTICLE_PLATE, num, dim=-rank):
-            return fn(*args)
-
-    return wrapped
-
-
 def reduce_to_points(log_prob: torch.Tensor, rank: int, data_dim: int | None, n: int) -> torch.Tensor:
     """Sum a site's log-density down to (K, N) (data_dim given) or (K,)."""
     lp = log_prob.reshape((1,) * (rank - log_prob.dim()) + tuple(log_prob.shape))
@@ -154,21 +140,6 @@ def site_log_prob(site, scales: dict | None = None) -> torch.Tensor:
     return lp
 
 
-class FixSubsample(Messenger):
-    """Give a plate that subsamples itself (``pyro.plate(name, N, subsample_size=B)``) the
-    indices ``indices`` instead of a random subsample, so that a pass over chunks of indices
-    covers each of its N points once. Pyro's plate takes its subsample size from the indices."""
-
-    def __init__(self, plate: str, indices: torch.Tensor):
-        super().__init__()
-        self.plate, self.indices = plate, indices
-
-    def _pyro_sample(self, msg):
-        if msg["name"] == self.plate and isinstance(msg["fn"], _Subsample):
-            msg["value"] = self.indices.to(msg["fn"].device)
-            msg["done"] = True
-
-
 def _programs(model, guide, num, rank, vectorized, subsample, data_plate):
     if vectorized:
         model, guide = in_draw_plate(model, num, rank), in_draw_plate(guide, num, rank)
@@ -178,17 +149,24 @@ def _programs(model, guide, num, rank, vectorized, subsample, data_plate):
     return model, guide
 
 
-def trace_pairs(model, guide, batch, num, rank, vectorized, subsample, data_plate, globals_):
+def trace_pairs(model, guide, batch, num, rank, vectorized, subsample, data_plate, globals_,
+                enumerate_model: bool = False):
     """[(guide trace, model trace)]: one pair holding all ``num`` draws in a particle plate, or
     ``num`` pairs of one draw each (``vectorized=False``, as ``Predictive(parallel=False)``).
-    ``globals_`` (one trace per pair) fixes the guide's global sites by replay."""
+    ``globals_`` (one trace per pair) fixes the guide's global sites by replay.
+    ``enumerate_model``: the model's sites marked for enumeration that the guide does not draw
+    take every value at once, in dimensions left of the draws (summed out by :func:`_score`,
+    as ``TraceEnum_ELBO`` does)."""
     m, g = _programs(model, guide, num, rank, vectorized, subsample, data_plate)
     pairs = []
     with pyro.validation_enabled(False):
         for k in range(1 if vectorized else num):
             gk = g if globals_ is None else poutine.replay(g, trace=globals_[k])
             gtr = poutine.trace(gk).get_trace(*batch)
-            mtr = poutine.trace(poutine.replay(m, trace=gtr)).get_trace(*batch)
+            mk = poutine.replay(m, trace=gtr)
+            if enumerate_model:  # outside the replay, so that the guide's draws stay drawn
+                mk = poutine.enum(mk, first_available_dim=-rank - 1)
+            mtr = poutine.trace(mk).get_trace(*batch)
             pairs.append((gtr, mtr))
     return pairs
 
@@ -221,6 +199,7 @@ def draw(
     subsample: torch.Tensor | None = None,
     globals_: list | None = None,
     num_points: int | None = None,
+    enumerate_model: bool = False,
 ) -> Draws:
     """Draw ``num_samples`` joint samples from the guide on ``batch`` and score them.
 
@@ -248,13 +227,16 @@ def draw(
     num_points : int, optional
         Size of the whole data set when ``batch`` is one chunk of it (an observed site outside
         the data plate is shared by all points: each gets its 1 / num_points share).
+    enumerate_model : bool
+        Sum the model's enumerated sites out (``ProgramAnalysis.enumerated``): each point's
+        log-likelihood is then log sum_a p(a) p(x_i | a, z), as ``TraceEnum_ELBO`` scores it.
     """
     n = int(subsample.shape[0]) if subsample is not None else batch[0].shape[0]
     if nesting is None:
         nesting = max_plate_nesting(model, guide, batch)
     rank = nesting + 1
     pairs = trace_pairs(model, guide, batch, num_samples, rank, vectorized, subsample,
-                         data_plate, globals_)
+                         data_plate, globals_, enumerate_model)
     ref = next((t for t in batch if t.is_floating_point()), batch[0])
     like = torch.zeros((), dtype=ref.dtype if ref.is_floating_point()
                        else torch.get_default_dtype(), device=ref.device)
@@ -275,11 +257,17 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
     log_prior_g, log_q_g = zeros_kn[:, 0].clone(), zeros_kn[:, 0].clone()
     latents, observed, local_sites, global_sites, data_dims, lik_sites = {}, {}, [], [], {}, {}
     obs_dims, scales = {}, {}
+    summed = _summed_out(model_trace, rank, scales)
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site) or name == PARTICLE_PLATE:
             continue  # plates record themselves as sample sites; they are not latents
         dim = data_dim(site, data_plate)
-        lp = reduce_to_points(site_log_prob(site, scales), rank, dim, n)
+        if name in summed:
+            if summed[name] is None:
+                continue  # an enumerated site: its log p(a) is inside the marginal
+            lp = reduce_to_points(summed[name], rank, dim, n)
+        else:
+            lp = reduce_to_points(site_log_prob(site, scales), rank, dim, n)
         if site["is_observed"]:
             observed[name] = site["value"]
             obs_dims[name] = (dim, len(site["fn"].event_shape))
@@ -312,6 +300,32 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
                 log_q += lq
     return Draws(latents, observed, log_lik, log_prior, log_q, log_prior_g, log_q_g,
                  local_sites, global_sites, data_dims, lik_sites, obs_dims, rank, scales=scales)
+
+
+def _summed_out(model_trace, rank, scales: dict) -> dict:
+    """Log-densities of the sites that depend on an enumerated dimension (left of the draws at
+    ``-rank``), with those dimensions summed out: {first site that depends on them and is not
+    enumerated itself: log sum_a p(a) p(. | a, ...)} (an observation's likelihood, or a latent's
+    prior such as a mixture prior's component summed out of log p(z)), zeros for the later
+    ones, None for the enumerated sites (their terms are inside). Exact for enumerated sites
+    that are independent given the draws (a mixture's assignment); Pyro's contraction order for
+    ``pyro.markov`` chains is not reproduced."""
+    parts = {name: lp for name, site in model_trace.nodes.items()
+             if site["type"] == "sample" and not site_is_subsample(site)
+             and name != PARTICLE_PLATE
+             and (lp := site_log_prob(site, scales)).dim() > rank}
+    if not parts:
+        return {}
+    total = sum(parts.values())
+    marginal = total.reshape(-1, *total.shape[total.dim() - rank:]).logsumexp(0)
+    out, first = {}, True
+    for name in parts:
+        if model_trace.nodes[name]["infer"].get("_enumerate_dim") is not None:
+            out[name] = None
+        else:
+            out[name] = marginal if first else torch.zeros_like(marginal)
+            first = False
+    return out
 
 
 def _concat(parts: list[Draws]) -> Draws:

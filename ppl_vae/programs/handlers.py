@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pyro
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 
 from ppl_vae.programs.plates import frame_full_size
 
-__all__ = ["DataPlateScale", "ScaledProgram"]
+__all__ = ["DataPlateScale", "FixSubsample", "PARTICLE_PLATE", "ScaledProgram", "in_draw_plate"]
+
+PARTICLE_PLATE = "_ppl_vae_draws"
 
 
 class DataPlateScale(Messenger):
@@ -58,3 +62,29 @@ class ScaledProgram(torch.nn.Module):
     def forward(self, *batch):
         with self.scale:
             return self.program(*batch)
+
+
+def in_draw_plate(fn: Callable, num: int, rank: int) -> Callable:
+    """``fn`` run inside a plate of ``num`` draws at dimension ``-rank`` (left of every plate the
+    program uses), so that one pass draws all of them."""
+
+    def wrapped(*args):
+        with pyro.plate(PARTICLE_PLATE, num, dim=-rank):
+            return fn(*args)
+
+    return wrapped
+
+
+class FixSubsample(Messenger):
+    """Give a plate that subsamples itself (``pyro.plate(name, N, subsample_size=B)``) the
+    indices ``indices`` instead of a random subsample, so that a pass over chunks of indices
+    covers each of its N points once. Pyro's plate takes its subsample size from the indices."""
+
+    def __init__(self, plate: str, indices: torch.Tensor):
+        super().__init__()
+        self.plate, self.indices = plate, indices
+
+    def _pyro_sample(self, msg):
+        if msg["name"] == self.plate and isinstance(msg["fn"], _Subsample):
+            msg["value"] = self.indices.to(msg["fn"].device)
+            msg["done"] = True

@@ -17,6 +17,7 @@ import torch
 from ppl_vae.data.streaming import DiskData
 from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
 from ppl_vae.estimators.registry import make_elbo, preflight_warnings
+from ppl_vae.programs.analysis import analyze_programs
 from ppl_vae.programs.checks import check_autoguide_batches, check_support
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.rows import check_per_row_parameters
@@ -139,8 +140,9 @@ def prepare_data(data, validation_data, config: FitConfig, device) -> Prepared:
 
 def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
               warmup: KLWarmup | None = None, free_bits: FreeBits | None = None) -> TrainState:
-    """Run the programs on the data and the validation data (support, sites, shapes), build the
-    training state, and warn about what the estimator will do with these programs. With a
+    """Analyse the programs on the data (:func:`~ppl_vae.programs.analysis.analyze_programs`:
+    the data plate every later step uses), run them on the data and the validation data
+    (support, sites, shapes), build the training state, and warn about what the estimator will do with these programs. With a
     ``warmup``, the training loss runs both programs under it (the checks use them as given)."""
     pyro.set_rng_seed(config.seed)
     for program in (model, guide):
@@ -158,16 +160,21 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
     first = tuple(t[: max(config.batch_size // world, 1)] for t in prepared.head)
     # Before anything calls an autoguide: its first call fixes the rows it has parameters for.
     check_autoguide_batches(model, guide, first, prepared.num_data, config.data_plate)
+    # The one analysis of the programs on this data (cached: evaluate, to_arviz, the diagnostics
+    # and the report of the fitted programs on the same data read it without running them).
+    analysis = analyze_programs(model, guide, prepared.head, data_plate=config.data_plate,
+                                num_data=prepared.num_data)
+    plate = analysis.data_plate.name
     # Mini-batches and one parameter per row: refused before the first step (nothing would fail).
-    check_per_row_parameters(model, guide, first, prepared.num_data, config.data_plate)
+    check_per_row_parameters(model, guide, first, prepared.num_data, plate)
     check_rows = max(config.batch_size, 1024)
-    check_support(model, guide, prepared.head, batch_size=check_rows, plate_name=config.data_plate)
+    check_support(model, guide, prepared.head, batch_size=check_rows, plate_name=plate)
     if prepared.validation_head is not None:
         try:
             with warnings.catch_warnings():  # said once, for the training data
                 warnings.filterwarnings("ignore", message="the model has no observed site")
                 check_support(model, guide, prepared.validation_head, batch_size=check_rows,
-                              plate_name=config.data_plate)
+                              plate_name=plate)
         except ValueError as exc:
             raise ValueError(f"validation_data: {exc}") from exc
     # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
@@ -179,7 +186,7 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
     # factor, a site without rsample) by name, not by an error from inside its loss.
     messages = preflight_warnings(config.estimator, model, guide, first)
     state = init_state(model, guide, elbo, first, num_data=prepared.num_data,
-                       data_plate=config.data_plate, optimizer=config.optimizer, lr=config.lr)
+                       data_plate=plate, optimizer=config.optimizer, lr=config.lr)
     for message in messages:
         warn_user(message)
     if config.early_stopping_patience is not None and prepared.validation is None:
