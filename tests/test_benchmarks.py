@@ -222,3 +222,14 @@ def test_diagnostics_pass_table_and_exponent(tmp_path):
     text = out.read_text()
     assert text.count("## Diagnostics at real size") == 1 and "## GPU" in text
     assert "## Machine" in text
+
+
+def test_corpus_steps_prints_one_row_per_program(capsys):
+    from benchmarks import corpus_steps
+
+    assert corpus_steps.main(["--programs", "vae_soft", "--epochs", "2", "--warmup", "1",
+                              "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| vae_soft")]
+    (row,) = rows
+    eager, default, ratio = (float(cell) for cell in row.strip("|").split("|")[1:])
+    assert eager > 0 and default > 0 and ratio == pytest.approx(default / eager, abs=0.01)

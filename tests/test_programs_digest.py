@@ -85,3 +85,25 @@ def test_resume_with_changed_program_code_is_refused(tmp_path):
     result = fit(_load(tmp_path, tag, "model"), _load(tmp_path, tag, "guide"), x,
                  **{**kwargs, "epochs": 2, "resume": True})
     assert result.history["epoch"].tolist() == [1, 2]
+
+
+def test_a_program_defined_without_a_file_is_digested_from_its_code():
+    """A notebook cell or an interactive prompt keeps no source file: the compiled code is the
+    digest, and another body gives another digest."""
+    import types
+
+    def define(body):
+        module = types.ModuleType("_notebook_cell")
+        sys.modules["_notebook_cell"] = module
+        source = f"import torch\nclass M(torch.nn.Module):\n    def model(self, x):\n        {body}\n"
+        exec(compile(source, "<ipython-input-1>", "exec"), module.__dict__)
+        return module.M()
+
+    try:
+        first, same, other = define("return x"), define("return x"), define("return 2 * x")
+        digest = program_digest(first.model)
+        assert list(digest) == ["<interactive>:M"]
+        assert program_digest(same.model) == digest
+        assert program_digest(other.model) != digest
+    finally:
+        sys.modules.pop("_notebook_cell", None)

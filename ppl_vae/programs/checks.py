@@ -28,6 +28,11 @@ def trace_pair(model: Callable, guide: Callable, batch: Sequence[torch.Tensor]):
     failed on which batch shape, with the original error chained.
     """
     shapes = [tuple(t.shape) for t in batch]
+    with _embedding_indices_checked(0):  # rows of ``batch``: a label beyond a table, by row
+        return _trace_pair(model, guide, batch, shapes)
+
+
+def _trace_pair(model, guide, batch, shapes):
     try:
         guide_trace = poutine.trace(guide).get_trace(*batch)
     except Exception as exc:  # noqa: BLE001 - re-raised with context

@@ -43,7 +43,7 @@ def _file_of(obj) -> Path | None:
     """The source file of a module, class or function; None for built-ins and library code."""
     try:
         name = inspect.getsourcefile(obj)
-    except TypeError:  # a built-in module, class or function: no file
+    except (TypeError, OSError):  # built-in, or defined where no file is (a notebook's class)
         return None
     if name is None or not Path(name).is_file():
         return None
@@ -134,10 +134,24 @@ def program_digest(program) -> dict[str, str]:
     the program is library code only (a Pyro autoguide)."""
     root = _root(program)
     if _file_of(root) is None:
-        return {}
+        return _interactive_digest(root)
     walk = _Walk(root)
     walk.visit(root, root=True)
     return dict(sorted(walk.out.items()))
+
+
+def _interactive_digest(root) -> dict[str, str]:
+    """A program defined where no source file is (a notebook cell, an interactive prompt):
+    the digest of its compiled code, ``{"<interactive>:qualname": sha256}``; library code
+    (its module has a file, in the standard library or site-packages) has none."""
+    module = inspect.getmodule(root)
+    if module is None or getattr(module, "__file__", None) is not None:
+        return {}
+    functions = [root] if inspect.isfunction(root) else [
+        v for cls in root.__mro__ if inspect.getmodule(cls) is module
+        for v in vars(cls).values() if inspect.isfunction(v)]
+    code = b"".join(marshal.dumps(f.__code__) for f in functions)
+    return {f"<interactive>:{root.__qualname__}": _sha(code)} if functions else {}
 
 
 def digest_differences(kind: str, old: dict, new: dict) -> list[str]:
