@@ -26,6 +26,7 @@ import torch
 
 from ppl_vae.data import datasets
 from ppl_vae.data.tensors import as_tensors
+from ppl_vae.programs.analysis import PROBE_ROWS
 from ppl_vae.programs.digest import program_digests, programs_differences
 from ppl_vae.programs.registry import build, file_sha256, is_file_spec
 from ppl_vae.programs.util import max_plate_nesting
@@ -387,15 +388,17 @@ def load_run(run_dir, *, model=None, guide=None, data=None, validation_data=None
 
 
 def _setup_rows(config: dict, ckpt: dict) -> int | None:
-    """Rows to run the programs on before the parameters load: two, or all (None) when a
-    trained parameter has one entry per training row (a per-row ``pyro.param`` sized by
-    ``x.shape[0]``, an autoguide's local latents: made for the rows of their first call).
-    Read from the checkpoint's own tensors, so runs of every version are covered."""
+    """Rows to run the programs on before the parameters load: the analysis' probe (enough
+    for a plate the programs subsample themselves, ``subsample_size=B`` of the rows given),
+    or all (None) when a trained parameter has one entry per training row (a per-row
+    ``pyro.param`` sized by ``x.shape[0]``, an autoguide's local latents: made for the rows
+    of their first call). Read from the checkpoint's own tensors, so runs of every version
+    are covered."""
     rows = config.get("settings", {}).get("num_data")
     params = ckpt.get("params", {})
     shapes = [tuple(v.shape) for group in params.values() if isinstance(group, dict)
               for v in group.values() if isinstance(v, torch.Tensor)]
-    return None if rows is None or any(rows in shape for shape in shapes) else 2
+    return None if rows is None or any(rows in shape for shape in shapes) else PROBE_ROWS
 
 
 def _check_same_data(path: Path, config: dict, dataset, dtype, recorded: dict) -> None:
