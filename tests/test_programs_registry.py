@@ -59,3 +59,18 @@ def test_methods_of_one_module_train_and_evaluate_from_the_command_line(tmp_path
     assert "elbo" in capsys.readouterr().out
 
 
+
+
+def test_a_changed_helper_file_imports_the_program_again(tmp_path, monkeypatch):
+    """Same program bytes, another helper beside it: the program is imported again, so the
+    code that runs is the code on disk (the run's digests read the disk too)."""
+    monkeypatch.delitem(__import__("sys").modules, "scales_helper", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "scales_helper.py").write_text("SCALE = 0.5\n")
+    path = tmp_path / "uses_helper.py"
+    path.write_text("from scales_helper import SCALE\ndef model(x):\n    return SCALE * x\n")
+    first = resolve("model", f"{path}:model")
+    assert resolve("model", f"{path}:model") is first
+    (tmp_path / "scales_helper.py").write_text("SCALE = 0.05\n")
+    again = resolve("model", f"{path}:model")
+    assert again is not first and again(1.0) == 0.05

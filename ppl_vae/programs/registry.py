@@ -50,17 +50,20 @@ def _load_file(path: Path, attr: str):
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
     mod_name = f"_ppl_vae_user_{path.stem}_{abs(hash(path.resolve()))}"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     loaded = sys.modules.get(mod_name)
-    # One import of a file per process while its bytes stay the same: a model and a guide named
-    # from one file (``--model f.py:model --guide f.py:guide``, the methods of one module
-    # instance) share that file's objects, as in the user's own script. A changed file is
-    # imported again.
-    if loaded is not None and getattr(loaded, "__ppl_vae_sha256__", None) == digest:
-        return _attribute(loaded, path, attr)
+    # One import of a file per process while its bytes, and those of the helper files of its
+    # folder it imported, stay the same: a model and a guide named from one file (``--model
+    # f.py:model --guide f.py:guide``, the methods of one module instance) share that file's
+    # objects, as in the user's own script. A change to any of them imports it again.
+    if loaded is not None:
+        if _unchanged(getattr(loaded, "__ppl_vae_sha256__", {})):
+            return _attribute(loaded, path, attr)
+        for name in getattr(loaded, "__ppl_vae_helpers__", ()):  # import changed helpers anew
+            sys.modules.pop(name, None)
     spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec)
-    module.__ppl_vae_sha256__ = digest
+    module.__ppl_vae_sha256__ = {path.resolve(): _sha256(path)}
+    before = set(sys.modules)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
@@ -74,7 +77,29 @@ def _load_file(path: Path, attr: str):
         sys.modules.pop(mod_name, None)
         raise ValueError(f"importing {path} called sys.exit({exc.code!r}) at import: put the "
                          "script's top-level code under if __name__ == '__main__':") from None
+    helpers = _helper_modules(set(sys.modules) - before - {mod_name}, path.resolve().parent)
+    module.__ppl_vae_helpers__ = tuple(helpers)
+    module.__ppl_vae_sha256__.update(helpers.values())
     return _attribute(module, path, attr)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unchanged(recorded: dict) -> bool:
+    return bool(recorded) and all(p.is_file() and _sha256(p) == h for p, h in recorded.items())
+
+
+def _helper_modules(names, folder: Path) -> dict:
+    """``{module name: (path, sha256)}`` of the modules a program file's import brought in
+    from its own folder (its helpers)."""
+    out = {}
+    for name in names:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and Path(file).resolve().parent == folder:
+            out[name] = (Path(file).resolve(), _sha256(Path(file)))
+    return out
 
 
 def _attribute(module, path: Path, attr: str):
