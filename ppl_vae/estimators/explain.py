@@ -22,7 +22,8 @@ from ppl_vae.estimators.kl import (
     monte_carlo_kl_sites,
     program_traces,
 )
-from ppl_vae.estimators.registry import SiteFacts, get_spec
+from ppl_vae.estimators.pyro_elbos import estimator_spec
+from ppl_vae.estimators.registry import SiteFacts
 from ppl_vae.programs.checks import latent_sites, resolve_data_plate
 
 __all__ = ["explain", "monte_carlo_kl_sites", "PLAN_COLUMNS"]
@@ -44,8 +45,9 @@ def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic"
         Pyro programs called as ``model(*batch)``.
     batch : tensor or tuple of tensors
         A few rows of data; the programs are run once, without gradients.
-    estimator : str
-        A name from :data:`ppl_vae.ESTIMATORS`.
+    estimator : str or pyro.infer.ELBO
+        A name from :data:`ppl_vae.ESTIMATORS`, or a Pyro ELBO instance (the plan of the
+        estimator it maps to, :mod:`~ppl_vae.estimators.pyro_elbos`).
     data_plate : str, optional
         The plate over data points, as for :func:`ppl_vae.fit` (None: found as ``fit`` finds
         it, the one plate whose size is the batch's).
@@ -60,7 +62,7 @@ def explain(model: Callable, guide: Callable, batch, estimator: str = "analytic"
         ``attrs["data_plate"]`` is the plate ``fit`` scales by N / B on this batch, or None with
         ``attrs["data_plate_error"]`` saying why there is none (``fit`` would raise it).
     """
-    spec = get_spec(estimator)
+    spec = estimator_spec(estimator)
     model_trace, guide_trace = program_traces(model, guide, batch)
     rows = []
     for name in latent_sites(model_trace):

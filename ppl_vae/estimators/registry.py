@@ -329,8 +329,12 @@ def _accepting_factors(has_rsample: bool) -> list[str]:
     return sorted(n for n, spec in _REGISTRY.items() if spec.guide_factors in allowed)
 
 
-def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
+def preflight_warnings(estimator: str, model, guide, batch, *,
+                       spec: EstimatorSpec | None = None) -> list[str]:
     """The estimator's pre-flight warnings for these programs on ``batch`` (a few rows).
+
+    ``spec``: check against this spec, ``estimator`` naming it in the messages (a Pyro ELBO
+    used as given, :mod:`~ppl_vae.estimators.pyro_elbos`); default: the registered one.
 
     Raises
     ------
@@ -339,7 +343,7 @@ def preflight_warnings(estimator: str, model, guide, batch) -> list[str]:
         ``rsample`` for an estimator whose spec says ``needs_rsample``, or a ``pyro.factor``
         in the guide its spec's ``guide_factors`` does not take.
     """
-    spec = get_spec(estimator)
+    spec = get_spec(estimator) if spec is None else spec
     if spec.needs_rsample or spec.guide_factors != "any":
         guide_trace = _guide_trace(guide, batch)
         refuse_guide_factors(estimator, spec.guide_factors, guide_trace,

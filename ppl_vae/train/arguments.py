@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyro.optim
 import torch
 
 from ppl_vae.data.tensors import resolve_device
 from ppl_vae.estimators.jit import check_jit
+from ppl_vae.estimators.pyro_elbos import resolve_estimator
 from ppl_vae.train.loggers import check_loggers
-from ppl_vae.train.state import OPTIMIZERS
+from ppl_vae.train.optimizers import OPTIMIZERS, check_pyro_optimizer, optimizer_label
 from ppl_vae.train.threads import check_threads
 
 __all__ = ["FitConfig", "check_arguments", "as_integer", "as_rate", "as_flag"]
@@ -38,7 +40,7 @@ class FitConfig:
     The distributed workers receive it unchanged (with ``device=None``: the engine places them).
     """
 
-    estimator: str = "analytic"
+    estimator: str | pyro.infer.ELBO = "analytic"  # an ELBO: one used as given (pyro_elbos)
     num_particles: int = 1
     vectorize_particles: bool = False
     jit: bool | str = "auto"
@@ -71,12 +73,11 @@ class FitConfig:
     free_bits: float | None = None
     free_bits_per: str = "dim"
     loggers: tuple = ()  # lightning.fabric.loggers.Logger instances
+    pyro_elbo: str | None = None  # estimator= a Pyro ELBO instance, as the user wrote it
 
     @property
     def optimizer_name(self) -> str:
-        if isinstance(self.optimizer, str):
-            return self.optimizer
-        return getattr(self.optimizer, "__name__", type(self.optimizer).__name__)
+        return optimizer_label(self.optimizer)
 
 
 def _kind(value) -> str:
@@ -161,8 +162,11 @@ def _as_name(name: str, value, *, optional: bool = False) -> str | None:
 
 
 def check_optimizer(optimizer):
-    """A name in ``OPTIMIZERS``, a ``torch.optim.Optimizer`` subclass, or a factory
-    ``(params, lr=...) -> Optimizer``."""
+    """A name in ``OPTIMIZERS``, a ``torch.optim.Optimizer`` subclass, a factory
+    ``(params, lr=...) -> Optimizer``, or a ``pyro.optim`` optimizer
+    (:mod:`~ppl_vae.train.optimizers`)."""
+    if isinstance(optimizer, pyro.optim.PyroOptim):
+        return check_pyro_optimizer(optimizer)
     if isinstance(optimizer, str):
         if optimizer.lower() not in OPTIMIZERS:
             raise ValueError(
@@ -262,11 +266,11 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
                     data_plate, callbacks, early_stopping_patience, elbo_options, devices,
                     strategy, num_nodes, patience=20, max_epochs=500, time_budget=None,
                     tolerance=0.01, lr_schedule=None, kl_warmup_epochs=0, free_bits=None,
-                    free_bits_per="dim", auto=False, loggers=()) -> FitConfig:
+                    free_bits_per="dim", auto=False, loggers=(), pyro_elbo=None) -> FitConfig:
     """Check every argument of ``fit`` but the programs and the data; return them as a
     :class:`FitConfig`. Raises ``TypeError`` / ``ValueError`` naming the argument.
-    ``auto=True`` reads ``epochs`` as the budget of ``epochs="auto"`` (a FitConfig's fields
-    passed back in give the same FitConfig)."""
+    ``auto=True`` reads ``epochs`` as the budget of ``epochs="auto"`` and ``pyro_elbo`` is kept
+    as recorded (a FitConfig's fields passed back in give the same FitConfig)."""
     if auto is True and not isinstance(epochs, str):
         epochs, max_epochs = "auto", epochs
     resume = as_flag("resume", resume)
@@ -276,14 +280,20 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
     stop_patience = None if early_stopping_patience is None else \
         as_integer("early_stopping_patience", early_stopping_patience)
     devices, strategy, num_nodes = check_devices(devices, strategy, num_nodes)
+    # estimator= a Pyro ELBO brings its own particles, options and jit (pyro_elbos).
+    chosen = resolve_estimator(estimator, num_particles=as_integer("num_particles", num_particles),
+                               vectorize_particles=as_flag("vectorize_particles",
+                                                           vectorize_particles),
+                               jit=check_jit(jit), elbo_options=_check_elbo_options(elbo_options))
     converge = check_convergence(epochs, patience, max_epochs, time_budget, tolerance,
-                                 lr_schedule, kl_warmup_epochs, jit, free_bits, free_bits_per)
+                                 lr_schedule, kl_warmup_epochs, chosen.jit, free_bits,
+                                 free_bits_per)
     return FitConfig(
-        estimator=_as_name("estimator", estimator),
-        num_particles=as_integer("num_particles", num_particles),
-        vectorize_particles=as_flag("vectorize_particles", vectorize_particles),
+        estimator=chosen.estimator if isinstance(chosen.estimator, pyro.infer.ELBO)
+        else _as_name("estimator", chosen.estimator),
+        num_particles=chosen.num_particles, vectorize_particles=chosen.vectorize_particles,
         jit=False if (converge["kl_warmup_epochs"] or converge["free_bits"] is not None)
-        else check_jit(jit),
+        else chosen.jit, pyro_elbo=chosen.pyro_elbo or pyro_elbo,
         batch_size=as_integer("batch_size", batch_size, minimum=None), lr=as_rate("lr", lr),
         optimizer=check_optimizer(optimizer), device=resolve_device(device),
         dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),
@@ -291,6 +301,6 @@ def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epoch
         progress=None if progress is None else as_flag("progress", progress),
         loggers=check_loggers(loggers), checkpoint_dir=checkpoint_dir, resume=resume,
         data_plate=_as_name("data_plate", data_plate, optional=True), callbacks=check_callbacks(callbacks),
-        early_stopping_patience=stop_patience, elbo_options=_check_elbo_options(elbo_options),
+        early_stopping_patience=stop_patience, elbo_options=chosen.elbo_options,
         devices=devices, strategy=strategy, num_nodes=num_nodes, **converge,
     )

@@ -16,7 +16,8 @@ import torch
 
 from ppl_vae.data.streaming import DiskData
 from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
-from ppl_vae.estimators.registry import make_elbo, preflight_warnings
+from ppl_vae.estimators.pyro_elbos import build_elbo as make_elbo
+from ppl_vae.estimators.pyro_elbos import estimator_label, estimator_preflight
 from ppl_vae.programs.analysis import analyze_programs
 from ppl_vae.programs.checks import check_autoguide_batches, check_support
 from ppl_vae.programs.handlers import ScaledProgram
@@ -184,7 +185,7 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
         model, guide = free_bits.model(model), free_bits.guide(guide)
     # Before init_state runs the loss: an estimator refuses what it cannot train (a guide
     # factor, a site without rsample) by name, not by an error from inside its loss.
-    messages = preflight_warnings(config.estimator, model, guide, first)
+    messages = estimator_preflight(config.estimator, model, guide, first)
     state = init_state(model, guide, elbo, first, num_data=prepared.num_data,
                        data_plate=plate, optimizer=config.optimizer, lr=config.lr)
     for message in messages:
@@ -255,7 +256,7 @@ def make_settings(config: FitConfig, prepared: Prepared, world: int, rank: int) 
     """What the run used (JSON-serialisable): saved in the checkpoint and ``config.json``, and
     compared with the checkpoint's when a run resumes."""
     return {
-        "estimator": config.estimator, "num_particles": config.num_particles,
+        "estimator": estimator_label(config.estimator), "num_particles": config.num_particles,
         "vectorize_particles": config.vectorize_particles, "jit": config.jit,
         "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
         "optimizer": config.optimizer_name, "device": str(prepared.device),
@@ -272,6 +273,7 @@ def make_settings(config: FitConfig, prepared: Prepared, world: int, rank: int) 
         "free_bits": config.free_bits,
         "free_bits_per": config.free_bits_per if config.free_bits is not None else None,
         "elbo_options": {k: repr(v) for k, v in sorted(config.elbo_options.items())},
+        **({"pyro_elbo": config.pyro_elbo} if config.pyro_elbo is not None else {}),
         "devices": list(config.devices) if isinstance(config.devices, tuple) else config.devices,
         "strategy": config.strategy, "num_nodes": config.num_nodes,
         "world_size": world, "global_rank": rank,
