@@ -245,8 +245,9 @@ def resolve_estimator(estimator, *, num_particles: int = 1, vectorize_particles:
             raise TypeError(f"estimator must be an ELBO instance, got the class "
                             f"{estimator.__name__}: pass {estimator.__name__}()")
         if not isinstance(estimator, str) or not estimator:
-            raise TypeError(f"estimator must be a registered name or a pyro.infer.ELBO instance, "
-                            f"got {estimator!r} ({type(estimator).__name__})")
+            raise TypeError(f"estimator must be a non-empty string (a registered name) or a "
+                            f"pyro.infer.ELBO instance, got {estimator!r} "
+                            f"({type(estimator).__name__})")
         return ResolvedEstimator(estimator, num_particles, vectorize_particles, jit, options)
     label = _describe(estimator)
     given = options_of(estimator)

@@ -98,8 +98,9 @@ def fit(
         (for example ``(x, y)``), each cut into the same batches.
     validation_data : same form as ``data``, optional
         Its ELBO is reported per epoch and drives early stopping.
-    estimator : str
-        ELBO estimator name (see :func:`ppl_vae.make_elbo`).
+    estimator : str or pyro.infer.ELBO
+        ELBO estimator name (see :func:`ppl_vae.make_elbo`), or a Pyro ELBO instance: mapped to
+        its registered estimator with its options, or used as given (``docs/estimators.md``).
     num_particles, vectorize_particles, jit : see :func:`ppl_vae.make_elbo`. ``jit="auto"``
         (default) records the step once per batch shape and replays it where the programs are
         static, and trains eagerly with one warning where they are not; ``"compile"`` also
@@ -128,9 +129,10 @@ def fit(
         pushed below ``free_bits`` nats of batch-mean KL (:class:`~ppl_vae.train.objective.
         FreeBits`). Training objective only, like the warm-up: the history's ``free_bits``
         column marks ``train_elbo`` as that objective.
-    optimizer : str or optimizer class
-        ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"`` or a
-        ``torch.optim.Optimizer`` class.
+    optimizer : str, optimizer class or pyro.optim optimizer
+        ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"``, a
+        ``torch.optim.Optimizer`` class, or ``pyro.optim.Adam({...})`` / ``ClippedAdam`` /
+        per-parameter callables (:mod:`~ppl_vae.train.optimizers`; its own ``lr`` wins).
     device : str or torch.device, optional
         Where data, parameters and every sample site live. Default: the data's device.
     dtype : torch.dtype, optional
