@@ -278,6 +278,7 @@ def test_the_optimizer_lr_rule():
                              **kwargs)
         assert seen == [[want]]
         assert result.settings["optimizer"].startswith("pyro.optim.Adam({")
+        assert result.settings["lr"] == want
 
 
 @pytest.mark.parametrize("make, kwargs, match", [

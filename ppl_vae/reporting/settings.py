@@ -21,7 +21,7 @@ _STOPPED_BY = {
     "callback": "a callback",
 }
 
-_TRAINING_KEYS = ("num_particles", "vectorize_particles", "jit", "batch_size", "optimizer",
+_TRAINING_KEYS = ("pyro_elbo", "num_particles", "vectorize_particles", "jit", "batch_size", "optimizer",
                   "lr_schedule", "kl_warmup_epochs", "free_bits", "seed", "dtype", "device")
 
 

@@ -33,7 +33,7 @@ from pyro.params.param_store import (
 )
 
 __all__ = ["OPTIMIZERS", "DEFAULT_LR", "make_optimizer", "check_pyro_optimizer",
-           "optimizer_label", "pyro_param_groups"]
+           "optimizer_label", "recorded_lr", "pyro_param_groups"]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -158,3 +158,12 @@ def optimizer_label(optimizer) -> str:
             if callable(args) else repr(dict(sorted(args.items())))
         return f"{_label(optimizer)}({shown})"
     return getattr(optimizer, "__name__", type(optimizer).__name__)
+
+
+def recorded_lr(optimizer, lr: float) -> float:
+    """The learning rate the settings record: a ``pyro.optim`` optimizer's own where its options
+    (a dict) name one, else fit's ``lr`` (per-parameter callables: see ``settings["optimizer"]``
+    and the parameter groups)."""
+    if isinstance(optimizer, pyro.optim.PyroOptim) and not callable(optimizer.pt_optim_args):
+        return float(optimizer.pt_optim_args.get("lr", lr))
+    return lr

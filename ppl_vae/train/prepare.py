@@ -24,6 +24,7 @@ from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.rows import check_per_row_parameters
 from ppl_vae.train.arguments import FitConfig
 from ppl_vae.train.objective import FreeBits, KLWarmup, WarmupProgram
+from ppl_vae.train.optimizers import recorded_lr
 from ppl_vae.train.state import TrainState, init_state
 
 __all__ = ["Prepared", "prepare_data", "preflight", "make_settings", "fingerprint",
@@ -258,7 +259,8 @@ def make_settings(config: FitConfig, prepared: Prepared, world: int, rank: int) 
     return {
         "estimator": estimator_label(config.estimator), "num_particles": config.num_particles,
         "vectorize_particles": config.vectorize_particles, "jit": config.jit,
-        "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+        "epochs": config.epochs, "batch_size": config.batch_size,
+        "lr": recorded_lr(config.optimizer, config.lr),
         "optimizer": config.optimizer_name, "device": str(prepared.device),
         "dtype": str(prepared.dtype).replace("torch.", ""), "seed": config.seed,
         "data_plate": config.data_plate, "num_data": prepared.num_data,
