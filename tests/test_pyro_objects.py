@@ -290,8 +290,11 @@ def test_the_optimizer_lr_rule():
     (lambda: pyro.optim.ClippedAdam({"lr": 0.01, "clip": 3}), {}, r"\['clip'\]"),
     (lambda: pyro.optim.Adam(lambda m, p: {"lr": 0.01, "bogus": 1}), {},
      r"\['bogus'\].*returned for parameter"),
+    (lambda: pyro.optim.PyroOptim(torch.optim.LBFGS, {"lr": 0.1}), {}, "closure"),
+    (lambda: torch.optim.LBFGS, {}, "closure"),
+    (lambda: pyro.optim.Adam({"lr": -1.0}), {}, "pyro.optim.Adam: Invalid learning rate"),
 ], ids=["lr-both", "lr-both-callable", "clip-args", "scheduler", "unknown-key",
-        "callable-unknown-key"])
+        "callable-unknown-key", "lbfgs", "torch-lbfgs", "bad-value"])
 def test_a_pyro_optimizer_is_checked_before_the_first_step(make, kwargs, match):
     model, guide = _programs(torch.float64)
     ran = []

@@ -24,7 +24,12 @@ from ppl_vae.data.tensors import resolve_device
 from ppl_vae.estimators.jit import check_jit
 from ppl_vae.estimators.pyro_elbos import resolve_estimator
 from ppl_vae.train.loggers import check_loggers
-from ppl_vae.train.optimizers import OPTIMIZERS, check_pyro_optimizer, optimizer_label
+from ppl_vae.train.optimizers import (
+    OPTIMIZERS,
+    check_pyro_optimizer,
+    needs_closure,
+    optimizer_label,
+)
 from ppl_vae.train.threads import check_threads
 
 __all__ = ["FitConfig", "check_arguments", "as_integer", "as_rate", "as_flag"]
@@ -185,6 +190,9 @@ def check_optimizer(optimizer):
             raise TypeError(
                 f"optimizer {optimizer.__name__} is not a torch.optim.Optimizer subclass"
             )
+        if needs_closure(optimizer):
+            raise ValueError(f"optimizer {optimizer.__name__}: its step needs a closure that "
+                             "re-evaluates the loss, and fit takes one loss per step")
         return optimizer
     if not callable(optimizer):
         raise TypeError(

@@ -32,7 +32,7 @@ from pyro.params.param_store import (
     user_param_name,
 )
 
-__all__ = ["OPTIMIZERS", "DEFAULT_LR", "make_optimizer", "check_pyro_optimizer",
+__all__ = ["OPTIMIZERS", "DEFAULT_LR", "make_optimizer", "check_pyro_optimizer", "needs_closure",
            "optimizer_label", "recorded_lr", "pyro_param_groups"]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -64,6 +64,12 @@ def _check_keys(label: str, constructor: type, options, where: str = "") -> dict
     return dict(options)
 
 
+def needs_closure(cls: type) -> bool:
+    """Whether ``cls.step`` requires a closure (``LBFGS``): fit's step calls ``step()``."""
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 def check_pyro_optimizer(optimizer: pyro.optim.PyroOptim) -> pyro.optim.PyroOptim:
     """What can be checked before the parameters exist; ``TypeError`` / ``ValueError`` naming
     what cannot be honoured."""
@@ -75,6 +81,9 @@ def check_pyro_optimizer(optimizer: pyro.optim.PyroOptim) -> pyro.optim.PyroOpti
     label = _label(optimizer)
     if not (isinstance(constructor, type) and issubclass(constructor, torch.optim.Optimizer)):
         raise TypeError(f"optimizer {label}: builds {constructor!r}, not a torch.optim.Optimizer")
+    if needs_closure(constructor):
+        raise ValueError(f"optimizer {label}: its step needs a closure that re-evaluates the "
+                         "loss, and fit takes one loss per step; use a first-order optimizer")
     if callable(optimizer.pt_clip_args) or optimizer.pt_clip_args:
         raise ValueError(f"optimizer {label}: clip_args cannot be honoured (Pyro clips each "
                          "parameter's gradient before its step; a torch optimizer has no such "
@@ -127,7 +136,10 @@ def make_optimizer(optimizer, params, lr: float) -> torch.optim.Optimizer:
     optimizer with a parameter group per parameter, see the module docstring)."""
     if isinstance(optimizer, pyro.optim.PyroOptim):
         groups = pyro_param_groups(optimizer, params, lr)
-        return optimizer.pt_optim_constructor(groups)
+        try:
+            return optimizer.pt_optim_constructor(groups)
+        except (TypeError, ValueError) as exc:  # torch's own check of a value (lr=-1)
+            raise ValueError(f"optimizer {_label(optimizer)}: {exc}") from exc
     if isinstance(optimizer, str):
         key = optimizer.lower()
         if key not in OPTIMIZERS:
