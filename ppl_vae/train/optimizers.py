@@ -136,9 +136,15 @@ def make_optimizer(optimizer, params, lr: float) -> torch.optim.Optimizer:
     optimizer with a parameter group per parameter, see the module docstring)."""
     if isinstance(optimizer, pyro.optim.PyroOptim):
         groups = pyro_param_groups(optimizer, params, lr)
+        constructor = optimizer.pt_optim_constructor
         try:
-            return optimizer.pt_optim_constructor(groups)
-        except (TypeError, ValueError) as exc:  # torch's own check of a value (lr=-1)
+            # torch checks the values (lr=-1) of its constructor's keywords, not of a group's:
+            # each group's options go through the constructor once, as Pyro passes them.
+            for group in groups:
+                constructor(group["params"][:1], **{k: v for k, v in group.items()
+                                                    if k != "params"})
+            return constructor(groups)
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"optimizer {_label(optimizer)}: {exc}") from exc
     if isinstance(optimizer, str):
         key = optimizer.lower()
