@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -143,9 +142,8 @@ def _describe(elbo: pyro.infer.ELBO) -> str:
 
 
 def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isinf(a) and math.isinf(b):
-        return a == b
-    return type(a) is type(b) and a == b or (a is b)
+    # The type too: max_plate_nesting=1 is not the default float("inf"), True is not 1.
+    return a is b or (type(a) is type(b) and a == b)
 
 
 def _match(elbo: pyro.infer.ELBO) -> PyroELBOMatch | None:
@@ -261,8 +259,11 @@ def resolve_estimator(estimator, *, num_particles: int = 1, vectorize_particles:
             raise ValueError(f"estimator={label} cannot be used: {REFUSED[type(estimator)]}; "
                              "use a registered estimator (ppl_vae.ESTIMATORS)")
         if not any("differentiable_loss" in vars(k) for k in type(estimator).__mro__):
-            raise ValueError(f"estimator={label} has no differentiable_loss, the loss fit "
-                             "trains on; pass an ELBO that has one or a registered name")
+            unmatched = PYRO_ELBOS.get(type(estimator))
+            why = "" if unmatched is None else f"{unmatched.requires(estimator)}, and "
+            raise ValueError(f"estimator={label}: {why}used as given it has no "
+                             "differentiable_loss, the loss fit trains on; pass an ELBO that has "
+                             "one or a registered name")
         return ResolvedEstimator(estimator, particles, vectorize, jit, {}, label)
     passed = _pass_on(label, estimator, match)
     _check_honoured(label, match.estimator, passed, particles, vectorize)
