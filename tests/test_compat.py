@@ -178,3 +178,19 @@ def test_compat_names_work():
     assert torch.equal(compat.mask_of(masked), mask)
     assert compat.validates_args(torch.distributions.Normal(0.0, 1.0, validate_args=False)) is False
     assert isinstance(compat.default_validate_args(), bool)
+
+
+def test_every_compat_name_says_what_it_is_and_what_to_do_on_upgrade():
+    tree = ast.parse((ROOT / "compat.py").read_text())
+    docs = {}
+    body = tree.body
+    for i, node in enumerate(body):
+        if isinstance(node, ast.FunctionDef):
+            docs[node.name] = ast.get_docstring(node) or ""
+        elif isinstance(node, ast.Assign) and i + 1 < len(body):
+            after = body[i + 1]  # an attribute docstring: the string right after the name
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                for target in node.targets:
+                    docs[getattr(target, "id", "")] = str(after.value.value)
+    for name in compat.__all__:
+        assert "Checked" in docs.get(name, "") and "upgrade" in docs[name], name
