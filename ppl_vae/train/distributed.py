@@ -112,7 +112,8 @@ class Engine:
         return self.rank == 0
 
     def setup(self, state: TrainState) -> TrainState:
-        """Wrap the loss module in DDP (through Fabric) and its optimizer."""
+        """A new state whose loss module is wrapped in DDP (through Fabric), with its optimizer
+        (``state`` is left as it was)."""
         check_data_parallel(state)
         module, optimizer = self.fabric.setup(state.loss_fn, state.optimizer)
         # DDP averages the gradients between backward() and the optimizer's step: no fused step.
