@@ -15,8 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The flow, in order. The zoo is made of programs.
-STAGES = ["data", "programs", "estimators", "train", "evaluation", "diagnostics", "reporting",
+# The flow, in order. The zoo is made of programs. ``compat`` (private Pyro/torch names) is
+# below everything: any stage may use it.
+STAGES = ["compat", "data", "programs", "estimators", "train", "evaluation", "diagnostics", "reporting",
           "cli"]
 ALIASES = {"models": "programs", "guides": "programs"}
 

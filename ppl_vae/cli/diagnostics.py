@@ -15,6 +15,7 @@ from ppl_vae.cli.common import (
     require_run,
 )
 from ppl_vae.diagnostics.run import diagnose_run
+from ppl_vae.diagnostics.verdicts import verdict_table
 from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.reporting.run import report_run
 from ppl_vae.train.storage import lock_run
@@ -54,7 +55,8 @@ def cmd_diagnose(args) -> int:
                                  run=open_run(args, run_dir))
     if result is None:
         raise SystemExit(0)  # a worker process of a sharded run: rank 0 reports
-    print(result.checks[["check", "value", "status"]].to_string(index=False))
+    table = verdict_table(result.verdicts)  # typed, then written as the table's strings
+    print(table[["check", "value", "status"]].to_string(index=False))
     print("seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     print(f"wrote {run_dir / 'diagnostics.nc'} and {run_dir / 'diagnostics.csv'}")
     return 0

@@ -8,7 +8,8 @@
   z-scores and contraction;
 - :mod:`~ppl_vae.diagnostics.collapse`: reconstruction against the data mean, reference values;
 - :mod:`~ppl_vae.diagnostics.convergence`: is the ELBO still rising at the end of training;
-- :mod:`~ppl_vae.diagnostics.verdicts`: the verdict rows of those checks, with advice;
+- :mod:`~ppl_vae.diagnostics.verdicts`: the verdicts of those checks (``Verdict``, ``Status``),
+  with advice;
 - :mod:`~ppl_vae.diagnostics.summary`: ``diagnose`` runs them all with verdicts.
 """
 
@@ -25,11 +26,14 @@ from ppl_vae.diagnostics.latent import (
 from ppl_vae.diagnostics.psis import KHAT_THRESHOLDS, khat_shares, pointwise_psis, psis
 from ppl_vae.diagnostics.sbc import SBCResult, sbc
 from ppl_vae.diagnostics.summary import Diagnostics, diagnose, posterior_summary
+from ppl_vae.diagnostics.verdicts import Status, Verdict
 
 __all__ = [
     "KHAT_THRESHOLDS",
     "Diagnostics",
     "SBCResult",
+    "Status",
+    "Verdict",
     "active_units",
     "calibration_table",
     "convergence",

@@ -4,15 +4,20 @@ the verdicts table in a notebook (the full tables stay in its attributes)."""
 from __future__ import annotations
 
 import html
+from collections import Counter
+
+from ppl_vae.diagnostics.verdicts import Status
 
 __all__ = ["short_repr", "checks_html"]
 
 
-def _counts(checks) -> str:
+def _counts(diag) -> str:
+    """``5 ok, 1 warning, 1 not computed``: the verdicts counted by status."""
+    checks = diag.checks
     if checks is None or not len(checks) or "status" not in checks:
         return "no checks"
-    counts = checks["status"].value_counts()
-    return ", ".join(f"{int(counts[s])} {s}" for s in ("ok", "warning", "failing") if s in counts)
+    counts = Counter(v.status for v in diag.verdicts)
+    return ", ".join(f"{counts[s]} {s.value}" for s in Status if counts[s])
 
 
 def short_repr(diag) -> str:
@@ -20,7 +25,7 @@ def short_repr(diag) -> str:
     k = diag.pointwise["k_hat"].max() if "k_hat" in diag.pointwise else float("nan")
     units = diag.latent["active"] if "active" in diag.latent else None
     active = f", active units {int(units.sum())}/{len(units)}" if units is not None else ""
-    return (f"Diagnostics(points={diag.num_points}, checks: {_counts(diag.checks)}; "
+    return (f"Diagnostics(points={diag.num_points}, checks: {_counts(diag)}; "
             f"max k-hat {k:.3g}{active})")
 
 

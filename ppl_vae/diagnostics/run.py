@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,7 @@ from ppl_vae.diagnostics.convergence import convergence
 from ppl_vae.diagnostics.gaps import inference_gaps
 from ppl_vae.diagnostics.sbc import SBCResult, sbc, uniformity_table
 from ppl_vae.diagnostics.summary import Diagnostics, diagnose, posterior_summary, verdicts
+from ppl_vae.diagnostics.verdicts import Verdict, verdict_table
 from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.train.checkpoint import atomic_write
 from ppl_vae.train.run_dir import load_run
@@ -106,34 +108,37 @@ def diagnose_run(run_dir, *, num_draws: int = 200, gaps: bool = True, calibrate:
         if result is None:
             return run, None
     else:
-        result.convergence = convergence(run.history, stopped_by=settings.get("stopped_by"))
-        _complete(result, run, split, gaps=gaps, calibrate=calibrate, seed=seed)
-        # The verdicts are judged again from the numbers read back (this version's thresholds
-        # and advice); rows only the file has (checks that could not run) are kept.
-        fresh = verdicts(result, num_chains=1)
-        kept = result.checks[~result.checks["check"].isin(fresh["check"])]
-        result.checks = pd.concat([fresh, kept], ignore_index=True)
+        result = _completed(result, run, split, gaps=gaps, calibrate=calibrate, seed=seed,
+                            stopped_by=settings.get("stopped_by"))
     _write(out, result, digest, options)
     return run, result
 
 
-def _complete(result: Diagnostics, run, split, *, gaps, calibrate, seed) -> bool:
-    """Compute what the files lacked; True when anything was added."""
-    data, added = run.data(split), False
+def _completed(result: Diagnostics, run, split, *, gaps, calibrate, seed,
+               stopped_by) -> Diagnostics:
+    """A new Diagnostics: ``result`` (read back from the files) with what the files lacked
+    computed now, each check that fails to compute recorded as "not computed: <reason>"."""
+    data, changes, failed = run.data(split), {}, []
+    changes["convergence"] = convergence(run.history, stopped_by=stopped_by)
     if gaps and result.gaps is None and len(result.latent):
         try:
-            result.gaps = inference_gaps(run.model, run.guide, data, seed=seed)
-            added = True
-        except ValueError:
-            pass
+            changes["gaps"] = inference_gaps(run.model, run.guide, data, seed=seed)
+        except ValueError as exc:
+            failed.append(Verdict.not_computed("Inference gaps", exc))
     if calibrate and result.sbc is None:
         try:
-            result.sbc = sbc(run.model, run.guide, data, seed=seed)
-            result.calibration = calibration_table(result.sbc)
-            added = True
-        except ValueError:
-            pass
-    return added
+            changes["sbc"] = sbc(run.model, run.guide, data, seed=seed)
+            changes["calibration"] = calibration_table(changes["sbc"])
+        except ValueError as exc:
+            failed.append(Verdict.not_computed("Simulation-based calibration", exc))
+    completed = replace(result, **changes)
+    # The verdicts are judged again from the numbers read back (this version's thresholds and
+    # advice); rows only the file has (checks that could not run then) are kept unless they
+    # were computed, or failed again, now.
+    fresh = pd.concat([verdicts(completed, num_chains=1), verdict_table(failed)],
+                      ignore_index=True)
+    kept = result.checks[~result.checks["check"].isin(fresh["check"])]
+    return replace(completed, checks=pd.concat([fresh, kept], ignore_index=True))
 
 
 def _write(out: Path, result: Diagnostics, digest: str, options: dict) -> None:
@@ -209,8 +214,7 @@ def _read(out: Path, digest: str, options: dict | None) -> Diagnostics | None:
                          mi_reason=meta.get("mi_reason"), num_points=int(meta.get("num_points", 0)),
                          reference_mi=meta.get("reference_mi"))
     checks = _table(out / "diagnostics_checks.csv")
-    result.checks = checks if checks is not None else verdicts(result, num_chains=1)
-    return result
+    return replace(result, checks=checks if checks is not None else verdicts(result, num_chains=1))
 
 
 def _table(path: Path) -> pd.DataFrame | None:

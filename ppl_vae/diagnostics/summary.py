@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import arviz_stats
 import numpy as np
@@ -31,6 +31,7 @@ from ppl_vae.diagnostics.sbc import SBCResult, sbc
 from ppl_vae.diagnostics.verdicts import (
     ADVICE,
     STATUSES,
+    Verdict,
     calibration_rows,
     collapse_rows,
     convergence_row,
@@ -46,9 +47,10 @@ from ppl_vae.train.distributed import wants_engine
 __all__ = ["STATUSES", "Diagnostics", "diagnose", "posterior_summary"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Diagnostics:
-    """What :func:`diagnose` found.
+    """What :func:`diagnose` found (built once, complete: a check that could not be computed
+    has its row, "not computed: <reason>").
 
     Attributes
     ----------
@@ -68,7 +70,7 @@ class Diagnostics:
     sbc : SBCResult or None
     checks : pandas.DataFrame
         One row per check: ``check``, ``value``, ``status`` (ok / warning / failing), ``why``,
-        ``advice`` (what to do next, empty when ok).
+        ``advice`` (what to do next, empty when ok); :attr:`verdicts` as typed values.
     calibration : pandas.DataFrame or None
         Per latent dimension: SBC ECDF band, interval coverage, z-scores and contraction
         (:func:`~ppl_vae.diagnostics.calibration.calibration_table`).
@@ -107,6 +109,11 @@ class Diagnostics:
     timings: dict = field(default_factory=dict)
     latent_means: pd.DataFrame | None = None
     scales: dict = field(default_factory=dict)
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """The rows of ``checks`` as :class:`~ppl_vae.diagnostics.verdicts.Verdict` values."""
+        return tuple(Verdict.from_row(r) for r in self.checks.to_dict("records"))
 
     def summary(self) -> dict:
         """Headline numbers (floats)."""
@@ -254,9 +261,9 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                              mi_reason=mi_reason, num_points=int(pointwise["point"].nunique()),
                              reference_mi=reference_value(reference, "mutual_information"),
                              timings=timer.seconds, latent_means=means, scales=scales)
-        result.checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
-                                  ignore_index=True)
-        return result
+        checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
+                           ignore_index=True)
+        return replace(result, checks=checks)  # a new, complete object
 
 
 def _stopped_by(settings, chains) -> str | None:
@@ -267,7 +274,7 @@ def _stopped_by(settings, chains) -> str | None:
 
 def _information(m0, g0, data, latent, data_plate, seed, skipped, timer):
     """Mutual information (or why it does not apply) and the reconstruction against the prior
-    mean (None where it does not apply; a row in ``skipped`` where it failed)."""
+    mean (None where it does not apply, with a row in ``skipped`` saying why)."""
     with timer("mutual information"):
         mi, mi_reason, recon = float("nan"), None, None
         try:
@@ -280,18 +287,19 @@ def _information(m0, g0, data, latent, data_plate, seed, skipped, timer):
             # one by one where they do not vectorize): a failure here is an error, not a row.
             try:
                 recon = reconstruction_gain(m0, g0, data, data_plate=data_plate, seed=seed)
-            except ValueError:
-                recon = None  # a local prior without a mean: the check does not apply
+            except ValueError as exc:  # e.g. a local prior without a mean: it does not apply
+                skipped.append(_row("Reconstruction vs data mean", "does not apply", "ok",
+                                    _first_line(exc)))
     return mi, mi_reason, recon
 
 
 def _optional(check: str, skipped: list, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, or None with a warning row in ``skipped`` when the programs do
-    not allow the check (``ValueError`` naming why)."""
+    """``fn(*args, **kwargs)``, or None with a "not computed: <reason>" row in ``skipped`` when
+    the programs do not allow the check (``ValueError`` naming why)."""
     try:
         return fn(*args, **kwargs)
     except ValueError as exc:
-        skipped.append(_row(check, "not computed", "warning", _first_line(exc)))
+        skipped.append(Verdict.not_computed(check, exc).as_row())
         return None
 
 

@@ -1,21 +1,128 @@
 """Verdict rows of the checks that judge whether the model learned at all: convergence,
 posterior collapse by information, reconstruction against the data mean, and calibration.
 
-Each row is a dict ``check, value, status, why, advice``: ``advice`` says what to do next when
-the status is not ok (the report's top line collects them, each linked to its check).
+A verdict is a :class:`Verdict` (``check, value, status, why, advice``) with a :class:`Status`;
+``advice`` says what to do next when the status is not ok (the report's top line collects them,
+each linked to its check). The checks table (``Diagnostics.checks``, ``diagnostics_checks.csv``)
+holds one row per verdict (:meth:`Verdict.as_row`), with the statuses written as ``ok``,
+``warning``, ``failing``; a check that could not be computed reads ``warning`` there, with the
+reason in ``why`` ("not computed: ..."), and :meth:`Verdict.from_row` reads it back.
 """
 
 from __future__ import annotations
 
+import enum
 import math
+from dataclasses import dataclass
+from typing import final
 
 import pandas as pd
 
 from ppl_vae.diagnostics.latent import ACTIVITY_THRESHOLD, KL_THRESHOLD
 
-__all__ = ["ADVICE", "STATUSES", "calibration_rows", "collapse_rows", "convergence_row", "row"]
+__all__ = ["ADVICE", "STATUSES", "Status", "Verdict", "calibration_rows", "collapse_rows",
+           "convergence_row", "row", "verdict_table"]
 
 STATUSES = ("ok", "warning", "failing")
+NOT_COMPUTED = "not computed"
+
+
+@final
+class Status(enum.Enum):
+    """How a check came out. ``value`` is the name written in the checks table."""
+
+    PASS = "ok"
+    WARN = "warning"
+    FAIL = "failing"
+    NOT_COMPUTED = NOT_COMPUTED
+
+    @property
+    def label(self) -> str:
+        """The status column's string: a check that was not computed is a ``warning`` (nothing
+        is known about it, so the user should look)."""
+        return "warning" if self is Status.NOT_COMPUTED else self.value
+
+    @property
+    def severity(self) -> int:
+        """0 for ok, 1 for warning or not computed, 2 for failing (the report's worst)."""
+        return STATUSES.index(self.label)
+
+    @classmethod
+    def from_label(cls, label) -> Status:
+        """``label`` as a Status (a Status is returned as it is); ``ValueError`` otherwise."""
+        if isinstance(label, Status):
+            return label
+        try:
+            return cls(label)
+        except ValueError:
+            raise ValueError(f"a check's status must be one of {[s.value for s in cls]}, "
+                             f"got {label!r}") from None
+
+
+@final
+@dataclass(frozen=True)
+class Verdict:
+    """One check's verdict.
+
+    Attributes
+    ----------
+    check : str
+        The check's name (the report's row and anchor).
+    value : str
+        What was measured, in words and numbers.
+    status : Status
+    why : str
+        The threshold or reasoning behind the status (for ``NOT_COMPUTED``: "not computed:
+        <reason>").
+    advice : str
+        What to do next; shown only when the status is not ``PASS``.
+    """
+
+    check: str
+    value: str
+    status: Status
+    why: str
+    advice: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.status, Status):
+            raise TypeError(f"Verdict.status must be a Status, got {self.status!r} for check "
+                            f"{self.check!r} (use Status.from_label for a table's string)")
+
+    @classmethod
+    def not_computed(cls, check: str, reason: str | BaseException, advice: str = "") -> Verdict:
+        """The verdict of a check that raised instead of computing: its reason (an exception's
+        first line), never lost."""
+        if isinstance(reason, BaseException):
+            text = str(reason).strip()
+            reason = text.splitlines()[0] if text else type(reason).__name__
+        return cls(check, NOT_COMPUTED, Status.NOT_COMPUTED, f"{NOT_COMPUTED}: {reason}", advice)
+
+    def as_row(self) -> dict:
+        """The checks table's row (statuses as ``ok`` / ``warning`` / ``failing``)."""
+        return {"check": self.check, "value": self.value, "status": self.status.label,
+                "why": self.why, "advice": self.advice if self.status is not Status.PASS else ""}
+
+    @classmethod
+    def from_row(cls, row) -> Verdict:
+        """A row of a checks table (a mapping, e.g. read back from ``diagnostics_checks.csv``)."""
+        status = Status.from_label(row["status"])
+        value = "" if _missing(row.get("value")) else str(row["value"])
+        if status is Status.WARN and value.startswith(NOT_COMPUTED):
+            status = Status.NOT_COMPUTED
+        advice = row.get("advice")
+        return cls(str(row["check"]), value, status, "" if _missing(row.get("why")) else
+                   str(row["why"]), "" if _missing(advice) else str(advice))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def verdict_table(verdicts) -> pd.DataFrame:
+    """The checks table of ``verdicts`` (an iterable of :class:`Verdict`)."""
+    return pd.DataFrame([v.as_row() for v in verdicts],
+                        columns=["check", "value", "status", "why", "advice"])
 
 ADVICE = {
     "train": "train longer: fit(..., epochs='auto') or more epochs (ppl-vae run --epochs auto)",
@@ -28,9 +135,9 @@ ADVICE = {
 
 
 def row(check, value, status, why, advice: str = "") -> dict:
-    assert status in STATUSES
-    return {"check": check, "value": value, "status": status, "why": why,
-            "advice": advice if status != "ok" else ""}
+    """The checks-table row of a verdict; ``status`` a :class:`Status` or its table string
+    (``ValueError`` for anything else)."""
+    return Verdict(check, value, Status.from_label(status), why, advice).as_row()
 
 
 def convergence_row(conv) -> dict | None:

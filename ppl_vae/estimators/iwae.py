@@ -27,6 +27,7 @@ import torch
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 
+from ppl_vae.compat import elbo_traces
 from ppl_vae.estimators._bound import (
     leave_one_out_bound,
     log_mean_exp,
@@ -43,7 +44,7 @@ def importance_weighted_loss(elbo: ELBO, model, guide, args, kwargs) -> torch.Te
     """-L_K (0-dim) with the pathwise gradient at reparameterized sites and VIMCO-centred
     score-function terms at the others; shared by ``iwae`` and ``vimco``."""
     vectorized = elbo.vectorize_particles and elbo.num_particles > 1
-    terms = [particle_terms(m, g) for m, g in elbo._get_traces(model, guide, args, kwargs)]
+    terms = [particle_terms(m, g) for m, g in elbo_traces(elbo, model, guide, args, kwargs)]
     if terms[0].empty:
         return zero_like(args)  # no sample site at all: Pyro's ELBOs give 0 too
     particle_dim = -int(elbo.max_plate_nesting) if vectorized else None

@@ -12,6 +12,7 @@ from typing import final
 
 from pyro.infer import TraceMeanField_ELBO
 
+from ppl_vae.compat import parent_trace
 from ppl_vae.estimators._traces import refuse_non_reparameterized
 
 __all__ = ["MeanFieldELBO"]
@@ -34,6 +35,6 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         self.accepting = accepting
 
     def _get_trace(self, model, guide, args, kwargs):
-        model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        model_trace, guide_trace = parent_trace(MeanFieldELBO, self, model, guide, args, kwargs)
         refuse_non_reparameterized("analytic", guide_trace, self.accepting)
         return model_trace, guide_trace

@@ -23,9 +23,9 @@ from typing import final
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import constraints
 
+from ppl_vae.compat import Subsample
 from ppl_vae.estimators._traces import DifferentiableELBO
 from ppl_vae.estimators.tracegraph import check_baseline, graph_loss, graph_trace
 
@@ -90,7 +90,7 @@ class _ScoreFunctionOnly(Messenger):
     subsample sites excepted)."""
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or isinstance(msg["fn"], (NonReparameterized, _Subsample)):
+        if msg["is_observed"] or isinstance(msg["fn"], (NonReparameterized, Subsample)):
             return
         msg["fn"] = NonReparameterized(msg["fn"])
 

@@ -20,10 +20,11 @@ from typing import final
 import torch
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.tracegraph_elbo import TrackNonReparam, _compute_elbo
+from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import is_validation_enabled
 from pyro.util import check_if_enumerated
 
+from ppl_vae.compat import compute_tracegraph_elbo, elbo_traces
 from ppl_vae.estimators._surrogate import set_leave_one_out_baselines, value_with_gradient
 from ppl_vae.estimators._traces import DifferentiableELBO
 
@@ -58,15 +59,15 @@ def graph_loss(elbo: ELBO, model, guide, args, kwargs, leave_one_out: bool) -> t
     """-ELBO (0-dim) with the gradient of ``TraceGraph_ELBO``'s surrogate, over ``elbo``'s
     particles.
 
-    ``elbo._get_traces`` yields ``(model_trace, guide_trace, *extra)``; ``extra`` (when given)
+    ``elbo_traces(elbo, ...)`` yields ``(model_trace, guide_trace, *extra)``; ``extra`` (when given)
     are surrogate-ELBO terms of value 0 added to the particle's surrogate (``stl``'s removal
     of the score terms).
     """
     value, surrogate = 0.0, 0.0
-    for model_trace, guide_trace, *extra in elbo._get_traces(model, guide, args, kwargs):
+    for model_trace, guide_trace, *extra in elbo_traces(elbo, model, guide, args, kwargs):
         if leave_one_out:
             set_leave_one_out_baselines(model_trace, guide_trace, elbo.num_particles)
-        elbo_particle, surrogate_particle = _compute_elbo(model_trace, guide_trace)
+        elbo_particle, surrogate_particle = compute_tracegraph_elbo(model_trace, guide_trace)
         for term in extra:
             surrogate_particle = surrogate_particle - term
         value, surrogate = value + elbo_particle, surrogate + surrogate_particle

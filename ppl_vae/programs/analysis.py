@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro.infer.autoguide import AutoGuide
-from pyro.poutine.subsample_messenger import _Subsample
 
+from ppl_vae.compat import Subsample
 from ppl_vae.programs.analysis_sites import (
     SIZINGS,
     DataPlate,
@@ -252,9 +252,9 @@ def _per_row(name: str, value: torch.Tensor, n: int) -> bool:
     return "$$$" not in name and value.dim() >= 1 and value.shape[0] == n
 
 
-def _subsample_fn(trace, name) -> _Subsample | None:
+def _subsample_fn(trace, name) -> Subsample | None:
     site = trace.nodes.get(name)
-    if site is None or site["type"] != "sample" or not isinstance(site["fn"], _Subsample):
+    if site is None or site["type"] != "sample" or not isinstance(site["fn"], Subsample):
         return None
     return site["fn"]
 

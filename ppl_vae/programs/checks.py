@@ -14,6 +14,7 @@ from pyro.distributions import ExpandedDistribution, Independent, MaskedDistribu
 from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.util import site_is_subsample
 
+from ppl_vae.compat import default_validate_args, validates_args
 from ppl_vae.data.tensors import shape_hint
 from ppl_vae.programs.plates import choose_data_plate, frame_full_size, program_plates
 
@@ -232,7 +233,7 @@ def check_support(
     n = tensors[0].shape[0]
     # The programs run under the user's validation setting, so that each distribution's own
     # validate_args is what the user wrote; nothing is scored here, so Pyro raises nothing.
-    globally_on = bool(torch.distributions.Distribution._validate_args)
+    globally_on = default_validate_args()
     found: dict[str, tuple] = {}  # site -> (distribution, bad rows or None when unknown)
     observed = False
     with torch.no_grad():
@@ -245,7 +246,7 @@ def check_support(
                     continue
                 observed = True
                 base = _base(site["fn"])
-                if globally_on and not base._validate_args:
+                if globally_on and not validates_args(base):
                     continue
                 ok = site["fn"].support.check(site["value"])
                 if bool(ok.all()):

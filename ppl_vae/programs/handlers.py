@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 
+from ppl_vae.compat import Subsample
 from ppl_vae.programs.plates import frame_full_size
 
 __all__ = ["DataPlateScale", "FixSubsample", "PARTICLE_PLATE", "ScaledProgram", "in_draw_plate"]
@@ -85,6 +85,6 @@ class FixSubsample(Messenger):
         self.plate, self.indices = plate, indices
 
     def _pyro_sample(self, msg):
-        if msg["name"] == self.plate and isinstance(msg["fn"], _Subsample):
+        if msg["name"] == self.plate and isinstance(msg["fn"], Subsample):
             msg["value"] = self.indices.to(msg["fn"].device)
             msg["done"] = True

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 import pyro
 import torch
 
+from ppl_vae.compat import module_children, module_parameters
+
 __all__ = ["program_modules", "eval_mode"]
 
 _DIVIDER = "$$$"  # pyro.module's separator between module and parameter names
@@ -70,24 +72,25 @@ def _registered_owners(known: set[int]) -> list[torch.nn.Module]:
     parameters) holds: the outermost module above each such parameter in the param store (a
     ``_Recorder`` around a ``Linear``, ProdLDA's encoder), found by following references."""
     store = pyro.get_param_store()
-    params = [store._params[name] for name in store.keys()  # the modules' own Parameters
-              if _DIVIDER in name and id(store._params[name]) not in known]
+    params = [value for name, value in store.named_parameters()  # the modules' own Parameters
+              if _DIVIDER in name and id(value) not in known]
     if not params:
         return []
-    level = _holders(params, "_parameters")
+    level = _holders(params, module_parameters)
     seen = {id(m) for m in level}
     outermost = []
     while level:  # one scan of the heap per level, for all modules of the level at once
-        parents = _holders(level, "_modules")
-        have_parent = {id(child) for parent in parents for child in parent._modules.values()}
+        parents = _holders(level, module_children)
+        have_parent = {id(child) for parent in parents for child in module_children(parent).values()}
         outermost += [m for m in level if id(m) not in have_parent]
         level = [p for p in parents if id(p) not in seen]
         seen.update(id(p) for p in level)
     return outermost
 
 
-def _holders(objs: list, slot: str) -> list[torch.nn.Module]:
-    """The modules whose dict ``slot`` (``_parameters`` or ``_modules``) holds one of ``objs``.
+def _holders(objs: list, slot: Callable[[torch.nn.Module], dict]) -> list[torch.nn.Module]:
+    """The modules whose dict ``slot(module)`` (its own parameters or children) holds one of
+    ``objs``.
     That dict is referred to by the module itself, or by the module's ``__dict__`` (Python's
     managed instance dicts); ``gc.get_referrers`` scans the heap once per call."""
     dicts = [d for d in gc.get_referrers(*objs) if isinstance(d, dict)]
@@ -102,7 +105,7 @@ def _holders(objs: list, slot: str) -> list[torch.nn.Module]:
                        if isinstance(m, torch.nn.Module)]
     found: dict[int, torch.nn.Module] = {}
     for module in candidates:
-        if id(getattr(module, slot)) in wanted:
+        if id(slot(module)) in wanted:
             found.setdefault(id(module), module)
     return list(found.values())
 
@@ -114,7 +117,7 @@ def program_modules(*programs: Callable) -> list[torch.nn.Module]:
     roots = [obj for p in programs for obj in _reachable(p) if isinstance(obj, torch.nn.Module)]
     # The parameters the modules themselves hold (not .parameters(): Pyro's ELBOModule
     # answers it with every parameter its programs touch, modules it does not hold included).
-    known = {id(p) for root in roots for m in root.modules() for p in m._parameters.values()}
+    known = {id(p) for root in roots for m in root.modules() for p in module_parameters(m).values()}
     roots += _registered_owners(known)
     found: dict[int, torch.nn.Module] = {}
     for root in roots:

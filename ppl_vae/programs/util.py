@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import pyro
 import torch
 
+from ppl_vae.compat import mask_of
 from ppl_vae.programs.checks import trace_pair
 
 __all__ = [
@@ -92,7 +93,7 @@ def unwrap_distribution(fn, *, through_mask: bool = False):
         elif isinstance(fn, pyro.distributions.ExpandedDistribution):
             fn = fn.base_dist
         elif through_mask and isinstance(fn, pyro.distributions.MaskedDistribution):
-            mask = fn._mask if mask is None else mask & fn._mask
+            mask = mask_of(fn) if mask is None else mask & mask_of(fn)
             fn = fn.base_dist
         else:
             return fn, reinterpreted, mask

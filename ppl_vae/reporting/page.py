@@ -17,6 +17,7 @@ from pyro import poutine
 
 from ppl_vae.data.tensors import as_tensors
 from ppl_vae.diagnostics import diagnose
+from ppl_vae.diagnostics.verdicts import Status, Verdict
 from ppl_vae.evaluation.arviz import runs_from
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.util import program_dtype
@@ -87,8 +88,8 @@ def _next_steps(checks: pd.DataFrame) -> str:
 
 
 def _overall(checks: pd.DataFrame) -> tuple[str, str]:
-    worst = "failing" if (checks["status"] == "failing").any() else (
-        "warning" if (checks["status"] == "warning").any() else "ok")
+    statuses = [Verdict.from_row(r).status for r in checks.to_dict("records")]
+    worst = max(statuses, key=lambda s: s.severity, default=Status.PASS).label
     text = {"ok": "All checks passed: the guide is a good posterior approximation here.",
             "warning": "Usable with care: some checks raise warnings (see below).",
             "failing": "Inference did not work well: at least one check is failing."}[worst]

@@ -112,12 +112,12 @@ class Engine:
         return self.rank == 0
 
     def setup(self, state: TrainState) -> TrainState:
-        """Wrap the loss module in DDP (through Fabric) and its optimizer."""
+        """A new state whose loss module is wrapped in DDP (through Fabric), with its optimizer
+        (``state`` is left as it was)."""
         check_data_parallel(state)
         module, optimizer = self.fabric.setup(state.loss_fn, state.optimizer)
         # DDP averages the gradients between backward() and the optimizer's step: no fused step.
-        state.loss_fn, state.optimizer, state.fused = module, optimizer, None
-        return state
+        return replace(state, loss_fn=module, optimizer=optimizer, fused=None)
 
     def seed_epoch(self, seed: int, epoch: int) -> None:
         """Seed this process's sampling for ``epoch`` from (seed, epoch, rank): processes draw

@@ -128,8 +128,9 @@ class Epochs:
             self.engine.seed_epoch(self.config.seed, epoch)
         return self.stream(epoch)
 
-    def steps(self, state: TrainState, epoch: int) -> list[torch.Tensor]:
-        """The epoch's steps; their losses (0-dim tensors, not read on the host)."""
+    def steps(self, state: TrainState, epoch: int) -> tuple[TrainState, list[torch.Tensor]]:
+        """The epoch's steps: the state after them and their losses (0-dim tensors, not read
+        on the host)."""
         losses = []
         with warnings.catch_warnings():
             # Pyro's eager ELBOs warn at every NaN step; the divergence check stops the run at
@@ -146,12 +147,13 @@ class Epochs:
                     error.add_note(f"{STEP_NOTE} {epoch}, step {step}")
                     raise
                 losses.append(loss)
-        return losses
+        return state, losses
 
     def train(self, state: TrainState, epoch: int, records: list,
-              checkpoint: tuple[Path, int | None] | None) -> dict:
+              checkpoint: tuple[Path, int | None] | None) -> tuple[TrainState, dict]:
+        """One epoch: the state after its steps, and its history row."""
         t0 = time.perf_counter()
-        losses = self.steps(state, epoch)
+        state, losses = self.steps(state, epoch)
         stacked = torch.stack(losses)
         epoch_loss = stacked.mean() if self.engine is None else self.engine.mean(stacked.mean())
         check_divergence(stacked, epoch_loss, epoch, records, checkpoint)
@@ -178,4 +180,4 @@ class Epochs:
             record["free_bits"] = self.config.free_bits  # train_elbo is the free-bits objective
         if self.config.lr_schedule is not None:
             record["lr"] = float(state.optimizer.param_groups[0]["lr"])
-        return record
+        return state, record

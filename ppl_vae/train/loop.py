@@ -289,8 +289,8 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
             config.resume or not (config.checkpoint_dir / CHECKPOINT_NAME).exists()) and \
             start_fit_folder(config.checkpoint_dir, model, guide, prepared.dtype,
                              resume=config.resume)
-        records, settings = _resume_and_train(model, guide, state, prepared, config, engine,
-                                              settings, stopper, warmup)
+        records, settings, state = _resume_and_train(model, guide, state, prepared, config,
+                                                     engine, settings, stopper, warmup)
         result = FitResult(
             model=model, guide=guide, history=pd.DataFrame.from_records(records),
             params=capture_params(model, guide, state.param_names), settings=settings,
@@ -327,7 +327,8 @@ def _kl_rows(prepared, config: FitConfig):
 def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, settings: dict,
                       stopper, warmup=None):
     """Resume from the checkpoint when asked, train the remaining epochs, restore the best
-    parameters when early stopping kept them. Returns the history rows and the settings."""
+    parameters when early stopping kept them. Returns the history rows, the settings and the
+    last state."""
     saver = None
     if config.checkpoint_dir is not None:
         saver = Checkpointer(config.checkpoint_dir, is_main=engine is None or engine.is_main)
@@ -343,18 +344,18 @@ def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, 
         records, start = [], 1
         pyro.set_rng_seed(config.seed)  # the preflight consumed random numbers; start afresh
     else:
-        records, start, settings = resumed
+        records, start, settings, state = resumed
     epochs = Epochs(prepared, config, engine, validation_loss_fn(model, guide, prepared, config),
                     warmup)
     if stopper is None or not stopper.stopped:
-        _train(model, guide, state, epochs, range(start, config.epochs + 1), records, settings,
-               stopper, saver)
+        state = _train(model, guide, state, epochs, range(start, config.epochs + 1), records,
+                       settings, stopper, saver)
     settings["stopped_by"] = _stopped_by(config, records, stopper, settings)
     kept = stopper.restore_best(model, guide) if stopper is not None else None
     # The epoch whose parameters the result holds (the report and `ppl-vae report` show it).
     settings["kept_epoch"] = kept if kept is not None else (
         records[-1]["epoch"] if records else None)
-    return records, settings
+    return records, settings, state
 
 
 def _stopper(config: FitConfig, prepared, state) -> EarlyStopping | None:
@@ -390,9 +391,10 @@ def _stopped_by(config, records, stopper, settings) -> str:
 
 
 def _train(model, guide, state, epochs: Epochs, todo: range, records: list, settings: dict,
-           stopper: EarlyStopping | None, saver: Checkpointer | None) -> None:
+           stopper: EarlyStopping | None, saver: Checkpointer | None):
     """The epochs ``todo``: each one's steps, its history row, early stopping, the checkpoint,
-    the user's callbacks; stops when early stopping or a callback says so."""
+    the user's callbacks; stops when early stopping or a callback says so. Returns the last
+    state."""
     config, engine = epochs.config, epochs.engine
     show = show_progress(config.progress) and (engine is None or engine.is_main)
     bar = tqdm(todo, desc="ppl-vae fit", unit="epoch", disable=not show, initial=todo.start - 1,
@@ -402,7 +404,8 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
     spent = sum(r.get("seconds", 0.0) for r in records)
     with pyro.validation_enabled(False), intra_op_threads(threads):
         for epoch in bar:
-            record = epochs.train(state, epoch, records, None if saver is None else saver.where)
+            state, record = epochs.train(state, epoch, records,
+                                         None if saver is None else saver.where)
             records.append(record)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("elbo")})
             stop_early = stopper is not None and stopper.update(record, model, guide, state)
@@ -416,3 +419,4 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
             if (stop if engine is None else engine.any(stop)) or stop_early:
                 break
     bar.close()
+    return state

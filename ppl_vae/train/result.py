@@ -31,7 +31,8 @@ class FitResult:
     settings : dict
         The arguments ``fit`` used (JSON-serialisable).
     state : ppl_vae.train.TrainState
-        The final training state (loss module and optimizer), to continue with ``update``.
+        The training state after the last step (loss module, optimizer, step count), to
+        continue with ``update``.
     stopped_early : bool
         Whether early stopping ended training (the best validation parameters are restored).
     record : dict or None

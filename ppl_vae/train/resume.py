@@ -11,6 +11,8 @@ neither run's. A longer budget (more epochs) is allowed and recorded in
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ppl_vae.programs.digest import programs_differences
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import load_checkpoint, restore_params, restore_rng
@@ -79,10 +81,11 @@ def settings_differences(old: dict, new: dict) -> list[str]:
 
 
 def resume(checkpointer: Checkpointer, settings: dict, model, guide, state: TrainState,
-           early_stopping: EarlyStopping | None, device) -> tuple[list, int, dict] | None:
+           early_stopping: EarlyStopping | None,
+           device) -> tuple[list, int, dict, TrainState] | None:
     """Load ``checkpointer``'s checkpoint into the programs, the optimizer, the RNG and the early
-    stopping state. Returns (history rows, first epoch to run, settings), or None when there is no
-    checkpoint yet. Raises ``ValueError`` listing every difference from the checkpoint's run."""
+    stopping state. Returns (history rows, first epoch to run, settings, ``state`` at the
+    checkpoint's step), or None when there is no checkpoint yet. Raises ``ValueError`` listing every difference from the checkpoint's run."""
     if not checkpointer.path.exists():
         return None
     ckpt = load_checkpoint(checkpointer.path, map_location=device)
@@ -101,10 +104,10 @@ def resume(checkpointer: Checkpointer, settings: dict, model, guide, state: Trai
     settings = {**settings, "epochs_extended": extended} if extended else settings
     restore_params(ckpt["params"], model, guide)
     state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.step = int(ckpt["step"])
     restore_rng(ckpt["rng"])
     if early_stopping is not None and ckpt.get("early_stopping") is not None:
         early_stopping.load_state_dict(ckpt["early_stopping"])
     checkpointer.saved_epoch = int(ckpt["epoch"])
-    return list(ckpt["history"]), int(ckpt["epoch"]) + 1, settings
+    return (list(ckpt["history"]), int(ckpt["epoch"]) + 1, settings,
+            replace(state, step=int(ckpt["step"])))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyro
 import torch
@@ -26,9 +26,16 @@ from ppl_vae.train.optimizers import OPTIMIZERS, make_optimizer  # noqa: F401 (m
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
-@dataclass
+@dataclass(frozen=True)
 class TrainState:
-    """Everything a training step needs.
+    """Everything a training step needs (frozen: a step returns a new state).
+
+    What a step changes in place, and only this: the values of the tensors in ``params`` (the
+    optimizer's step, through ``optimizer`` or ``fused``), the optimizer's own state (moments,
+    step counts, learning rate), and the ``.grad`` of the parameters. The state object itself is
+    never changed: ``update`` returns a new one with ``step`` advanced, so a state kept from
+    before a step still says how many steps had been taken then (but not the parameter values,
+    which are shared: copy them with ``capture_params`` to keep them).
 
     Attributes
     ----------
@@ -135,17 +142,19 @@ def init_state(
 
 
 def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState, torch.Tensor]:
-    """One gradient step. Returns the state and the loss (a 0-dim tensor; no host sync)."""
+    """One gradient step: ``(new_state, loss)``, ``loss`` a 0-dim tensor (no host sync).
+
+    ``state`` itself is left as it was; the one side effect is the optimizer's step on the
+    parameters (and on its own moments), see :class:`TrainState`.
+    """
     if state.fused is not None:
         loss = state.fused(batch)
-        state.step += 1
-        return state, loss
+        return replace(state, step=state.step + 1), loss
     state.optimizer.zero_grad(set_to_none=True)
     loss = state.loss_fn(*batch)
     loss.backward()
     state.optimizer.step()
-    state.step += 1
-    return state, loss.detach()
+    return replace(state, step=state.step + 1), loss.detach()
 
 
 def mean_loss(loss_fn: torch.nn.Module, batches) -> torch.Tensor:
