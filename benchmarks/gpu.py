@@ -267,8 +267,9 @@ def run(args) -> dict:
         "device_name": torch.cuda.get_device_name(device) if cuda else "CPU (no GPU)",
         "versions": f"Python {sys.version.split()[0]}, torch {torch.__version__}, "
                     f"pyro-ppl {pyro.__version__}",
-        "settings": {"clock": "CUDA events" if cuda else "wall clock", "dtype": args.dtype, "rows": args.rows, "warmup": args.warmup,
-                     "steps": args.steps, "repeats": args.repeats},
+        "settings": {"clock": "CUDA events" if cuda else "wall clock", "dtype": args.dtype,
+                     "rows": args.rows, "warmup": args.warmup, "steps": args.steps,
+                     "repeats": args.repeats},
         "command": " ".join(["python -m benchmarks.gpu", *args.argv]),
         "sites": sites, "rows": rows, "notes": notes,
     }
