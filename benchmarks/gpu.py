@@ -25,15 +25,18 @@ Carrying the dependencies to a device machine
 ---------------------------------------------
 A lent device machine has Python 3.12, torch, numpy, pandas, scipy, xarray, matplotlib, h5py,
 scikit-learn and tqdm, but no Pyro or ArviZ, and it cannot reach a package registry. Download the
-missing wheels here, into a folder that git ignores and that travels with the working tree::
+missing wheels here, at the versions this environment has (``--wheel-requirements`` prints them:
+the packages in :data:`CARRIED`), into a folder that git ignores and that travels with the
+working tree::
 
     echo /.whl/ >> .git/info/exclude
+    .venv/bin/python -m benchmarks.gpu --wheel-requirements > /tmp/gpu-requirements.txt
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \\
-        -d .whl pyro-ppl pyro-api arviz-base arviz-stats arviz-plots h5netcdf
+        -d .whl -r /tmp/gpu-requirements.txt
 
-(``--no-deps`` keeps torch out: the device has its own; pure-Python wheels match any platform.)
-On the device, install them beside the project and run::
+(``--no-deps`` keeps torch out: the device has its own; these are pure-Python wheels, about
+3 MB.) On the device, install them beside the project and run::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu --out "$OUT"
@@ -59,10 +62,38 @@ import torch
 from benchmarks.contenders import Setting, initial_weights, make_contender
 
 CONTENDERS = ("torch", "ppl_vae", "ppl_vae_compile")
+#: What ``import ppl_vae`` needs beyond a device machine's image (torch, numpy, pandas, scipy,
+#: xarray, matplotlib, tqdm are there): carried as wheels, see the module's docstring.
+CARRIED = ("pyro-ppl", "pyro-api", "arviz-base", "arviz-stats", "arviz-plots", "xarray-einstats")
 OBS_DIM = 784
 #: (rows, batch sizes, warm-up steps, steps per block, repeats): the full check and ``--tiny``.
 FULL = (60_000, (128, 1024), 30, 100, 5)
 TINY = (512, (16, 32), 2, 4, 2)
+
+
+def wheel_requirements() -> list[str]:
+    """``name==version`` of each package in :data:`CARRIED`, as installed here."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in CARRIED]
+
+
+def carrying_lines() -> list[str]:
+    """Markdown for ``BENCHMARKS.md``: how to run this check on a device machine that has CUDA
+    and torch but neither Pyro nor ArviZ, nor a registry."""
+    return [
+        "To run it on a lent GPU machine without a package registry, carry the packages it "
+        "lacks as wheels (pure Python, about 3 MB), at the versions installed here:", "",
+        "```bash",
+        "echo /.whl/ >> .git/info/exclude",
+        ".venv/bin/python -m benchmarks.gpu --wheel-requirements > /tmp/gpu-requirements.txt",
+        "python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 "
+        "--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 "
+        "-d .whl -r /tmp/gpu-requirements.txt",
+        "# on the device machine, with .whl carried along the working tree:",
+        "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl",
+        'PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu --out "$OUT"',
+        "```"]
 
 
 def synthetic_rows(n: int, device, dtype, seed: int = 0) -> torch.Tensor:
@@ -216,7 +247,9 @@ def markdown(result: dict) -> str:
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for gpu.md and gpu.json")
+    p.add_argument("--out", help="folder for gpu.md and gpu.json (required to run the check)")
+    p.add_argument("--wheel-requirements", action="store_true",
+                   help="print the pinned packages to carry to a device machine, and exit")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--tiny", action="store_true", help="a few steps on small settings (a test)")
@@ -227,6 +260,8 @@ def parse(argv):
     p.add_argument("--steps", type=int, help="steps per timed block")
     p.add_argument("--repeats", type=int, help="timed blocks per contender")
     args = p.parse_args(argv)
+    if not (args.out or args.wheel_requirements):
+        p.error("--out FOLDER is required: where gpu.md and gpu.json are written")
     rows, batches, warmup, steps, repeats = TINY if args.tiny else FULL
     args.rows = args.rows or rows
     args.batch = args.batch or list(batches)
@@ -277,6 +312,9 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.wheel_requirements:
+        print("\n".join(wheel_requirements()))
+        return 0
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

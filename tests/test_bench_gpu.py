@@ -72,3 +72,19 @@ def test_check_sites_accepts_the_zoo_vae_in_float32_and_float64():
     for dtype in (torch.float32, torch.float64):
         x = gpu.synthetic_rows(8, torch.device("cpu"), dtype)
         assert set(gpu.check_sites(x).values()) == {"cpu"}
+
+
+def test_wheel_requirements_pin_what_is_installed(capsys):
+    from importlib.metadata import version
+
+    assert gpu.main(["--wheel-requirements"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert lines == [f"{name}=={version(name)}" for name in gpu.CARRIED]
+    assert {"pyro-ppl", "arviz-base", "arviz-stats"} <= set(gpu.CARRIED)
+    assert any("--wheel-requirements" in line for line in gpu.carrying_lines())
+
+
+def test_the_check_needs_an_output_folder():
+    with pytest.raises(SystemExit) as exc:
+        gpu.main(["--device", "cpu", "--tiny"])
+    assert exc.value.code == 2
