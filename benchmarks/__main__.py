@@ -21,8 +21,8 @@ import time
 import pyro
 import torch
 
+from benchmarks import fit_steps, main_job, numpyro_vae
 from benchmarks import gpu as gpu_check
-from benchmarks import main_job, numpyro_vae
 from benchmarks.contenders import CONTENDERS, Setting
 from benchmarks.diagnostics import DEFAULT_SIZES, diagnostics_lines, measure_all
 from benchmarks.memory import measure
@@ -211,8 +211,14 @@ def main(argv=None) -> int:
             print("main job", " ".join(variant) or "(defaults)", job.get("error", job.get("seconds")),
                   flush=True)
             jobs.append(job)
+    five = None
+    if not args.no_main_job and args.device == "cpu":  # fit's own threads: not pinned by --threads
+        five = fit_steps.five_epoch_run(repeats=max(1, args.repeats))
+        print(f"5-epoch digits run: defaults {five['default_s']:.1f} s, jit=False "
+              f"{five['eager_s']:.1f} s", flush=True)
     diag = None if args.no_diagnostics else run_diagnostics(args)
-    text = write(args.output, args, results, contenders, memory_runs, gpu, jobs, diag)
+    text = write(args.output, args, results, contenders, memory_runs, gpu, jobs, diag,
+                 five_epochs=five)
     print(text.split("## Median")[0])
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     return 0

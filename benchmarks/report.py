@@ -123,7 +123,16 @@ def memory_lines(runs: list[dict]) -> list[str]:
                    "max growth (MiB)", "peak RSS over baseline (MiB)", "peak RSS (MiB)"], rows)
 
 
-def target_lines(results, memory_runs) -> list[str]:
+def five_epoch_row(five: dict) -> list[str]:
+    """The target row of :func:`benchmarks.fit_steps.five_epoch_run`."""
+    return ["5-epoch digits run with the defaults (whole wall time)", "ppl_vae",
+            "<= 1.25x eager + 0.5 s",
+            f"{five['default_s']:.1f} s vs {five['eager_s']:.1f} s with jit=False "
+            f"({five['ratio']:.2f}x, median of {five['repeats']})",
+            "met" if five["met"] else "NOT met"]
+
+
+def target_lines(results, memory_runs, five_epochs: dict | None = None) -> list[str]:
     by_key = {(r.setting.data, r.setting.batch_size, r.setting.num_particles,
                r.setting.vectorize, r.setting.estimator): r for r in results}
     rows = []
@@ -141,6 +150,8 @@ def target_lines(results, memory_runs) -> list[str]:
                      f"{ratio:.2f}x ({worst.setting.estimator}, worst of {len(found)}{spread})",
                      "met" if ratio <= bound else "NOT met"])
     rows += numpyro_target_rows(results)
+    if five_epochs:
+        rows.append(five_epoch_row(five_epochs))
     compile_rows = [(r, r.first_s["ppl_vae_compile"], r.first_s["numpyro"]) for r in results
                     if "ppl_vae_compile" in r.first_s and "numpyro" in r.first_s]
     if compile_rows:
@@ -253,12 +264,12 @@ def replace_section(path, title: str, lines: list[str]) -> str | None:
 
 
 def write(path, args, results, contenders, memory_runs, gpu_lines, jobs=(),
-          diagnostics: list[str] | None = None) -> str:
+          diagnostics: list[str] | None = None, five_epochs: dict | None = None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `python -m benchmarks` (see `docs/speed.md`); do not edit by hand.", ""]
     lines += ["## Machine", ""] + machine_lines(args) + [""]
     lines += ["## Targets (ratio of median ms/step to hand-written PyTorch with fused Adam)", ""]
-    lines += target_lines(results, memory_runs) + [""]
+    lines += target_lines(results, memory_runs, five_epochs) + [""]
     lines += ["## Median milliseconds per training step, interleaved", "",
               "Every ratio is to `torch`, hand-written PyTorch with `torch.optim.Adam(..., "
               "fused=True)`; with `--repeats`, the median over repeats and the range of the "

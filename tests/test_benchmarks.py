@@ -258,3 +258,34 @@ def test_corpus_steps_prints_one_row_per_program(capsys):
     (row,) = rows
     eager, default, ratio = (float(cell) for cell in row.strip("|").split("|")[1:])
     assert eager > 0 and default > 0 and ratio == pytest.approx(default / eager, abs=0.01)
+
+
+def test_five_epoch_target_row_passes_and_fails():
+    from benchmarks.report import five_epoch_row, target_lines
+
+    fast = {"default_s": 3.0, "eager_s": 2.5, "ratio": 1.2, "repeats": 3, "met": True}
+    assert five_epoch_row(fast)[-1] == "met" and "3.0 s vs 2.5 s" in five_epoch_row(fast)[3]
+    assert five_epoch_row({**fast, "met": False})[-1] == "NOT met"
+    assert any("5-epoch digits run" in line for line in target_lines([], [], fast))
+    assert not any("5-epoch" in line for line in target_lines([], []))
+
+
+@pytest.mark.slow  # two short fits on digits: about 10-20 s on 2 busy cores
+def test_five_epoch_run_times_defaults_against_eager():
+    from benchmarks.fit_steps import RATIO, SLACK_S, five_epoch_run
+
+    before = torch.get_num_threads()
+    r = five_epoch_run(repeats=1, epochs=1)
+    assert r["default_s"] > 0 and r["eager_s"] > 0 and len(r["default_runs"]) == 1
+    assert r["bound_s"] == pytest.approx(RATIO * r["eager_s"] + SLACK_S)
+    assert r["met"] == (r["default_s"] <= r["bound_s"])
+    assert torch.get_num_threads() == before  # fit's threads="auto" does not leak out
+
+
+@pytest.mark.slow  # one fresh process importing ppl_vae
+def test_make_run_names_a_failing_command():
+    from benchmarks import main_job
+
+    r = main_job.make_run(["--epochs", "none-such"], timeout=600)
+    assert "error" in r and "whole_s" not in r
+    assert main_job._cli_command()[0].endswith(("ppl-vae", "python", "python3"))
