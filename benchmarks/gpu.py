@@ -11,7 +11,9 @@ MNIST-size Bernoulli rows generated on the device, at batch 128 and 1024, for
 all on the same GPU, weights and batches. Steady-state milliseconds per step are timed with CUDA
 events over blocks of steps (``--steps``), one block of each contender in turn, ``--repeats``
 times (interleaved, so drift hits all alike), after ``--warmup`` steps each (recording and
-compiling happen there; their wall seconds are reported). ``torch.cuda.set_sync_debug_mode("warn")``
+compiling happen there; their wall seconds are reported; a step that compiles in the background
+needs enough of them to have switched, which ``block_ms`` in the JSON shows).
+``torch.cuda.set_sync_debug_mode("warn")``
 is on over every timed step: each host synchronization a step makes raises a warning, which is
 caught and counted per contender. Before timing, the model and guide are traced on a batch and
 every sample site's value must live on the device (else the script stops naming the sites).
@@ -209,6 +211,9 @@ def measure_batch(data: torch.Tensor, batch: int, contenders, *, warmup: int, st
             "warmup_s": warm[name], "host_syncs": len(syncs[name]),
             "host_syncs_per_step": len(syncs[name]) / (steps * repeats),
             "sync_messages": sorted(set(syncs[name]))[:5],
+            # Each block in turn: a default step that switches to a compiled one in the
+            # background shows here as later blocks faster than the first.
+            "block_ms": ms[name],
         })
     return rows
 

@@ -17,6 +17,7 @@ def test_tiny_cpu_run_writes_table_and_json(tmp_path):
     assert gpu.main(["--device", "cpu", "--tiny", "--out", str(out), "--contenders", "ppl_vae",
                      "--steps", "2", "--repeats", "2", "--warmup", "1", "--rows", "64"]) == 0
     result = json.loads((out / "gpu.json").read_text())
+    assert result["settings"]["dtype"] == "float32"
     rows = {(r["batch"], r["contender"]): r for r in result["rows"]}
     # torch is always in (the reference), first; one row per batch size and contender.
     assert set(rows) == {(b, c) for b in (16, 32) for c in ("torch", "ppl_vae")}
@@ -25,6 +26,7 @@ def test_tiny_cpu_run_writes_table_and_json(tmp_path):
         low, high = row["ratio_range"]
         assert 0 < low <= high
         assert row["host_syncs"] == 0  # not counted on the CPU
+        assert len(row["block_ms"]) == 2 and min(row["block_ms"]) > 0
     assert rows[(16, "torch")]["ratio"] == 1.0 and rows[(16, "torch")]["ratio_range"] == [1, 1]
     assert result["sync_debug"] is False and result["settings"]["clock"] == "wall clock"
     assert result["sites"] == {"model:z": "cpu", "model:x": "cpu", "guide:z": "cpu"}
@@ -32,6 +34,15 @@ def test_tiny_cpu_run_writes_table_and_json(tmp_path):
     for needle in ("| batch | contender | ms/step", "| 16 | torch |", "| 32 | ppl_vae |",
                    "not checked", "No GPU", "`model:z` on cpu", "--device cpu --tiny"):
         assert needle in text, needle
+
+
+def test_tiny_cpu_run_in_float64(tmp_path):
+    assert gpu.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--dtype", "float64",
+                     "--batch", "16", "--steps", "2", "--repeats", "1", "--warmup", "1",
+                     "--rows", "32", "--contenders", "ppl_vae"]) == 0
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["settings"]["dtype"] == "float64" and len(result["rows"]) == 2
+    assert all(row["median_ms"] > 0 for row in result["rows"])
 
 
 def test_synthetic_rows_are_binary_on_the_device():
