@@ -86,6 +86,8 @@ def worker(argv=None) -> dict:
     case = np.load(args.input)
     params = {k[2:]: jax.numpy.asarray(case[k]) for k in case.files if k.startswith("p_")}
     batches = [jax.numpy.asarray(case[k]) for k in sorted(k for k in case.files if k.startswith("b_"))]
+    # Batches prepared ahead: on the device and done before the first timed step.
+    params, batches = jax.block_until_ready((params, batches))
     model, guide = _programs(args.num_data)
     loss = TraceMeanField_ELBO() if args.estimator == "analytic" else Trace_ELBO()
     svi = SVI(model, guide, numpyro.optim.Adam(1e-3), loss)
