@@ -131,7 +131,8 @@ def check_sites(x: torch.Tensor, model=None, guide=None) -> dict[str, str]:
     """:func:`site_devices`, raising ``AssertionError`` naming each site off ``x``'s device."""
     found = site_devices(x, model, guide)
     wrong = {k: v for k, v in found.items() if torch.device(v).type != x.device.type}
-    assert found and not wrong, f"sample sites not on {x.device}: {wrong or 'no sites traced'}"
+    if wrong or not found:  # raised, not asserted: `python -O` must not skip the check
+        raise AssertionError(f"sample sites not on {x.device}: {wrong or 'no sites traced'}")
     return found
 
 
