@@ -234,7 +234,8 @@ def markdown(result: dict) -> str:
              f"- versions: {result['versions']}",
              f"- settings: 784-dim VAE, {s['rows']:,} synthetic rows made on the device, "
              f"{s['warmup']} warm-up steps, {s['repeats']} interleaved blocks of {s['steps']} "
-             "steps per contender (CUDA events), Adam lr 1e-3, analytic KL, Pyro validation off",
+             f"steps per contender ({s['clock']}), Adam lr 1e-3, analytic KL, Pyro validation "
+             "off",
              f"- command: `{result['command']}`", "",
              "| batch | contender | ms/step | x torch (repeats) | host syncs/step | warm-up s |",
              "|---|---|---|---|---|---|"]

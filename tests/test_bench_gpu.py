@@ -32,7 +32,8 @@ def test_tiny_cpu_run_writes_table_and_json(tmp_path):
     assert result["sites"] == {"model:z": "cpu", "model:x": "cpu", "guide:z": "cpu"}
     text = (out / "gpu.md").read_text()
     for needle in ("| batch | contender | ms/step", "| 16 | torch |", "| 32 | ppl_vae |",
-                   "not checked", "No GPU", "`model:z` on cpu", "--device cpu --tiny"):
+                   "not checked", "No GPU", "`model:z` on cpu", "--device cpu --tiny",
+                   "(wall clock)"):
         assert needle in text, needle
 
 
