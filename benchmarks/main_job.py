@@ -6,6 +6,11 @@ CLI's own functions and prints one JSON line with the wall seconds of each phase
 whole process. :func:`measure` starts it with torch's own thread default (no
 ``OMP_NUM_THREADS``, as a user's shell has it), so that the CLI's ``--threads`` choice is what
 is measured.
+
+``python -m benchmarks.main_job --make-run [CLI arguments]`` measures what ``make run`` costs a
+user: the whole wall time of ``ppl-vae run --data digits --out DIR --overwrite`` as one command
+in a fresh process (the console script ``make run`` calls), and its phases (the training phase
+among them) from a second fresh process as above; one JSON line with both (:func:`make_run`).
 """
 
 from __future__ import annotations
@@ -61,7 +66,34 @@ def measure(argv=(), timeout: float = 1800) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _cli_command() -> list[str]:
+    """``make run``'s command: the venv's ``ppl-vae`` script, else the same entry point."""
+    script = Path(sys.executable).with_name("ppl-vae")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ppl_vae.cli"]
+
+
+def make_run(argv=(), timeout: float = 1800) -> dict:
+    """Whole wall seconds of ``ppl-vae run --data digits`` (``make run``'s command, extra CLI
+    arguments ``argv``) in a fresh process, with the phases of :func:`measure` beside it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [*_cli_command(), "run", "--data", "digits", "--out", str(Path(tmp) / "run"),
+               "--overwrite", "--no-progress", *argv]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        whole = time.perf_counter() - start
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return {"argv": list(argv), "error": lines[-1] if lines else "failed"}
+    phases = measure(argv, timeout)
+    return {"argv": list(argv), "whole_s": whole,
+            "train_s": phases.get("seconds", {}).get("train"), "phases": phases}
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--make-run"]:
+        print(json.dumps(make_run(sys.argv[2:])))
+        sys.exit(0)
     result = worker(sys.argv[1:])
     sys.stdout.flush()
     print(json.dumps(result))

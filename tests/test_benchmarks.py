@@ -196,6 +196,31 @@ def test_numpyro_contender_trains_the_same_vae(digits):
                             min_rounds=2, max_rounds=2, clock="cpu")
     assert "error" not in m, m
     assert m["steps"] == 2 and m["median_ms"] > 0 and m["first_s"] > 0
+    # Both clocks, every time; median_ms is the one asked for (`clock="cpu"` here).
+    assert m["median_wall_ms"] > 0 and m["median_cpu_ms"] > 0
+    assert m["median_ms"] == m["median_cpu_ms"]
+
+
+def test_numpyro_targets_use_the_wall_clock_and_say_so():
+    from argparse import Namespace
+
+    from benchmarks.report import clock_lines, numpyro_target_rows, target_lines
+    from benchmarks.timing import CaseResult
+
+    def case(data, ours, wall, cpu):
+        return CaseResult(Setting("analytic", 1, False, 128, data),
+                          {"torch": 1.0, "ppl_vae": ours, "numpyro": wall, "numpyro_cpu": cpu}, {})
+
+    # 784: ahead of NumPyro's wall clock (met) though behind its CPU clock; digits: behind.
+    rows = numpyro_target_rows([case("784", 1.0, 1.25, 0.5), case("digits", 1.0, 0.8, 0.7)])
+    assert [r[-1] for r in rows] == ["met", "NOT met"]
+    assert rows[0][3].startswith("0.80x") and rows[1][3].startswith("1.25x")
+    assert [r[-1] for r in numpyro_target_rows([])] == ["", ""]  # not run
+    assert any("NumPyro (wall clock)" in line for line in target_lines([], []))
+    (text, _) = clock_lines(Namespace(clock="wall"), ["torch", "numpyro", "numpyro_cpu"])
+    assert "NumPyro's ratios use its **wall clock**" in text and "XLA" in text
+    (mixed, _) = clock_lines(Namespace(clock="cpu"), ["torch", "numpyro", "numpyro_cpu"])
+    assert "thread's CPU time" in mixed and "--clock wall" in mixed
 
 
 def test_diagnostics_pass_table_and_exponent(tmp_path):
@@ -233,3 +258,34 @@ def test_corpus_steps_prints_one_row_per_program(capsys):
     (row,) = rows
     eager, default, ratio = (float(cell) for cell in row.strip("|").split("|")[1:])
     assert eager > 0 and default > 0 and ratio == pytest.approx(default / eager, abs=0.01)
+
+
+def test_five_epoch_target_row_passes_and_fails():
+    from benchmarks.report import five_epoch_row, target_lines
+
+    fast = {"default_s": 3.0, "eager_s": 2.5, "ratio": 1.2, "repeats": 3, "met": True}
+    assert five_epoch_row(fast)[-1] == "met" and "3.0 s vs 2.5 s" in five_epoch_row(fast)[3]
+    assert five_epoch_row({**fast, "met": False})[-1] == "NOT met"
+    assert any("5-epoch digits run" in line for line in target_lines([], [], fast))
+    assert not any("5-epoch" in line for line in target_lines([], []))
+
+
+@pytest.mark.slow  # two short fits on digits: about 10-20 s on 2 busy cores
+def test_five_epoch_run_times_defaults_against_eager():
+    from benchmarks.fit_steps import RATIO, SLACK_S, five_epoch_run
+
+    before = torch.get_num_threads()
+    r = five_epoch_run(repeats=1, epochs=1)
+    assert r["default_s"] > 0 and r["eager_s"] > 0 and len(r["default_runs"]) == 1
+    assert r["bound_s"] == pytest.approx(RATIO * r["eager_s"] + SLACK_S)
+    assert r["met"] == (r["default_s"] <= r["bound_s"])
+    assert torch.get_num_threads() == before  # fit's threads="auto" does not leak out
+
+
+@pytest.mark.slow  # one fresh process importing ppl_vae
+def test_make_run_names_a_failing_command():
+    from benchmarks import main_job
+
+    r = main_job.make_run(["--epochs", "none-such"], timeout=600)
+    assert "error" in r and "whole_s" not in r
+    assert main_job._cli_command()[0].endswith(("ppl-vae", "python", "python3"))
