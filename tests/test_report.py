@@ -188,7 +188,7 @@ def test_report_reuses_current_files_and_recomputes_stale_ones(digits_run, monke
     assert main(["report", str(digits_run), "--num-draws", "31", "--no-gaps", "--no-sbc"]) != 0
     assert "nothing should be recomputed" in capsys.readouterr().err
     meta = json.loads((digits_run / "diagnostics.json").read_text())
-    from ppl_vae.train.storage import write_bytes
+    from ppl_vae.storage.files import write_bytes
 
     write_bytes(digits_run / "diagnostics.json",
                 json.dumps({**meta, "checkpoint_sha256": "0"}).encode())

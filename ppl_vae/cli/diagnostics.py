@@ -17,7 +17,7 @@ from ppl_vae.cli.common import (
 from ppl_vae.diagnostics.run import diagnose_run
 from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.reporting.run import report_run
-from ppl_vae.train.storage import lock_run
+from ppl_vae.storage.files import lock_run
 
 __all__ = ["register", "points_argument"]
 

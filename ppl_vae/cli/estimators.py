@@ -18,7 +18,7 @@ from ppl_vae.cli.common import (
 from ppl_vae.data.tensors import as_tensors, resolve_device
 from ppl_vae.estimators.explain import explain
 from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
-from ppl_vae.train.storage import write_bytes
+from ppl_vae.storage.files import write_bytes
 
 __all__ = ["register", "print_plan", "cmd_compare_estimators"]
 

@@ -52,7 +52,7 @@ from ppl_vae.train.run_dir import (
     save_run,
     write_config,
 )
-from ppl_vae.train.storage import (
+from ppl_vae.storage.files import (
     MANIFEST_NAME,
     CorruptFileError,
     lock_run,

@@ -40,7 +40,7 @@ from ppl_vae.train.prepare import (
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
 from ppl_vae.train.saving import finish_fit_folder, start_fit_folder
-from ppl_vae.train.storage import lock_run
+from ppl_vae.storage.files import lock_run
 from ppl_vae.train.threads import choose_threads, intra_op_threads
 
 __all__ = ["fit", "run_fit"]

@@ -50,7 +50,7 @@ from ppl_vae.train.records import (
     saved_dataset,
 )
 from ppl_vae.train.resume import fingerprint_differences
-from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
+from ppl_vae.storage.files import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
 from ppl_vae.train.user_data import is_data_function, load_data_function, named_data
 
 __all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run", "build_programs",
