@@ -36,6 +36,13 @@ from ppl_vae.estimators.registry import ESTIMATORS
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.registry import describe
 from ppl_vae.reporting.run import report_run
+from ppl_vae.storage.files import (
+    MANIFEST_NAME,
+    CorruptFileError,
+    lock_run,
+    verify_folder,
+    write_bytes,
+)
 from ppl_vae.train.arguments import MAX_SEED
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME
 from ppl_vae.train.distributed import wants_engine
@@ -51,13 +58,6 @@ from ppl_vae.train.run_dir import (
     replacing_run,
     save_run,
     write_config,
-)
-from ppl_vae.storage.files import (
-    MANIFEST_NAME,
-    CorruptFileError,
-    lock_run,
-    verify_folder,
-    write_bytes,
 )
 from ppl_vae.train.threads import choose_threads
 from ppl_vae.train.user_data import data_function_record, is_data_function

@@ -35,9 +35,8 @@ from ppl_vae.diagnostics.gaps import inference_gaps
 from ppl_vae.diagnostics.sbc import SBCResult, sbc, uniformity_table
 from ppl_vae.diagnostics.summary import Diagnostics, diagnose, posterior_summary, verdicts
 from ppl_vae.evaluation.export import DEFAULT_POINTS
-from ppl_vae.storage.files import atomic_write
+from ppl_vae.storage.files import CorruptFileError, atomic_write, read_run_file, write_bytes
 from ppl_vae.train.run_dir import load_run
-from ppl_vae.storage.files import CorruptFileError, read_run_file, write_bytes
 
 __all__ = ["checkpoint_digest", "diagnose_run", "read_diagnostics", "read_tree", "write_tree"]
 

@@ -28,8 +28,8 @@ from ppl_vae.reporting.html import legend
 from ppl_vae.reporting.html import table as _table
 from ppl_vae.reporting.posterior import posterior_section
 from ppl_vae.reporting.settings import settings_table
-from ppl_vae.train.result import FitResult
 from ppl_vae.storage.files import write_bytes
+from ppl_vae.train.result import FitResult
 
 __all__ = ["report"]
 

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.programs.digest import program_digests
+from ppl_vae.storage.files import lock_run
 from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
@@ -40,7 +41,6 @@ from ppl_vae.train.prepare import (
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
 from ppl_vae.train.saving import finish_fit_folder, start_fit_folder
-from ppl_vae.storage.files import lock_run
 from ppl_vae.train.threads import choose_threads, intra_op_threads
 
 __all__ = ["fit", "run_fit"]

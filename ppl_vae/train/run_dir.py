@@ -30,6 +30,7 @@ from ppl_vae.programs.analysis import PROBE_ROWS
 from ppl_vae.programs.digest import program_digests, programs_differences
 from ppl_vae.programs.registry import build, file_sha256, is_file_spec
 from ppl_vae.programs.util import max_plate_nesting
+from ppl_vae.storage.files import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
 from ppl_vae.train.checkpoint import (
     CHECKPOINT_NAME,
     capture_params,
@@ -50,7 +51,6 @@ from ppl_vae.train.records import (
     saved_dataset,
 )
 from ppl_vae.train.resume import fingerprint_differences
-from ppl_vae.storage.files import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
 from ppl_vae.train.user_data import is_data_function, load_data_function, named_data
 
 __all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run", "build_programs",
