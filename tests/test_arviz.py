@@ -9,10 +9,10 @@ import torch
 import xarray as xr
 from _diagnostics_cases import GlobalGuide, global_data, global_model, make_guide, model, simulate
 
-from ppl_vae.diagnostics.run import read_tree, write_tree
 from ppl_vae.evaluation.arviz import to_arviz
 from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.programs.random import chunk_seed, seeded
+from ppl_vae.runs.diagnose import read_tree, write_tree
 
 
 def _vae_pair(seed, obs_dim=64, dtype=torch.float32):

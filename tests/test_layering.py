@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # The flow, in order. The zoo is made of programs.
-STAGES = ["data", "storage", "programs", "estimators", "train", "evaluation", "diagnostics",
+STAGES = ["data", "storage", "parallel", "programs", "estimators", "train", "evaluation", "diagnostics",
           "reporting", "runs", "cli"]
 ALIASES = {"models": "programs", "guides": "programs"}
 

@@ -39,9 +39,9 @@ from ppl_vae.diagnostics.verdicts import (
 from ppl_vae.evaluation.arviz import build_tree, runs_from
 from ppl_vae.evaluation.chunks import plan_points
 from ppl_vae.evaluation.export import DEFAULT_POINTS, chain_pass, select_points
+from ppl_vae.parallel.engine import wants_engine
 from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
-from ppl_vae.train.distributed import wants_engine
 
 __all__ = ["STATUSES", "Diagnostics", "diagnose", "posterior_summary"]
 
@@ -180,7 +180,7 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
     devices, strategy : optional
         Shard the data points over processes on Lightning Fabric (as ``fit`` does); results
         equal one process's, since each chunk is seeded from (seed, its first point).
-    engine : ppl_vae.train.distributed.Engine, optional
+    engine : ppl_vae.parallel.engine.Engine, optional
         This process's handle in an already launched run.
     progress : bool, optional
         A tqdm bar per phase (``None``: on a terminal only).

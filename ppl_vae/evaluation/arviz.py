@@ -131,7 +131,7 @@ def to_arviz(
     chunk_size : int, optional
         Data points drawn at once (memory is bounded by one chunk); by default about 2^23
         elements per drawn tensor.
-    engine : ppl_vae.train.distributed.Engine, optional
+    engine : ppl_vae.parallel.engine.Engine, optional
         Shard the chunks over the processes of a launched run.
     progress : bool, optional
         A progress bar over chunks (``None``: on a terminal only).

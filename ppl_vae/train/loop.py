@@ -27,7 +27,7 @@ from ppl_vae.storage.files import lock_run
 from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
-from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
+from ppl_vae.train.distributed import check_data_parallel, launch_fit, setup_state, wants_engine
 from ppl_vae.train.epoch import Epochs
 from ppl_vae.train.loggers import EpochLoggers
 from ppl_vae.train.objective import FreeBits, KLWarmup
@@ -248,7 +248,7 @@ def _own_param_store():
 
 def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None) -> FitResult:
     """``fit`` with checked arguments; in a data-parallel run, what every worker runs (with its
-    :class:`~ppl_vae.train.distributed.Engine`)."""
+    :class:`~ppl_vae.parallel.engine.Engine`)."""
     rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
     device = config.device if engine is None else engine.device
     prepared = prepare_data(data, validation_data, config, device)
@@ -267,7 +267,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
         return launch_fit(run_fit, model, guide, data, validation_data, config,
                           device=config.device if config.device is not None else prepared.device)
     if engine is not None:
-        state = engine.setup(state)
+        state = setup_state(engine, state)
     settings = make_settings(config, prepared, world, rank)
     settings["programs"] = program_digests(model, guide)  # a resume or evaluate compares it
     stopper = _stopper(config, prepared, state)

@@ -38,7 +38,8 @@ from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.storage.files import CorruptFileError, atomic_write, read_run_file, write_bytes
 from ppl_vae.train.run_dir import load_run
 
-__all__ = ["checkpoint_digest", "diagnose_run", "read_diagnostics", "read_tree", "write_tree"]
+__all__ = ["checkpoint_digest", "diagnose_run", "read_diagnostics", "read_tree", "write_diagnostics",
+           "write_tree"]
 
 COMPRESSION = {"zlib": True, "complevel": 4, "shuffle": True}
 
@@ -114,6 +115,25 @@ def diagnose_run(run_dir, *, num_draws: int = 200, gaps: bool = True, calibrate:
         result.checks = pd.concat([fresh, kept], ignore_index=True)
     _write(out, result, digest, options)
     return run, result
+
+
+def write_diagnostics(run_dir, result: Diagnostics, *, digest: str, num_draws: int = 200,
+                      points=DEFAULT_POINTS, split: str = "test") -> None:
+    """Write ``result``'s files into ``run_dir`` (see the module docstring), each atomically.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The folder.
+    result : Diagnostics
+        What :func:`ppl_vae.diagnose` returned.
+    digest : str
+        What the files are current for (:func:`checkpoint_digest` of a run folder);
+        :func:`read_diagnostics` reads them back only for the same digest and options.
+    num_draws, points, split
+        The options ``result`` was computed with (recorded, compared when read back).
+    """
+    _write(Path(run_dir), result, digest, _options(num_draws, points, split))
 
 
 def _complete(result: Diagnostics, run, split, *, gaps, calibrate, seed) -> bool:
