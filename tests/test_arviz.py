@@ -146,3 +146,32 @@ def test_two_observed_sites_and_tuple_data():
     np.testing.assert_allclose(total.values, tree["sample_stats"]["log_lik"].values, rtol=1e-12)
     assert tree["posterior_predictive"]["y"].dims == ("chain", "draw", "data")
     assert tree["observed_data"]["x"].dims == ("data", "x_dim_0")
+
+
+def test_a_fit_result_has_its_own_keyword_and_the_old_spelling_warns():
+    import warnings
+
+    import pandas as pd
+
+    from ppl_vae.evaluation.arviz import runs_from, split_result
+    from ppl_vae.train.result import FitResult
+
+    def prog(x):
+        pass
+
+    def guide_(x):
+        pass
+
+    fitted = FitResult(model=prog, guide=guide_, history=pd.DataFrame(), params={},
+                       settings={"seed": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert split_result(None, None, fitted) == (None, fitted)
+        assert split_result(prog, guide_, None) == (prog, None)
+    assert runs_from(None, None, None, fitted) == [(prog, guide_, {"seed": 3})]
+    with pytest.warns(FutureWarning, match="result="):
+        assert split_result(fitted, None, None) == (None, fitted)
+    with pytest.raises(ValueError, match="not both"):
+        split_result(prog, guide_, fitted)
+    with pytest.raises(ValueError, match="expected what fit returns"):
+        split_result(None, None, (prog, guide_))
