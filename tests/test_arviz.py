@@ -107,7 +107,7 @@ def test_fit_results_as_runs(digits):
     tree = to_arviz(data=x[:8], runs=results, num_draws=4)
     assert tree["posterior"].sizes["chain"] == 2
     assert json.loads(tree.attrs["chain_seeds"]) == [0, 1]
-    single = to_arviz(results[0], data=x[:8], num_draws=4)
+    single = to_arviz(result=results[0], data=x[:8], num_draws=4)
     assert single.attrs["estimator"] == results[0].settings["estimator"]
 
 

@@ -49,7 +49,7 @@ def test_prior_means_of_a_model_that_observes_nothing_are_none():
 def test_diagnose_computes_the_prior_views_and_the_report_only_renders_them(tmp_path):
     x = global_data(40)
     guide = GlobalGuide(loc=1.5).double()
-    diag = diagnose(global_model, guide, x, num_draws=20, gaps=False, calibrate=False,
+    diag = diagnose(global_model, guide, x, num_draws=30, gaps=False, calibrate=False,
                     progress=False)
     assert diag.prior_means.shape == (10, 4)
     table = diag.global_latents

@@ -37,7 +37,7 @@ def test_train_evaluate_and_diagnose_a_folder_from_python(tmp_path):
     assert written["elbo"] == pytest.approx(ev["elbo"]) and ev["iwae"] >= ev["elbo"]
 
     with writing(out):
-        _, diag = diagnose_run(out, num_draws=10, gaps=False, calibrate=False, points=5,
+        _, diag = diagnose_run(out, num_draws=30, gaps=False, calibrate=False, points=5,
                                progress=False)
     assert diag.prior_means is not None  # what the report shows, computed here
     back = read_diagnostics(out, digest=checkpoint_digest(out))
