@@ -28,7 +28,7 @@ def test_train_evaluate_and_diagnose_a_folder_from_python(tmp_path):
         config, result, dataset = train_into(out, args, config=config_from_args(args))
     assert json.loads((out / "config.json").read_text())["settings"]["epochs"] == 1
     assert len(result.history) == 1 and (out / "final.pt").is_file()
-    with pytest.raises(ValueError, match="already holds a run"), writing(out):
+    with pytest.raises(FileExistsError, match="already holds a run"), writing(out):
         train_into(out, args, config=config)  # no --resume, no --overwrite: refused
 
     with writing(out):
