@@ -21,18 +21,10 @@ import torch
 from ppl_vae.data.tensors import as_tensors, resolve_device
 from ppl_vae.estimators.explain import explain
 from ppl_vae.parallel.engine import wants_engine
+from ppl_vae.runs.folder import check_same_run, prepare_run_folder, replacing_run, save_run
 from ppl_vae.storage.files import lock_run
 from ppl_vae.train.loop import fit
-from ppl_vae.train.run_dir import (
-    build_programs,
-    check_same_run,
-    fit_data,
-    load_data,
-    prepare_run_folder,
-    replacing_run,
-    save_run,
-    write_config,
-)
+from ppl_vae.train.run_dir import build_programs, fit_data, load_data, write_config
 from ppl_vae.train.threads import choose_threads
 
 __all__ = ["ConfigOnce", "first_rows", "is_writer", "print_plan", "train_into", "use_threads",
@@ -61,7 +53,7 @@ def writing(folder, *, devices=None, strategy=None, num_nodes=1, overwrite: bool
     """Hold the run folder's writer lock in the process that writes it (no lock in the other
     ranks of a data-parallel launch, which only compute); with ``overwrite``, set the run files
     already there aside while the job runs (restored when it fails before writing a file, see
-    :func:`ppl_vae.train.run_dir.replacing_run`)."""
+    :func:`ppl_vae.runs.folder.replacing_run`)."""
     folder = Path(folder)
     writer = is_writer(devices, strategy, num_nodes)
     with lock_run(folder) if writer else contextlib.nullcontext(), \
