@@ -9,6 +9,8 @@
 - :mod:`~ppl_vae.diagnostics.collapse`: reconstruction against the data mean, reference values;
 - :mod:`~ppl_vae.diagnostics.convergence`: is the ELBO still rising at the end of training;
 - :mod:`~ppl_vae.diagnostics.verdicts`: the verdict rows of those checks, with advice;
+- :mod:`~ppl_vae.diagnostics.prior`: E[x | z] from the prior and the global latents' prior
+  moments, computed here for the report to render;
 - :mod:`~ppl_vae.diagnostics.summary`: ``diagnose`` runs them all with verdicts.
 """
 
