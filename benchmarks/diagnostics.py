@@ -51,7 +51,7 @@ def _programs():
 
 def _run_stage(stage: str, model, guide, x, folder: Path) -> dict:
     from ppl_vae import diagnose, evaluate, report, to_arviz
-    from ppl_vae.diagnostics.run import _options, _write, read_diagnostics
+    from ppl_vae.runs import read_diagnostics, write_diagnostics
 
     out: dict = {}
     if stage == "evaluate":
@@ -62,7 +62,7 @@ def _run_stage(stage: str, model, guide, x, folder: Path) -> dict:
         out["exported_points"] = int(tree["posterior"].sizes["data"])
     elif stage == "diagnose":
         result = diagnose(model, guide, x, progress=False)
-        _write(folder, result, "benchmark", _options(200, 100, "test"))
+        write_diagnostics(folder, result, digest="benchmark", num_draws=200, points=100)
         out["nc_mib"] = (folder / "diagnostics.nc").stat().st_size / 2**20
         out["timings"] = result.timings
     elif stage == "report":

@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.main_job [-- CLI arguments]`` runs the same three phases as
 ``ppl-vae run`` (train, evaluate on the test set, diagnose and write the report) through the
-CLI's own functions and prints one JSON line with the wall seconds of each phase and of the
-whole process. :func:`measure` starts it with torch's own thread default (no
+public run-folder jobs (:mod:`ppl_vae.runs`, on the CLI's parsed arguments) and prints one JSON
+line with the wall seconds of each phase and of the whole process. :func:`measure` starts it with torch's own thread default (no
 ``OMP_NUM_THREADS``, as a user's shell has it), so that the CLI's ``--threads`` choice is what
 is measured.
 
@@ -27,8 +27,9 @@ START = time.perf_counter()
 
 
 def worker(argv) -> dict:
-    from ppl_vae.cli.main import _evaluate, _writing, build_parser, open_run, train_run
-    from ppl_vae.reporting.run import report_run
+    from ppl_vae.cli.main import build_parser, config_from_args
+    from ppl_vae.runs import evaluate_run, report_run, train_into, writing
+    from ppl_vae.train.run_dir import load_run
 
     imported = time.perf_counter() - START
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,13 +37,13 @@ def worker(argv) -> dict:
         args = build_parser().parse_args(["run", "--data", "digits", "--out", str(out),
                                           "--no-progress", *argv])
         phases = {"import": imported}
-        with _writing(args, out):  # the phases of cmd_run, timed one by one
+        with writing(out):  # the phases of cmd_run, timed one by one (one process)
             t0 = time.perf_counter()
-            _, result, _ = train_run(args, out)
+            _, result, _ = train_into(out, args, config=config_from_args(args))
             phases["train"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            run = open_run(args, out)
-            _evaluate(run, args.eval_samples)
+            run = load_run(out)
+            evaluate_run(out, num_samples=args.eval_samples, run=run)
             phases["evaluate"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             report_run(out, run=run)

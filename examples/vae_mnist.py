@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     evaluation = ppl_vae.evaluate(model, guide, test, num_samples=100)
     out = Path(args.out)
     labels = None if data.test_labels is None else data.test_labels[: args.max_test].numpy()
-    path = ppl_vae.report(result, data=test, out=out / "report.html", evaluation=evaluation,
+    path = ppl_vae.report(result=result, data=test, out=out / "report.html", evaluation=evaluation,
                           image_shape=data.image_shape, labels=labels,
                           title=f"ppl-vae report: VAE on {args.directory}",
                           gaps=not args.no_gaps, calibrate=not args.no_sbc)

@@ -9,10 +9,10 @@ import torch
 import xarray as xr
 from _diagnostics_cases import GlobalGuide, global_data, global_model, make_guide, model, simulate
 
-from ppl_vae.diagnostics.run import read_tree, write_tree
 from ppl_vae.evaluation.arviz import to_arviz
 from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.programs.random import chunk_seed, seeded
+from ppl_vae.runs.diagnose import read_tree, write_tree
 
 
 def _vae_pair(seed, obs_dim=64, dtype=torch.float32):
@@ -107,7 +107,7 @@ def test_fit_results_as_runs(digits):
     tree = to_arviz(data=x[:8], runs=results, num_draws=4)
     assert tree["posterior"].sizes["chain"] == 2
     assert json.loads(tree.attrs["chain_seeds"]) == [0, 1]
-    single = to_arviz(results[0], data=x[:8], num_draws=4)
+    single = to_arviz(result=results[0], data=x[:8], num_draws=4)
     assert single.attrs["estimator"] == results[0].settings["estimator"]
 
 
@@ -146,3 +146,32 @@ def test_two_observed_sites_and_tuple_data():
     np.testing.assert_allclose(total.values, tree["sample_stats"]["log_lik"].values, rtol=1e-12)
     assert tree["posterior_predictive"]["y"].dims == ("chain", "draw", "data")
     assert tree["observed_data"]["x"].dims == ("data", "x_dim_0")
+
+
+def test_a_fit_result_has_its_own_keyword_and_the_old_spelling_warns():
+    import warnings
+
+    import pandas as pd
+
+    from ppl_vae.evaluation.arviz import runs_from, split_result
+    from ppl_vae.train.result import FitResult
+
+    def prog(x):
+        pass
+
+    def guide_(x):
+        pass
+
+    fitted = FitResult(model=prog, guide=guide_, history=pd.DataFrame(), params={},
+                       settings={"seed": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert split_result(None, None, fitted) == (None, fitted)
+        assert split_result(prog, guide_, None) == (prog, None)
+    assert runs_from(None, None, None, fitted) == [(prog, guide_, {"seed": 3})]
+    with pytest.warns(FutureWarning, match="result="):
+        assert split_result(fitted, None, None) == (None, fitted)
+    with pytest.raises(ValueError, match="not both"):
+        split_result(prog, guide_, fitted)
+    with pytest.raises(ValueError, match="expected what fit returns"):
+        split_result(None, None, (prog, guide_))

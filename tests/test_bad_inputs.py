@@ -22,9 +22,9 @@ from ppl_vae.cli import main
 from ppl_vae.data.datasets import load_array
 from ppl_vae.data.tensors import as_tensors
 from ppl_vae.programs.registry import resolve
+from ppl_vae.storage.files import CorruptFileError
 from ppl_vae.train.checkpoint import load_checkpoint, save_checkpoint
 from ppl_vae.train.run_dir import load_run, read_config
-from ppl_vae.train.storage import CorruptFileError
 
 
 def model(x):

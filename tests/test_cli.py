@@ -179,12 +179,11 @@ def test_overwrite_replaces_only_the_run_files(tmp_path):
                                          ({"RANK": "5", "LOCAL_RANK": "1"}, False),
                                          ({"SLURM_PROCID": "2"}, False)])
 def test_only_rank_zero_of_a_launch_locks_and_writes_the_run_folder(monkeypatch, env, writer):
-    from ppl_vae.cli.main import _is_writer, build_parser
+    from ppl_vae.runs.train import is_writer
 
     for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    args = build_parser().parse_args(["train", "--out", "x", "--devices", "2"])
-    assert _is_writer(args) is writer
-    assert _is_writer(build_parser().parse_args(["train", "--out", "x"]))  # one process
+    assert is_writer(devices=2) is writer
+    assert is_writer()  # one process

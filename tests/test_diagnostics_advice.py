@@ -50,7 +50,7 @@ def _data(n=200, seed=0):
 
 
 def _check(result, x, name):
-    diag = diagnose(result, data=x, num_draws=200, gaps=False, calibrate=False)
+    diag = diagnose(result=result, data=x, num_draws=200, gaps=False, calibrate=False)
     row = diag.checks.set_index("check").loc[name]
     return row, diag.summary()
 

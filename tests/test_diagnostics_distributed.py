@@ -39,7 +39,7 @@ def test_cli_diagnose_on_two_processes(tmp_path):
     import sys
 
     from ppl_vae.cli import main
-    from ppl_vae.diagnostics.run import read_tree
+    from ppl_vae.runs.diagnose import read_tree
 
     run = tmp_path / "run"
     assert main(["train", "--data", "digits", "--epochs", "1", "--latent-dim", "2", "--hidden",

@@ -11,8 +11,8 @@ from ppl_vae import evaluate, fit
 from ppl_vae.data.streaming import DiskData, write_shards
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
+from ppl_vae.parallel.engine import wants_engine
 from ppl_vae.programs.nn import unique_name
-from ppl_vae.train.distributed import wants_engine
 
 # ddp_fork: the test process is not a script Lightning could re-run, and fork starts in well
 # under a second where spawn re-imports torch and Pyro in every worker.

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The flow, in order. The zoo is made of programs. ``compat`` (private Pyro/torch names) is
 # below everything: any stage may use it.
-STAGES = ["compat", "data", "programs", "estimators", "train", "evaluation", "diagnostics", "reporting",
-          "cli"]
+STAGES = ["compat", "data", "storage", "parallel", "programs", "estimators", "train", "evaluation",
+          "diagnostics", "reporting", "runs", "cli"]
 ALIASES = {"models": "programs", "guides": "programs"}
 
 
@@ -166,3 +166,24 @@ def test_the_name_check_sees_a_planted_comparison(tmp_path):
     planted = tmp_path / "planted.py"
     planted.write_text('def f(estimator):\n    return estimator in ("mc", "analytic")\n')
     assert _name_comparisons(planted, {"analytic"}) == ["planted.py:2 compares 'analytic'"]
+
+
+def _pyro_imports(path: Path) -> list[str]:
+    """``import pyro...`` / ``from pyro... import`` statements of a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        found += [f"{path.name}:{node.lineno} imports {n}" for n in names
+                  if n.split(".")[0] == "pyro"]
+    return found
+
+
+def test_the_report_runs_no_program(tmp_path):
+    # The report renders what the diagnostics computed: no module of reporting/ imports Pyro.
+    found = [hit for module, path in MODULES.items() if module.startswith("ppl_vae.reporting")
+             for hit in _pyro_imports(path)]
+    assert not found, "the report computes nothing:\n" + "\n".join(found)
+    planted = tmp_path / "planted.py"
+    planted.write_text("from pyro import poutine\n")
+    assert _pyro_imports(planted) == ["planted.py:1 imports pyro"]

@@ -155,7 +155,7 @@ def test_program_evaluates_to_pyros_elbo_and_exports(program, estimator):
     se = draws.std(ddof=1) * math.sqrt(1 / num + 1 / num)
     assert abs(evaluation["elbo"] - draws.mean()) < 4 * se + 1e-6
 
-    tree = ppl_vae.to_arviz(result, data=data, num_draws=30)
+    tree = ppl_vae.to_arviz(result=result, data=data, num_draws=30)
     assert tree.attrs["data_plate"] == module.DATA_PLATE
     for var in tree["log_likelihood"].data_vars:
         assert np.isfinite(tree["log_likelihood"][var].values).all()
@@ -167,7 +167,7 @@ def test_program_evaluates_to_pyros_elbo_and_exports(program, estimator):
 def test_program_diagnoses_and_reports(program, tmp_path):
     module, model, guide, data = load(program)
     result = _fit(module, model, guide, data, module.ESTIMATORS[0])
-    diagnostics = ppl_vae.diagnose(result, data=data, num_draws=30, gap_points=3, gap_steps=3,
+    diagnostics = ppl_vae.diagnose(result=result, data=data, num_draws=30, gap_points=3, gap_steps=3,
                                    sbc_draws=9)
     assert diagnostics.tree.attrs["data_plate"] == module.DATA_PLATE
     k_hat = diagnostics.pointwise["k_hat"].to_numpy()
@@ -177,6 +177,6 @@ def test_program_diagnoses_and_reports(program, tmp_path):
         assert np.isfinite(k_hat).all()
     assert np.isfinite(diagnostics.pointwise["elbo"]).all()
     assert set(diagnostics.checks["status"]) <= {"ok", "warning", "failing"}
-    out = ppl_vae.report(result, data=data, diagnostics=diagnostics,
+    out = ppl_vae.report(result=result, data=data, diagnostics=diagnostics,
                          out=tmp_path / "report.html")
     assert "Pareto" in out.read_text()

@@ -78,14 +78,14 @@ def test_mutual_information_stays_below_log_n(trained):
 @pytest.mark.filterwarnings("ignore::ppl_vae.evaluation.metrics.ScaledProgramWarning")
 def test_diagnose_and_report_say_the_program_is_scaled(trained, tmp_path):
     _, data, result = trained
-    diagnostics = ppl_vae.diagnose(result, data=data, num_draws=30, gap_points=3, gap_steps=3,
+    diagnostics = ppl_vae.diagnose(result=result, data=data, num_draws=30, gap_points=3, gap_steps=3,
                                    sbc_draws=9)
     assert set(json.loads(diagnostics.tree.attrs["scaled_sites"])) >= {"x", "z1"}
     assert diagnostics.scales
     row = diagnostics.checks[diagnostics.checks["check"] == "Program's own scale"]
     assert list(row["status"]) == ["warning"]
     assert diagnostics.tree.attrs["modules_switched_to_eval"] >= 1
-    page = ppl_vae.report(result, data=data, diagnostics=diagnostics,
+    page = ppl_vae.report(result=result, data=data, diagnostics=diagnostics,
                           out=tmp_path / "report.html").read_text()
     assert "program&#x27;s own scale" in page or "program's own scale" in page
     assert "eval mode (dropout off" in page

@@ -77,14 +77,14 @@ def test_evaluate_to_arviz_diagnose_and_report(tmp_path):
     draws = _pyro_elbos(x, num) / x.shape[0]
     se = draws.std(ddof=1) * math.sqrt(2 / num)
     assert abs(evaluation["elbo"] - draws.mean()) < 4 * se
-    tree = ppl_vae.to_arviz(result, data=(x,), num_draws=30)
+    tree = ppl_vae.to_arviz(result=result, data=(x,), num_draws=30)
     assert tree.attrs["data_plate"] == "data"
     assert np.isfinite(tree["log_likelihood"]["obs"].values).all()
-    diagnostics = ppl_vae.diagnose(result, data=(x,), num_draws=30, gap_points=3, gap_steps=3,
+    diagnostics = ppl_vae.diagnose(result=result, data=(x,), num_draws=30, gap_points=3, gap_steps=3,
                                    sbc_draws=9)
     assert np.isfinite(diagnostics.pointwise["elbo"]).all()
     assert set(diagnostics.checks["status"]) <= {"ok", "warning", "failing"}
-    out = ppl_vae.report(result, data=(x,), diagnostics=diagnostics, out=tmp_path / "r.html")
+    out = ppl_vae.report(result=result, data=(x,), diagnostics=diagnostics, out=tmp_path / "r.html")
     assert "Pareto" in out.read_text()
 
 

@@ -12,8 +12,8 @@ import pytest
 from _diagnostics_cases import GlobalGuide, global_data, global_model
 
 from ppl_vae.cli import main
-from ppl_vae.diagnostics.run import diagnose_run, read_tree
 from ppl_vae.reporting.page import report
+from ppl_vae.runs.diagnose import diagnose_run, read_tree
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
@@ -157,8 +157,8 @@ def test_report_reuses_current_files_and_recomputes_stale_ones(digits_run, monke
 
     import h5py
 
-    import ppl_vae.diagnostics.run as run_module
-    from ppl_vae.diagnostics.run import checkpoint_digest
+    import ppl_vae.runs.diagnose as run_module
+    from ppl_vae.runs.diagnose import checkpoint_digest
 
     assert main(["diagnose", str(digits_run), "--num-draws", "30", "--no-gaps", "--no-sbc",
                  "--points", "12"]) == 0
@@ -188,7 +188,7 @@ def test_report_reuses_current_files_and_recomputes_stale_ones(digits_run, monke
     assert main(["report", str(digits_run), "--num-draws", "31", "--no-gaps", "--no-sbc"]) != 0
     assert "nothing should be recomputed" in capsys.readouterr().err
     meta = json.loads((digits_run / "diagnostics.json").read_text())
-    from ppl_vae.train.storage import write_bytes
+    from ppl_vae.storage.files import write_bytes
 
     write_bytes(digits_run / "diagnostics.json",
                 json.dumps({**meta, "checkpoint_sha256": "0"}).encode())

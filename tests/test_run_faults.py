@@ -17,10 +17,10 @@ import pytest
 from _trust_cases import PLANTED_PROGRAM, REPORT, TRAIN, copy_run, flip_bit, make_run
 
 from ppl_vae.cli import main
-from ppl_vae.train import storage
+from ppl_vae.storage import files as storage
+from ppl_vae.storage.files import LOCK_NAME, MANIFEST_NAME, RunLockedError, verify_folder
 from ppl_vae.train.checkpoint import load_checkpoint, save_checkpoint, save_history
 from ppl_vae.train.run_dir import write_config
-from ppl_vae.train.storage import LOCK_NAME, MANIFEST_NAME, RunLockedError, verify_folder
 
 
 @pytest.fixture(scope="module")

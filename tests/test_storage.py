@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from ppl_vae.train import storage
-from ppl_vae.train.storage import (
+from ppl_vae.storage import files as storage
+from ppl_vae.storage.files import (
     LOCK_NAME,
     MANIFEST_NAME,
     RUN_FILE_MODE,
@@ -123,7 +123,7 @@ def test_disk_full_names_device_path_and_bytes_and_keeps_the_old_file(tmp_path, 
 
 HOLDER = """
 import sys, time
-from ppl_vae.train.storage import lock_run
+from ppl_vae.storage.files import lock_run
 with lock_run(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)
@@ -196,7 +196,7 @@ def test_fit_holds_the_lock_for_the_whole_run(tmp_path):
 
     answers = []
     tries = (
-        "import sys\nfrom ppl_vae.train.storage import RunLockedError, lock_run\n"
+        "import sys\nfrom ppl_vae.storage.files import RunLockedError, lock_run\n"
         "try:\n    with lock_run(sys.argv[1]):\n        print('got it')\n"
         "except RunLockedError:\n    print('refused')\n"
     )
@@ -215,7 +215,7 @@ def test_fit_holds_the_lock_for_the_whole_run(tmp_path):
 
 def test_import_needs_no_fcntl():
     # Windows has no fcntl: the package imports without it (the lock imports it where used).
-    code = ("import sys; sys.modules['fcntl'] = None; import ppl_vae, ppl_vae.train.storage; "
+    code = ("import sys; sys.modules['fcntl'] = None; import ppl_vae, ppl_vae.storage.files; "
             "import ppl_vae.cli.main; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)

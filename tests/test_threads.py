@@ -67,12 +67,10 @@ def test_intra_op_threads_restores_on_error():
 
 
 def test_the_cli_runs_the_whole_command_on_the_models_threads(four_idle_cores):
-    from types import SimpleNamespace
-
-    from ppl_vae.cli.main import _use_threads
+    from ppl_vae.runs.train import use_threads
 
     model, guide = VAE(64, latent_dim=4, hidden=16), MLPEncoder(64, latent_dim=4, hidden=16)
-    _use_threads(model, guide, SimpleNamespace(batch_size=128, threads="auto"))
+    use_threads(model, guide, 128, "auto")
     assert torch.get_num_threads() == 1  # the digits VAE: one thread for every phase
-    _use_threads(model, guide, SimpleNamespace(batch_size=128, threads=3))
+    use_threads(model, guide, 128, 3)
     assert torch.get_num_threads() == 3

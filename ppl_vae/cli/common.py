@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ppl_vae.storage.files import MANIFEST_NAME
 from ppl_vae.train.run_dir import load_run
-from ppl_vae.train.storage import MANIFEST_NAME
 
 __all__ = ["whole_number", "positive_int", "add_program_arguments", "require_run", "open_run",
            "check_output_file"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 from ppl_vae.cli.common import (
@@ -14,11 +12,9 @@ from ppl_vae.cli.common import (
     positive_int,
     require_run,
 )
-from ppl_vae.diagnostics.run import diagnose_run
 from ppl_vae.diagnostics.verdicts import verdict_table
 from ppl_vae.evaluation.export import DEFAULT_POINTS
-from ppl_vae.reporting.run import report_run
-from ppl_vae.train.storage import lock_run
+from ppl_vae.runs import diagnose_run, report_run, writing
 
 __all__ = ["register", "points_argument"]
 
@@ -36,18 +32,9 @@ def _devices(text: str):
     return text if text == "auto" else int(text)
 
 
-def _writing(args, run_dir: Path):
-    """The folder's writer lock, held by the process that writes it: not by the other ranks
-    that Lightning's ``ddp`` re-run of the command starts (they only compute)."""
-    rank = os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))
-    if args.devices not in (None, 1) and rank.isdigit() and int(rank) != 0:
-        return contextlib.nullcontext()
-    return lock_run(run_dir)
-
-
 def cmd_diagnose(args) -> int:
     run_dir = require_run(args.run_dir)
-    with _writing(args, run_dir):
+    with writing(run_dir, devices=args.devices, strategy=args.strategy):
         _, result = diagnose_run(run_dir, num_draws=args.num_draws, gaps=not args.no_gaps,
                                  calibrate=not args.no_sbc, points=args.points,
                                  devices=args.devices, strategy=args.strategy,
@@ -65,7 +52,7 @@ def cmd_diagnose(args) -> int:
 def cmd_report(args) -> int:
     run_dir = require_run(args.run_dir)
     check_output_file("--out", args.out, own_run=run_dir, default="report.html")
-    with lock_run(run_dir):
+    with writing(run_dir):
         path = report_run(run_dir, out=args.out, num_draws=args.num_draws,
                           gaps=not args.no_gaps, calibrate=not args.no_sbc, points=args.points,
                           progress=False if args.no_progress else None,

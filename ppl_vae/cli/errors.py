@@ -12,8 +12,8 @@ import pickle
 
 import torch
 
+from ppl_vae.storage.files import DiskFullError
 from ppl_vae.train.epoch import STEP_NOTE
-from ppl_vae.train.storage import DiskFullError
 
 __all__ = ["one_line", "DEBUG_HINT"]
 

@@ -1,12 +1,11 @@
-"""``ppl-vae compare-estimators RUN_DIR``: the gradient-variance table of a trained run, and the
-plan table ``ppl-vae train`` prints before it starts."""
+"""``ppl-vae compare-estimators RUN_DIR``: the gradient-variance table of a trained run (the plan
+table ``ppl-vae train`` prints before it starts is :func:`ppl_vae.runs.train.print_plan`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from ppl_vae.cli.common import (
     add_program_arguments,
@@ -15,36 +14,11 @@ from ppl_vae.cli.common import (
     positive_int,
     require_run,
 )
-from ppl_vae.data.tensors import as_tensors, resolve_device
-from ppl_vae.estimators.explain import explain
 from ppl_vae.estimators.variance import gradient_variance, snr_by_particles
-from ppl_vae.train.storage import write_bytes
+from ppl_vae.runs.train import first_rows
+from ppl_vae.storage.files import write_bytes
 
-__all__ = ["register", "print_plan", "cmd_compare_estimators"]
-
-
-def _first_rows(data, rows: int, device=None, dtype=None) -> tuple:
-    tensors = as_tensors(data, dtype=dtype, device=device, name="data")
-    return tuple(t[:rows] for t in tensors)
-
-
-def print_plan(model, guide, data, estimator: str, device=None) -> pd.DataFrame:
-    """Print :func:`ppl_vae.explain`'s table for the first rows of ``data``; return it. Module
-    programs are moved to ``device`` (they are expected in the data's dtype already)."""
-
-    dev = resolve_device(device)
-    if dev is not None:
-        for program in (model, guide):
-            if isinstance(program, torch.nn.Module):
-                program.to(device=dev)
-    # Enough rows that the data plate (the plate of the batch's size) is rarely ambiguous.
-    plan = explain(model, guide, _first_rows(data, 64, device=dev), estimator=estimator)
-    print(f"plan for the {estimator!r} estimator (one row per latent site):")
-    print(plan.to_string(index=False))
-    plate = plan.attrs["data_plate"]
-    print(f"data plate (scaled by N / batch size): {plate!r}" if plate is not None
-          else f"data plate: none found: {plan.attrs['data_plate_error']}", flush=True)
-    return plan
+__all__ = ["register", "cmd_compare_estimators"]
 
 
 def cmd_compare_estimators(args) -> int:
@@ -52,7 +26,7 @@ def cmd_compare_estimators(args) -> int:
     run = open_run(args, require_run(args.run_dir))
     data = run.data(args.split)
     first = _as_tuple(data)[0]
-    batch = _first_rows(data, min(args.batch_size, first.shape[0]))
+    batch = first_rows(data, min(args.batch_size, first.shape[0]))
     table = gradient_variance(
         run.model, run.guide, batch, estimators=args.estimators, num_draws=args.num_draws,
         num_particles=args.num_particles, vectorize_particles=args.vectorize_particles,

@@ -8,19 +8,14 @@ code 2 (``--debug`` prints the traceback too).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.metadata
 import json
 import math
-import os
 import sys
 import traceback
 import warnings
 from pathlib import Path
-
-import pyro
-import torch
 
 from ppl_vae.cli.common import (
     add_program_arguments,
@@ -30,36 +25,14 @@ from ppl_vae.cli.common import (
     whole_number,
 )
 from ppl_vae.cli.errors import one_line
-from ppl_vae.cli.estimators import print_plan
 from ppl_vae.cli.workflow import add_logger_argument, make_loggers
 from ppl_vae.estimators.registry import ESTIMATORS
-from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.registry import describe
-from ppl_vae.reporting.run import report_run
+from ppl_vae.runs import evaluate_run, is_writer, report_run, train_into, writing
+from ppl_vae.storage.files import MANIFEST_NAME, CorruptFileError, verify_folder
 from ppl_vae.train.arguments import MAX_SEED
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME
-from ppl_vae.train.distributed import wants_engine
-from ppl_vae.train.loop import fit
-from ppl_vae.train.run_dir import (
-    build_programs,
-    check_same_run,
-    data_record,
-    fit_data,
-    load_data,
-    prepare_run_folder,
-    program_record,
-    replacing_run,
-    save_run,
-    write_config,
-)
-from ppl_vae.train.storage import (
-    MANIFEST_NAME,
-    CorruptFileError,
-    lock_run,
-    verify_folder,
-    write_bytes,
-)
-from ppl_vae.train.threads import choose_threads
+from ppl_vae.train.run_dir import data_record, program_record
 from ppl_vae.train.user_data import data_function_record, is_data_function
 
 # `ppl-vae run`'s training defaults (measured on the bundled digits, see the README).
@@ -252,134 +225,45 @@ def config_from_args(args) -> dict:
     }
 
 
-def _is_writer(args) -> bool:
-    """Whether this process writes the run folder: always, except the non-zero ranks of a
-    data-parallel launch (torchrun, SLURM, Lightning's re-run of the script per device)."""
-
-    if not wants_engine(args.devices, args.strategy, args.num_nodes):
-        return True
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var]) == 0
-    return True
-
-
-def _writing(args, out: Path):
-    """The run folder's writer lock, held by the process that writes it."""
-    return lock_run(out) if _is_writer(args) else contextlib.nullcontext()
+def _parallel(args) -> dict:
+    return {"devices": args.devices, "strategy": args.strategy, "num_nodes": args.num_nodes}
 
 
 def train_run(args, out: Path):
-    """Train as the arguments say and write the run folder. Returns (config, result, run data).
-
-    An existing run in ``out`` is refused unless ``--resume`` (same programs, data and options
-    required) or ``--overwrite``. Call it holding the folder's lock (:func:`_writing`)."""
-
-    config = config_from_args(args)
-    writer = _is_writer(args)
-    if writer:
-        prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
-        if args.resume:
-            check_same_run(out, config)
-    dtype = getattr(torch, args.dtype)
-    dataset = load_data(args.data).to(dtype)
-    # Seed before building: the networks' initial weights come from torch's global RNG, and a
-    # resumed or data-parallel run must start from the same ones. A run starts from an empty
-    # param store: pyro.module would otherwise hand a rebuilt network another run's tensors.
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    model, guide = build_programs(config, dataset)
-    for program in (model, guide):  # the plan below runs them: in the data's dtype already
-        if isinstance(program, torch.nn.Module):
-            program.to(dtype=dtype)
-    # A killed run's folder says what it was from its first epoch on; written once fit has
-    # checked everything (a refused --resume leaves the folder as it was) and never over the
-    # config.json of a run being resumed (its settings and data fingerprint stay recorded).
-    callbacks = ()
-    if writer and not (args.resume and (out / "config.json").exists()):
-        first = {**config, "settings": {"dtype": args.dtype}}
-        if wants_engine(args.devices, args.strategy, args.num_nodes):
-            write_config(out, first)  # the workers run the callbacks, not this process
-        else:
-            callbacks = (_ConfigOnce(out, first),)
-    _use_threads(model, guide, args)
-    print(f"training {args.model} / {args.guide} on {dataset.name} "
-          f"({dataset.train.shape[0]} train, {dataset.test.shape[0]} test rows) "
-          f"with the {args.estimator!r} estimator -> {out}", flush=True)
-
-    print_plan(model, guide, fit_data(config, dataset, "train"), args.estimator, args.device)
-    result = fit(
-        model, guide, fit_data(config, dataset, "train"),
-        validation_data=fit_data(config, dataset, "test"),
-        estimator=args.estimator, num_particles=args.num_particles,
-        vectorize_particles=args.vectorize_particles, jit=args.jit, threads=args.threads,
-        epochs=args.epochs,
-        batch_size=min(args.batch_size, dataset.train.shape[0]), lr=args.lr,
-        optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
-        progress=False if args.no_progress else None, checkpoint_dir=out, resume=args.resume,
-        early_stopping_patience=args.early_stopping, patience=args.patience,
-        max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
-        lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
-        free_bits=args.free_bits, callbacks=callbacks,
-        devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-        loggers=make_loggers(args.logger, out) if writer else (),
-    )
-    if result.settings.get("global_rank", 0) != 0:
-        # Data-parallel workers other than rank 0 are done: rank 0 writes and evaluates the run.
+    """Train as the arguments say into ``out`` (:func:`ppl_vae.runs.train_into`); exit quietly
+    in a data-parallel worker other than rank 0 (rank 0 writes and evaluates the run)."""
+    loggers = make_loggers(args.logger, out) if is_writer(**_parallel(args)) else ()
+    trained = train_into(out, args, config=config_from_args(args), loggers=loggers)
+    if trained is None:
         raise SystemExit(0)
-    save_run(out, config, result)
-    return config, result, dataset
+    return trained
 
 
-class _ConfigOnce:
-    """fit callback: write the run's ``config.json`` after the first epoch it trains."""
-
-    def __init__(self, out: Path, config: dict):
-        self.out, self.config, self.done = out, config, False
-
-    def __call__(self, record, state) -> None:
-        if not self.done:
-            write_config(self.out, self.config)
-            self.done = True
-
-
-def _use_threads(model, guide, args) -> None:
-    """The whole command (training, evaluation, diagnostics, report) on the threads that suit
-    the model (``--threads``; see ``ppl_vae.train.threads``): the CLI owns its process, and on a
-    busy machine torch's default of one thread per core made the digits job 3x slower."""
-
-    params = [p for program in (model, guide) if isinstance(program, torch.nn.Module)
-              for p in program.parameters()]
-    threads = choose_threads(params, args.batch_size, args.threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def _evaluate(run, num_samples: int) -> None:
-    """Evaluate a run's programs on its test split; write ``evaluation.csv`` and print it."""
-
-    ev = evaluate(run.model, run.guide, run.data("test"), num_samples=num_samples)
-    write_bytes(run.path / "evaluation.csv", ev.to_frame().to_csv().encode())
+def _print_evaluation(run, ev, num_samples: int) -> None:
     print(f"test-set evaluation ({run.dataset.test.shape[0]} rows, K={num_samples}):")
     print(ev)
 
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    with _writing(args, out), replacing_run(out, args.overwrite and _is_writer(args)):
+    with writing(out, overwrite=args.overwrite, **_parallel(args)):
         _, result, _ = train_run(args, out)
         print(result.history.tail(5).to_string(index=False))
         # The trained parameters, read back on the CPU exactly as `ppl-vae evaluate` reads them
         # (load_run starts from an empty param store, so pyro.module cannot hand the rebuilt
         # networks the stale tensors of the ones just trained).
-        _evaluate(open_run(args, out), args.eval_samples)
+        run = open_run(args, out)
+        ev = evaluate_run(out, num_samples=args.eval_samples, run=run)
+        _print_evaluation(run, ev, args.eval_samples)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     run_dir = require_run(args.run_dir)
-    with lock_run(run_dir):
-        _evaluate(open_run(args, run_dir), args.num_samples)
+    with writing(run_dir):
+        run = open_run(args, run_dir)
+        ev = evaluate_run(run_dir, num_samples=args.num_samples, run=run)
+        _print_evaluation(run, ev, args.num_samples)
     return 0
 
 
@@ -398,13 +282,14 @@ def cmd_run(args) -> int:
     if args.out is None:  # set here, so that an interrupted run's hint names the folder
         args.out = str(run_folder(args.data))
     out = Path(args.out)
-    with _writing(args, out), replacing_run(out, args.overwrite and _is_writer(args)):
+    with writing(out, overwrite=args.overwrite, **_parallel(args)):
         clock = time.perf_counter()
         train_run(args, out)
         timings = {"train": time.perf_counter() - clock}
         clock = time.perf_counter()
         run = open_run(args, out)  # the trained parameters, as `ppl-vae evaluate` reads them
-        _evaluate(run, args.eval_samples)
+        _print_evaluation(run, evaluate_run(out, num_samples=args.eval_samples, run=run),
+                          args.eval_samples)
         timings["evaluate"] = time.perf_counter() - clock
         print(f"run folder: {out.resolve()}")
         print("diagnosing the posterior and writing the report ...", flush=True)

@@ -14,8 +14,8 @@ import pandas as pd
 from ppl_vae.cli.common import add_program_arguments, open_run, positive_int, require_run
 from ppl_vae.diagnostics.compare import compare
 from ppl_vae.evaluation.latents import latents
+from ppl_vae.storage.files import MANIFEST_NAME, write_bytes
 from ppl_vae.train.loggers import fabric_loggers
-from ppl_vae.train.storage import MANIFEST_NAME, write_bytes
 
 __all__ = ["register", "add_logger_argument", "make_loggers", "check_output"]
 

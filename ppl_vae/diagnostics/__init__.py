@@ -10,6 +10,8 @@
 - :mod:`~ppl_vae.diagnostics.convergence`: is the ELBO still rising at the end of training;
 - :mod:`~ppl_vae.diagnostics.verdicts`: the verdicts of those checks (``Verdict``, ``Status``),
   with advice;
+- :mod:`~ppl_vae.diagnostics.prior`: E[x | z] from the prior and the global latents' prior
+  moments, computed here for the report to render;
 - :mod:`~ppl_vae.diagnostics.summary`: ``diagnose`` runs them all with verdicts.
 """
 

@@ -1,5 +1,5 @@
 """``diagnose(..., devices=N)``: the data points sharded over processes on Lightning Fabric,
-the engine ``fit`` uses (see :mod:`ppl_vae.train.distributed` for why Fabric).
+the engine ``fit`` uses (:mod:`ppl_vae.parallel.engine`, which says why Fabric).
 
 Each process maps its share of the chunks (``chunks[rank::world_size]``) of every sharded
 phase -- the per-point draws and PSIS, the latent table, SBC -- and the results are gathered
@@ -10,37 +10,27 @@ most 1,000 points, gaps on ``gap_points``) and the verdicts. A chunk's draws are
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Callable
 
-from ppl_vae.train.distributed import Engine, _fabric
+from ppl_vae.parallel.engine import launch, make_fabric
 
 __all__ = ["launch_diagnose"]
 
 
-def _worker(fabric, diagnose: Callable, args: tuple, kwargs: dict, parent_pid: int,
-            handover: str):
-    result = diagnose(*args, **kwargs, engine=Engine(fabric))
-    if os.getpid() == parent_pid:
-        return result
-    if fabric.global_rank == 0:
-        # As in fit: a spawned worker hands its result over in a file, not the launcher's queue.
-        with open(handover, "wb") as f:
-            pickle.dump(result, f)
-    return handover
+def _hand_over(result, path: str) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(result, f)
+
+
+def _take_back(path: str):
+    with open(path, "rb") as f:
+        return pickle.load(f)
 
 
 def launch_diagnose(diagnose: Callable, model, guide, data, *, devices, strategy, **kwargs):
     """Run ``diagnose`` in every process of a Fabric launch on the CPU and return rank 0's
     Diagnostics (None in the other processes of a ``ddp`` launch, which re-runs the script)."""
-    fabric = _fabric(devices, strategy, 1, None)
-    with tempfile.TemporaryDirectory(prefix="ppl-vae-diagnose-") as folder:
-        handover = os.path.join(folder, "rank0.pkl")
-        out = fabric.launch(_worker, diagnose, (model, guide, data), kwargs, os.getpid(),
-                            handover)
-        if not isinstance(out, str):
-            return out
-        with open(handover, "rb") as f:
-            return pickle.load(f)
+    fabric = make_fabric(devices, strategy, 1, None)
+    return launch(fabric, diagnose, (model, guide, data), kwargs, hand_over=_hand_over,
+                  take_back=_take_back)

@@ -20,6 +20,7 @@ from ppl_vae.diagnostics.display import checks_html, short_repr
 from ppl_vae.diagnostics.distributed import launch_diagnose
 from ppl_vae.diagnostics.gaps import inference_gaps
 from ppl_vae.diagnostics.latent import kl_summary, latent_pass, mutual_information
+from ppl_vae.diagnostics.prior import prior_views
 from ppl_vae.diagnostics.psis import (
     KHAT_THRESHOLDS,
     joint_khat,
@@ -37,12 +38,12 @@ from ppl_vae.diagnostics.verdicts import (
     convergence_row,
     row,
 )
-from ppl_vae.evaluation.arviz import build_tree, runs_from
+from ppl_vae.evaluation.arviz import build_tree, runs_from, split_result
 from ppl_vae.evaluation.chunks import plan_points
 from ppl_vae.evaluation.export import DEFAULT_POINTS, chain_pass, select_points
+from ppl_vae.parallel.engine import wants_engine
 from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
-from ppl_vae.train.distributed import wants_engine
 
 __all__ = ["STATUSES", "Diagnostics", "diagnose", "posterior_summary"]
 
@@ -87,6 +88,12 @@ class Diagnostics:
         Seconds per phase (``draws``, ``latent``, ``sbc``, ``mutual information``, ``gaps``).
     latent_means : pandas.DataFrame or None
         E_q[z | x_i] of the first local site for every point (``point``, ``<site>[j]``).
+    global_latents : pandas.DataFrame or None
+        One row per global latent dimension with its prior moments
+        (:func:`~ppl_vae.diagnostics.globals.global_table`); None without global latents.
+    prior_means : pandas.DataFrame or None
+        E[x | z] with z from the prior on the first rows
+        (:func:`~ppl_vae.diagnostics.prior.prior_means`), for the report's image grid.
     scales : dict
         Sites the program scales itself (``poutine.scale``) and their scale; when not empty
         the log weights (k-hat, IWAE, ELBO gap) are in those units, and ``checks`` says so.
@@ -109,6 +116,8 @@ class Diagnostics:
     timings: dict = field(default_factory=dict)
     latent_means: pd.DataFrame | None = None
     scales: dict = field(default_factory=dict)
+    global_latents: pd.DataFrame | None = None
+    prior_means: pd.DataFrame | None = None
 
     @property
     def verdicts(self) -> tuple[Verdict, ...]:
@@ -158,7 +167,7 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
              data_plate: str | None = None, seed: int | None = 0, settings: dict | None = None,
              tree=None, history=None, reference=None, points=DEFAULT_POINTS,
              chunk_size: int | None = None, devices=None, strategy=None, engine=None,
-             progress: bool | None = None) -> Diagnostics:
+             progress: bool | None = None, result=None) -> Diagnostics:
     """Run every posterior check.
 
     Parameters
@@ -187,16 +196,20 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
     devices, strategy : optional
         Shard the data points over processes on Lightning Fabric (as ``fit`` does); results
         equal one process's, since each chunk is seeded from (seed, its first point).
-    engine : ppl_vae.train.distributed.Engine, optional
+    engine : ppl_vae.parallel.engine.Engine, optional
         This process's handle in an already launched run.
     progress : bool, optional
         A tqdm bar per phase (``None``: on a terminal only).
+    result : FitResult, optional
+        What ``fit`` returned, instead of ``model`` and ``guide`` (its history and settings
+        are used); a ``FitResult`` given as ``model`` still works, with a ``FutureWarning``.
 
     Returns
     -------
     Diagnostics
         The checks and their verdicts; the latent, gap and SBC checks use the first run.
     """
+    model, result = split_result(model, guide, result)
     if engine is None and wants_engine(devices, strategy, 1):
         return launch_diagnose(diagnose, model, guide, data, devices=devices, strategy=strategy,
                                runs=runs, num_draws=num_draws, gaps=gaps, gap_points=gap_points,
@@ -204,8 +217,8 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                                num_worst=num_worst, data_plate=data_plate, seed=seed,
                                settings=settings, tree=tree, history=history,
                                reference=reference, points=points, chunk_size=chunk_size,
-                               progress=progress)
-    chains = runs_from(model, guide, runs)
+                               progress=progress, result=result)
+    chains = runs_from(model, guide, runs, result)
     # Every check runs the programs' modules in evaluation mode (dropout off), as evaluate.
     with eval_mode(*(p for m, g, _ in chains for p in (m, g))) as switched:
         m0, g0, _ = chains[0]
@@ -234,8 +247,10 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
         if engine is not None and not engine.is_main:
             return None  # the sharded phases are done; rank 0 finishes
         mi, mi_reason, recon = _information(m0, g0, data, latent, data_plate, seed, skipped, timer)
+        with timer("prior"):  # what the report shows of the prior: computed here, not there
+            global_rows, prior = prior_views(m0, g0, data, tree)
         if history is None:
-            history = getattr(model if runs is None else runs[0], "history", None)
+            history = getattr(result if runs is None else runs[0], "history", None)
         gap_table = None
         if gaps and latent.shape[0]:
             with timer("gaps"):
@@ -260,7 +275,8 @@ def diagnose(model=None, guide=None, data=None, *, runs=None, num_draws: int = 2
                                  settings, chains)), reconstruction=recon,
                              mi_reason=mi_reason, num_points=int(pointwise["point"].nunique()),
                              reference_mi=reference_value(reference, "mutual_information"),
-                             timings=timer.seconds, latent_means=means, scales=scales)
+                             timings=timer.seconds, latent_means=means, scales=scales,
+                             global_latents=global_rows, prior_means=prior)
         checks = pd.concat([verdicts(result, num_chains=len(chains)), pd.DataFrame(skipped)],
                            ignore_index=True)
         return replace(result, checks=checks)  # a new, complete object

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -27,7 +28,7 @@ from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.train.result import FitResult
 
-__all__ = ["build_tree", "to_arviz", "runs_from"]
+__all__ = ["build_tree", "to_arviz", "runs_from", "split_result"]
 
 
 # arviz_stats.loo runs on this tree and gives numbers that mean nothing (on the digits VAE:
@@ -38,12 +39,41 @@ NO_LOO = ("leave-one-out (arviz_stats.loo) does not apply: every data point has 
           "held-out log p(x) per point with ppl_vae.compare (or ppl-vae compare)")
 
 
-def runs_from(model, guide, runs) -> list[tuple[Callable, Callable, dict]]:
-    """Normalise the ``(model, guide)`` / ``runs`` arguments to ``[(model, guide, settings)]``.
+def split_result(model, guide, result) -> tuple:
+    """``(model, result)`` of a public function's arguments: a ``FitResult`` has its own
+    keyword ``result=``; one given as ``model`` (the old spelling) still works, moves to
+    ``result`` and warns (``FutureWarning``)."""
+    if _is_fit_result(model):
+        warnings.warn("passing a FitResult as model is deprecated and will stop working in the "
+                      "next release: pass it as result=... (model and guide are for programs)",
+                      FutureWarning, stacklevel=3)
+        if result is not None:
+            raise ValueError("model: a FitResult, and result= another: give one FitResult, "
+                             "as result=")
+        return None, model
+    if result is None:
+        return model, None
+    if not _is_fit_result(result):
+        raise ValueError(f"result: expected what fit returns (a FitResult), got "
+                         f"{type(result).__name__}; pass programs as model= and guide=")
+    if model is not None or guide is not None:
+        raise ValueError("result: give either result= (a FitResult) or model= and guide=, not "
+                         "both")
+    return None, result
 
-    ``model`` may itself be a ``FitResult`` (then ``guide`` is None); ``runs`` is a sequence of
-    ``FitResult`` objects or ``(model, guide)`` pairs, one per chain.
+
+def runs_from(model, guide, runs, result=None) -> list[tuple[Callable, Callable, dict]]:
+    """Normalise the ``(model, guide)`` / ``result`` / ``runs`` arguments to
+    ``[(model, guide, settings)]``.
+
+    ``result`` is a ``FitResult`` (then ``model`` and ``guide`` are None; a ``FitResult`` given
+    as ``model`` is read the same way); ``runs`` is a sequence of ``FitResult`` objects or
+    ``(model, guide)`` pairs, one per chain.
     """
+    if runs is None and result is not None:
+        return [(result.model, result.guide, dict(result.settings))]
+    if result is not None:
+        raise ValueError("runs: pass result=None when runs lists every chain")
     if runs is None:
         if _is_fit_result(model):
             if guide is not None:
@@ -99,13 +129,15 @@ def to_arviz(
     chunk_size: int | None = None,
     engine=None,
     progress: bool | None = False,
+    result=None,
 ) -> DataTree:
     """Draw from the guide on ``data`` and return ArviZ's DataTree of the variational posterior.
 
     Parameters
     ----------
     model, guide : callable
-        Trained Pyro programs called as ``model(*data)``; ``model`` may be a ``FitResult``.
+        Trained Pyro programs called as ``model(*data)`` (a ``FitResult`` given as ``model``
+        still works, with a ``FutureWarning``: pass it as ``result``).
         Leave both None when ``runs`` is given.
     data : tensor, ndarray, DataFrame or tuple of them
         N data points.
@@ -131,10 +163,12 @@ def to_arviz(
     chunk_size : int, optional
         Data points drawn at once (memory is bounded by one chunk); by default about 2^23
         elements per drawn tensor.
-    engine : ppl_vae.train.distributed.Engine, optional
+    engine : ppl_vae.parallel.engine.Engine, optional
         Shard the chunks over the processes of a launched run.
     progress : bool, optional
         A progress bar over chunks (``None``: on a terminal only).
+    result : FitResult, optional
+        What ``fit`` returned, instead of ``model`` and ``guide`` (its settings are used).
 
     Returns
     -------
@@ -152,7 +186,8 @@ def to_arviz(
         raise ValueError("data: required (the data points to draw the posterior on)")
     if int(num_draws) < 1:
         raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
-    chains = runs_from(model, guide, runs)
+    model, result = split_result(model, guide, result)
+    chains = runs_from(model, guide, runs, result)
     dtype, device = program_dtype(chains[0][0], chains[0][1])
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
     check_finite(batch)

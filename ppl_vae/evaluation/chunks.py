@@ -226,7 +226,7 @@ def map_chunks(fn: Callable[[int], object], starts: Sequence[int], *, engine=Non
 
     Parameters
     ----------
-    engine : ppl_vae.train.distributed.Engine, optional
+    engine : ppl_vae.parallel.engine.Engine, optional
         Each process maps the chunks ``starts[rank::world_size]``; the results are gathered
         to every process, in the order of ``starts``.
     desc : str, optional

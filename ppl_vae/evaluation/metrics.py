@@ -87,7 +87,7 @@ def evaluate(
         index), the global ones drawn once and shared by every chunk.
     seed : int, optional
         Seeds the draws; the global random state is restored afterwards (None: not seeded).
-    engine : ppl_vae.train.distributed.Engine, optional
+    engine : ppl_vae.parallel.engine.Engine, optional
         Shard the chunks over the processes of a launched run (results gathered to all).
     progress : bool, optional
         A progress bar over chunks (``None``: on a terminal only).

@@ -11,14 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyro
-import torch
-from pyro import poutine
 
 from ppl_vae.data.tensors import as_tensors
 from ppl_vae.diagnostics import diagnose
 from ppl_vae.diagnostics.verdicts import Status, Verdict
-from ppl_vae.evaluation.arviz import runs_from
+from ppl_vae.evaluation.arviz import runs_from, split_result
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.reporting import figures as figs
@@ -29,8 +26,8 @@ from ppl_vae.reporting.html import legend
 from ppl_vae.reporting.html import table as _table
 from ppl_vae.reporting.posterior import posterior_section
 from ppl_vae.reporting.settings import settings_table
+from ppl_vae.storage.files import write_bytes
 from ppl_vae.train.result import FitResult
-from ppl_vae.train.storage import write_bytes
 
 __all__ = ["report"]
 
@@ -96,22 +93,7 @@ def _overall(checks: pd.DataFrame) -> tuple[str, str]:
     return worst, text
 
 
-@torch.no_grad()
-def _prior_means(model, batch, count):
-    """E[x | z] for z from the prior, on the first ``count`` rows (None without a mean)."""
-    rows = tuple(t[:count] for t in batch)
-    with pyro.validation_enabled(False):
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(*rows)
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and site["infer"].get("was_observed"):
-            try:
-                return site["fn"].mean.expand(site["value"].shape).cpu().numpy()
-            except (NotImplementedError, RuntimeError):
-                return site["value"].cpu().numpy()
-    return None
-
-
-def _images(tree, model, batch, image_shape, count=10):
+def _images(tree, prior, image_shape, count=10):
     if image_shape is None:
         return None
     obs = json.loads(tree.attrs.get("observed_sites", "[]"))
@@ -125,9 +107,8 @@ def _images(tree, model, batch, image_shape, count=10):
     rows = {"data": data.reshape(len(data), -1), "reconstruction": None, "prior sample": None}
     if recon is not None:
         rows["reconstruction"] = recon.reshape(len(recon), -1)
-    prior = _prior_means(model, batch, count)
-    if prior is not None:
-        rows["prior sample"] = prior.reshape(prior.shape[0], -1)
+    if prior is not None:  # computed by diagnose: the report renders, it does not run the model
+        rows["prior sample"] = prior.to_numpy()[:count]
     return figs.image_grid(rows, image_shape)
 
 
@@ -150,14 +131,14 @@ def _latent_means(diagnostics, labels):
 def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
            diagnostics=None, history=None, settings=None, evaluation=None, image_shape=None,
            labels=None, title: str | None = None, num_draws: int = 200, gaps: bool = True,
-           calibrate: bool = True, data_plate: str | None = None, reference=None) -> Path:
+           calibrate: bool = True, data_plate: str | None = None, reference=None,
+           result=None) -> Path:
     """Write the diagnostics report of a trained model and guide as one HTML file.
 
     Parameters
     ----------
     model, guide, data, runs, num_draws, data_plate
-        As for :func:`ppl_vae.to_arviz`; ``model`` may be a ``FitResult`` (its history and
-        settings are then used).
+        As for :func:`ppl_vae.to_arviz`.
     out : path
         The HTML file to write.
     diagnostics : ppl_vae.diagnostics.Diagnostics, optional
@@ -174,6 +155,10 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
         One label per data point, to colour the 2-D view of the latent means.
     reference : Diagnostics or mapping, optional
         A trained model of the same kind, as for :func:`~ppl_vae.diagnostics.diagnose`.
+    result : FitResult, optional
+        What ``fit`` returned, instead of ``model`` and ``guide`` (its history and settings
+        are then used); a ``FitResult`` given as ``model`` still works, with a
+        ``FutureWarning``.
 
     Returns
     -------
@@ -181,14 +166,16 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
         The written file (a :class:`pathlib.Path`; in a notebook it shows the page inline).
         Every figure is embedded, so the file can be mailed or archived.
     """
-    chains = runs_from(model, guide, runs)
+    model, result = split_result(model, guide, result)
+    chains = runs_from(model, guide, runs, result)
     m0, g0, s0 = chains[0]
-    first = model if runs is None else runs[0]
+    first = result if runs is None else runs[0]
     if history is None and isinstance(first, FitResult):
         history = first.history
     settings = dict(settings if settings is not None else s0)
     if diagnostics is None:
-        diagnostics = diagnose(model, guide, data, runs=runs, num_draws=num_draws, gaps=gaps,
+        diagnostics = diagnose(model, guide, data, runs=runs, result=result,
+                               num_draws=num_draws, gaps=gaps,
                                calibrate=calibrate, data_plate=data_plate, settings=settings,
                                history=history, reference=reference)
     if evaluation is None:
@@ -205,9 +192,9 @@ def report(model=None, guide=None, data=None, *, out="report.html", runs=None,
         _table(settings_table(settings, history, diagnostics, batch[0].shape[0])),
         *_training(history, diagnostics.convergence, settings), *_evaluation(evaluation),
         *_khat(summary, diagnostics.pointwise, worst_rows), *_latent_usage(summary, diagnostics),
-        *_reconstructions(diagnostics.tree, m0, batch, image_shape),
+        *_reconstructions(diagnostics.tree, diagnostics.prior_means, image_shape),
         *_latent_space(diagnostics, labels),
-        *posterior_section(diagnostics, m0, batch, _worst_points(worst_rows)),
+        *posterior_section(diagnostics, _worst_points(worst_rows)),
         *_gaps(diagnostics.gaps), *sbc_section(diagnostics),
     ]
     return ReportPath(_write_page(out, title, parts))
@@ -291,8 +278,8 @@ def _latent_usage(summary, diagnostics) -> list[str]:
             _img(figs.kl_figure(diagnostics.latent), "KL(q(z_d | x) || p(z_d)) per dimension")]
 
 
-def _reconstructions(tree, model, batch, image_shape) -> list[str]:
-    grid = _images(tree, model, batch, image_shape)
+def _reconstructions(tree, prior, image_shape) -> list[str]:
+    grid = _images(tree, prior, image_shape)
     if grid is None:
         return []
     return ["<h2>Data, reconstructions and prior samples</h2>",

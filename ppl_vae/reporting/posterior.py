@@ -19,12 +19,13 @@ MAX_PANELS = 6  # panels per figure: more stop being readable at 1400 px
 MAX_ROWS = 15  # dimensions listed one per row; beyond, summary statistics
 
 
-def posterior_section(diagnostics, model, batch, worst_points) -> list[str]:
-    """The section's HTML parts (empty when the model has no latent to show)."""
+def posterior_section(diagnostics, worst_points) -> list[str]:
+    """The section's HTML parts (empty when the model has no latent to show). The global
+    latents' table is the one :func:`~ppl_vae.diagnostics.diagnose` computed (with the prior
+    moments); for diagnostics without it, the tree's draws alone (no prior columns)."""
     tree = diagnostics.tree
     parts = []
-    # On all the rows: a program may size its plates from its data (one trace, globals only).
-    globals_ = global_table(tree, model, batch)
+    globals_ = diagnostics.global_latents if diagnostics.global_latents is not None else global_table(tree)
     if globals_ is not None:
         parts += _globals(tree, globals_)
     parts += _locals(diagnostics, worst_points)

@@ -20,7 +20,7 @@ import pandas as pd
 import pyro
 import torch
 
-from ppl_vae.train.storage import CorruptFileError, atomic_write, read_run_file, write_bytes
+from ppl_vae.storage.files import CorruptFileError, atomic_write, read_run_file, write_bytes
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -42,7 +42,7 @@ HISTORY_NAME = "history.csv"
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write ``payload`` with ``torch.save``, atomically, recorded in the folder's manifest
-    (:mod:`ppl_vae.train.storage`): a kill never leaves half a checkpoint, a full disk keeps the
+    (:mod:`ppl_vae.storage.files`): a kill never leaves half a checkpoint, a full disk keeps the
     previous one, and a later bit flip is detected when it is read."""
     buffer = io.BytesIO()
     torch.save({**payload, "format": CHECKPOINT_FORMAT}, buffer)
@@ -63,7 +63,7 @@ def load_checkpoint(path: Path, *, map_location=None) -> dict:
     ------
     FileNotFoundError
         When there is no file.
-    ppl_vae.train.storage.CorruptFileError
+    ppl_vae.storage.files.CorruptFileError
         When the file does not match the manifest, or is truncated, empty or not a ppl-vae
         checkpoint.
     """

@@ -1,12 +1,7 @@
 """Data-parallel SVI on Lightning Fabric: ``fit(..., devices=N, strategy=..., num_nodes=M)``.
 
-Why Fabric (the ``lightning-fabric`` package, ``lightning_fabric``) and not the Lightning ``Trainer`` or bare ``torch.distributed``:
-``fit`` already has its training loop (``init_state`` / ``update``, checkpoints whose batch order
-and RNG make resumption exact). The ``Trainer`` would bring a second loop with its own
-optimisation, checkpoint and epoch logic; bare ``torch.distributed`` would leave process
-launching and cluster detection (torchrun, SLURM, LSF, MPI) to us. Fabric gives exactly the
-engine parts -- launchers, cluster environments, ``DistributedDataParallel`` wrapping, the
-distributed sampler, collectives, accelerator placement -- around the one loop in ``fit``.
+The engine itself (Lightning Fabric, and why Fabric) is :mod:`ppl_vae.parallel.engine`, shared
+with the sharded diagnostics; this module holds what is particular to training.
 
 Each process runs ``fit``'s loop on its shard of every batch. The loss module is Pyro's
 ``ELBOModule`` (``elbo(ScaledProgram(model), ScaledProgram(guide))``, built by ``init_state``),
@@ -19,61 +14,20 @@ step that one process takes with batch ``B`` (see ``tests/test_distributed.py``)
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyro
-import torch
 
+from ppl_vae.parallel.engine import Engine, launch, make_fabric, wants_engine
 from ppl_vae.train.arguments import FitConfig
 from ppl_vae.train.checkpoint import load_checkpoint, restore_params, save_checkpoint
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.state import TrainState
 
-__all__ = ["Engine", "check_data_parallel", "launch_fit", "wants_engine"]
-
-
-def wants_engine(devices, strategy, num_nodes) -> bool:
-    """Whether ``fit`` runs through the distributed engine (any of the three arguments set to
-    something other than one plain process)."""
-    return (devices not in (None, 1, "1")) or strategy is not None or int(num_nodes or 1) > 1
-
-
-def _accelerator(device) -> str:
-    if device is None:
-        return "cpu"
-    kind = torch.device(device).type
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r}: data-parallel runs support cpu, cuda and mps")
-    return kind
-
-
-def _fabric(devices, strategy, num_nodes, device):
-    try:
-        from lightning_fabric import Fabric
-        from lightning_fabric.utilities.exceptions import MisconfigurationException
-    except ImportError:  # pragma: no cover - lightning-fabric is the distributed extra
-        raise ValueError(
-            "devices/strategy/num_nodes need Lightning Fabric: pip install "
-            "'ppl-vae[distributed]' (the lightning-fabric package)"
-        ) from None
-    try:
-        return Fabric(
-            accelerator=_accelerator(device), strategy=strategy or "auto",
-            devices=list(devices) if isinstance(devices, tuple) else (devices or 1),
-            num_nodes=int(num_nodes or 1),
-        )
-    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:
-        # Lightning's own message, said about our arguments.
-        raise ValueError(
-            f"devices={devices!r}, strategy={strategy!r}, num_nodes={num_nodes!r}, "
-            f"device={device!r}: {exc}"
-        ) from None
+__all__ = ["check_data_parallel", "launch_fit", "setup_state", "wants_engine"]
 
 
 def check_data_parallel(state: TrainState) -> None:
@@ -90,71 +44,20 @@ def check_data_parallel(state: TrainState) -> None:
         )
 
 
-class Engine:
-    """One process's handle on a launched data-parallel run (a Lightning ``Fabric``).
-
-    Attributes
-    ----------
-    rank, world_size : int
-        Global rank of this process and the number of processes.
-    device : torch.device
-        Where this process trains (``cuda:<local rank>`` on GPUs, ``cpu`` otherwise).
-    """
-
-    def __init__(self, fabric):
-        self.fabric = fabric
-        self.rank = int(fabric.global_rank)
-        self.world_size = int(fabric.world_size)
-        self.device = fabric.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def setup(self, state: TrainState) -> TrainState:
-        """A new state whose loss module is wrapped in DDP (through Fabric), with its optimizer
-        (``state`` is left as it was)."""
-        check_data_parallel(state)
-        module, optimizer = self.fabric.setup(state.loss_fn, state.optimizer)
-        # DDP averages the gradients between backward() and the optimizer's step: no fused step.
-        return replace(state, loss_fn=module, optimizer=optimizer, fused=None)
-
-    def seed_epoch(self, seed: int, epoch: int) -> None:
-        """Seed this process's sampling for ``epoch`` from (seed, epoch, rank): processes draw
-        independent noise, and a run resumed at an epoch boundary draws the same noise again
-        without having to gather every process's RNG state into the checkpoint."""
-        entropy = [int(seed), int(epoch), self.rank]
-        pyro.set_rng_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        return self.fabric.all_reduce(value.detach().clone(), reduce_op="mean")
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        return self.fabric.all_reduce(value.detach().clone(), reduce_op="sum")
-
-    def any(self, flag: bool) -> bool:
-        value = torch.tensor(float(bool(flag)), device=self.device)
-        return bool(self.sum(value) > 0)
-
-    def barrier(self) -> None:
-        self.fabric.barrier()
+def setup_state(engine: Engine, state: TrainState) -> TrainState:
+    """A new :class:`TrainState` whose loss module and optimizer are wrapped for data-parallel
+    training by ``engine`` (DDP averages the gradients between ``backward()`` and the
+    optimizer's step, so there is no fused step). ``state`` itself is left as it was."""
+    check_data_parallel(state)
+    module, optimizer = engine.setup(state.loss_fn, state.optimizer)
+    return replace(state, loss_fn=module, optimizer=optimizer, fused=None)
 
 
-def _worker(fabric, run: Callable, args: tuple, config: FitConfig, parent_pid: int,
-            handover: str):
-    result = run(*args, config, engine=Engine(fabric))
-    if os.getpid() == parent_pid:
-        return result
-    if fabric.local_rank == 0:  # the launcher returns local process 0's value to its parent
-        # A worker of a spawn/fork launcher hands its result over in a file, as Lightning's
-        # Trainer does: tensors on the launcher's return queue travel as shared-memory handles
-        # that die with this process, and a large payload written into the queue's pipe would
-        # block until the parent reads, which it only does once every worker has exited.
-        save_checkpoint(Path(handover), {
-            "history": result.history.to_dict("records"), "params": result.params,
-            "settings": result.settings, "stopped_early": result.stopped_early,
-        })
-    return handover
+def _hand_over(result: FitResult, path: str) -> None:
+    save_checkpoint(Path(path), {
+        "history": result.history.to_dict("records"), "params": result.params,
+        "settings": result.settings, "stopped_early": result.stopped_early,
+    })
 
 
 def launch_fit(run: Callable, model, guide, data, validation_data, config: FitConfig, *,
@@ -169,7 +72,7 @@ def launch_fit(run: Callable, model, guide, data, validation_data, config: FitCo
     script for the other local ranks), torchrun or SLURM, every process returns its own
     ``FitResult``, state included.
     """
-    fabric = _fabric(config.devices, config.strategy, config.num_nodes, device)
+    fabric = make_fabric(config.devices, config.strategy, config.num_nodes, device)
     world = int(fabric.world_size)
     if config.batch_size % world:
         raise ValueError(
@@ -177,13 +80,10 @@ def launch_fit(run: Callable, model, guide, data, validation_data, config: FitCo
             f"number of processes ({world} = devices x num_nodes)"
         )
     worker_config = replace(config, device=None)
-    with tempfile.TemporaryDirectory(prefix="ppl-vae-launch-") as folder:
-        handover = os.path.join(folder, "rank0.pt")
-        out = fabric.launch(_worker, run, (model, guide, data, validation_data), worker_config,
-                            os.getpid(), handover)
-        if isinstance(out, FitResult):
-            return out
-        out = load_checkpoint(Path(handover))
+    out = launch(fabric, run, (model, guide, data, validation_data, worker_config),
+                 hand_over=_hand_over, take_back=lambda path: load_checkpoint(Path(path)))
+    if isinstance(out, FitResult):
+        return out
     restore_params(out["params"], model, guide)
     return FitResult(
         model=model, guide=guide, history=pd.DataFrame.from_records(out["history"]),

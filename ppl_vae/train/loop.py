@@ -23,10 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.programs.digest import program_digests
+from ppl_vae.storage.files import lock_run
 from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
-from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
+from ppl_vae.train.distributed import check_data_parallel, launch_fit, setup_state, wants_engine
 from ppl_vae.train.epoch import Epochs
 from ppl_vae.train.loggers import EpochLoggers
 from ppl_vae.train.objective import FreeBits, KLWarmup
@@ -40,7 +41,6 @@ from ppl_vae.train.prepare import (
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.resume import resume as resume_run
 from ppl_vae.train.saving import finish_fit_folder, start_fit_folder
-from ppl_vae.train.storage import lock_run
 from ppl_vae.train.threads import choose_threads, intra_op_threads
 
 __all__ = ["fit", "run_fit"]
@@ -250,7 +250,7 @@ def _own_param_store():
 
 def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None) -> FitResult:
     """``fit`` with checked arguments; in a data-parallel run, what every worker runs (with its
-    :class:`~ppl_vae.train.distributed.Engine`)."""
+    :class:`~ppl_vae.parallel.engine.Engine`)."""
     rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
     device = config.device if engine is None else engine.device
     prepared = prepare_data(data, validation_data, config, device)
@@ -269,7 +269,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
         return launch_fit(run_fit, model, guide, data, validation_data, config,
                           device=config.device if config.device is not None else prepared.device)
     if engine is not None:
-        state = engine.setup(state)
+        state = setup_state(engine, state)
     settings = make_settings(config, prepared, world, rank)
     settings["programs"] = program_digests(model, guide)  # a resume or evaluate compares it
     stopper = _stopper(config, prepared, state)

@@ -11,11 +11,8 @@ a user program is imported only when the caller names it again (:func:`load_run`
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +27,12 @@ from ppl_vae.programs.analysis import PROBE_ROWS
 from ppl_vae.programs.digest import program_digests, programs_differences
 from ppl_vae.programs.registry import build, file_sha256, is_file_spec
 from ppl_vae.programs.util import max_plate_nesting
+from ppl_vae.storage.files import read_run_file, write_bytes
 from ppl_vae.train.checkpoint import (
     CHECKPOINT_NAME,
     capture_params,
     load_checkpoint,
     restore_params,
-    save_checkpoint,
-    save_history,
 )
 from ppl_vae.train.prepare import fingerprint
 from ppl_vae.train.records import (
@@ -50,23 +46,16 @@ from ppl_vae.train.records import (
     saved_dataset,
 )
 from ppl_vae.train.resume import fingerprint_differences
-from ppl_vae.train.storage import MANIFEST_NAME, read_run_file, run_file_names, write_bytes
 from ppl_vae.train.user_data import is_data_function, load_data_function, named_data
 
-__all__ = ["Run", "RUN_FILES", "load_data", "data_record", "save_run", "load_run", "build_programs",
-           "write_config", "read_config", "prepare_run_folder", "replacing_run", "check_same_run",
-           "program_record"]
+__all__ = ["Run", "RUN_FILES", "load_data", "data_record", "load_run", "build_programs",
+           "write_config", "read_config", "program_record"]
 
 # Every file a run folder may hold (--overwrite removes exactly these, and what the manifest lists).
 RUN_FILES = ("config.json", "history.csv", CHECKPOINT_NAME, "final.pt", "evaluation.csv",
              "report.html", "diagnostics.nc", "diagnostics.csv", "diagnostics_checks.csv",
              SAVED_DATA)
-# config.json keys that define the run: resuming with another value of one is refused.
-RUN_KEYS = ("model", "guide", "data", "model_options", "guide_options", "use_labels",
-            "model_sha256", "guide_sha256", "data_sha256")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Where --overwrite keeps the run it replaces until the new one has written a file.
-SET_ASIDE = ".ppl-vae-replaced"
 
 DATASETS = {
     "digits": datasets.load_digits,
@@ -173,79 +162,6 @@ def read_config(run_dir) -> dict:
     if dtype not in DTYPES:
         raise ValueError(f"{path}: settings.dtype {dtype!r} is not one of {sorted(DTYPES)}")
     return config
-
-
-def check_same_run(run_dir, config: dict) -> None:
-    """Refuse to resume ``run_dir`` with other programs, data or options than it was started
-    with, listing each difference."""
-    if not (Path(run_dir) / "config.json").exists():
-        return
-    old = read_config(run_dir)
-    diffs = [f"{key}: {old.get(key)!r} -> {config.get(key)!r}" for key in RUN_KEYS
-             if old.get(key) != config.get(key)]
-    if diffs:
-        raise ValueError(f"--resume: {run_dir} was started with other settings ("
-                         + "; ".join(diffs) + "); resume with the same ones, or use --overwrite "
-                         "or another --out for a new run")
-
-
-def prepare_run_folder(out, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to write a new run over an existing one unless ``resume`` (continue it) or
-    ``overwrite`` (its files are set aside by :func:`replacing_run`)."""
-    out = Path(out)
-    if resume and overwrite:
-        raise ValueError("--resume continues a run and --overwrite replaces it: give one")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
-    present = [n for n in (*RUN_FILES, MANIFEST_NAME) if (out / n).exists() or (out / n).is_symlink()]
-    if not present or resume:
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{out} already holds a run ({', '.join(present)}): pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --out")
-
-
-@contextlib.contextmanager
-def replacing_run(out, overwrite: bool):
-    """``--overwrite``: the run files in ``out`` (nothing else) are moved into the hidden
-    folder :data:`SET_ASIDE` while the command runs. When it fails before the new run wrote a
-    file (refused settings, bad data, a program that fails its checks), they are moved back,
-    byte for byte; otherwise they are deleted (the new run, or its resumable checkpoint, is
-    what the folder holds)."""
-    out = Path(out)
-    names = run_file_names(out, RUN_FILES) if overwrite else []
-    if not names:
-        yield
-        return
-    aside = out / SET_ASIDE
-    if aside.exists() or aside.is_symlink():
-        raise ValueError(f"{aside} holds a run set aside by an --overwrite that was killed: move "
-                         f"its files back into {out} (or delete it), then run again")
-    aside.mkdir()
-    for name in names:
-        os.replace(out / name, aside / name)
-    try:
-        yield
-    except BaseException:
-        if not run_file_names(out, RUN_FILES):
-            for name in names:
-                os.replace(aside / name, out / name)
-            aside.rmdir()
-            raise
-        shutil.rmtree(aside)
-        raise
-    shutil.rmtree(aside)
-
-
-def save_run(out: Path, config: dict, result) -> None:
-    """Write the end of a run: ``config.json`` with the settings ``fit`` used, ``history.csv``
-    and ``final.pt``."""
-    out = Path(out)
-    write_config(out, {**config, "settings": result.settings})
-    save_history(out, result.history.to_dict("records"))
-    save_checkpoint(out / "final.pt", {"params": result.params,
-                                       "history": result.history.to_dict("records")})
 
 
 @dataclass

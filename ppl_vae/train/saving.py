@@ -26,6 +26,7 @@ import torch
 
 from ppl_vae.data.datasets import Dataset
 from ppl_vae.data.tensors import as_tensors
+from ppl_vae.storage.files import MANIFEST_NAME, lock_run, remove_run_files, write_bytes
 from ppl_vae.train.checkpoint import save_checkpoint, save_history
 from ppl_vae.train.prepare import fingerprint
 from ppl_vae.train.records import (
@@ -39,7 +40,6 @@ from ppl_vae.train.records import (
 )
 from ppl_vae.train.resume import fingerprint_differences
 from ppl_vae.train.run_dir import RUN_FILES, data_record, load_data, read_config
-from ppl_vae.train.storage import MANIFEST_NAME, lock_run, remove_run_files, write_bytes
 
 __all__ = ["save_result", "start_fit_folder", "finish_fit_folder"]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppl_vae.diagnostics.run import diagnose_run
 from ppl_vae.evaluation.export import DEFAULT_POINTS
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.reporting.page import report
-from ppl_vae.train.storage import read_run_file
+from ppl_vae.runs.diagnose import diagnose_run
+from ppl_vae.storage.files import read_run_file
 
 __all__ = ["report_run"]
 

@@ -12,7 +12,7 @@ digests, while a file changed afterwards (a bit flip, a truncation, an edit, a p
 matches none and is an error naming it. The manifest carries its own digest.
 
 A run folder is locked (``fcntl.flock``; on Windows ``msvcrt.locking``, see
-:mod:`~ppl_vae.train.locking`) on ``.ppl-vae.lock``, which holds the owner's pid and host,
+:mod:`~ppl_vae.storage.locking`) on ``.ppl-vae.lock``, which holds the owner's pid and host,
 while a process writes in it; the system releases the lock when the process dies, so a
 killed run never leaves a stale lock. Temporary files carry the writer's host and pid and are
 removed at the next start once their writer is gone.
@@ -33,7 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ppl_vae.train.locking import NOFOLLOW, set_mode, try_lock, unlock
+from ppl_vae.storage.locking import NOFOLLOW, set_mode, try_lock, unlock
 
 __all__ = [
     "RUN_FILE_MODE", "MANIFEST_NAME", "LOCK_NAME", "CorruptFileError", "DiskFullError",

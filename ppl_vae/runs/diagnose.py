@@ -4,7 +4,9 @@ Files: ``diagnostics.nc`` (the ArviZ DataTree of the exported points, netCDF4 th
 h5netcdf, gzip-compressed, float32 where the data is), ``diagnostics.csv`` (one row per data
 point), ``diagnostics_checks.csv`` (the verdicts), ``diagnostics_latent.csv`` (one row per
 latent dimension), ``diagnostics_latent_means.csv`` (the guide mean of every point, for the
-2-D view), ``diagnostics_gaps.csv`` and ``diagnostics_sbc.csv`` (when computed) and
+2-D view), ``diagnostics_globals.csv`` and ``diagnostics_prior_means.csv`` (the global
+latents with their prior moments, E[x | z] from the prior: what the report shows),
+``diagnostics_gaps.csv`` and ``diagnostics_sbc.csv`` (when computed) and
 ``diagnostics.json`` (the sha256 of the checkpoint they were computed from, the options,
 the mutual information, the SBC settings, the seconds per phase). The tree's root attributes
 carry the same ``checkpoint_sha256``.
@@ -33,15 +35,16 @@ from ppl_vae.diagnostics.calibration import calibration_table
 from ppl_vae.diagnostics.collapse import Reconstruction
 from ppl_vae.diagnostics.convergence import convergence
 from ppl_vae.diagnostics.gaps import inference_gaps
+from ppl_vae.diagnostics.prior import prior_views
 from ppl_vae.diagnostics.sbc import SBCResult, sbc, uniformity_table
 from ppl_vae.diagnostics.summary import Diagnostics, diagnose, posterior_summary, verdicts
 from ppl_vae.diagnostics.verdicts import Verdict, verdict_table
 from ppl_vae.evaluation.export import DEFAULT_POINTS
-from ppl_vae.train.checkpoint import atomic_write
+from ppl_vae.storage.files import CorruptFileError, atomic_write, read_run_file, write_bytes
 from ppl_vae.train.run_dir import load_run
-from ppl_vae.train.storage import CorruptFileError, read_run_file, write_bytes
 
-__all__ = ["checkpoint_digest", "diagnose_run", "read_diagnostics", "read_tree", "write_tree"]
+__all__ = ["checkpoint_digest", "diagnose_run", "read_diagnostics", "read_tree", "write_diagnostics",
+           "write_tree"]
 
 COMPRESSION = {"zlib": True, "complevel": 4, "shuffle": True}
 
@@ -114,12 +117,35 @@ def diagnose_run(run_dir, *, num_draws: int = 200, gaps: bool = True, calibrate:
     return run, result
 
 
+def write_diagnostics(run_dir, result: Diagnostics, *, digest: str, num_draws: int = 200,
+                      points=DEFAULT_POINTS, split: str = "test") -> None:
+    """Write ``result``'s files into ``run_dir`` (see the module docstring), each atomically.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The folder.
+    result : Diagnostics
+        What :func:`ppl_vae.diagnose` returned.
+    digest : str
+        What the files are current for (:func:`checkpoint_digest` of a run folder);
+        :func:`read_diagnostics` reads them back only for the same digest and options.
+    num_draws, points, split
+        The options ``result`` was computed with (recorded, compared when read back).
+    """
+    _write(Path(run_dir), result, digest, _options(num_draws, points, split))
+
+
 def _completed(result: Diagnostics, run, split, *, gaps, calibrate, seed,
                stopped_by) -> Diagnostics:
     """A new Diagnostics: ``result`` (read back from the files) with what the files lacked
     computed now, each check that fails to compute recorded as "not computed: <reason>"."""
     data, changes, failed = run.data(split), {}, []
     changes["convergence"] = convergence(run.history, stopped_by=stopped_by)
+    if result.global_latents is None and result.prior_means is None:
+        # Files written before these views were stored: the report renders them, so add them.
+        changes["global_latents"], changes["prior_means"] = prior_views(
+            run.model, run.guide, data, result.tree)
     if gaps and result.gaps is None and len(result.latent):
         try:
             changes["gaps"] = inference_gaps(run.model, run.guide, data, seed=seed)
@@ -150,7 +176,9 @@ def _write(out: Path, result: Diagnostics, digest: str, options: dict) -> None:
               "diagnostics_sbc_truth.csv": None if result.sbc is None else result.sbc.truth,
               "diagnostics_sbc_mean.csv": None if result.sbc is None else result.sbc.posterior_mean,
               "diagnostics_sbc_sd.csv": None if result.sbc is None else result.sbc.posterior_sd,
-              "diagnostics_latent_means.csv": result.latent_means}
+              "diagnostics_latent_means.csv": result.latent_means,
+              "diagnostics_globals.csv": result.global_latents,
+              "diagnostics_prior_means.csv": result.prior_means}
     for name, table in tables.items():
         if table is not None:
             write_bytes(out / name, table.to_csv(index=False, float_format="%.9g").encode())
@@ -212,7 +240,9 @@ def _read(out: Path, digest: str, options: dict | None) -> Diagnostics | None:
                          reconstruction=None if meta.get("reconstruction") is None
                          else Reconstruction(**meta["reconstruction"]),
                          mi_reason=meta.get("mi_reason"), num_points=int(meta.get("num_points", 0)),
-                         reference_mi=meta.get("reference_mi"))
+                         reference_mi=meta.get("reference_mi"),
+                         global_latents=_table(out / "diagnostics_globals.csv"),
+                         prior_means=_table(out / "diagnostics_prior_means.csv"))
     checks = _table(out / "diagnostics_checks.csv")
     return replace(result, checks=checks if checks is not None else verdicts(result, num_chains=1))
 

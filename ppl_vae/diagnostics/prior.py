@@ -1,0 +1,67 @@
+"""What the model says before any data: E[x | z] with z drawn from the prior.
+
+Computed by :func:`~ppl_vae.diagnostics.diagnose` (and stored with the run folder's
+diagnostics) so that the report only renders it: the report's image grid shows these rows
+beside the data and the reconstructions.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+
+from ppl_vae.data.tensors import as_tensors
+from ppl_vae.diagnostics.globals import global_table
+from ppl_vae.programs.util import program_dtype
+
+__all__ = ["prior_means", "prior_views"]
+
+
+@torch.no_grad()
+def prior_means(model, batch: tuple, count: int = 10) -> pd.DataFrame | None:
+    """E[x | z] of the first observed site, z from the prior, on the first ``count`` rows.
+
+    Parameters
+    ----------
+    model : callable
+        The model, called as ``model(*rows)`` (unconditioned: its observed site is sampled).
+    batch : tuple of torch.Tensor
+        Data rows in the model's dtype and device (the first ``count`` are used).
+    count : int
+        Rows to draw.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        One row per drawn row, the observed site's mean flattened into columns ``x0`` ...
+        (the drawn value where the distribution has no closed-form mean); None when the model
+        observes nothing.
+    """
+    rows = tuple(t[:count] for t in batch)
+    with pyro.validation_enabled(False):
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(*rows)
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and site["infer"].get("was_observed"):
+            try:
+                values = site["fn"].mean.expand(site["value"].shape)
+            except (NotImplementedError, RuntimeError):
+                values = site["value"]
+            flat = values.detach().cpu().double().reshape(values.shape[0], -1).numpy()
+            return pd.DataFrame(flat, columns=[f"x{j}" for j in range(flat.shape[1])])
+    return None
+
+
+def prior_views(model, guide, data, tree) -> tuple:
+    """What the report shows of the prior: the global latents' table with their prior moments
+    (:func:`~ppl_vae.diagnostics.globals.global_table`, one trace on all the rows: a program
+    may size its plates from its data) and :func:`prior_means` on ten rows.
+
+    Returns
+    -------
+    (pandas.DataFrame or None, pandas.DataFrame or None)
+    """
+    dtype, device = program_dtype(model, guide)
+    batch = as_tensors(data, dtype=dtype, device=device, name="data")
+    return global_table(tree, model, batch), prior_means(model, batch)
