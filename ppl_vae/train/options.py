@@ -266,7 +266,7 @@ class FitConfig:
                                                     "epochs_mode": "auto" if c.auto else "fixed",
                                                     "max_epochs": c.max_epochs if c.auto else None})
     batch_size: int = option(128, "rows per training step (at most the training rows)",
-                             check=_count(), flag="--batch-size")
+                             check=_count(minimum=None), flag="--batch-size")
     lr: float = option(1e-3, "the optimizer's learning rate", check=_rate(), flag="--lr")
     optimizer: str | Callable = option(
         "adam", "adam, adamw, sgd, rmsprop, adagrad, a torch.optim.Optimizer class or a factory",
