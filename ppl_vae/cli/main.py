@@ -12,7 +12,6 @@ import contextlib
 import importlib
 import importlib.metadata
 import json
-import math
 import os
 import sys
 import traceback
@@ -27,16 +26,15 @@ from ppl_vae.cli.common import (
     open_run,
     positive_int,
     require_run,
-    whole_number,
 )
 from ppl_vae.cli.errors import one_line
 from ppl_vae.cli.estimators import print_plan
+from ppl_vae.cli.options import add_fit_arguments, fit_options_from_args
 from ppl_vae.cli.workflow import add_logger_argument, make_loggers
 from ppl_vae.estimators.registry import ESTIMATORS
 from ppl_vae.evaluation.metrics import evaluate
 from ppl_vae.programs.registry import describe
 from ppl_vae.reporting.run import report_run
-from ppl_vae.train.arguments import MAX_SEED
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME
 from ppl_vae.train.distributed import wants_engine
 from ppl_vae.train.loop import fit
@@ -96,18 +94,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _threads(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 1, got {text!r}")
-    return value
-
-
 def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -126,25 +112,6 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-def _epochs(text: str):
-    return text if text == "auto" else positive_int(text)
-
-
-def _positive_float(text: str) -> float:
-    value = _learning_rate(text)  # the same check: a finite number > 0
-    return value
-
-
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vae",
                    help="zoo name (see `ppl-vae models`) or file.py:name")
@@ -153,44 +120,6 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="digits | binary | linear_gaussian | regression | eight_schools | "
                    "mnist:DIR | file.npy/.npz/.csv | file.py:function (returns a tensor, a "
                    "tuple of tensors, or a Dataset)")
-    p.add_argument("--estimator", default="analytic",
-                   help="ELBO estimator (see `ppl-vae estimators`)")
-    p.add_argument("--epochs", type=_epochs, default=30,
-                   help="an integer, or 'auto': until the validation ELBO stops improving")
-    p.add_argument("--patience", type=positive_int, default=20,
-                   help="--epochs auto: epochs without an improvement before stopping")
-    p.add_argument("--max-epochs", type=positive_int, default=500,
-                   help="--epochs auto: at most this many epochs")
-    p.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
-                   help="stop training after this many seconds (default: no time limit)")
-    p.add_argument("--tolerance", type=_positive_float, default=0.01,
-                   help="--epochs auto: an improvement counts above this (nats per point)")
-    p.add_argument("--lr-schedule", default=None, choices=["plateau"],
-                   help="plateau: halve the learning rate when the ELBO stops improving; none: "
-                   "a constant learning rate")
-    p.add_argument("--kl-warmup-epochs", type=int, default=0,
-                   help="KL warm-up: latent terms weighted 0 -> 1 over these epochs (0: none)")
-    p.add_argument("--free-bits", type=_positive_float, default=None, metavar="NATS",
-                   help="free bits: no latent dimension pushed below NATS of KL in training "
-                   "(default: none, the plain ELBO)")
-    p.add_argument("--batch-size", type=positive_int, default=128,
-                   help="rows per training step (at most the training rows)")
-    p.add_argument("--lr", type=_learning_rate, default=1e-3, help="the optimizer's learning rate")
-    p.add_argument("--optimizer", default="adam",
-                   help="a torch.optim name in lower case: adam, adamw, sgd, rmsprop, ...")
-    p.add_argument("--num-particles", type=positive_int, default=1,
-                   help="latent draws per data point and step (the bound's K for iwae, vimco, "
-                   "dreg)")
-    p.add_argument("--vectorize-particles", action="store_true",
-                   help="draw the particles in one vectorized pass instead of a loop")
-    p.add_argument("--jit", nargs="?", const="true", default="auto",
-                   choices=["auto", "true", "false", "compile"],
-                   help="auto: record the step once per batch shape where the programs "
-                   "are static, eager otherwise; true: record or fail; compile: also compile it "
-                   "(Inductor); false: Pyro's eager step. A bare --jit means true")
-    p.add_argument("--threads", type=_threads, default="auto",
-                   help="intra-op CPU threads while training: auto (what the model's size can "
-                   "use, at most the idle cores) or a number")
     p.add_argument("--latent-dim", type=positive_int, default=None,
                    help="latent size, passed to model and guide (default: the program's own)")
     p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
@@ -204,33 +133,13 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra guide constructor option (JSON value; repeatable; default: none)")
     p.add_argument("--with-labels", action="store_true",
                    help="pass (x, label) batches to the programs (conditional models)")
-    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0,
-                   help="seeds torch, Pyro and the batch order (same seed, same run)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1, mps ... (default: the CPU)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                   help="the data's and the programs' floating-point type")
-    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
-                   help="integer --epochs: stop when the validation ELBO has not improved for "
-                   "PATIENCE epochs (default: no early stopping)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in OUT (its run files only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--eval-samples", type=positive_int, default=100,
                    help="K for the evaluation's IWAE")
-    p.add_argument("--devices", type=_devices, default=None,
-                   help="data-parallel processes per node (int or 'auto'; see docs/scaling.md; "
-                   "default: one process)")
-    p.add_argument("--strategy", default=None,
-                   help="Lightning Fabric strategy: ddp, ddp_spawn, ... (default: ddp when "
-                   "--devices is given)")
-    p.add_argument("--num-nodes", type=positive_int, default=1, help="machines (torchrun / SLURM)")
+    # fit's options, from their declarations (ppl_vae.train.options).
+    add_fit_arguments(p)
     add_logger_argument(p)
-
-
-def _devices(text: str):
-    return text if text == "auto" else positive_int(text)
 
 
 def config_from_args(args) -> dict:
@@ -308,22 +217,11 @@ def train_run(args, out: Path):
           f"with the {args.estimator!r} estimator -> {out}", flush=True)
 
     print_plan(model, guide, fit_data(config, dataset, "train"), args.estimator, args.device)
-    result = fit(
-        model, guide, fit_data(config, dataset, "train"),
-        validation_data=fit_data(config, dataset, "test"),
-        estimator=args.estimator, num_particles=args.num_particles,
-        vectorize_particles=args.vectorize_particles, jit=args.jit, threads=args.threads,
-        epochs=args.epochs,
-        batch_size=min(args.batch_size, dataset.train.shape[0]), lr=args.lr,
-        optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
-        progress=False if args.no_progress else None, checkpoint_dir=out, resume=args.resume,
-        early_stopping_patience=args.early_stopping, patience=args.patience,
-        max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
-        lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
-        free_bits=args.free_bits, callbacks=callbacks,
-        devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-        loggers=make_loggers(args.logger, out) if writer else (),
-    )
+    result = fit(model, guide, fit_data(config, dataset, "train"),
+                 validation_data=fit_data(config, dataset, "test"), **fit_options_from_args(
+                     args, batch_size=min(args.batch_size, dataset.train.shape[0]),
+                     checkpoint_dir=out, callbacks=callbacks,
+                     loggers=make_loggers(args.logger, out) if writer else ()))
     if result.settings.get("global_rank", 0) != 0:
         # Data-parallel workers other than rank 0 are done: rank 0 writes and evaluates the run.
         raise SystemExit(0)

@@ -50,10 +50,12 @@ __all__ = ["FreeBits", "KLWarmup", "ObjectiveTerm", "TermContext", "term_option"
            "TERMS"]
 
 
-def term_option(default, doc: str, *, flag: str | None = None, choices=None):
-    """A declared field of a term (its default, one-line doc, allowed values and CLI flag):
-    :mod:`ppl_vae.train.options` builds the CLI flags and the docs table from them."""
-    return field(default=default, metadata={"doc": doc, "flag": flag, "choices": choices})
+def term_option(default, doc: str, *, flag: str | None = None, choices=None, cli=None):
+    """A declared field of a term (its default, one-line doc, allowed values, CLI flag and the
+    flag's ``text -> value``): :mod:`ppl_vae.train.options` builds the CLI flags and the docs
+    table from them."""
+    return field(default=default, metadata={"doc": doc, "flag": flag, "choices": choices,
+                                            "cli": cli})
 
 
 @runtime_checkable
@@ -100,7 +102,8 @@ class KLWarmup:
     """
 
     epochs: int = term_option(0, "KL warm-up: latent terms weighted 0 -> 1 over these epochs "
-                              "(0: none)", flag="--kl-warmup-epochs")
+                              "(0: none)", flag="--kl-warmup-epochs",
+                              cli={"type": int, "metavar": "EPOCHS"})
     # A recorded step would keep the first step's weight (a Python number in each site's scale).
     recordable = False
 
@@ -194,7 +197,8 @@ class FreeBits:
     """
 
     nats: float = term_option(None, "free bits: no latent group pushed below NATS of KL in "
-                              "training (none: the plain ELBO)", flag="--free-bits")
+                              "training (none: the plain ELBO)", flag="--free-bits",
+                              cli={"type": float, "metavar": "NATS"})
     per: str = term_option("dim", "free bits' groups: each latent dimension, or each site",
                            flag="--free-bits-per", choices=("dim", "site"))
     # The correction's shape is fixed by a recording: free bits train eagerly.

@@ -58,7 +58,9 @@ def option(default, doc: str, *, check: Callable, flag: str | tuple[str, ...] | 
     flag : the CLI spelling(s) (the first is the one shown); None: no flag.
     choices : the allowed values, when a short list.
     legacy : the keyword ``fit`` took it as before the groups (default: the field's name).
-    cli : ``text -> value`` for the flag (default: from the type of ``default``).
+    cli : ``text -> value`` for the flag (default: from the type of ``default``), or a dict of
+        argparse keywords (``type``, ``metavar``, the CLI's own ``default``, ``convert``: the
+        parsed text -> the value ``fit`` takes).
     record : whether ``settings`` records it, or ``record(value, config) -> dict`` of entries.
     """
     meta = {"doc": doc, "check": check, "flag": (flag,) if isinstance(flag, str) else flag,
@@ -163,13 +165,15 @@ class Loop:
         None, "epochs without a better monitored ELBO before stopping (epochs='auto': default "
         f"{DEFAULT_PATIENCE}; integer epochs: early stopping on the validation ELBO; none: "
         "no early stopping)", check=_count(optional=True), flag=("--patience", "--early-stopping"),
+        cli={"type": int, "metavar": "PATIENCE"},
         record=lambda v, c: {"patience": c.patience if c.auto else None,
                              "early_stopping_patience": None if c.auto else v})
     max_epochs: int = option(500, "epochs='auto': at most this many epochs", check=_count(),
                              flag="--max-epochs", record=False)
     time_budget: float | None = option(None, "stop training after this many seconds (none: no "
                                        "time limit)", check=_rate(optional=True),
-                                       flag="--time-budget")
+                                       flag="--time-budget",
+                                       cli={"type": float, "metavar": "SECONDS"})
     tolerance: float = option(0.01, "epochs='auto': an improvement counts above this (nats per "
                               "point)", check=_tolerance, flag="--tolerance",
                               record=_auto_only("tolerance"))
@@ -205,11 +209,12 @@ class Parallel:
     devices: int | str | tuple | None = option(
         None, "data-parallel processes per node: a count, a list of indices or 'auto' (none: "
         "one process)", check=lambda n, v: check_devices(v, None, 1)[0], flag="--devices",
+        choices=None,
         cli=lambda text: text if text == "auto" else int(text),
         record=lambda v, c: {"devices": list(v) if isinstance(v, tuple) else v})
     strategy: str | None = option(None, "Fabric strategy: ddp, ddp_spawn, ddp_fork (default "
                                   "ddp when devices are given)", check=_name(optional=True),
-                                  flag="--strategy")
+                                  flag="--strategy", cli=str)
     num_nodes: int = option(1, "machines (torchrun / SLURM)", check=_count(), flag="--num-nodes")
 
     def __post_init__(self):
@@ -220,9 +225,11 @@ class Parallel:
 class Compute:
     """How the steps run: the floating dtype, CPU threads, recording and compiling."""
 
-    dtype: torch.dtype | None = option(None, "floating dtype of data and parameters (default: "
+    dtype: torch.dtype | None = option(None, "floating dtype of data and parameters (none: "
                                        "the data's)", check=lambda n, v: _check_dtype(v),
                                        flag="--dtype", choices=("float32", "float64"),
+                                       cli={"default": "float32",
+                                            "convert": lambda text: getattr(torch, text)},
                                        record=False)
     threads: int | str | None = option(
         "auto", "intra-op CPU threads while training: auto (what the model's size can use, at "
@@ -232,7 +239,8 @@ class Compute:
     jit: bool | str = option("auto", "auto: record the step where the programs are static; "
                              "true: record or fail; compile: also compile it; false: eager",
                              check=lambda n, v: check_jit(v), flag="--jit",
-                             choices=("auto", "true", "false", "compile"))
+                             choices=("auto", "true", "false", "compile"),
+                             cli={"nargs": "?", "const": "true"})
 
     def __post_init__(self):
         _check_declared(self)
@@ -274,12 +282,13 @@ class FitConfig:
         record=lambda v, c: {"optimizer": c.optimizer_name})
     seed: int = option(0, "seeds Pyro, torch, NumPy and the batch order (same seed, same run)",
                        check=_count(0, MAX_SEED), flag="--seed")
-    device: torch.device | None = option(None, "cpu, cuda, cuda:1, mps ... (default: the data's)",
+    device: torch.device | None = option(None, "cpu, cuda, cuda:1, mps ... (none: the data's)",
                                          check=lambda n, v: resolve_device(v), flag="--device",
-                                         record=False)
+                                         cli=str, record=False)
     progress: bool | None = option(None, "a progress bar and a summary line (none: on a terminal "
                                    "or in a notebook)", check=lambda n, v: None if v is None
-                                   else as_flag(n, v), flag="--no-progress", record=False)
+                                   else as_flag(n, v), flag="--no-progress",
+                                   cli={"help": "no progress bar"}, record=False)
     callbacks: tuple = option((), "callback(record, state) after each epoch; True stops",
                               check=lambda n, v: check_callbacks(v), record=False)
     loggers: tuple = option((), "Lightning Fabric loggers (CSV, TensorBoard, MLflow, W&B)",
