@@ -438,7 +438,8 @@ def recorded_settings(config: FitConfig) -> dict:
 
 
 def _declared_rows():
-    """(group, keyword, flags, default, allowed, doc) of every declared option."""
+    """(group, keyword, flags, default, allowed, doc) of every declared option (a term's
+    first field's default is the flag's "off")."""
     for group, cls in (("", FitConfig), *GROUPS.items()):
         for f in fields(cls):
             if "group" in f.metadata:
@@ -448,7 +449,7 @@ def _declared_rows():
                    f.metadata["doc"])
     for term in TERMS:
         for f in fields(term):
-            yield (f"objective.terms: {term.__name__}", f.name, f.metadata["flag"] or (),
+            yield (f"objective.terms: {term.__name__}", f.name, (f.metadata["flag"],),
                    f.default, f.metadata["choices"], f.metadata["doc"])
 
 
@@ -462,13 +463,22 @@ def options_table() -> str:
              "loop=, checkpoint=, parallel=, compute=)`: the flat options first, then each "
              "group's fields (`loop=Loop(patience=5)`). Terms go in "
              "`objective=Objective(terms=[KLWarmup(10), FreeBits(0.5)])`.", "",
-             "| group | option | CLI flag | default | allowed | what it does |",
-             "|---|---|---|---|---|---|"]
+             "The last column is the keyword `fit` took before the groups: it still works for one "
+             "release, with a `FutureWarning`.", "",
+             "| group | option | CLI flag | default | allowed | what it does | was |",
+             "|---|---|---|---|---|---|---|"]
+    old = {new: name for name, new in legacy_keywords().items()}
+    old.update({(term.__name__, attr): name for name, (term, attr) in _term_keywords().items()})
     for group, name, flags, default, choices, doc in _declared_rows():
         flag = " / ".join(f"`{f}`" for f in flags) or "-"
         allowed = ", ".join(map(repr, choices)) if choices else ""
-        cell = f"`{default!r}`"
-        lines.append(f"| {group or 'fit'} | `{name}` | {flag} | {cell} | {allowed} | {doc} |")
+        key = (group.split(": ")[-1], name) if group.startswith("objective.terms") \
+            else (group, name)
+        was = old.get(key)
+        was = f"`{was}`" + (", `early_stopping_patience`" if was == "patience" else "") \
+            if was else ""
+        lines.append(f"| {group or 'fit'} | `{name}` | {flag} | `{default!r}` | {allowed} | "
+                     f"{doc} | {was} |")
     return "\n".join(lines) + "\n"
 
 
