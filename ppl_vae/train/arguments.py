@@ -68,6 +68,11 @@ def _as_name(name: str, value, *, optional: bool = False) -> str | None:
     return value
 
 
+def check_estimator(estimator):
+    """An estimator name (the registry checks that it is one when the ELBO is built)."""
+    return _as_name("estimator", estimator)
+
+
 def check_optimizer(optimizer):
     """A name in ``OPTIMIZERS``, a ``torch.optim.Optimizer`` subclass, or a factory
     ``(params, lr=...) -> Optimizer``."""

@@ -31,6 +31,7 @@ from ppl_vae.train.arguments import (
     check_callbacks,
     check_checkpoint_dir,
     check_devices,
+    check_estimator,
     check_optimizer,
 )
 from ppl_vae.train.loggers import check_loggers
@@ -266,7 +267,7 @@ class FitConfig:
     common ones flat, the rest in their groups. The distributed workers receive it unchanged."""
 
     estimator: str = option("analytic", "ELBO estimator (see `ppl-vae estimators`)",
-                            check=_name(), flag="--estimator")
+                            check=lambda n, v: check_estimator(v), flag="--estimator")
     epochs: int | str = option(30, "an integer, or 'auto': until the monitored ELBO stops "
                                "improving (at most max_epochs)", check=_epochs, flag="--epochs",
                                cli=lambda text: text if text == "auto" else int(text),
