@@ -12,7 +12,8 @@ import torch
 
 import ppl_vae
 from ppl_vae.train.arguments import as_integer
-from ppl_vae.train.options import GROUPS, Checkpoint, FitConfig, Parallel, legacy_keywords
+from ppl_vae.train.keywords import legacy_keywords
+from ppl_vae.train.options import GROUPS, Checkpoint, FitConfig, Parallel
 
 X = torch.rand(20, 3, generator=torch.Generator().manual_seed(0)) + 0.5
 

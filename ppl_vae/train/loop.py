@@ -26,6 +26,7 @@ from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, wants_engine
 from ppl_vae.train.epoch import Epochs
+from ppl_vae.train.keywords import fit_config
 from ppl_vae.train.loggers import EpochLoggers
 from ppl_vae.train.options import (
     Checkpoint,
@@ -34,7 +35,6 @@ from ppl_vae.train.options import (
     Loop,
     Objective,
     Parallel,
-    fit_config,
 )
 from ppl_vae.train.prepare import (
     make_settings,
