@@ -131,10 +131,15 @@ def test_one_patience_for_both_old_meanings():
         stop = _fit(epochs=30, lr=0.05, early_stopping_patience=1)
     new = _fit(epochs=30, lr=0.05, loop=Loop(patience=1))
     assert len(stop.history) == len(new.history) < 30 and new.stopped_early
-    with pytest.warns(FutureWarning, match=r"use loop=Loop\(patience=\.\.\.\)"):
+    with pytest.warns(FutureWarning, match=r"use loop=Loop\(patience=N\), the one patience"):
         conv = _fit(epochs="auto", patience=2, max_epochs=8, tolerance=100.0)
     assert len(conv.history) == 3 and conv.settings["stopped_by"] == "patience"
     assert conv.settings["patience"] == 2 and conv.settings["early_stopping_patience"] is None
+    # The old patience with integer epochs and no schedule did nothing: it still does nothing
+    # (no early stopping), as before.
+    with pytest.warns(FutureWarning):
+        fixed = _fit(epochs=5, lr=0.05, patience=1, tolerance=100.0)
+    assert len(fixed.history) == 5 and not fixed.stopped_early
 
 
 def test_an_unknown_keyword_is_still_a_type_error():

@@ -28,13 +28,14 @@ def _term_keywords() -> dict[str, tuple[type, str]]:
     return out
 
 
-def _legacy_patience(old: dict, epochs) -> int | None:
-    """One patience from the two old ones: with integer epochs early_stopping_patience (early
-    stopping) wins, with epochs='auto' patience (convergence) does."""
+def _legacy_patience(old: dict, epochs, schedule) -> int | None:
+    """One patience from the two old ones, as each was used: with epochs='auto' patience
+    (convergence); with integer epochs early_stopping_patience (early stopping), else patience
+    only where the plateau ``schedule`` read it (it had no other effect there)."""
     stop, conv = old.pop("early_stopping_patience", None), old.pop("patience", None)
     if epochs == "auto":
-        return conv if conv is not None else None
-    return stop if stop is not None else conv
+        return conv
+    return stop if stop is not None else (conv if schedule else None)
 
 
 def fit_config(*, groups: dict, legacy: dict, **flat) -> FitConfig:
@@ -49,7 +50,9 @@ def fit_config(*, groups: dict, legacy: dict, **flat) -> FitConfig:
         warnings.warn(_deprecation(name, legacy_map, term_map), FutureWarning, stacklevel=3)
     groups = dict(groups)
     if "patience" in old or "early_stopping_patience" in old:
-        old["patience"] = _legacy_patience(old, flat.get("epochs"))
+        loop = _given(groups.get("loop"), GROUPS["loop"])
+        old["patience"] = _legacy_patience(old, flat.get("epochs"),
+                                           old.get("lr_schedule", loop.lr_schedule))
     changes: dict[str, dict] = {}
     terms: dict[type, dict] = {}
     for name, value in old.items():
@@ -82,6 +85,11 @@ def _deprecation(name: str, legacy_map: dict, term_map: dict) -> str:
                 "loop=Loop(patience=N); with integer epochs it stops after N epochs without a "
                 "better validation ELBO, as early_stopping_patience did, and with epochs='auto' "
                 "it is the convergence patience, as patience was")
+    if name == "patience":
+        return ("fit(patience=N) is deprecated (removed in the next release): use "
+                "loop=Loop(patience=N), the one patience (epochs='auto': convergence, as before; "
+                "integer epochs: also early stopping on the validation ELBO, which "
+                "early_stopping_patience was)")
     if name in term_map:
         term, attr = term_map[name]
         return (f"fit({name}=...) is deprecated (removed in the next release): use "
