@@ -24,9 +24,9 @@ from ppl_vae import (
     fit,
 )
 from ppl_vae.cli.main import build_parser
-from ppl_vae.cli.options import fit_options_from_args
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
+from ppl_vae.train.flags import fit_options_from_args
 from ppl_vae.train.keywords import legacy_keywords, options_table
 from ppl_vae.train.objective import TermContext
 from ppl_vae.train.options import GROUPS, FitConfig

@@ -29,7 +29,6 @@ from ppl_vae.cli.common import (
 )
 from ppl_vae.cli.errors import one_line
 from ppl_vae.cli.estimators import print_plan
-from ppl_vae.cli.options import add_fit_arguments, fit_options_from_args
 from ppl_vae.cli.workflow import add_logger_argument, make_loggers
 from ppl_vae.estimators.registry import ESTIMATORS
 from ppl_vae.evaluation.metrics import evaluate
@@ -37,6 +36,7 @@ from ppl_vae.programs.registry import describe
 from ppl_vae.reporting.run import report_run
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME
 from ppl_vae.train.distributed import wants_engine
+from ppl_vae.train.flags import add_fit_arguments, fit_options_from_args
 from ppl_vae.train.loop import fit
 from ppl_vae.train.run_dir import (
     build_programs,

@@ -4,7 +4,7 @@ Each field is declared with :func:`option`: its default, a one-line doc, its che
 that raises ``TypeError`` / ``ValueError`` naming the argument), its allowed values and its
 command-line flag. From these declarations come the argument checks (a group checks itself when
 built), ``fit``'s recorded settings (:func:`recorded_settings`), the CLI's training flags
-(:mod:`ppl_vae.cli.options`), the old keywords that keep working for one release and the
+(:mod:`ppl_vae.train.flags`), the old keywords that keep working for one release and the
 options table of ``docs/options.md`` (:mod:`ppl_vae.train.keywords`).
 
 Adding an option: one field in one group here (and where the loop reads it).

@@ -1,5 +1,8 @@
-"""The CLI's training flags, generated from ``fit``'s option declarations
+"""The command line's training flags, generated from ``fit``'s option declarations
 (:mod:`ppl_vae.train.options`), and parsed arguments turned back into ``fit``'s keywords.
+
+Here, beside the declarations, so that whatever trains from parsed arguments (the CLI, a
+run-folder job) uses the same two functions.
 
 A flag's value is checked as ``fit`` checks it, while the command line is parsed: a bad value
 is argparse's one-line usage error naming the flag.
