@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
+from ppl_vae.train.keywords import legacy_keywords
 from ppl_vae.train.objective import TERMS
 from ppl_vae.train.options import GROUPS, FitConfig
 
@@ -94,8 +95,7 @@ def fit_options_from_args(args: argparse.Namespace, **given) -> dict:
     (options without a flag, or set by the command: ``checkpoint_dir=out``, ``callbacks=``)
     taking precedence; the names are ``fit``'s flat keywords or a group's field names."""
     flat, groups, terms = {}, {group: {} for group in GROUPS}, {}
-    legacy = {f.metadata.get("legacy") or f.name: (group, f.name)
-              for group, cls in GROUPS.items() for f in fields(cls)}
+    legacy = legacy_keywords()
     for group, f in _declared():
         if group is None:
             flat[f.name] = _value(args, f)

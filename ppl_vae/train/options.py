@@ -250,7 +250,7 @@ def _group(cls):
     def check(name, value):
         if value is None:
             return cls()
-        if cls is Checkpoint and not isinstance(value, Checkpoint) and value is not None:
+        if cls is Checkpoint and not isinstance(value, Checkpoint):
             return Checkpoint(dir=value)  # checkpoint="runs/x": the folder alone
         if not isinstance(value, cls):
             raise TypeError(f"{name} must be a ppl_vae.{cls.__name__}(...), got "
