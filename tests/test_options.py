@@ -241,7 +241,10 @@ def test_a_bad_flag_value_is_a_usage_error_naming_the_flag(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--out", "x", "--lr", "0"])
     err = capsys.readouterr().err
-    assert "--lr" in err and "lr must be finite and > 0, got '0'" in err
+    assert "argument --lr: expected a finite number > 0, got '0'" in err
+    with pytest.raises(SystemExit):  # the CLI's own check: fit's waits for the data's rows
+        build_parser().parse_args(["train", "--out", "x", "--batch-size", "0"])
+    assert "argument --batch-size: expected a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_docs_options_md_is_generated_from_the_declarations():

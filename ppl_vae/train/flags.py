@@ -15,7 +15,7 @@ from dataclasses import MISSING, fields
 
 from ppl_vae.train.keywords import legacy_keywords
 from ppl_vae.train.objective import TERMS
-from ppl_vae.train.options import GROUPS, FitConfig
+from ppl_vae.train.options import GROUPS, Check, FitConfig
 
 __all__ = ["add_fit_arguments", "fit_options_from_args"]
 
@@ -41,10 +41,10 @@ def _default(f):
     return f.default if f.default is not MISSING else f.default_factory()
 
 
-def _parse(f, parse, name):
+def _parse(check, parse, name):
     """argparse type: ``parse`` the text, then the option's declared check on it (the parsed
-    value is kept: ``fit`` checks it again)."""
-    check = f.metadata.get("check")
+    value is kept: ``fit`` checks it again). The usage error says what was expected."""
+    expected = check.expected if isinstance(check, Check) else None
 
     def typed(text: str):
         try:
@@ -52,8 +52,8 @@ def _parse(f, parse, name):
             if check is not None:
                 check(name, value)
         except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(str(exc).split(", got")[0] +
-                                             f", got {text!r}") from None
+            said = f"expected {expected}" if expected else str(exc).split(", got")[0]
+            raise argparse.ArgumentTypeError(f"{said}, got {text!r}") from None
         return value
     return typed
 
@@ -66,6 +66,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         flags = (flags,) if isinstance(flags, str) else flags
         kwargs = _cli(f)
         kwargs.pop("convert", None)
+        check = kwargs.pop("check", f.metadata.get("check"))  # a term's fields: its own check
         name = f.metadata.get("legacy") or f.name
         text = kwargs.pop("help", f.metadata["doc"])
         if flags[0].startswith("--no-") or default is False:
@@ -75,7 +76,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         if f.metadata.get("choices"):
             kwargs["choices"] = list(f.metadata["choices"])
         else:
-            kwargs["type"] = _parse(f, parse, name)
+            kwargs["type"] = _parse(check, parse, name)
         kwargs.setdefault("default", default)
         parser.add_argument(*flags, help=text, **kwargs)
 

@@ -60,7 +60,7 @@ def option(default, doc: str, *, check: Callable, flag: str | tuple[str, ...] | 
     legacy : the keyword ``fit`` took it as before the groups (default: the field's name).
     cli : ``text -> value`` for the flag (default: from the type of ``default``), or a dict of
         argparse keywords (``type``, ``metavar``, the CLI's own ``default``, ``convert``: the
-        parsed text -> the value ``fit`` takes).
+        parsed text -> the value ``fit`` takes, ``check``: the CLI's own check).
     record : whether ``settings`` records it, or ``record(value, config) -> dict`` of entries.
     """
     meta = {"doc": doc, "check": check, "flag": (flag,) if isinstance(flag, str) else flag,
@@ -77,18 +77,31 @@ def _check_declared(instance) -> None:
         object.__setattr__(instance, f.name, f.metadata["check"](name, getattr(instance, f.name)))
 
 
-def _count(minimum=1, maximum=None, optional=False):
+@dataclass(frozen=True)
+class Check:
+    """A declared check with what it expects in words (the CLI's usage errors say it:
+    ``expected a whole number >= 1, got '1.5'``)."""
+
+    fn: Callable
+    expected: str
+
+    def __call__(self, name, value):
+        return self.fn(name, value)
+
+
+def _count(minimum=1, maximum=None, optional=False) -> Check:
     def check(name, value):
         if value is None and optional:
             return None
         return as_integer(name, value, minimum=minimum, maximum=maximum)
-    return check
+    return Check(check, f"a whole number >= {minimum}" if maximum is None else
+                 f"a whole number in [{minimum}, {maximum}]")
 
 
-def _rate(optional=False):
+def _rate(optional=False) -> Check:
     def check(name, value):
         return None if value is None and optional else as_rate(name, value)
-    return check
+    return Check(check, "a finite number > 0")
 
 
 def _tolerance(name, value):
@@ -107,12 +120,15 @@ def _name(optional=False):
     return lambda name, value: _as_name(name, value, optional=optional)
 
 
-def _epochs(name, value):
+def _check_epochs(name, value):
     if isinstance(value, str):
         if value != "auto":
             raise TypeError(f"epochs must be an integer or 'auto', got {value!r} (str)")
         return value
     return as_integer(name, value)
+
+
+_epochs = Check(_check_epochs, "a whole number >= 1")
 
 
 def _terms(name, value) -> tuple:
@@ -274,7 +290,8 @@ class FitConfig:
                                                     "epochs_mode": "auto" if c.auto else "fixed",
                                                     "max_epochs": c.max_epochs if c.auto else None})
     batch_size: int = option(128, "rows per training step (at most the training rows)",
-                             check=_count(minimum=None), flag="--batch-size")
+                             check=_count(minimum=None), flag="--batch-size",
+                             cli={"type": int, "check": _count()})
     lr: float = option(1e-3, "the optimizer's learning rate", check=_rate(), flag="--lr")
     optimizer: str | Callable = option(
         "adam", "adam, adamw, sgd, rmsprop, adagrad, a torch.optim.Optimizer class or a factory",
