@@ -94,7 +94,8 @@ def _value(args, f):
 def fit_options_from_args(args: argparse.Namespace, **given) -> dict:
     """``fit``'s keywords from the parsed flags (:func:`add_fit_arguments`), with ``given``
     (options without a flag, or set by the command: ``checkpoint_dir=out``, ``callbacks=``)
-    taking precedence; the names are ``fit``'s flat keywords or a group's field names."""
+    taking precedence; each name is a flat keyword of ``fit`` or a group field's keyword as
+    ``docs/options.md`` lists it (``checkpoint_dir`` for ``Checkpoint.dir``)."""
     flat, groups, terms = {}, {group: {} for group in GROUPS}, {}
     legacy = legacy_keywords()
     for group, f in _declared():
