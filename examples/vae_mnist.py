@@ -55,11 +55,13 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     model = VAE(data.obs_dim, args.latent_dim, hidden=args.hidden)
     guide = MLPEncoder(data.obs_dim, args.latent_dim, hidden=args.hidden)
+    warmup = [ppl_vae.KLWarmup(args.kl_warmup_epochs)] if args.kl_warmup_epochs else []
     result = ppl_vae.fit(
         model, guide, data.train, validation_data=test, epochs=args.epochs,
-        max_epochs=args.max_epochs, patience=args.patience, time_budget=args.time_budget,
-        kl_warmup_epochs=args.kl_warmup_epochs, batch_size=min(args.batch_size, len(data.train)),
-        lr=args.lr, lr_schedule="plateau", seed=args.seed, progress=False,
+        batch_size=min(args.batch_size, len(data.train)), lr=args.lr, seed=args.seed,
+        progress=False, objective=ppl_vae.Objective(terms=warmup),
+        loop=ppl_vae.Loop(max_epochs=args.max_epochs, patience=args.patience,
+                          time_budget=args.time_budget, lr_schedule="plateau"),
     )
     evaluation = ppl_vae.evaluate(model, guide, test, num_samples=100)
     out = Path(args.out)

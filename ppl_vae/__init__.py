@@ -33,6 +33,8 @@ from ppl_vae.programs.analysis import ProgramAnalysis, analyze_programs
 from ppl_vae.reporting.page import report
 from ppl_vae.train.loading import load
 from ppl_vae.train.loop import fit
+from ppl_vae.train.objective import FreeBits, KLWarmup, ObjectiveTerm
+from ppl_vae.train.options import Checkpoint, Compute, Loop, Objective, Parallel
 from ppl_vae.train.result import FitResult, TrainingDivergedError
 from ppl_vae.train.state import TrainState, init_state, update
 
@@ -42,6 +44,14 @@ _sys.modules[__name__ + ".datasets"] = datasets
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
+    "Compute",
+    "FreeBits",
+    "KLWarmup",
+    "Loop",
+    "Objective",
+    "ObjectiveTerm",
+    "Parallel",
     "ESTIMATORS",
     "EstimatorSpec",
     "Evaluation",

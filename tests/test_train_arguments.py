@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import ppl_vae
-from ppl_vae.train.arguments import FitConfig, as_integer, check_arguments
+from ppl_vae.train.arguments import as_integer
+from ppl_vae.train.keywords import legacy_keywords
+from ppl_vae.train.options import GROUPS, Checkpoint, FitConfig, Parallel
 
 X = torch.rand(20, 3, generator=torch.Generator().manual_seed(0)) + 0.5
 
@@ -67,8 +69,12 @@ CASES = [
     ({"seed": -1}, ValueError, "seed must be >= 0"),
     ({"seed": 2**32}, ValueError, "seed must be <= 4294967295"),
     ({"seed": 1.0}, TypeError, "seed must be an integer"),
-    ({"early_stopping_patience": 0}, ValueError, "early_stopping_patience must be >= 1"),
-    ({"early_stopping_patience": 2.5}, TypeError, "early_stopping_patience must be an integer"),
+    ({"patience": 0}, ValueError, "patience must be >= 1"),
+    ({"patience": 2.5}, TypeError, "patience must be an integer"),
+    ({"max_epochs": 0}, ValueError, "max_epochs must be >= 1"),
+    ({"tolerance": -1}, ValueError, "tolerance must be finite and > 0"),
+    ({"time_budget": 0}, ValueError, "time_budget must be finite and > 0"),
+    ({"lr_schedule": "cosine"}, ValueError, "lr_schedule must be one of (None, 'plateau')"),
     ({"num_nodes": 0}, ValueError, "num_nodes must be >= 1"),
     ({"devices": 1.5}, TypeError, "devices must be an integer, got 1.5"),
     ({"devices": True}, TypeError, "devices must be an integer, got True"),
@@ -133,13 +139,22 @@ CASES = [
 @pytest.mark.parametrize("override, error, fragment", CASES,
                          ids=[f"{next(iter(c[0]))}-{i}" for i, c in enumerate(CASES)])
 def test_bad_argument_is_named_before_the_first_epoch(override, error, fragment, tmp_path):
+    # Each option in its group (objective=Objective(num_particles=...), ...): the group checks
+    # it when built, with the same one-line message.
     ran = []
     kwargs = {"estimator": "mc", "epochs": 2, "batch_size": 10, "progress": False,
               "callbacks": [lambda record, state: ran.append(record["epoch"])]}
+    grouped = {}
     for key, value in override.items():
-        kwargs[key] = value(tmp_path) if key == "checkpoint_dir" and callable(value) else value
+        value = value(tmp_path) if key == "checkpoint_dir" and callable(value) else value
+        if key in legacy_keywords():
+            group, name = legacy_keywords()[key]
+            grouped.setdefault(group, {})[name] = value
+        else:
+            kwargs[key] = value
     with pytest.raises(error) as info:
-        ppl_vae.fit(model, guide, X, **kwargs)
+        groups = {group: GROUPS[group](**fields) for group, fields in grouped.items()}
+        ppl_vae.fit(model, guide, X, **kwargs, **groups)
     message = str(info.value)
     assert fragment in message, message
     assert "\n" not in message
@@ -150,11 +165,12 @@ def test_bad_argument_is_named_before_the_first_epoch(override, error, fragment,
 
 def test_valid_integer_like_values_are_accepted():
     assert as_integer("epochs", np.int64(3)) == 3 and type(as_integer("epochs", np.int64(3))) is int
-    config = check_arguments(**{**FitConfig().__dict__, "checkpoint_dir": None, "epochs": np.int32(2),
-                                "lr": np.float32(0.5), "resume": np.bool_(False),
-                                "optimizer": torch.optim.SGD, "devices": [0, 1]})
-    assert config.epochs == 2 and config.lr == 0.5 and config.resume is False
-    assert config.devices == (0, 1) and config.optimizer is torch.optim.SGD
+    config = FitConfig(epochs=np.int32(2), lr=np.float32(0.5), optimizer=torch.optim.SGD,
+                       checkpoint=Checkpoint(resume=np.bool_(False)),
+                       parallel=Parallel(devices=[0, 1]))
+    assert config.epochs == 2 and config.lr == 0.5 and config.checkpoint.resume is False
+    assert config.parallel.devices == (0, 1) and config.optimizer is torch.optim.SGD
+    assert type(config.epochs) is int and type(config.lr) is float
 
 
 def test_an_optimizer_factory_is_used(tmp_path):
@@ -172,7 +188,7 @@ def test_an_optimizer_factory_is_used(tmp_path):
 def test_a_checkpoint_dir_that_does_not_exist_yet_is_created_at_the_first_checkpoint(tmp_path):
     target = tmp_path / "new" / "run"
     ppl_vae.fit(model, guide, X, estimator="mc", epochs=1, batch_size=10, progress=False,
-                checkpoint_dir=target)
+                checkpoint=target)
     assert (target / "checkpoint.pt").exists()
 
 
@@ -182,4 +198,4 @@ def test_a_checkpoint_dir_without_write_permission(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(ValueError, match="is not writable"):
         ppl_vae.fit(model, guide, X, estimator="mc", epochs=1, batch_size=10, progress=False,
-                    checkpoint_dir=locked / "run")
+                    checkpoint=locked / "run")

@@ -6,29 +6,45 @@ import torch
 from _diagnostics_cases import make_guide, model, simulate
 from pyro.infer import Trace_ELBO
 
-from ppl_vae import evaluate, fit
+from ppl_vae import Compute, Objective, evaluate, fit
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
-from ppl_vae.train.objective import KLWarmup, WarmupProgram
+from ppl_vae.train.objective import FreeBits, KLWarmup, TermContext
 
 
-def test_warmup_weights_only_the_latent_terms():
+class _Step:
+    """A clock the test sets by hand (the loop's is set before each step)."""
+
+    def __init__(self, step=None):
+        self.step = step
+
+    def __call__(self):
+        return self.step
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_warmup_weights_only_the_latent_terms(dtype):
     # Under weight beta the Monte Carlo ELBO of the same draws is E[log p(x|z)] + beta (log p(z)
-    # - log q(z)): recon and KL parts recovered from beta = 1 and beta = 0.5.
-    x = simulate(5, seed=0)
+    # - log q(z)): recon and KL parts recovered from beta = 1 and beta = 0.5 (steps 3 and 1 of
+    # a 4-step warm-up: one epoch of 4 steps), and beta = 1 outside training (step None).
+    x = simulate(5, seed=0, dtype=dtype)
     guide = make_guide(width=0.8)
-    warm = KLWarmup(4)
+    clock = _Step()
+    m, g = KLWarmup(1).programs(model, guide, TermContext("data", 4, clock))
 
-    def loss(beta):
-        warm.beta = beta
+    def loss(step):
+        clock.step = step
         pyro.set_rng_seed(3)
-        return Trace_ELBO().loss(WarmupProgram(model, warm), WarmupProgram(guide, warm), x)
+        return Trace_ELBO().loss(m, g, x)
 
-    full, half, none = loss(1.0), loss(0.5), loss(0.0)
+    full, half, outside = loss(3), loss(1), loss(None)
+    quarter = loss(0)
     # loss = -recon + beta * kl: linear in beta with the same draws.
-    assert half == pytest.approx((full + none) / 2, rel=1e-9)
-    assert none != pytest.approx(full)
-    assert [warm.set_step(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert (full - quarter) == pytest.approx(3 * (half - quarter), rel=1e-4 if dtype == torch.float32 else 1e-9)
+    assert outside == full and half != pytest.approx(full)
+    assert [KLWarmup.weight(s, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert KLWarmup.weight(None, 4) == 1.0
+    assert KLWarmup(2).columns(TermContext("data", 4, _Step(3))) == {"kl_weight": 0.5}
 
 
 def _digits_vae(digits, warmup, seed):
@@ -36,7 +52,7 @@ def _digits_vae(digits, warmup, seed):
     pyro.set_rng_seed(seed)
     vae, enc = VAE(64, 8, hidden=64), MLPEncoder(64, 8, hidden=64)
     result = fit(vae, enc, x, epochs=8, batch_size=32, lr=3e-3, progress=False, seed=seed,
-                 kl_warmup_epochs=warmup)
+                 objective=Objective(terms=[KLWarmup(warmup)] if warmup else []))
     ev = evaluate(vae, enc, torch.as_tensor(digits.test, dtype=torch.float32), num_samples=10)
     return result, ev
 
@@ -56,28 +72,26 @@ def test_warmup_raises_the_kl_of_a_nearly_collapsed_vae(digits):
 
 def test_warmup_refuses_jit():
     with pytest.raises(ValueError, match="kl_warmup_epochs with jit=True"):
-        fit(model, make_guide(), simulate(8), epochs=1, kl_warmup_epochs=1, jit=True,
-            progress=False)
+        fit(model, make_guide(), simulate(8), epochs=1, progress=False,
+            objective=Objective(terms=[KLWarmup(1)]), compute=Compute(jit=True))
     with pytest.raises(ValueError, match="free_bits with jit='compile'"):
-        fit(model, make_guide(), simulate(8), epochs=1, free_bits=0.1, jit="compile",
-            progress=False)
+        fit(model, make_guide(), simulate(8), epochs=1, progress=False,
+            objective=Objective(terms=[FreeBits(0.1)]), compute=Compute(jit="compile"))
 
 
 def test_free_bits_adds_the_shortfall_below_lambda_per_dimension():
     # The loss gains N * sum_d relu(lambda - mean_i KL_d(x_i)) (Kingma et al. 2016), with the
     # closed-form KL of each dimension: here dimension 1 is collapsed (KL 0), dimension 0 not.
-    from ppl_vae.train.objective import FreeBits
-
     x = simulate(6, seed=0)
     guide = make_guide(width=0.8)
+    context = TermContext("data", 1, _Step(0))  # active from the first step on
     bits = FreeBits(0.5, per="dim")
-    bits.data_plate = "data"
 
     def loss(m, g):
         pyro.set_rng_seed(3)
         return Trace_ELBO().loss(m, g, x)
 
-    plain, with_bits = loss(model, guide), loss(bits.model(model), bits.guide(guide))
+    plain, with_bits = loss(model, guide), loss(*bits.programs(model, guide, context))
     from _diagnostics_cases import posterior
 
     mu, sd = posterior(x)
@@ -85,10 +99,11 @@ def test_free_bits_adds_the_shortfall_below_lambda_per_dimension():
     kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).mean(0)
     expected = 6 * torch.relu(0.5 - kl).sum()
     assert with_bits - plain == pytest.approx(float(expected), rel=1e-9)
-    per_site = FreeBits(0.5, per="site")
-    per_site.data_plate = "data"
-    site = loss(per_site.model(model), per_site.guide(guide)) - plain
+    site = loss(*FreeBits(0.5, per="site").programs(model, guide, context)) - plain
     assert site == pytest.approx(float(6 * torch.relu(0.5 - kl.sum())), rel=1e-9, abs=1e-12)
+    # Outside training (the pre-flight's runs) the programs are the ELBO's.
+    outside = TermContext("data", 1, _Step(None))
+    assert loss(*bits.programs(model, guide, outside)) == plain
 
 
 @pytest.mark.slow
@@ -101,7 +116,8 @@ def test_free_bits_raise_the_kl_of_a_nearly_collapsed_vae(digits):
     for bits in (None, 0.25):
         pyro.set_rng_seed(0)
         vae, enc = VAE(64, 8, hidden=64), MLPEncoder(64, 8, hidden=64)
-        r = fit(vae, enc, x, epochs=8, batch_size=32, lr=3e-3, progress=False, free_bits=bits)
+        r = fit(vae, enc, x, epochs=8, batch_size=32, lr=3e-3, progress=False,
+                objective=Objective(terms=[FreeBits(bits)] if bits else []))
         kls.append(evaluate(vae, enc, test, num_samples=10)["kl"])
     assert kls[1] > 5 * kls[0]
     assert r.history["free_bits"].eq(0.25).all() and r.settings["free_bits"] == 0.25

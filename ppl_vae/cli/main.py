@@ -11,7 +11,6 @@ import argparse
 import importlib
 import importlib.metadata
 import json
-import math
 import sys
 import traceback
 import warnings
@@ -22,7 +21,6 @@ from ppl_vae.cli.common import (
     open_run,
     positive_int,
     require_run,
-    whole_number,
 )
 from ppl_vae.cli.errors import one_line
 from ppl_vae.cli.workflow import add_logger_argument, make_loggers
@@ -30,8 +28,8 @@ from ppl_vae.estimators.registry import ESTIMATORS
 from ppl_vae.programs.registry import describe
 from ppl_vae.runs import evaluate_run, is_writer, report_run, train_into, writing
 from ppl_vae.storage.files import MANIFEST_NAME, CorruptFileError, verify_folder
-from ppl_vae.train.arguments import MAX_SEED
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME
+from ppl_vae.train.flags import add_fit_arguments
 from ppl_vae.train.run_dir import data_record, program_record
 from ppl_vae.train.user_data import data_function_record, is_data_function
 
@@ -69,18 +67,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _threads(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 1, got {text!r}")
-    return value
-
-
 def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -99,25 +85,6 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-def _epochs(text: str):
-    return text if text == "auto" else positive_int(text)
-
-
-def _positive_float(text: str) -> float:
-    value = _learning_rate(text)  # the same check: a finite number > 0
-    return value
-
-
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vae",
                    help="zoo name (see `ppl-vae models`) or file.py:name")
@@ -126,44 +93,6 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="digits | binary | linear_gaussian | regression | eight_schools | "
                    "mnist:DIR | file.npy/.npz/.csv | file.py:function (returns a tensor, a "
                    "tuple of tensors, or a Dataset)")
-    p.add_argument("--estimator", default="analytic",
-                   help="ELBO estimator (see `ppl-vae estimators`)")
-    p.add_argument("--epochs", type=_epochs, default=30,
-                   help="an integer, or 'auto': until the validation ELBO stops improving")
-    p.add_argument("--patience", type=positive_int, default=20,
-                   help="--epochs auto: epochs without an improvement before stopping")
-    p.add_argument("--max-epochs", type=positive_int, default=500,
-                   help="--epochs auto: at most this many epochs")
-    p.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
-                   help="stop training after this many seconds (default: no time limit)")
-    p.add_argument("--tolerance", type=_positive_float, default=0.01,
-                   help="--epochs auto: an improvement counts above this (nats per point)")
-    p.add_argument("--lr-schedule", default=None, choices=["plateau"],
-                   help="plateau: halve the learning rate when the ELBO stops improving; none: "
-                   "a constant learning rate")
-    p.add_argument("--kl-warmup-epochs", type=int, default=0,
-                   help="KL warm-up: latent terms weighted 0 -> 1 over these epochs (0: none)")
-    p.add_argument("--free-bits", type=_positive_float, default=None, metavar="NATS",
-                   help="free bits: no latent dimension pushed below NATS of KL in training "
-                   "(default: none, the plain ELBO)")
-    p.add_argument("--batch-size", type=positive_int, default=128,
-                   help="rows per training step (at most the training rows)")
-    p.add_argument("--lr", type=_learning_rate, default=1e-3, help="the optimizer's learning rate")
-    p.add_argument("--optimizer", default="adam",
-                   help="a torch.optim name in lower case: adam, adamw, sgd, rmsprop, ...")
-    p.add_argument("--num-particles", type=positive_int, default=1,
-                   help="latent draws per data point and step (the bound's K for iwae, vimco, "
-                   "dreg)")
-    p.add_argument("--vectorize-particles", action="store_true",
-                   help="draw the particles in one vectorized pass instead of a loop")
-    p.add_argument("--jit", nargs="?", const="true", default="auto",
-                   choices=["auto", "true", "false", "compile"],
-                   help="auto: record the step once per batch shape where the programs "
-                   "are static, eager otherwise; true: record or fail; compile: also compile it "
-                   "(Inductor); false: Pyro's eager step. A bare --jit means true")
-    p.add_argument("--threads", type=_threads, default="auto",
-                   help="intra-op CPU threads while training: auto (what the model's size can "
-                   "use, at most the idle cores) or a number")
     p.add_argument("--latent-dim", type=positive_int, default=None,
                    help="latent size, passed to model and guide (default: the program's own)")
     p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
@@ -177,33 +106,13 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra guide constructor option (JSON value; repeatable; default: none)")
     p.add_argument("--with-labels", action="store_true",
                    help="pass (x, label) batches to the programs (conditional models)")
-    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0,
-                   help="seeds torch, Pyro and the batch order (same seed, same run)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1, mps ... (default: the CPU)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                   help="the data's and the programs' floating-point type")
-    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
-                   help="integer --epochs: stop when the validation ELBO has not improved for "
-                   "PATIENCE epochs (default: no early stopping)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in OUT (its run files only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--eval-samples", type=positive_int, default=100,
                    help="K for the evaluation's IWAE")
-    p.add_argument("--devices", type=_devices, default=None,
-                   help="data-parallel processes per node (int or 'auto'; see docs/scaling.md; "
-                   "default: one process)")
-    p.add_argument("--strategy", default=None,
-                   help="Lightning Fabric strategy: ddp, ddp_spawn, ... (default: ddp when "
-                   "--devices is given)")
-    p.add_argument("--num-nodes", type=positive_int, default=1, help="machines (torchrun / SLURM)")
+    # fit's options, from their declarations (ppl_vae.train.options).
+    add_fit_arguments(p)
     add_logger_argument(p)
-
-
-def _devices(text: str):
-    return text if text == "auto" else positive_int(text)
 
 
 def config_from_args(args) -> dict:

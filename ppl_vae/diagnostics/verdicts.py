@@ -126,8 +126,8 @@ def verdict_table(verdicts) -> pd.DataFrame:
 
 ADVICE = {
     "train": "train longer: fit(..., epochs='auto') or more epochs (ppl-vae run --epochs auto)",
-    "warmup": ("use KL warm-up or free bits: fit(..., kl_warmup_epochs=..., free_bits=...) "
-               "(--kl-warmup-epochs, --free-bits)"),
+    "warmup": ("use KL warm-up or free bits: fit(..., objective=Objective(terms=[KLWarmup(...), "
+               "FreeBits(...)])) (--kl-warmup-epochs, --free-bits)"),
     "family": "a richer guide family, such as the `flow` guide (--guide flow)",
     "particles": "more particles or an importance-weighted estimator (--num-particles, iwae)",
     "encoder": "a larger encoder or longer training (the encoder lags the per-point optimum)",
@@ -166,11 +166,11 @@ def _longer(stopped_by) -> str:
     if stopped_by == "patience":
         return ("the stopping rule ended a run still rising by less than its tolerance per "
                 "patience epochs: train again with a larger patience or a smaller tolerance "
-                "(fit(..., patience=..., tolerance=...); --patience, --tolerance)")
+                "(fit(..., loop=Loop(patience=..., tolerance=...)); --patience, --tolerance)")
     if stopped_by == "max_epochs":
-        return "train longer: raise the epoch budget (fit(..., max_epochs=...); --max-epochs)"
+        return "train longer: raise the epoch budget (fit(..., loop=Loop(max_epochs=...)); --max-epochs)"
     if stopped_by == "time_budget":
-        return "train longer: raise the time budget (fit(..., time_budget=...); --time-budget)"
+        return "train longer: raise the time budget (fit(..., loop=Loop(time_budget=...)); --time-budget)"
     return ADVICE["train"]
 
 

@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import marshal
 import sysconfig
+import tokenize
 import types
 from pathlib import Path
 
@@ -106,7 +107,9 @@ class _Walk:
     def source(self, obj) -> str:
         try:
             return _sha(inspect.getsource(obj))
-        except OSError:  # defined where no source is kept (exec, an interactive prompt)
+        except (OSError, tokenize.TokenError, SyntaxError):
+            # Defined where no source is kept (exec, an interactive prompt), or exec'd under a
+            # file name whose lines are not its source (a README's blocks joined and run).
             code = [obj.__code__] if inspect.isfunction(obj) else [
                 v.__code__ for v in vars(obj).values() if inspect.isfunction(v)]
             return _sha(b"".join(marshal.dumps(c) for c in code))

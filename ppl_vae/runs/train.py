@@ -23,6 +23,7 @@ from ppl_vae.estimators.explain import explain
 from ppl_vae.parallel.engine import wants_engine
 from ppl_vae.runs.folder import check_same_run, prepare_run_folder, replacing_run, save_run
 from ppl_vae.storage.files import lock_run
+from ppl_vae.train.flags import fit_options_from_args
 from ppl_vae.train.loop import fit
 from ppl_vae.train.run_dir import build_programs, fit_data, load_data, write_config
 from ppl_vae.train.threads import choose_threads
@@ -174,22 +175,11 @@ def train_into(out, args, *, config: dict, loggers=()):
           f"with the {args.estimator!r} estimator -> {out}", flush=True)
 
     print_plan(model, guide, fit_data(config, dataset, "train"), args.estimator, args.device)
-    result = fit(
-        model, guide, fit_data(config, dataset, "train"),
-        validation_data=fit_data(config, dataset, "test"),
-        estimator=args.estimator, num_particles=args.num_particles,
-        vectorize_particles=args.vectorize_particles, jit=args.jit, threads=args.threads,
-        epochs=args.epochs,
-        batch_size=min(args.batch_size, dataset.train.shape[0]), lr=args.lr,
-        optimizer=args.optimizer, device=args.device, dtype=dtype, seed=args.seed,
-        progress=False if args.no_progress else None, checkpoint_dir=out, resume=args.resume,
-        early_stopping_patience=args.early_stopping, patience=args.patience,
-        max_epochs=args.max_epochs, time_budget=args.time_budget, tolerance=args.tolerance,
-        lr_schedule=args.lr_schedule, kl_warmup_epochs=args.kl_warmup_epochs,
-        free_bits=args.free_bits, callbacks=callbacks,
-        devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-        loggers=tuple(loggers) if writer else (),
-    )
+    result = fit(model, guide, fit_data(config, dataset, "train"),
+                 validation_data=fit_data(config, dataset, "test"), **fit_options_from_args(
+                     args, batch_size=min(args.batch_size, dataset.train.shape[0]),
+                     checkpoint_dir=out, callbacks=callbacks,
+                     loggers=tuple(loggers) if writer else ()))
     if result.settings.get("global_rank", 0) != 0:
         return None  # a data-parallel worker: rank 0 writes and evaluates the run
     save_run(out, config, result)

@@ -1,7 +1,7 @@
-"""``fit``'s arguments, checked before anything runs: one line naming the argument for each bad one.
+"""The checks of ``fit``'s arguments: one line naming the argument for each bad one.
 
-:func:`check_arguments` turns ``fit``'s keyword arguments into a :class:`FitConfig` (the checked
-values, in the types the loop uses), raising ``TypeError`` for a value of the wrong kind
+The option declarations (:mod:`ppl_vae.train.options`) call these checks, raising
+``TypeError`` for a value of the wrong kind
 (``epochs=1.7``, ``batch_size=True``, ``resume="no"``) and ``ValueError`` for one out of range
 (``lr=0``, ``epochs=0``, a ``checkpoint_dir`` that is a file). What depends on the data (the
 batch size against the number of rows) is checked in :mod:`ppl_vae.train.prepare`.
@@ -13,76 +13,20 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyro.infer
 import pyro.optim
 import torch
 
-from ppl_vae.data.tensors import resolve_device
-from ppl_vae.estimators.jit import check_jit
 from ppl_vae.estimators.pyro_elbos import resolve_estimator
-from ppl_vae.train.loggers import check_loggers
-from ppl_vae.train.optimizers import (
-    OPTIMIZERS,
-    check_pyro_optimizer,
-    needs_closure,
-    optimizer_label,
-)
-from ppl_vae.train.threads import check_threads
+from ppl_vae.train.optimizers import OPTIMIZERS, check_pyro_optimizer, needs_closure
 
-__all__ = ["FitConfig", "check_arguments", "as_integer", "as_rate", "as_flag"]
+__all__ = ["as_integer", "as_rate", "as_flag"]
 
 # pyro.set_rng_seed seeds NumPy too, which takes seeds in [0, 2**32).
 MAX_SEED = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """The checked arguments of one ``fit`` call (everything but the programs and the data).
-
-    The distributed workers receive it unchanged (with ``device=None``: the engine places them).
-    """
-
-    estimator: str | pyro.infer.ELBO = "analytic"  # an ELBO: one used as given (pyro_elbos)
-    num_particles: int = 1
-    vectorize_particles: bool = False
-    jit: bool | str = "auto"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str | Callable = "adam"
-    device: torch.device | None = None
-    dtype: torch.dtype | None = None
-    threads: int | str | None = "auto"
-    seed: int = 0
-    progress: bool | None = None  # None: on a terminal or in a notebook
-    checkpoint_dir: Path | None = None
-    resume: bool = False
-    data_plate: str | None = None  # None: found by init_state (the plate of the batch's size)
-    callbacks: tuple[Callable, ...] = ()
-    early_stopping_patience: int | None = None
-    elbo_options: dict = field(default_factory=dict)
-    devices: int | str | tuple[int, ...] | None = None
-    strategy: str | None = None
-    num_nodes: int = 1
-    # epochs="auto": train until the monitored ELBO stops improving (``epochs`` is then the
-    # budget max_epochs).
-    auto: bool = False
-    patience: int = 20
-    tolerance: float = 0.01
-    time_budget: float | None = None
-    lr_schedule: str | None = None
-    kl_warmup_epochs: int = 0
-    free_bits: float | None = None
-    free_bits_per: str = "dim"
-    loggers: tuple = ()  # lightning.fabric.loggers.Logger instances
-    pyro_elbo: str | None = None  # estimator= a Pyro ELBO instance, as the user wrote it
-
-    @property
-    def optimizer_name(self) -> str:
-        return optimizer_label(self.optimizer)
 
 
 def _kind(value) -> str:
@@ -100,45 +44,6 @@ def as_integer(name: str, value, *, minimum: int | None = 1, maximum: int | None
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
-
-
-def check_epochs(epochs) -> int:
-    """The training budget: an integer >= 1."""
-    return as_integer("epochs", epochs)
-
-
-LR_SCHEDULES = ("plateau",)
-
-
-def check_convergence(epochs, patience, max_epochs, time_budget, tolerance, lr_schedule,
-                      kl_warmup_epochs, jit, free_bits=None, free_bits_per="dim") -> dict:
-    """``epochs`` (an integer or ``"auto"``) and the options of training to convergence."""
-    auto = isinstance(epochs, str)
-    if auto and epochs != "auto":
-        raise TypeError(f"epochs must be an integer or 'auto', got {epochs!r} ({_kind(epochs)})")
-    out = {"auto": auto, "patience": as_integer("patience", patience),
-           "epochs": as_integer("max_epochs", max_epochs) if auto else check_epochs(epochs)}
-    out["tolerance"] = 0.0 if tolerance == 0 else as_rate("tolerance", tolerance)
-    out["time_budget"] = None if time_budget is None else as_rate("time_budget", time_budget)
-    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be None or one of {LR_SCHEDULES}, got "
-                         f"{lr_schedule!r}")
-    out["lr_schedule"] = lr_schedule
-    out["kl_warmup_epochs"] = as_integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
-    # A recorded or compiled step would keep the first step's KL weight (a Python number in each
-    # site's scale) and the free-bits correction's shape: these objectives train eagerly.
-    traced = jit is not False and jit != "auto"
-    if out["kl_warmup_epochs"] and traced:
-        raise ValueError(f"kl_warmup_epochs with jit={jit!r}: a recorded step would keep the first "
-                         "step's KL weight; train the warm-up with jit=False (or 'auto')")
-    out["free_bits"] = None if free_bits is None else as_rate("free_bits", free_bits)
-    if free_bits_per not in ("dim", "site"):
-        raise ValueError(f"free_bits_per must be 'dim' or 'site', got {free_bits_per!r}")
-    out["free_bits_per"] = free_bits_per
-    if out["free_bits"] is not None and traced:
-        raise ValueError(f"free_bits with jit={jit!r}: train with free bits with jit=False (or "
-                         "'auto')")
-    return out
 
 
 def as_rate(name: str, value) -> float:
@@ -164,6 +69,15 @@ def _as_name(name: str, value, *, optional: bool = False) -> str | None:
     if not isinstance(value, str) or not value:
         raise TypeError(f"{name} must be a non-empty string, got {value!r} ({_kind(value)})")
     return value
+
+
+def check_estimator(estimator):
+    """An estimator name (the registry checks that it is one when the ELBO is built) or a
+    ``pyro.infer.ELBO`` instance (resolved with its companions by
+    :func:`~ppl_vae.estimators.pyro_elbos.resolve_estimator` when the options are built)."""
+    if isinstance(estimator, pyro.infer.ELBO):
+        return estimator
+    return _as_name("estimator", resolve_estimator(estimator).estimator)
 
 
 def check_optimizer(optimizer):
@@ -267,48 +181,3 @@ def _check_elbo_options(options) -> dict:
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
         raise TypeError(f"elbo_options must be a dict of keyword arguments, got {_kind(options)}")
     return dict(options)
-
-
-def check_arguments(*, estimator, num_particles, vectorize_particles, jit, epochs, batch_size,
-                    lr, optimizer, device, dtype, seed, threads="auto", progress, checkpoint_dir, resume,
-                    data_plate, callbacks, early_stopping_patience, elbo_options, devices,
-                    strategy, num_nodes, patience=20, max_epochs=500, time_budget=None,
-                    tolerance=0.01, lr_schedule=None, kl_warmup_epochs=0, free_bits=None,
-                    free_bits_per="dim", auto=False, loggers=(), pyro_elbo=None) -> FitConfig:
-    """Check every argument of ``fit`` but the programs and the data; return them as a
-    :class:`FitConfig`. Raises ``TypeError`` / ``ValueError`` naming the argument.
-    ``auto=True`` reads ``epochs`` as the budget of ``epochs="auto"`` and ``pyro_elbo`` is kept
-    as recorded (a FitConfig's fields passed back in give the same FitConfig)."""
-    if auto is True and not isinstance(epochs, str):
-        epochs, max_epochs = "auto", epochs
-    resume = as_flag("resume", resume)
-    checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
-    stop_patience = None if early_stopping_patience is None else \
-        as_integer("early_stopping_patience", early_stopping_patience)
-    devices, strategy, num_nodes = check_devices(devices, strategy, num_nodes)
-    # estimator= a Pyro ELBO brings its own particles, options and jit (pyro_elbos).
-    chosen = resolve_estimator(estimator, num_particles=as_integer("num_particles", num_particles),
-                               vectorize_particles=as_flag("vectorize_particles",
-                                                           vectorize_particles),
-                               jit=check_jit(jit), elbo_options=_check_elbo_options(elbo_options))
-    converge = check_convergence(epochs, patience, max_epochs, time_budget, tolerance,
-                                 lr_schedule, kl_warmup_epochs, chosen.jit, free_bits,
-                                 free_bits_per)
-    return FitConfig(
-        estimator=chosen.estimator if isinstance(chosen.estimator, pyro.infer.ELBO)
-        else _as_name("estimator", chosen.estimator),
-        num_particles=chosen.num_particles, vectorize_particles=chosen.vectorize_particles,
-        jit=False if (converge["kl_warmup_epochs"] or converge["free_bits"] is not None)
-        else chosen.jit, pyro_elbo=chosen.pyro_elbo or pyro_elbo,
-        batch_size=as_integer("batch_size", batch_size, minimum=None), lr=as_rate("lr", lr),
-        optimizer=check_optimizer(optimizer), device=resolve_device(device),
-        dtype=_check_dtype(dtype), seed=as_integer("seed", seed, minimum=0, maximum=MAX_SEED),
-        threads=check_threads(threads),
-        progress=None if progress is None else as_flag("progress", progress),
-        loggers=check_loggers(loggers), checkpoint_dir=checkpoint_dir, resume=resume,
-        data_plate=_as_name("data_plate", data_plate, optional=True), callbacks=check_callbacks(callbacks),
-        early_stopping_patience=stop_patience, elbo_options=chosen.elbo_options,
-        devices=devices, strategy=strategy, num_nodes=num_nodes, **converge,
-    )

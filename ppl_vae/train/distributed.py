@@ -22,8 +22,8 @@ import pandas as pd
 import pyro
 
 from ppl_vae.parallel.engine import Engine, launch, make_fabric, wants_engine
-from ppl_vae.train.arguments import FitConfig
 from ppl_vae.train.checkpoint import load_checkpoint, restore_params, save_checkpoint
+from ppl_vae.train.options import FitConfig
 from ppl_vae.train.result import FitResult
 from ppl_vae.train.state import TrainState
 
@@ -72,7 +72,8 @@ def launch_fit(run: Callable, model, guide, data, validation_data, config: FitCo
     script for the other local ranks), torchrun or SLURM, every process returns its own
     ``FitResult``, state included.
     """
-    fabric = make_fabric(config.devices, config.strategy, config.num_nodes, device)
+    par = config.parallel
+    fabric = make_fabric(par.devices, par.strategy, par.num_nodes, device)
     world = int(fabric.world_size)
     if config.batch_size % world:
         raise ValueError(

@@ -13,7 +13,7 @@ import torch
 from ppl_vae.data.streaming import DiskData, EpochBatches, sampler_seed, sequential_batches
 from ppl_vae.data.tensors import iter_batches
 from ppl_vae.programs.modes import eval_mode
-from ppl_vae.train.arguments import FitConfig
+from ppl_vae.train.options import FitConfig
 from ppl_vae.train.prepare import Prepared
 from ppl_vae.train.result import TrainingDivergedError
 from ppl_vae.train.state import TrainState, mean_loss, update
@@ -110,9 +110,11 @@ class Epochs:
     """The epochs of one run: ``epochs.train(state, epoch)`` takes one epoch of steps and
     returns its history row (train ELBO, validation ELBO, seconds, steps)."""
 
-    def __init__(self, prepared: Prepared, config: FitConfig, engine, val_loss_fn, warmup=None):
+    def __init__(self, prepared: Prepared, config: FitConfig, engine, val_loss_fn,
+                 objective=None):
         self.prepared, self.config, self.engine, self.val_loss_fn = prepared, config, engine, val_loss_fn
-        self.warmup = warmup  # a KLWarmup whose weight follows the step count
+        # (clock, context): the loop sets the clock's step, the objective's terms read it.
+        self.clock, self.context = objective if objective is not None else (None, None)
         rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
         self.stream = EpochBatches(prepared.train, config.batch_size, seed=config.seed, rank=rank,
                                    world_size=world, device=prepared.device, dtype=prepared.dtype)
@@ -138,8 +140,8 @@ class Epochs:
             warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]?Inf)",
                                     category=UserWarning)
             for step, batch in enumerate(self.batches(epoch), start=1):
-                if self.warmup is not None:
-                    self.warmup.set_step(state.step)
+                if self.clock is not None:
+                    self.clock.step = state.step
                 try:
                     state, loss = update(state, batch)
                 except Exception as error:
@@ -173,11 +175,9 @@ class Epochs:
             check_validation(record["val_elbo"], epoch, records, checkpoint)
         record["seconds"] = time.perf_counter() - t0
         record["steps"] = len(losses)
-        if self.warmup is not None:
-            # train_elbo is the warm-up objective while kl_weight < 1 (val_elbo is the ELBO).
-            record["kl_weight"] = self.warmup.beta
-        if self.config.free_bits is not None:
-            record["free_bits"] = self.config.free_bits  # train_elbo is the free-bits objective
-        if self.config.lr_schedule is not None:
+        for term in self.config.objective.terms:
+            # Say when train_elbo is not the ELBO (val_elbo always is).
+            record.update(term.columns(self.context))
+        if self.config.loop.lr_schedule is not None:
             record["lr"] = float(state.optimizer.param_groups[0]["lr"])
         return state, record

@@ -11,7 +11,6 @@ time (:mod:`~ppl_vae.train.epoch`) with the built-in callbacks, early stopping a
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -24,13 +23,20 @@ from tqdm.auto import tqdm
 
 from ppl_vae.programs.digest import program_digests
 from ppl_vae.storage.files import lock_run
-from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, setup_state, wants_engine
 from ppl_vae.train.epoch import Epochs
+from ppl_vae.train.keywords import fit_config
 from ppl_vae.train.loggers import EpochLoggers
-from ppl_vae.train.objective import FreeBits, KLWarmup
+from ppl_vae.train.options import (
+    Checkpoint,
+    Compute,
+    FitConfig,
+    Loop,
+    Objective,
+    Parallel,
+)
 from ppl_vae.train.prepare import (
     make_settings,
     preflight,
@@ -55,36 +61,21 @@ def fit(
     *,
     validation_data=None,
     estimator: str = "analytic",
-    num_particles: int = 1,
-    vectorize_particles: bool = False,
-    jit: bool | str = "auto",
     epochs: int | str = 30,
     batch_size: int = 128,
     lr: float = 1e-3,
     optimizer="adam",
-    device=None,
-    dtype: torch.dtype | None = None,
-    threads="auto",
     seed: int = 0,
+    device=None,
     progress: bool | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    data_plate: str | None = None,
     callbacks: Sequence[Callback] = (),
-    early_stopping_patience: int | None = None,
-    elbo_options: dict | None = None,
-    devices=None,
-    strategy: str | None = None,
-    num_nodes: int = 1,
-    patience: int = 20,
-    max_epochs: int = 500,
-    time_budget: float | None = None,
-    tolerance: float = 0.01,
-    lr_schedule: str | None = None,
-    kl_warmup_epochs: int = 0,
-    free_bits: float | None = None,
-    free_bits_per: str = "dim",
     loggers: Sequence = (),
+    objective: Objective | None = None,
+    loop: Loop | None = None,
+    checkpoint: Checkpoint | str | Path | None = None,
+    parallel: Parallel | None = None,
+    compute: Compute | None = None,
+    **deprecated,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -101,90 +92,58 @@ def fit(
     estimator : str or pyro.infer.ELBO
         ELBO estimator name (see :func:`ppl_vae.make_elbo`), or a Pyro ELBO instance: mapped to
         its registered estimator with its options, or used as given (``docs/estimators.md``).
-    num_particles, vectorize_particles, jit : see :func:`ppl_vae.make_elbo`. ``jit="auto"``
-        (default) records the step once per batch shape and replays it where the programs are
-        static, and trains eagerly with one warning where they are not; ``"compile"`` also
-        compiles it (Inductor); ``False`` is Pyro's eager step.
     epochs : int or "auto"
         An integer: that many epochs. ``"auto"``: train until the validation ELBO (without
         validation data, the training ELBO smoothed over epochs) has not improved by more than
-        ``tolerance`` nats per data point for ``patience`` epochs, at most ``max_epochs``
-        epochs and, when given, ``time_budget`` seconds of training; the best epoch's
-        parameters are kept (``settings["stopped_by"]`` says what ended it).
+        ``loop.tolerance`` nats per data point for ``loop.patience`` epochs, at most
+        ``loop.max_epochs`` epochs and, when given, ``loop.time_budget`` seconds of training;
+        the best epoch's parameters are kept (``settings["stopped_by"]`` says what ended it).
     batch_size, lr : ``batch_size`` must lie in ``[1, N]``.
-    patience, max_epochs, time_budget, tolerance
-        See ``epochs="auto"``; ``time_budget`` also bounds an integer ``epochs``.
-    lr_schedule : {None, "plateau"}
-        ``"plateau"``: halve the learning rate when the monitored ELBO has not improved for
-        ``max(2, patience // 4)`` epochs (``torch.optim.lr_scheduler.ReduceLROnPlateau``); the
-        history's ``lr`` column records it.
-    kl_warmup_epochs : int
-        KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): the latent sites' terms are
-        scaled by a weight rising linearly from 0 to 1 over these epochs
-        (:mod:`~ppl_vae.train.objective`), against posterior collapse. The objective changes
-        during training only: the history's ``kl_weight`` column says when ``train_elbo`` is
-        not the ELBO; validation and every evaluation use the true ELBO.
-    free_bits, free_bits_per : float or None, {"dim", "site"}
-        Free bits (Kingma et al. 2016): no group (a latent dimension, or a latent site) is
-        pushed below ``free_bits`` nats of batch-mean KL (:class:`~ppl_vae.train.objective.
-        FreeBits`). Training objective only, like the warm-up: the history's ``free_bits``
-        column marks ``train_elbo`` as that objective.
     optimizer : str, optimizer class or pyro.optim optimizer
         ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"``, a
         ``torch.optim.Optimizer`` class, or ``pyro.optim.Adam({...})`` / ``ClippedAdam`` /
         per-parameter callables (:mod:`~ppl_vae.train.optimizers`; its own ``lr`` wins).
-    device : str or torch.device, optional
-        Where data, parameters and every sample site live. Default: the data's device.
-    dtype : torch.dtype, optional
-        Floating dtype of data and parameters. Default: the data's (float32 for NumPy/pandas).
-    threads : "auto", int or None
-        Intra-op CPU threads while training (restored afterwards). ``"auto"``: as many as the
-        step's size can use, at most the idle cores (small models: one; extra threads only wait
-        on each other, and spin on a busy machine); ``None``: torch's setting. See
-        :func:`ppl_vae.train.threads.choose_threads`.
     seed : int
         Seeds Pyro, torch, NumPy and the batch order: the same seed gives the same history.
+    device : str or torch.device, optional
+        Where data, parameters and every sample site live. Default: the data's device.
     progress : bool, optional
-        A ``tqdm.auto`` bar over epochs (a widget in Jupyter) and one summary line at the end
-        (epochs, final ELBOs, seconds, what stopped training). None (default): shown on a
-        terminal and in a notebook; True: always; False: never.
-    checkpoint_dir : path, optional
-        Write ``checkpoint.pt`` (atomically) and ``history.csv`` there after every epoch. A
-        folder that holds a checkpoint already is refused unless ``resume=True``. The folder is
-        a run folder (``config.json``, and ``final.pt`` at the end): ``ppl_vae.load`` reads it
-        (with ``data=``: it keeps no copy of the data).
-    resume : bool
-        Continue from ``checkpoint_dir``'s checkpoint when there is one. The run must be the
-        checkpoint's run: other settings or other data (compared by shape and a content
-        fingerprint) are a ``ValueError`` listing each difference; more ``epochs`` are allowed
-        and recorded in ``settings["epochs_extended"]``.
-    data_plate : str, optional
-        Name of the plate over data points; its sites are scaled by N / batch size so that the
-        mini-batch ELBO is unbiased for the whole data set. Sites outside it are global. None
-        (default): the one plate of model or guide whose size is the batch's; the name used is
-        ``settings["data_plate"]``. An error lists the plates when none or several fit.
+        A ``tqdm.auto`` bar over epochs (a widget in Jupyter) and one summary line at the end.
+        None (default): shown on a terminal and in a notebook; True: always; False: never.
     callbacks : sequence of callables
         ``callback(record, state)`` after each epoch (and its checkpoint), with the history row
         as a dict; returning ``True`` stops training.
-    early_stopping_patience : int, optional
-        With validation data, stop after this many epochs without a better validation ELBO and
-        restore the best parameters. Its state is part of the checkpoint.
-    elbo_options : dict, optional
-        Extra keyword arguments for the ELBO constructor (for example ``max_plate_nesting``).
-    devices : int, list or "auto", optional
-        Data-parallel training on this many devices per node (Lightning Fabric, DDP). Default:
-        one process, no engine. ``batch_size`` stays the global batch: each of the ``W``
-        processes takes ``batch_size / W`` rows of every batch, and the data plate is still
-        scaled by the full ``N``. See ``docs/scaling.md``.
-    strategy : str, optional
-        Fabric strategy: ``"ddp"`` (re-runs the script per device; also under torchrun/SLURM),
-        ``"ddp_spawn"``, ``"ddp_fork"``. Default ``"auto"`` when ``devices`` > 1.
-    num_nodes : int
-        Number of machines (launched by torchrun or SLURM, see ``docs/scaling.md``).
     loggers : sequence of lightning.fabric.loggers.Logger
-        Experiment loggers (``CSVLogger``, ``TensorBoardLogger``, MLflow, W&B): per epoch
-        ``train_elbo``, ``val_elbo``, ``kl``, ``lr``, ``kl_weight``, ``seconds``; the settings
-        as hyperparameters (:mod:`~ppl_vae.train.loggers`).
+        Experiment loggers (:mod:`~ppl_vae.train.loggers`): per epoch ``train_elbo``,
+        ``val_elbo``, ``kl``, ``lr``, ``kl_weight``, ``seconds``; the settings as
+        hyperparameters.
+    objective : Objective, optional
+        ``num_particles``, ``vectorize_particles``, ``elbo_options``, ``data_plate`` (the plate
+        over data points, scaled by N / batch size; default: the one plate of the batch's size)
+        and training-only ``terms``: :class:`~ppl_vae.train.objective.KLWarmup` (Bowman et al.
+        2016), :class:`~ppl_vae.train.objective.FreeBits` (Kingma et al. 2016) or a term of
+        your own. A term changes training only: the history's ``kl_weight`` / ``free_bits``
+        columns say when ``train_elbo`` is not the ELBO; validation and evaluation use the ELBO.
+    loop : Loop, optional
+        ``patience`` (``epochs="auto"``: convergence, default 20; integer epochs: early stopping
+        on the validation ELBO, restoring the best parameters), ``max_epochs``, ``time_budget``
+        (also bounds an integer ``epochs``), ``tolerance``, ``lr_schedule="plateau"``.
+    checkpoint : Checkpoint or path, optional
+        ``Checkpoint(dir, resume=False)`` (a path alone: the folder). ``checkpoint.pt`` and
+        ``history.csv`` are written there after every epoch; the folder is a run folder that
+        ``ppl_vae.load`` reads. A folder holding a checkpoint is refused unless ``resume``,
+        which continues the same run (other settings or data: a ``ValueError`` listing them).
+    parallel : Parallel, optional
+        ``devices``, ``strategy``, ``num_nodes``: data-parallel training (Lightning Fabric,
+        DDP); ``batch_size`` stays the global batch. See ``docs/scaling.md``.
+    compute : Compute, optional
+        ``dtype`` (default: the data's), ``threads`` (``"auto"``: what the step's size can use),
+        ``jit`` (``"auto"``: record the step where the programs are static; ``"compile"``;
+        ``False``: Pyro's eager step).
+    **deprecated
+        The keywords of the previous release (``num_particles=``, ``kl_warmup_epochs=``,
+        ``early_stopping_patience=``, ...) still work, with a ``FutureWarning`` naming the new
+        spelling; ``docs/options.md`` lists every option.
 
     Returns
     -------
@@ -208,18 +167,11 @@ def fit(
         When the loss becomes NaN or infinite (naming the epoch, the step and the last good
         checkpoint).
     """
-    config = check_arguments(
-        estimator=estimator, num_particles=num_particles,
-        vectorize_particles=vectorize_particles, jit=jit, epochs=epochs, batch_size=batch_size,
-        lr=lr, optimizer=optimizer, device=device, dtype=dtype, seed=seed, threads=threads,
-        progress=progress,
-        checkpoint_dir=checkpoint_dir, resume=resume, data_plate=data_plate, callbacks=callbacks,
-        early_stopping_patience=early_stopping_patience, elbo_options=elbo_options,
-        devices=devices, strategy=strategy, num_nodes=num_nodes, patience=patience,
-        max_epochs=max_epochs, time_budget=time_budget, tolerance=tolerance,
-        lr_schedule=lr_schedule, kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits,
-        free_bits_per=free_bits_per, loggers=loggers,
-    )
+    config = fit_config(
+        estimator=estimator, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        seed=seed, device=device, progress=progress, callbacks=callbacks, loggers=loggers,
+        groups={"objective": objective, "loop": loop, "checkpoint": checkpoint,
+                "parallel": parallel, "compute": compute}, legacy=deprecated)
     with _own_param_store():
         return run_fit(model, guide, data, validation_data, config)
 
@@ -254,16 +206,11 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
     rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
     device = config.device if engine is None else engine.device
     prepared = prepare_data(data, validation_data, config, device)
-    warmup = None
-    if config.kl_warmup_epochs:
-        steps_per_epoch = math.ceil(prepared.num_data / config.batch_size)
-        warmup = KLWarmup(config.kl_warmup_epochs * steps_per_epoch)
-    bits = None if config.free_bits is None else FreeBits(config.free_bits, config.free_bits_per)
-    state = preflight(model, guide, prepared, config, world, warmup, bits)
-    if bits is not None:
-        bits.data_plate = state.data_plate  # the correction starts with the first step
-    config = replace(config, data_plate=state.data_plate)  # the plate init_state found
-    if engine is None and wants_engine(config.devices, config.strategy, config.num_nodes):
+    clock = _Clock()
+    state, terms = preflight(model, guide, prepared, config, world, clock)
+    config = replace(config, objective=replace(config.objective, data_plate=state.data_plate))
+    par = config.parallel
+    if engine is None and wants_engine(par.devices, par.strategy, par.num_nodes):
         # Checked and initialised here, so errors are raised in this process, not in a worker.
         check_data_parallel(state)
         return launch_fit(run_fit, model, guide, data, validation_data, config,
@@ -281,23 +228,22 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
         config = replace(config, callbacks=(*config.callbacks, logs.epoch))
     # One writer per run folder: a second process (or a second fit) training into it is refused
     # while this one runs. Data-parallel workers run under their launcher's lock.
-    held = lock_run(config.checkpoint_dir) if config.checkpoint_dir is not None and engine is None \
-        else contextlib.nullcontext()
+    folder, resume = config.checkpoint.dir, config.checkpoint.resume
+    held = lock_run(folder) if folder is not None and engine is None else contextlib.nullcontext()
     with held:
         # A new run into a folder with a checkpoint is refused in _resume_and_train.
-        owns_folder = config.checkpoint_dir is not None and main and (
-            config.resume or not (config.checkpoint_dir / CHECKPOINT_NAME).exists()) and \
-            start_fit_folder(config.checkpoint_dir, model, guide, prepared.dtype,
-                             resume=config.resume)
+        owns_folder = folder is not None and main and (
+            resume or not (folder / CHECKPOINT_NAME).exists()) and \
+            start_fit_folder(folder, model, guide, prepared.dtype, resume=resume)
         records, settings, state = _resume_and_train(model, guide, state, prepared, config,
-                                                     engine, settings, stopper, warmup)
+                                                     engine, settings, stopper, (clock, terms))
         result = FitResult(
             model=model, guide=guide, history=pd.DataFrame.from_records(records),
             params=capture_params(model, guide, state.param_names), settings=settings,
             state=state, stopped_early=stopper is not None and stopper.stopped,
         )
         if owns_folder:
-            finish_fit_folder(config.checkpoint_dir, result)
+            finish_fit_folder(folder, result)
     if logs is not None:
         logs.finish()
     if main and show_progress(config.progress):
@@ -325,30 +271,30 @@ def _kl_rows(prepared, config: FitConfig):
 
 
 def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, settings: dict,
-                      stopper, warmup=None):
+                      stopper, objective=None):
     """Resume from the checkpoint when asked, train the remaining epochs, restore the best
     parameters when early stopping kept them. Returns the history rows, the settings and the
     last state."""
-    saver = None
-    if config.checkpoint_dir is not None:
-        saver = Checkpointer(config.checkpoint_dir, is_main=engine is None or engine.is_main)
-        if not config.resume and saver.is_main and saver.path.exists():
+    saver, folder = None, config.checkpoint.dir
+    if folder is not None:
+        saver = Checkpointer(folder, is_main=engine is None or engine.is_main)
+        if not config.checkpoint.resume and saver.is_main and saver.path.exists():
             # A new run would replace the checkpoint (and history) of the run already there.
             raise FileExistsError(
-                f"checkpoint_dir {str(config.checkpoint_dir)!r} already holds a run's "
+                f"checkpoint_dir {str(folder)!r} already holds a run's "
                 f"{saver.path.name}: pass resume=True to continue that run, or another "
                 "checkpoint_dir (or remove the file) to start a new one")
     resumed = resume_run(saver, settings, model, guide, state, stopper, prepared.device) \
-        if config.resume else None
+        if config.checkpoint.resume else None
     if resumed is None:
         records, start = [], 1
         pyro.set_rng_seed(config.seed)  # the preflight consumed random numbers; start afresh
     else:
         records, start, settings, state = resumed
     epochs = Epochs(prepared, config, engine, validation_loss_fn(model, guide, prepared, config),
-                    warmup)
+                    objective)
     if stopper is None or not stopper.stopped:
-        state = _train(model, guide, state, epochs, range(start, config.epochs + 1), records,
+        state = _train(model, guide, state, epochs, range(start, config.max_epochs + 1), records,
                        settings, stopper, saver)
     settings["stopped_by"] = _stopped_by(config, records, stopper, settings)
     kept = stopper.restore_best(model, guide) if stopper is not None else None
@@ -359,24 +305,23 @@ def _resume_and_train(model, guide, state, prepared, config: FitConfig, engine, 
 
 
 def _stopper(config: FitConfig, prepared, state) -> EarlyStopping | None:
-    """Early stopping (``early_stopping_patience``), the convergence rule of ``epochs="auto"``,
-    and the plateau schedule, which all watch the same ELBO."""
-    with_val = prepared.validation is not None
-    if not (config.auto or config.lr_schedule or
-            (config.early_stopping_patience is not None and with_val)):
+    """Early stopping (``loop.patience`` with integer epochs), the convergence rule of
+    ``epochs="auto"``, and the plateau schedule, which all watch the same ELBO."""
+    with_val, loop = prepared.validation is not None, config.loop
+    if not (config.auto or loop.lr_schedule or (loop.patience is not None and with_val)):
         return None
     schedule = None
-    if config.lr_schedule == "plateau":
+    if loop.lr_schedule == "plateau":
         schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
             state.optimizer, mode="max", factor=0.5, patience=max(2, config.patience // 4),
-            threshold=config.tolerance, threshold_mode="abs")
+            threshold=loop.tolerance, threshold_mode="abs")
     if config.auto:
         patience = config.patience
     else:
-        patience = config.early_stopping_patience if with_val else None
-    return EarlyStopping(patience, tolerance=config.tolerance if config.auto else 0.0,
+        patience = loop.patience if with_val else None
+    return EarlyStopping(patience, tolerance=loop.tolerance if config.auto else 0.0,
                          monitor="val_elbo" if with_val else "train_elbo",
-                         smoothing=None if with_val else 0.3, warmup=config.kl_warmup_epochs,
+                         smoothing=None if with_val else 0.3, warmup=config.warmup_epochs,
                          keep_best=config.auto, lr_schedule=schedule)
 
 
@@ -385,7 +330,7 @@ def _stopped_by(config, records, stopper, settings) -> str:
         return "time_budget"
     if stopper is not None and stopper.stopped:
         return "patience"
-    if records and records[-1]["epoch"] >= config.epochs:
+    if records and records[-1]["epoch"] >= config.max_epochs:
         return "max_epochs" if config.auto else "epochs"
     return "callback"
 
@@ -398,9 +343,9 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
     config, engine = epochs.config, epochs.engine
     show = show_progress(config.progress) and (engine is None or engine.is_main)
     bar = tqdm(todo, desc="ppl-vae fit", unit="epoch", disable=not show, initial=todo.start - 1,
-               total=config.epochs)
+               total=config.max_epochs)
     batch = max(config.batch_size // (1 if engine is None else engine.world_size), 1)
-    threads = choose_threads(state.params, batch, config.threads)
+    threads = choose_threads(state.params, batch, config.compute.threads)
     spent = sum(r.get("seconds", 0.0) for r in records)
     with pyro.validation_enabled(False), intra_op_threads(threads):
         for epoch in bar:
@@ -413,10 +358,22 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
                 saver.save(epoch, records, model, guide, state, settings, stopper)
             stop = any(callback(record, state) for callback in config.callbacks)
             spent += record["seconds"]
-            if config.time_budget is not None and spent >= config.time_budget:
+            if config.loop.time_budget is not None and spent >= config.loop.time_budget:
                 settings["stopped_by"] = "time_budget"
                 stop_early = True
             if (stop if engine is None else engine.any(stop)) or stop_early:
                 break
     bar.close()
     return state
+
+
+class _Clock:
+    """The optimizer step the next loss is for, as the objective's terms read it
+    (:class:`~ppl_vae.train.objective.TermContext`): None outside training. The loop sets it
+    before each step; the terms' weights are functions of it."""
+
+    def __init__(self):
+        self.step: int | None = None
+
+    def __call__(self) -> int | None:
+        return self.step

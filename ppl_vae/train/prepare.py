@@ -5,8 +5,10 @@ the recorded settings and the data fingerprint that a resumed run is compared wi
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +19,13 @@ import torch
 from ppl_vae.data.streaming import DiskData
 from ppl_vae.data.tensors import as_tensors, check_finite, num_rows
 from ppl_vae.estimators.pyro_elbos import build_elbo as make_elbo
-from ppl_vae.estimators.pyro_elbos import estimator_label, estimator_preflight
+from ppl_vae.estimators.pyro_elbos import estimator_preflight
 from ppl_vae.programs.analysis import analyze_programs
 from ppl_vae.programs.checks import check_autoguide_batches, check_support
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.rows import check_per_row_parameters
-from ppl_vae.train.arguments import FitConfig
-from ppl_vae.train.objective import FreeBits, KLWarmup, WarmupProgram
-from ppl_vae.train.optimizers import recorded_lr
+from ppl_vae.train.objective import TermContext
+from ppl_vae.train.options import FitConfig, recorded_settings
 from ppl_vae.train.state import TrainState, init_state
 
 __all__ = ["Prepared", "prepare_data", "preflight", "make_settings", "fingerprint",
@@ -121,13 +122,13 @@ def prepare_data(data, validation_data, config: FitConfig, device) -> Prepared:
     if isinstance(data, DiskData):
         # A stream is checked for NaNs batch by batch as it is read, and its support on a head.
         device = device if device is not None else torch.device("cpu")
-        dtype = config.dtype if config.dtype is not None else data.dtype
+        dtype = config.compute.dtype if config.compute.dtype is not None else data.dtype
         n = len(data)
         head = as_tensors(data.head(max(config.batch_size, STREAM_HEAD_ROWS)), dtype=dtype,
                           device=device, name="data")
         train = data
     else:
-        head = train = as_tensors(data, dtype=config.dtype, device=device, name="data")
+        head = train = as_tensors(data, dtype=config.compute.dtype, device=device, name="data")
         device = head[0].device
         dtype = next((t.dtype for t in head if t.is_floating_point()), torch.get_default_dtype())
         n = num_rows(head)
@@ -141,30 +142,33 @@ def prepare_data(data, validation_data, config: FitConfig, device) -> Prepared:
 
 
 def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
-              warmup: KLWarmup | None = None, free_bits: FreeBits | None = None) -> TrainState:
+              clock: Callable[[], int | None]) -> tuple[TrainState, TermContext]:
     """Analyse the programs on the data (:func:`~ppl_vae.programs.analysis.analyze_programs`:
     the data plate every later step uses), run them on the data and the validation data
-    (support, sites, shapes), build the training state, and warn about what the estimator will do with these programs. With a
-    ``warmup``, the training loss runs both programs under it (the checks use them as given)."""
+    (support, sites, shapes), build the training state, and warn about what the estimator will
+    do with these programs. The training loss runs the programs under the objective's terms,
+    which read the step from ``clock`` (the checks use the programs as given). Returns the
+    state and the terms' context."""
     pyro.set_rng_seed(config.seed)
+    objective = config.objective
     for program in (model, guide):
         if isinstance(program, torch.nn.Module):
             program.to(device=prepared.device, dtype=prepared.dtype)
     try:
-        elbo = make_elbo(config.estimator, num_particles=config.num_particles,
-                         vectorize_particles=config.vectorize_particles, jit=config.jit,
-                         **config.elbo_options)
+        elbo = make_elbo(config.estimator, num_particles=objective.num_particles,
+                         vectorize_particles=objective.vectorize_particles,
+                         jit=config.compute.jit, **objective.elbo_options)
     except TypeError as exc:
-        if not config.elbo_options:
+        if not objective.elbo_options:
             raise
-        raise TypeError(f"elbo_options {sorted(config.elbo_options)}: the {config.estimator!r} "
+        raise TypeError(f"elbo_options {sorted(objective.elbo_options)}: the {config.estimator!r} "
                         f"estimator's ELBO does not take them ({exc})") from exc
     first = tuple(t[: max(config.batch_size // world, 1)] for t in prepared.head)
     # Before anything calls an autoguide: its first call fixes the rows it has parameters for.
-    check_autoguide_batches(model, guide, first, prepared.num_data, config.data_plate)
+    check_autoguide_batches(model, guide, first, prepared.num_data, objective.data_plate)
     # The one analysis of the programs on this data (cached: evaluate, to_arviz, the diagnostics
     # and the report of the fitted programs on the same data read it without running them).
-    analysis = analyze_programs(model, guide, prepared.head, data_plate=config.data_plate,
+    analysis = analyze_programs(model, guide, prepared.head, data_plate=objective.data_plate,
                                 num_data=prepared.num_data)
     plate = analysis.data_plate.name
     # Mini-batches and one parameter per row: refused before the first step (nothing would fail).
@@ -180,10 +184,10 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
         except ValueError as exc:
             raise ValueError(f"validation_data: {exc}") from exc
     # Pyro's per-step validation runs once here, on the first batch; the loop runs without it.
-    if warmup is not None:
-        model, guide = WarmupProgram(model, warmup), WarmupProgram(guide, warmup)
-    if free_bits is not None:
-        model, guide = free_bits.model(model), free_bits.guide(guide)
+    context = TermContext(data_plate=plate, step=clock,
+                          steps_per_epoch=math.ceil(prepared.num_data / config.batch_size))
+    for term in objective.terms:
+        model, guide = term.programs(model, guide, context)
     # Before init_state runs the loss: an estimator refuses what it cannot train (a guide
     # factor, a site without rsample) by name, not by an error from inside its loss.
     messages = estimator_preflight(config.estimator, model, guide, first)
@@ -191,20 +195,22 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
                        data_plate=plate, optimizer=config.optimizer, lr=config.lr)
     for message in messages:
         warn_user(message)
-    if config.early_stopping_patience is not None and prepared.validation is None:
-        warn_user("early_stopping_patience has no effect without validation_data")
-    return state
+    if config.loop.patience is not None and not config.auto and prepared.validation is None:
+        warn_user("patience with an integer number of epochs (early stopping) has no effect "
+                  "without validation_data")
+    return state, context
 
 
 def validation_loss_fn(model, guide, prepared: Prepared, config: FitConfig):
     """The validation loss module (scaled to the validation set's size), or None."""
     if prepared.validation is None:
         return None
-    elbo = make_elbo(config.estimator, num_particles=config.num_particles,
-                     vectorize_particles=config.vectorize_particles, **config.elbo_options)
+    objective = config.objective
+    elbo = make_elbo(config.estimator, num_particles=objective.num_particles,
+                     vectorize_particles=objective.vectorize_particles, **objective.elbo_options)
     n = prepared.num_validation
-    return elbo(ScaledProgram(model, n, config.data_plate),
-                ScaledProgram(guide, n, config.data_plate))
+    return elbo(ScaledProgram(model, n, objective.data_plate),
+                ScaledProgram(guide, n, objective.data_plate))
 
 
 def fingerprint(data) -> list[dict]:
@@ -257,27 +263,9 @@ def make_settings(config: FitConfig, prepared: Prepared, world: int, rank: int) 
     """What the run used (JSON-serialisable): saved in the checkpoint and ``config.json``, and
     compared with the checkpoint's when a run resumes."""
     return {
-        "estimator": estimator_label(config.estimator), "num_particles": config.num_particles,
-        "vectorize_particles": config.vectorize_particles, "jit": config.jit,
-        "epochs": config.epochs, "batch_size": config.batch_size,
-        "lr": recorded_lr(config.optimizer, config.lr),
-        "optimizer": config.optimizer_name, "device": str(prepared.device),
-        "dtype": str(prepared.dtype).replace("torch.", ""), "seed": config.seed,
-        "data_plate": config.data_plate, "num_data": prepared.num_data,
-        "num_validation": prepared.num_validation,
-        "early_stopping_patience": config.early_stopping_patience,
-        "epochs_mode": "auto" if config.auto else "fixed",
-        "max_epochs": config.epochs if config.auto else None,
-        "patience": config.patience if config.auto else None,
-        "tolerance": config.tolerance if config.auto else None,
-        "time_budget": config.time_budget, "lr_schedule": config.lr_schedule,
-        "kl_warmup_epochs": config.kl_warmup_epochs or None,
-        "free_bits": config.free_bits,
-        "free_bits_per": config.free_bits_per if config.free_bits is not None else None,
-        "elbo_options": {k: repr(v) for k, v in sorted(config.elbo_options.items())},
-        **({"pyro_elbo": config.pyro_elbo} if config.pyro_elbo is not None else {}),
-        "devices": list(config.devices) if isinstance(config.devices, tuple) else config.devices,
-        "strategy": config.strategy, "num_nodes": config.num_nodes,
+        **recorded_settings(config), "device": str(prepared.device),
+        "dtype": str(prepared.dtype).replace("torch.", ""),
+        "num_data": prepared.num_data, "num_validation": prepared.num_validation,
         "world_size": world, "global_rank": rank,
         "fingerprint": {
             "data": fingerprint(prepared.train),
