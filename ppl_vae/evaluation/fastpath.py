@@ -17,6 +17,8 @@ less work where the work is provably the same.
 
 from __future__ import annotations
 
+import contextlib
+
 import pyro
 import torch
 import torch.nn.functional as F
@@ -25,12 +27,25 @@ from torch.distributions import Bernoulli, Independent
 
 from ppl_vae.programs.checks import data_dim
 
-__all__ = ["guide_latents", "log_prob"]
+__all__ = ["guide_latents", "log_prob", "plain_path"]
+
+_PLAIN = [False]
+
+
+@contextlib.contextmanager
+def plain_path():
+    """Within this block every pass takes the plain Pyro path (for the benchmark's before and
+    after in one process, and for checks of the fast path against it)."""
+    before, _PLAIN[0] = _PLAIN[0], True
+    try:
+        yield
+    finally:
+        _PLAIN[0] = before
 
 
 def log_prob(fn, value: torch.Tensor) -> torch.Tensor:
     """``fn.log_prob(value)``, through :func:`_bernoulli_logits` where that is the same sum."""
-    fast = _bernoulli_logits(fn, value)
+    fast = None if _PLAIN[0] else _bernoulli_logits(fn, value)
     return fn.log_prob(value) if fast is None else fast
 
 
@@ -79,6 +94,8 @@ def guide_latents(guide_program, model_trace, batch, data_plate: str):
     -------
     (dict of str -> tensor, dict of str -> int or None) or None
     """
+    if _PLAIN[0]:
+        return None
     with pyro.validation_enabled(False):
         gtr = pyro.poutine.trace(guide_program).get_trace(*batch)
     latents, dims = {}, {}
