@@ -141,3 +141,14 @@ def test_programs_that_do_not_vectorize_keep_the_full_pass(monkeypatch):
     result = sbc(m, g, prodlda.data(torch.float64), num_draws=9, bins=5, seed=0,
                  data_plate=prodlda.DATA_PLATE)
     assert len(result.ranks) == 30
+
+
+def test_benchmark_measures_both_paths(tmp_path):
+    from benchmarks.diagnostics import worker
+
+    rows = {path: worker(["--stage", "evaluate", "--n", "60", "--folder", str(tmp_path / path),
+                          "--path", path]) for path in ("plain", "fast")}
+    assert rows["plain"]["path"] == "plain" and rows["fast"]["path"] == "fast"
+    plain, fast = rows["plain"]["evaluation"], rows["fast"]["evaluation"]
+    assert plain.keys() == fast.keys()
+    np.testing.assert_allclose([fast[k] for k in fast], [plain[k] for k in plain], rtol=1e-5)
