@@ -16,6 +16,9 @@ import pandas as pd
 from arviz_stats.base import array_stats
 from scipy.special import logsumexp
 
+from ppl_vae.diagnostics.psis_rows import psis_rows
+from ppl_vae.evaluation import fastpath
+
 __all__ = ["KHAT_THRESHOLDS", "joint_khat", "khat_category", "khat_shares", "pointwise_psis", "psis",
            "psis_table"]
 
@@ -75,7 +78,9 @@ def psis(log_ratios, *, rtol: float | None = None) -> tuple[np.ndarray, np.ndarr
     khat = np.full(flat.shape[0], -np.inf)
     fit = ~constant
     if fit.any():
-        lw, k = array_stats.psislw(-flat[fit], r_eff=1.0, axis=-1)
+        # All rows at once (psis_rows), or arviz_stats' loop over rows on the plain path.
+        lw, k = (psis_rows(flat[fit]) if fastpath.enabled()
+                 else array_stats.psislw(-flat[fit], r_eff=1.0, axis=-1))
         log_w[fit] = lw
         khat[fit] = k
     return log_w.reshape(arr.shape), khat.reshape(arr.shape[:-1])

@@ -27,7 +27,7 @@ from torch.distributions import Bernoulli, Independent
 
 from ppl_vae.programs.checks import data_dim
 
-__all__ = ["guide_latents", "log_prob", "plain_path"]
+__all__ = ["enabled", "guide_latents", "log_prob", "plain_path"]
 
 _PLAIN = [False]
 
@@ -41,6 +41,11 @@ def plain_path():
         yield
     finally:
         _PLAIN[0] = before
+
+
+def enabled() -> bool:
+    """Whether the fast path is on (off inside :func:`plain_path`)."""
+    return not _PLAIN[0]
 
 
 def log_prob(fn, value: torch.Tensor) -> torch.Tensor:
