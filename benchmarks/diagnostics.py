@@ -13,6 +13,7 @@ as ``ppl-vae diagnose`` does and ``report`` reads them back as ``ppl-vae report`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.memory import peak_rss_mib, rss_mib
+from ppl_vae.evaluation.fastpath import plain_path
 
 STAGES = ("evaluate", "to_arviz", "diagnose", "report")
 DEFAULT_SIZES = (1_000, 10_000, 60_000)
@@ -49,7 +51,7 @@ def _programs():
     return VAE(784), MLPEncoder(784)
 
 
-def _run_stage(stage: str, model, guide, x, folder: Path) -> dict:
+def _run_stage(stage: str, model, guide, x, folder: Path, devices=None) -> dict | None:
     from ppl_vae import diagnose, evaluate, report, to_arviz
     from ppl_vae.runs import read_diagnostics, write_diagnostics
 
@@ -61,7 +63,9 @@ def _run_stage(stage: str, model, guide, x, folder: Path) -> dict:
         tree = to_arviz(model, guide, x)
         out["exported_points"] = int(tree["posterior"].sizes["data"])
     elif stage == "diagnose":
-        result = diagnose(model, guide, x, progress=False)
+        result = diagnose(model, guide, x, progress=False, devices=devices)
+        if result is None:
+            return None
         write_diagnostics(folder, result, digest="benchmark", num_draws=200, points=100)
         out["nc_mib"] = (folder / "diagnostics.nc").stat().st_size / 2**20
         out["timings"] = result.timings
@@ -81,6 +85,9 @@ def worker(argv=None) -> dict:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--folder", required=True, help="where diagnose writes and report reads")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--path", choices=("fast", "plain"), default="fast",
+                   help="plain: the per-point passes without ppl_vae.evaluation.fastpath")
+    p.add_argument("--devices", type=int, default=None, help="diagnose: processes (--devices)")
     args = p.parse_args(argv)
     import pyro
     import torch
@@ -93,10 +100,13 @@ def worker(argv=None) -> dict:
     model, guide = _programs()
     baseline = rss_mib()
     start = time.perf_counter()
-    out = _run_stage(args.stage, model, guide, x, folder)
+    with plain_path() if args.path == "plain" else contextlib.nullcontext():
+        out = _run_stage(args.stage, model, guide, x, folder, devices=args.devices)
     seconds = time.perf_counter() - start
+    if out is None:  # a worker process of a sharded diagnose
+        raise SystemExit(0)
     return {"stage": args.stage, "n": args.n, "seconds": seconds, "baseline_mib": baseline,
-            "peak_rss_mib": peak_rss_mib(), **out}
+            "peak_rss_mib": peak_rss_mib(), "path": args.path, "devices": args.devices, **out}
 
 
 def measure_all(sizes=DEFAULT_SIZES, *, threads: int = 1, folder: str | None = None,
@@ -122,6 +132,32 @@ def measure_all(sizes=DEFAULT_SIZES, *, threads: int = 1, folder: str | None = N
                 print("diagnostics " + (f"{stage} N={n}: {row['seconds']:.1f} s, peak "
                                         f"{row['peak_rss_mib']:.0f} MiB" if "error" not in row
                                         else f"{stage} N={n}: error {row['error']}"), flush=True)
+                rows.append(row)
+    return rows
+
+
+def compare_paths(n: int, *, repeats: int = 1, threads: int = 1, devices=None,
+                  timeout: float = 7200) -> list[dict]:
+    """``diagnose`` on N rows by the plain and the fast path, alternating fresh processes
+    (interleaved, so that a shared machine's load falls on both), printing seconds per phase."""
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ppl-vae-paths-") as tmp:
+        for rep in range(repeats):
+            for path in ("plain", "fast"):
+                cmd = [sys.executable, "-m", "benchmarks.diagnostics", "--stage", "diagnose",
+                       "--n", str(n), "--folder", f"{tmp}/{path}{rep}", "--threads",
+                       str(threads), "--path", path]
+                if devices:
+                    cmd += ["--devices", str(devices)]
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                      cwd=root, check=True)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                phases = ", ".join(f"{k} {v:.1f}" for k, v in row["timings"].items())
+                print(f"diagnose N={n} {path}: {row['seconds']:.1f} s, peak "
+                      f"{row['peak_rss_mib']:.0f} MiB ({phases})", flush=True)
                 rows.append(row)
     return rows
 

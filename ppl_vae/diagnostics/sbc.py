@@ -18,11 +18,13 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
+from pyro.util import get_rng_state, set_rng_state
 from scipy import stats
 
 from ppl_vae.data.tensors import as_tensors
 from ppl_vae.evaluation.chunks import map_chunks, plan_points
-from ppl_vae.evaluation.pointwise import FixSubsample, draw
+from ppl_vae.evaluation.fastpath import guide_latents
+from ppl_vae.evaluation.pointwise import FixSubsample, draw, in_draw_plate
 from ppl_vae.programs.random import chunk_seed, seeded
 from ppl_vae.programs.util import program_dtype
 
@@ -176,24 +178,42 @@ def _simulation_ranks(model, guide, batch, plan, start, step, num_draws, simulat
     with pyro.validation_enabled(False):
         sim = poutine.trace(program).get_trace(*chunk)
     args = (simulation_args or _default_simulation_args)(sim, chunk)
-    d = draw(model, guide, args, num_samples=num_draws, subsample=subsample,
-             **plan.draw_options())
+    latents, dims = _guide_draws(model, guide, args, plan, subsample, sim, num_draws)
     valid = min(start + step, plan.num_points) - start
     out = {k: {} for k in ("ranks", "truth", "mean", "sd")}
-    for name, value in d.latents.items():
+    for name, value in latents.items():
         true = sim.nodes[name]["value"]
         # draws (L, batch..., event) against the true value (batch..., event): rank of z* =
         # how many guide draws fall below it (ties have probability zero).
         per = {"ranks": (value < true).sum(0), "truth": true.expand(value.shape[1:]),
                "mean": value.mean(0), "sd": value.std(0)}
         for kind, v in per.items():
-            rows = _rows(v, d.data_dims[name], plan.nesting)
-            if d.data_dims[name] is not None:
+            rows = _rows(v, dims[name], plan.nesting)
+            if dims[name] is not None:
                 rows = rows[:valid]  # drop the padding of a self-subsampling model's last chunk
             for j in range(rows.shape[1]):
                 col = rows[:, j] if kind == "ranks" else rows[:, j].double()
                 out[kind][f"{name}[{j}]"] = col.cpu().numpy()
     return out
+
+
+def _guide_draws(model, guide, args, plan, subsample, sim, num_draws):
+    """The guide's ``num_draws`` latent draws given a simulation and their data-plate dims:
+    from the guide alone where its draws are vectorized (the same draws as the full pass,
+    :func:`~ppl_vae.evaluation.fastpath.guide_latents`; the model's score is not needed to
+    rank), else from the full pass of ``draw``."""
+    if plan.vectorized:
+        program = in_draw_plate(guide, num_draws, plan.nesting + 1)
+        if subsample is not None:
+            program = FixSubsample(plan.data_plate, subsample)(program)
+        state = get_rng_state()
+        found = guide_latents(program, sim, args, plan.data_plate)
+        if found is not None:
+            return found
+        set_rng_state(state)  # the full pass draws what it would have drawn without the try
+    d = draw(model, guide, args, num_samples=num_draws, subsample=subsample,
+             **plan.draw_options())
+    return d.latents, d.data_dims
 
 
 def uniformity_table(ranks: pd.DataFrame, num_draws: int, bins: int, alpha: float) -> pd.DataFrame:

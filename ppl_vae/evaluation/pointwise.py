@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from ppl_vae.evaluation.fastpath import log_prob
 from ppl_vae.programs.checks import data_dim
 from ppl_vae.programs.handlers import PARTICLE_PLATE, FixSubsample, in_draw_plate
 from ppl_vae.programs.plates import own_scale
@@ -125,8 +126,9 @@ def reduce_to_points(log_prob: torch.Tensor, rank: int, data_dim: int | None, n:
 
 def site_log_prob(site, scales: dict | None = None) -> torch.Tensor:
     """A site's masked log-density; with ``scales`` (a dict), times the program's own scale
-    (:func:`~ppl_vae.programs.plates.own_scale`), recorded there by site name when not 1."""
-    lp = site["fn"].log_prob(site["value"])
+    (:func:`~ppl_vae.programs.plates.own_scale`), recorded there by site name when not 1.
+    A Bernoulli likelihood on logits takes :func:`~ppl_vae.evaluation.fastpath.log_prob`."""
+    lp = log_prob(site["fn"], site["value"])
     mask = site["mask"]
     if isinstance(mask, torch.Tensor):
         lp = torch.where(mask, lp, lp.new_zeros(()))
