@@ -65,8 +65,8 @@ def test_without_prior_moments_the_largest_posterior_z_is_chosen(tree):
 
 def test_the_report_draws_the_dimensions_that_matter_and_summarizes_the_rest(tree):
     diag = Diagnostics(tree=tree, pointwise=pd.DataFrame(), latent=pd.DataFrame(),
-                       mutual_information=float("nan"), posterior=pd.DataFrame())
-    diag.global_latents = global_table(tree, model, (torch.zeros(4, 1),))  # as diagnose computes it
+                       mutual_information=float("nan"), posterior=pd.DataFrame(),
+                       global_latents=global_table(tree, model, (torch.zeros(4, 1),)))
     parts = "\n".join(posterior_section(diag, []))
     assert len(re.findall(r"<img ", parts)) == 1  # one figure, not 66,040 panels
     caption = re.search(r"<figcaption>([^<]*)</figcaption>", parts).group(1)

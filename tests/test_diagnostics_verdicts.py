@@ -12,8 +12,8 @@ import pytest
 from _diagnostics_cases import SIGMA, make_guide, simulate, weights
 
 import ppl_vae
-from ppl_vae.diagnostics.run import diagnose_run
 from ppl_vae.diagnostics.verdicts import STATUSES, Status, Verdict, row, verdict_table
+from ppl_vae.runs import diagnose_run
 
 SBC = "Simulation-based calibration"
 

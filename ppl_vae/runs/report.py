@@ -25,7 +25,7 @@ def report_run(run_dir, *, out=None, num_draws: int = 200, gaps: bool = True,
     already loaded run (for example the programs just trained); default ``load_run(run_dir)``.
 
     The diagnostics files are read back when they are current for the run (same checkpoint
-    sha256 and options, see :func:`~ppl_vae.diagnostics.run.diagnose_run`); only what is
+    sha256 and options, see :func:`~ppl_vae.runs.diagnose.diagnose_run`); only what is
     missing is computed, and written. ``timings``, when given, receives the seconds of each
     phase (``diagnose: <phase>``, ``report``).
     """
