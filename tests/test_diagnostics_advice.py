@@ -83,3 +83,48 @@ def test_training_longer_clears_the_convergence_warning():
     assert len(longer.history) > 15
     row, _ = _check(longer, x, "Convergence")
     assert row["status"] == "ok", row["why"]
+
+
+def _normal_model(x):
+    """z ~ N(0, 1), x ~ N(z, 1): the posterior of each point is N(x / 2, 1 / 2)."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _narrow_guide(variance_ratio):
+    """The posterior mean with variance ``variance_ratio`` times the posterior's: the ratios'
+    tail has Pareto shape k = 1 - variance_ratio exactly."""
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, (0.5 * variance_ratio) ** 0.5))
+    return guide
+
+
+def _khat(guide, x, draws):
+    diag = diagnose(_normal_model, guide, data=x, num_draws=draws, gaps=False, calibrate=False)
+    return diag.checks.set_index("check").loc["Pareto k-hat"], diag.summary()
+
+
+def test_more_draws_clear_a_khat_warning_that_is_the_estimates_noise(dtype):
+    """A guide with true k = 0.4 (importance sampling is reliable) warns at 200 draws: the
+    k-hat of a point from 200 draws has sd about 0.18, so about 7% of points land above 0.7.
+    The advice, more draws, sharpens the estimate and raises the threshold to 0.70."""
+    x = 2 * torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    row, before = _khat(_narrow_guide(0.6), x, 200)
+    assert row["status"] == "warning" and row["advice"].startswith(ADVICE["draws"]), row["why"]
+    row, after = _khat(_narrow_guide(0.6), x, 2000)
+    assert row["status"] == "ok", row["value"]
+    se = (before["share_khat_gt_0.7"] * (1 - before["share_khat_gt_0.7"]) / len(x)) ** 0.5
+    assert after["share_khat_gt_0.7"] < before["share_khat_gt_0.7"] - 3 * se
+    assert after["khat_threshold"] > before["khat_threshold"]
+
+
+def test_more_draws_do_not_clear_a_guide_that_misses_mass(dtype):
+    """True k = 0.8: more draws confirm it, and the advice then names the guide family."""
+    x = 2 * torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    row, before = _khat(_narrow_guide(0.2), x, 200)
+    assert row["status"] == "failing"
+    row, after = _khat(_narrow_guide(0.2), x, 2000)
+    assert row["status"] == "failing" and after["share_khat_gt_0.7"] > 0.5
+    assert ADVICE["draws"] not in row["advice"] and ADVICE["family"] in row["advice"]
