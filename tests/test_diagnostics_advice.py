@@ -124,7 +124,8 @@ def test_more_draws_do_not_clear_a_guide_that_misses_mass(dtype):
     """True k = 0.8: more draws confirm it, and the advice then names the guide family."""
     x = 2 * torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=dtype)
     row, before = _khat(_narrow_guide(0.2), x, 200)
-    assert row["status"] == "failing"
+    # Far above what noise puts over 0.7: the advice is the guide, not more draws.
+    assert row["status"] == "failing" and row["advice"].startswith(ADVICE["family"])
     row, after = _khat(_narrow_guide(0.2), x, 2000)
     assert row["status"] == "failing" and after["share_khat_gt_0.7"] > 0.5
     assert ADVICE["draws"] not in row["advice"] and ADVICE["family"] in row["advice"]

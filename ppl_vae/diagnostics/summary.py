@@ -364,7 +364,8 @@ def _khat_row(diag: Diagnostics) -> dict:
     """The per-point k-hat against the threshold of its number of draws S (Vehtari et al.
     2024): a few points above 0.7 out of many are the estimate's noise (1% is allowed), and
     while S < 2000 the first advice is more draws, which both sharpens the estimate and raises
-    the threshold to 0.7 (docs/diagnostics.md measures it on digits and MNIST-size data)."""
+    the threshold to 0.7 (docs/diagnostics.md measures it on digits and MNIST-size data);
+    when failing, the guide family or particles."""
     draws = _num_draws(diag.tree)
     s = khat_shares(diag.pointwise, draws)
     hi, mid, low = s["share_khat_gt_0.7"], s["share_khat_gt_threshold"], s["khat_threshold"]
@@ -373,7 +374,9 @@ def _khat_row(diag: Diagnostics) -> dict:
                     "the guide equals the posterior at every point (constant ratios)")
     status = "failing" if hi > 0.1 else "warning" if hi > 0.01 or mid > 0.25 else "ok"
     advice = f"{ADVICE['family']}, or {ADVICE['particles']}"
-    if low < KHAT_THRESHOLDS[1] - 0.005:
+    # More than 10% above 0.7 is no estimate's noise (true k = 0.5 puts 11% there at S = 200;
+    # on MNIST-size data 97% at S = 200 stayed 99.8% at S = 2000): the guide is the advice.
+    if status == "warning" and low < KHAT_THRESHOLDS[1] - 0.005:
         advice = f"{ADVICE['draws']}; if the warning stays, {advice}"
     return _row("Pareto k-hat", f"{mid:.1%} > {low:.2f}, {hi:.1%} > 0.7 ({draws} draws)", status,
                 "k-hat > 0.7 means q misses posterior mass there and importance sampling (IWAE, "
