@@ -110,7 +110,7 @@ class Diagnostics:
 
     def summary(self) -> dict:
         """Headline numbers (floats)."""
-        out = khat_shares(self.pointwise, _num_draws(self.tree))
+        out = khat_shares(self.pointwise, None if self.tree is None else _num_draws(self.tree))
         out.update(kl_summary(self.latent))
         out["mean_elbo_gap"] = float(self.pointwise["elbo_gap"].mean())
         out["mutual_information"] = self.mutual_information
