@@ -129,3 +129,25 @@ def test_more_draws_do_not_clear_a_guide_that_misses_mass(dtype):
     row, after = _khat(_narrow_guide(0.2), x, 2000)
     assert row["status"] == "failing" and after["share_khat_gt_0.7"] > 0.5
     assert ADVICE["draws"] not in row["advice"] and ADVICE["family"] in row["advice"]
+
+
+def test_a_larger_patience_and_smaller_tolerance_follow_a_run_the_stopping_rule_ended():
+    """A run stopped by the patience rule while its validation ELBO still rises is told to
+    train again with a larger patience or smaller tolerance (not "more epochs", which would
+    change nothing); doing so flattens the end of the curve."""
+    x, val = _data(), _data(100, seed=1)
+    kw = dict(validation_data=val, epochs="auto", batch_size=20, lr=0.002, progress=False)
+    early = fit(model, full_covariance, x, patience=10, tolerance=0.05, **kw)
+    assert early.settings["stopped_by"] == "patience"
+    diag = diagnose(early, data=x, num_draws=200, gaps=False, calibrate=False)
+    row = diag.checks.set_index("check").loc["Convergence"]
+    assert row["status"] == "warning" and "--patience" in row["advice"]
+    assert "--tolerance" in row["advice"] and "--epochs" not in row["advice"]
+    before = diag.convergence
+    pyro.clear_param_store()
+    longer = fit(model, full_covariance, x, patience=40, tolerance=0.0005, **kw)
+    after = diagnose(longer, data=x, num_draws=200, gaps=False, calibrate=False).convergence
+    assert len(longer.history) > len(early.history)
+    # The end-of-training slope falls by many standard errors.
+    assert after.slope + 3 * after.slope_se < before.slope - 3 * before.slope_se
+    assert after.gain_last_10pct < before.gain_last_10pct / 3
