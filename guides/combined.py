@@ -12,7 +12,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppl_vae.programs.nn import unique_name
+from ppl_vae.programs.nn import keeps_arguments, unique_name
 
 from .mean_field import _INIT_RAW_SCALE, mean_field_site
 from .mlp import MLPEncoder
@@ -48,6 +48,7 @@ class LocalGlobalGuide(PyroModule):
         Passed to the autoguide (for example ``init_scale``).
     """
 
+    @keeps_arguments
     def __init__(self, model, local_guide, *, autoguide=AutoNormal, data_plate: str = "data",
                  **autoguide_options):
         super().__init__(name=unique_name("local_global_guide"))
@@ -76,6 +77,7 @@ class GlobalLocalGuide(PyroModule):
         Encoder hidden widths.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 2, hidden=64):
         super().__init__(name=unique_name("global_local_guide"))
         self.obs_dim = int(obs_dim)

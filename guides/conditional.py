@@ -8,7 +8,7 @@ import torch
 from pyro.nn import PyroModule
 
 from ppl_vae.models.conditional import label_one_hot
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 
 class ConditionalEncoder(PyroModule):
@@ -24,6 +24,7 @@ class ConditionalEncoder(PyroModule):
         Floor added to sigma.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, num_classes: int, latent_dim: int = 8, hidden=256,
                  min_scale: float = 1e-4):
         super().__init__(name=unique_name("conditional_encoder"))

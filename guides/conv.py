@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppl_vae.models.conv import check_image_shape
-from ppl_vae.programs.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, keeps_arguments, unique_name
 
 
 class ConvEncoder(PyroModule):
@@ -29,6 +29,7 @@ class ConvEncoder(PyroModule):
         Floor added to sigma(x).
     """
 
+    @keeps_arguments
     def __init__(self, image_shape, latent_dim: int = 16, channels: int = 32,
                  min_scale: float = 1e-4):
         h, w = check_image_shape(image_shape, "ConvEncoder")

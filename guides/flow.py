@@ -10,7 +10,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import nn
 
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 
 class FlowEncoder(PyroModule):
@@ -39,6 +39,7 @@ class FlowEncoder(PyroModule):
         Floor added to sigma(x).
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 20, hidden=400, num_flows: int = 2,
                  flow_hidden: int = 64, context_dim: int = 16, min_scale: float = 1e-4):
         if int(num_flows) < 1:

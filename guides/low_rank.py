@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 
 class LowRankEncoder(PyroModule):
@@ -30,6 +30,7 @@ class LowRankEncoder(PyroModule):
         Floor added to the diagonal standard deviations.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 20, hidden=400, rank: int = 2,
                  min_scale: float = 1e-4):
         if int(rank) < 1:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from ppl_vae.models.eight_schools import school_vector
-from ppl_vae.programs.nn import unique_name
+from ppl_vae.programs.nn import keeps_arguments, unique_name
 
 # softplus^-1(0.1): every site starts with a small scale, as AutoNormal's init_scale=0.1 does.
 _INIT_RAW_SCALE = -2.2521684610440903
@@ -41,6 +41,7 @@ class RegressionGuide(PyroModule):
     optimal variances are the reciprocal diagonal of the posterior precision.
     """
 
+    @keeps_arguments
     def __init__(self, num_features: int):
         super().__init__(name=unique_name("regression_guide"))
         self.num_features = int(num_features)
@@ -79,6 +80,7 @@ class EightSchoolsGuide(PyroModule):
         The schools' estimated effects.
     """
 
+    @keeps_arguments
     def __init__(self, sigma: torch.Tensor, y: torch.Tensor):
         super().__init__(name=unique_name("eight_schools_guide"))
         sigma = school_vector(torch.as_tensor(sigma), "sigma")

@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 
 class MLPEncoder(PyroModule):
@@ -25,6 +25,7 @@ class MLPEncoder(PyroModule):
         Floor added to sigma(x) so that the log-density stays finite.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 20, hidden=400, min_scale: float = 1e-4):
         super().__init__(name=unique_name("mlp_encoder"))
         self.obs_dim, self.latent_dim, self.min_scale = int(obs_dim), int(latent_dim), min_scale

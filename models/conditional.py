@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import one_hot
 
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 from ._common import LIKELIHOODS, likelihood
 
@@ -51,6 +51,7 @@ class ConditionalVAE(PyroModule):
     likelihood : {"bernoulli", "normal", "continuous_bernoulli"}
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, num_classes: int, latent_dim: int = 8, hidden=256,
                  likelihood: str = "bernoulli"):
         if likelihood not in LIKELIHOODS:

@@ -9,7 +9,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppl_vae.programs.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, keeps_arguments, unique_name
 
 from ._common import LIKELIHOODS, likelihood
 
@@ -46,6 +46,7 @@ class ConvVAE(PyroModule):
     likelihood : {"bernoulli", "normal", "continuous_bernoulli"}
     """
 
+    @keeps_arguments
     def __init__(self, image_shape, latent_dim: int = 16, channels: int = 32,
                  likelihood: str = "bernoulli"):
         if likelihood not in LIKELIHOODS:

@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppl_vae.programs.nn import unique_name
+from ppl_vae.programs.nn import keeps_arguments, unique_name
 
 
 class EightSchools(PyroModule):
@@ -31,6 +31,7 @@ class EightSchools(PyroModule):
         Prior scales of mu and tau (5 and 5 in the classic version).
     """
 
+    @keeps_arguments
     def __init__(self, mu_scale: float = 5.0, tau_scale: float = 5.0):
         if float(mu_scale) <= 0 or float(tau_scale) <= 0:
             raise ValueError(f"prior scales must be positive, got {mu_scale}, {tau_scale}")

@@ -10,7 +10,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 
 class GlobalLocalVAE(PyroModule):
@@ -36,6 +36,7 @@ class GlobalLocalVAE(PyroModule):
         s_b, the prior scale of the offset.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 2, hidden=64, offset_scale: float = 10.0):
         if float(offset_scale) <= 0:
             raise ValueError(f"offset_scale must be positive, got {offset_scale}")

@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
 
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 from ._common import LIKELIHOODS, likelihood
 
@@ -42,6 +42,7 @@ class MixturePriorVAE(PyroModule):
         Sample the component ``"c"`` as an enumerated site (default) or use the marginal prior.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 8, num_components: int = 10, hidden=256,
                  likelihood: str = "bernoulli", enumerate: bool = True):
         if likelihood not in LIKELIHOODS:

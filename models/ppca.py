@@ -10,7 +10,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
 
-from ppl_vae.programs.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, keeps_arguments, unique_name
 
 NOISE_MODELS = ("isotropic", "diagonal")
 
@@ -38,6 +38,7 @@ class PPCA(PyroModule):
         Initial noise standard deviation.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 2, noise: str = "isotropic",
                  init_noise: float = 1.0):
         if noise not in NOISE_MODELS:

@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppl_vae.programs.nn import check_width, unique_name
+from ppl_vae.programs.nn import check_width, keeps_arguments, unique_name
 
 
 class BayesianRegression(PyroModule):
@@ -31,6 +31,7 @@ class BayesianRegression(PyroModule):
         The known noise standard deviation sigma.
     """
 
+    @keeps_arguments
     def __init__(self, num_features: int, prior_scale: float = 10.0, noise: float = 1.0):
         if float(prior_scale) <= 0 or float(noise) <= 0:
             raise ValueError(f"prior_scale and noise must be positive, got {prior_scale}, {noise}")

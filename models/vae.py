@@ -8,7 +8,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppl_vae.programs.nn import check_width, hidden_sizes, mlp, unique_name
+from ppl_vae.programs.nn import check_width, hidden_sizes, keeps_arguments, mlp, unique_name
 
 from ._common import LIKELIHOODS, likelihood
 
@@ -33,6 +33,7 @@ class VAE(PyroModule):
         ``"normal"`` learns one log-scale per feature.
     """
 
+    @keeps_arguments
     def __init__(self, obs_dim: int, latent_dim: int = 20, hidden=400, likelihood="bernoulli"):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")

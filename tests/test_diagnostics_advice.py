@@ -83,3 +83,71 @@ def test_training_longer_clears_the_convergence_warning():
     assert len(longer.history) > 15
     row, _ = _check(longer, x, "Convergence")
     assert row["status"] == "ok", row["why"]
+
+
+def _normal_model(x):
+    """z ~ N(0, 1), x ~ N(z, 1): the posterior of each point is N(x / 2, 1 / 2)."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _narrow_guide(variance_ratio):
+    """The posterior mean with variance ``variance_ratio`` times the posterior's: the ratios'
+    tail has Pareto shape k = 1 - variance_ratio exactly."""
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, (0.5 * variance_ratio) ** 0.5))
+    return guide
+
+
+def _khat(guide, x, draws):
+    diag = diagnose(_normal_model, guide, data=x, num_draws=draws, gaps=False, calibrate=False)
+    return diag.checks.set_index("check").loc["Pareto k-hat"], diag.summary()
+
+
+def test_more_draws_clear_a_khat_warning_that_is_the_estimates_noise(dtype):
+    """A guide with true k = 0.4 (importance sampling is reliable) warns at 200 draws: the
+    k-hat of a point from 200 draws has sd about 0.18, so about 7% of points land above 0.7.
+    The advice, more draws, sharpens the estimate and raises the threshold to 0.70."""
+    x = 2 * torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    row, before = _khat(_narrow_guide(0.6), x, 200)
+    assert row["status"] == "warning" and row["advice"].startswith(ADVICE["draws"]), row["why"]
+    row, after = _khat(_narrow_guide(0.6), x, 2000)
+    assert row["status"] == "ok", row["value"]
+    se = (before["share_khat_gt_0.7"] * (1 - before["share_khat_gt_0.7"]) / len(x)) ** 0.5
+    assert after["share_khat_gt_0.7"] < before["share_khat_gt_0.7"] - 3 * se
+    assert after["khat_threshold"] > before["khat_threshold"]
+
+
+def test_more_draws_do_not_clear_a_guide_that_misses_mass(dtype):
+    """True k = 0.8: more draws confirm it, and the advice then names the guide family."""
+    x = 2 * torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    row, before = _khat(_narrow_guide(0.2), x, 200)
+    # Far above what noise puts over 0.7: the advice is the guide, not more draws.
+    assert row["status"] == "failing" and row["advice"].startswith(ADVICE["family"])
+    row, after = _khat(_narrow_guide(0.2), x, 2000)
+    assert row["status"] == "failing" and after["share_khat_gt_0.7"] > 0.5
+    assert ADVICE["draws"] not in row["advice"] and ADVICE["family"] in row["advice"]
+
+
+def test_a_larger_patience_and_smaller_tolerance_follow_a_run_the_stopping_rule_ended():
+    """A run stopped by the patience rule while its validation ELBO still rises is told to
+    train again with a larger patience or smaller tolerance (not "more epochs", which would
+    change nothing); doing so flattens the end of the curve."""
+    x, val = _data(), _data(100, seed=1)
+    kw = dict(validation_data=val, epochs="auto", batch_size=20, lr=0.002, progress=False)
+    early = fit(model, full_covariance, x, patience=10, tolerance=0.05, **kw)
+    assert early.settings["stopped_by"] == "patience"
+    diag = diagnose(early, data=x, num_draws=200, gaps=False, calibrate=False)
+    row = diag.checks.set_index("check").loc["Convergence"]
+    assert row["status"] == "warning" and "--patience" in row["advice"]
+    assert "--tolerance" in row["advice"] and "--epochs" not in row["advice"]
+    before = diag.convergence
+    pyro.clear_param_store()
+    longer = fit(model, full_covariance, x, patience=40, tolerance=0.0005, **kw)
+    after = diagnose(longer, data=x, num_draws=200, gaps=False, calibrate=False).convergence
+    assert len(longer.history) > len(early.history)
+    # The end-of-training slope falls by many standard errors.
+    assert after.slope + 3 * after.slope_se < before.slope - 3 * before.slope_se
+    assert after.gain_last_10pct < before.gain_last_10pct / 3

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import sys
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -227,3 +228,55 @@ def test_short_repr_and_html():
     text = repr(result)
     assert len(text) < 300 and "epochs=1" in text and "stopped_by=epochs" in text
     assert "<table>" in result._repr_html_() and "AutoNormal" in result._repr_html_()
+
+
+ZOO_CHILD = '''
+import sys, numpy as np, torch, ppl_vae
+loaded = ppl_vae.load(sys.argv[1])
+x = torch.from_numpy(np.load(sys.argv[2]))
+np.save(sys.argv[3], ppl_vae.latents(loaded.model, loaded.guide, x)["z"].numpy())
+'''
+
+
+def test_zoo_programs_saved_from_python_reload_in_a_fresh_process(tmp_path, capsys):
+    """The zoo's module names carry a per-process counter (``vae_3``): the folder names the
+    zoo entry and its options instead, so a new process rebuilds and loads the same programs."""
+    import subprocess
+
+    from ppl_vae.guides import MLPEncoder
+    from ppl_vae.models import VAE
+
+    x = (torch.rand(64, 8, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    VAE(8, 3, hidden=5), MLPEncoder(8, 3)  # built first: this process's counters move on
+    model, guide = VAE(8, 2, hidden=[16, 8]), MLPEncoder(8, 2, hidden=16)
+    result = ppl_vae.fit(model, guide, x, epochs=2, batch_size=32, progress=False)
+    result.save(tmp_path / "run", data=x)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["model"], config["guide"]) == ("vae", "mlp")
+    assert config["model_options"] == {"latent_dim": 2, "hidden": [16, 8]}
+    assert config["guide_options"] == {"latent_dim": 2, "hidden": 16}
+    np.save(tmp_path / "x.npy", x.numpy())
+    (tmp_path / "child.py").write_text(ZOO_CHILD)
+    done = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "run"),
+                           str(tmp_path / "x.npy"), str(tmp_path / "z.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = ppl_vae.latents(result.model, result.guide, x)["z"].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), expected, rtol=1e-5, atol=1e-6)
+    done = subprocess.run([sys.executable, "-m", "ppl_vae.cli", "evaluate",
+                           str(tmp_path / "run"), "--num-samples", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "elbo" in done.stdout, done.stderr
+
+
+def test_a_subclass_of_a_zoo_program_is_not_recorded_as_the_zoo_entry():
+    from ppl_vae.models import VAE
+    from ppl_vae.train.records import describe_program
+
+    class Mine(VAE):
+        def __init__(self):
+            super().__init__(8, 2, hidden=4)
+
+    assert describe_program("model", VAE(8, 2, hidden=4)) == {
+        "model": "vae", "model_options": {"latent_dim": 2, "hidden": 4}}
+    assert describe_program("model", Mine())["model"].startswith("python:")

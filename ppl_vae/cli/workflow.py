@@ -119,8 +119,8 @@ def _encode(values: dict, suffix: str, draws: bool) -> bytes:
     else:
         if importlib.util.find_spec("pyarrow") is None and \
                 importlib.util.find_spec("fastparquet") is None:
-            raise ValueError("--out .parquet needs pyarrow: pip install pyarrow (or use .csv, "
-                             ".npz)")
+            raise ValueError("--out .parquet needs pyarrow: pip install pyarrow (or "
+                             "pip install 'ppl-vae[parquet]'), or write .csv / .npz")
         _frame(values, draws).to_parquet(buffer, index=False)
     return buffer.getvalue()
 

@@ -126,7 +126,7 @@ class Diagnostics:
 
     def summary(self) -> dict:
         """Headline numbers (floats)."""
-        out = khat_shares(self.pointwise)
+        out = khat_shares(self.pointwise, None if self.tree is None else _num_draws(self.tree))
         out.update(kl_summary(self.latent))
         out["mean_elbo_gap"] = float(self.pointwise["elbo_gap"].mean())
         out["mutual_information"] = self.mutual_information
@@ -380,21 +380,42 @@ def _row(check, value, status, why, advice=""):
     return row(check, value, status, why, advice)
 
 
+def _num_draws(tree) -> int:
+    return int(tree["sample_stats"].sizes["draw"])
+
+
+def _khat_row(diag: Diagnostics) -> dict:
+    """The per-point k-hat against the threshold of its number of draws S (Vehtari et al.
+    2024): a few points above 0.7 out of many are the estimate's noise (1% is allowed), and
+    while S < 2000 the first advice is more draws, which both sharpens the estimate and raises
+    the threshold to 0.7 (docs/diagnostics.md measures it on digits and MNIST-size data);
+    when failing, the guide family or particles."""
+    draws = _num_draws(diag.tree)
+    s = khat_shares(diag.pointwise, draws)
+    hi, mid, low = s["share_khat_gt_0.7"], s["share_khat_gt_threshold"], s["khat_threshold"]
+    if s["share_exact"] == 1.0:
+        return _row("Pareto k-hat", "constant weights", "ok",
+                    "the guide equals the posterior at every point (constant ratios)")
+    status = "failing" if hi > 0.1 else "warning" if hi > 0.01 or mid > 0.25 else "ok"
+    # Not more particles: IWAE trains q for the bound, not to be the posterior (MNIST-size,
+    # K = 4: 98.7% above 0.7 against 97.3% with one particle; docs/diagnostics.md).
+    advice = f"{ADVICE['family']}, or {ADVICE['train']}"
+    # More than 10% above 0.7 is no estimate's noise (true k = 0.5 puts 11% there at S = 200;
+    # on MNIST-size data 97% at S = 200 stayed 99.8% at S = 2000): the guide is the advice.
+    if status == "warning" and low < KHAT_THRESHOLDS[1] - 0.005:
+        advice = f"{ADVICE['draws']}; if the warning stays, {advice}"
+    return _row("Pareto k-hat", f"{mid:.1%} > {low:.2f}, {hi:.1%} > 0.7 ({draws} draws)", status,
+                "k-hat > 0.7 means q misses posterior mass there and importance sampling (IWAE, "
+                f"reweighting) is unreliable; with S = {draws} draws it is reliable below "
+                f"min(1 - 1/log10 S, 0.7) = {low:.2f} (Vehtari et al. 2024); failing above 10% "
+                f"of points above 0.7, warning above 1% (a single point's k-hat is noisy) or "
+                f"over 25% above {low:.2f}", advice)
+
+
 def verdicts(diag: Diagnostics, *, num_chains: int = 1) -> pd.DataFrame:
     """Plain-language verdict for every check (thresholds stated in each ``why``)."""
     rows = [r for r in [convergence_row(diag.convergence)] if r is not None]
-    s = khat_shares(diag.pointwise)
-    hi, mid = s["share_khat_gt_0.7"], s["share_khat_gt_0.5"]
-    if s["share_exact"] == 1.0:
-        rows.append(_row("Pareto k-hat", "constant weights", "ok",
-                         "the guide equals the posterior at every point (constant ratios)"))
-    else:
-        status = "failing" if hi > 0.1 else "warning" if hi > 0 or mid > 0.25 else "ok"
-        rows.append(_row("Pareto k-hat", f"{mid:.1%} > 0.5, {hi:.1%} > 0.7", status,
-                         "k-hat > 0.7 means q misses posterior mass there and importance "
-                         "sampling (IWAE, reweighting) is unreliable; failing above 10% of points,"
-                         " warning if any point is above 0.7 or over 25% above 0.5",
-                         f"{ADVICE['family']}, or {ADVICE['particles']}"))
+    rows.append(_khat_row(diag))
     joint = joint_khat(diag.tree)
     if joint is not None:
         worst = float(np.max(joint))
@@ -410,7 +431,7 @@ def verdicts(diag: Diagnostics, *, num_chains: int = 1) -> pd.DataFrame:
     rows.append(_row("ELBO gap", f"{gap:.3f} nats per point", status,
                      "log p(x) (importance-weighted) minus the ELBO: what a better guide could "
                      "gain; ok below 1 nat, failing above 5",
-                     f"{ADVICE['family']}, or {ADVICE['particles']}"))
+                     f"{ADVICE['family']}, or {ADVICE['train']}"))
     rows += collapse_rows(diag.latent, kl_summary(diag.latent), diag.mutual_information,
                           diag.mi_reason, max(diag.num_points, 2), diag.reconstruction,
                           diag.reference_mi)

@@ -131,6 +131,9 @@ ADVICE = {
     "family": "a richer guide family, such as the `flow` guide (--guide flow)",
     "particles": "more particles or an importance-weighted estimator (--num-particles, iwae)",
     "encoder": "a larger encoder or longer training (the encoder lags the per-point optimum)",
+    "draws": ("estimate k-hat from more draws first (diagnose(..., num_draws=2000); ppl-vae "
+              "report --num-draws 2000): with few draws a point's k-hat is noisy and the "
+              "reliable range is smaller"),
 }
 
 

@@ -56,17 +56,18 @@ def elbo_curves(history, kept_epoch=None) -> bytes | None:
     return _png(fig)
 
 
-def khat_figure(pointwise) -> bytes:
-    """k-hat of every data point with the 0.5 / 0.7 thresholds, and its histogram."""
+def khat_figure(pointwise, threshold: float = KHAT_THRESHOLDS[0]) -> bytes:
+    """k-hat of every data point with the ``threshold`` (of the number of draws) / 0.7 lines,
+    and its histogram."""
 
     plt = _plt()
     k = pointwise["k_hat"].to_numpy()
     finite = np.isfinite(k)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [2, 1]})
     colors = np.where(k > KHAT_THRESHOLDS[1], "tab:red",
-                      np.where(k > KHAT_THRESHOLDS[0], "tab:orange", "tab:blue"))
+                      np.where(k > threshold, "tab:orange", "tab:blue"))
     a1.scatter(np.arange(len(k))[finite], k[finite], s=6, c=colors[finite])
-    for t, c in zip(KHAT_THRESHOLDS, ("tab:orange", "tab:red"), strict=True):
+    for t, c in zip((threshold, KHAT_THRESHOLDS[1]), ("tab:orange", "tab:red"), strict=True):
         a1.axhline(t, color=c, ls="--", lw=1)
         a2.axvline(t, color=c, ls="--", lw=1)
     a1.set_xlabel("data point (and chain)")

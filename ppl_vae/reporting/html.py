@@ -16,7 +16,8 @@ COLUMNS = {
     "point": "the data point's row in the test data",
     "k_hat": "Pareto k-hat of the point's importance ratios p(x, z) / q(z | x): above 0.7 q "
              "misses posterior mass and importance sampling is unreliable",
-    "category": "k-hat's band: good (<= 0.5), ok (<= 0.7), bad (> 0.7)",
+    "category": "k-hat's band: good (below min(1 - 1/log10 S, 0.7) for S draws: 0.57 at "
+                "200), ok (<= 0.7), bad (> 0.7)",
     "ess": "effective sample size of the point's importance weights (of the guide draws)",
     "log_px": "importance-weighted estimate of log p(x) for the point (nats)",
     "elbo": "the point's ELBO, E_q[log p(x, z) - log q(z | x)] (nats)",

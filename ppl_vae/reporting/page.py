@@ -260,11 +260,14 @@ def _evaluation(evaluation) -> list[str]:
 
 
 def _khat(summary, pointwise, worst_rows) -> list[str]:
+    low = summary["khat_threshold"]
     return ["<h2>Pareto k-hat per data point</h2>",
-            f"<p>{summary['share_khat_gt_0.5']:.1%} of points above 0.5, "
-            f"{summary['share_khat_gt_0.7']:.1%} above 0.7 (Vehtari et al. 2024 thresholds; "
+            f"<p>{summary['share_khat_gt_threshold']:.1%} of points above {low:.2f}, "
+            f"{summary['share_khat_gt_0.7']:.1%} above 0.7 (Vehtari et al. 2024: with S draws "
+            f"importance sampling is reliable below min(1 - 1/log10 S, 0.7) = {low:.2f}; "
             "above 0.7 the guide misses posterior mass there).</p>",
-            _img(figs.khat_figure(pointwise), "k-hat per data point; dashed: 0.5 and 0.7"),
+            _img(figs.khat_figure(pointwise, low),
+                 f"k-hat per data point; dashed: {low:.2f} and 0.7"),
             "<p>The data points with the largest k-hat:</p>", _table(worst_rows),
             legend(worst_rows.columns)]
 

@@ -15,7 +15,8 @@ import torch
 
 from ppl_vae.data.datasets import Dataset
 from ppl_vae.data.tensors import as_tensors
-from ppl_vae.programs.registry import file_sha256
+from ppl_vae.programs.nn import constructor_arguments
+from ppl_vae.programs.registry import available, file_sha256
 
 __all__ = ["SAVED_DATA", "SAVED_PREFIX", "PYTHON_PREFIX", "NO_DATA", "describe_program",
            "parameter_shapes", "parameter_differences", "dataset_from_data", "saved_dataset",
@@ -28,8 +29,14 @@ NO_DATA = "none"
 
 
 def describe_program(kind: str, program) -> dict:
-    """config.json entries for a Python program: ``file.py:name`` (and the file's sha256) when
-    ``program`` is a module-level name of a ``.py`` file, else ``python:module.qualname``."""
+    """config.json entries for a Python program: a zoo entry's name and options (``vae``,
+    ``{"latent_dim": 8}``) for an instance of a zoo class built as it is; ``file.py:name`` (and
+    the file's sha256) when ``program`` is a module-level name of a ``.py`` file; else
+    ``python:module.qualname`` (which a fresh process cannot rebuild: it needs the program
+    passed again)."""
+    zoo = _zoo_entry(kind, program)
+    if zoo is not None:
+        return zoo
     module = inspect.getmodule(program) or inspect.getmodule(type(program))
     path = getattr(module, "__file__", None)
     name = next((k for k, v in vars(module).items() if v is program and not k.startswith("_")),
@@ -39,6 +46,27 @@ def describe_program(kind: str, program) -> dict:
         return {kind: spec, f"{kind}_sha256": file_sha256(spec)}
     label = getattr(program, "__qualname__", type(program).__qualname__)
     return {kind: f"{PYTHON_PREFIX}{getattr(module, '__name__', '?')}.{label}"}
+
+
+def _zoo_entry(kind: str, program) -> dict | None:
+    """``{kind: name, kind_options: {...}}`` for an instance of a registered zoo class whose
+    constructor options are JSON (the data-set arguments, without defaults, are what
+    ``from_dataset`` fills in again), else None."""
+    arguments = constructor_arguments(program)
+    if arguments is None:
+        return None
+    name = next((n for n, ep in sorted(available(kind).items())
+                 if ep.load() is type(program)), None)
+    if name is None:
+        return None
+    params = inspect.signature(type(program).__init__).parameters
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()
+               if params[k].default is not inspect.Parameter.empty and v != params[k].default}
+    try:
+        json.dumps(options, allow_nan=False)
+    except (TypeError, ValueError):
+        return None  # an option that is an object (a model, a class): described as Python
+    return {kind: name, f"{kind}_options": options}
 
 
 def parameter_shapes(params: dict) -> dict:

@@ -77,8 +77,8 @@ def _config(result, data_spec: str, use_labels: bool) -> dict:
     """config.json of a saved result: the programs as a loaded folder recorded them (zoo names
     and options, files and their sha256), else as :func:`describe_program` describes them."""
     programs = dict(result.record) if result.record else {
-        **describe_program("model", result.model), **describe_program("guide", result.guide),
-        "model_options": {}, "guide_options": {}}
+        "model_options": {}, "guide_options": {},
+        **describe_program("model", result.model), **describe_program("guide", result.guide)}
     if result.record and not data_spec.startswith(SAVED_PREFIX):
         use_labels = bool(result.record.get("use_labels"))
     return {**programs, "data": data_spec, "use_labels": use_labels,
@@ -142,8 +142,8 @@ def start_fit_folder(folder, model, guide, dtype: torch.dtype, *, resume: bool) 
                                   "FitResult.save: choose another checkpoint_dir")
         if writer != "fit" or resume:
             return writer == "fit"
-    config = {**describe_program("model", model), **describe_program("guide", guide),
-              "data": NO_DATA, "model_options": {}, "guide_options": {}, "use_labels": False,
+    config = {"model_options": {}, "guide_options": {}, **describe_program("model", model),
+              **describe_program("guide", guide), "data": NO_DATA, "use_labels": False,
               "settings": {"dtype": str(dtype).replace("torch.", "")}, "written_by": "fit"}
     write_bytes(path, json.dumps(config, indent=2, default=str).encode(), manifest=True)
     return True
