@@ -4,8 +4,8 @@ Train with the ELBO estimator of your choice (``fit``), measure it (``evaluate``
 the posterior you got (``diagnose``, ``report``).
 
 The subpackages follow the data flow, each using only those before it:
-``data`` -> ``programs`` -> ``estimators`` -> ``train`` -> ``evaluation`` -> ``diagnostics`` ->
-``reporting`` -> ``cli`` (see docs/architecture.md).
+``data`` -> ``programs`` -> ``estimators`` -> ``recording`` -> ``train`` -> ``evaluation`` ->
+``diagnostics`` -> ``reporting`` -> ``cli`` (see docs/architecture.md).
 """
 
 import sys as _sys

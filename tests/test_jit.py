@@ -1,4 +1,4 @@
-"""``jit="auto"`` / ``"compile"`` (``ppl_vae.estimators.jit.TracedELBO``): recorded where the
+"""``jit="auto"`` / ``"compile"`` (``ppl_vae.recording.jit.TracedELBO``): recorded where the
 programs are static, eager with one warning naming why where they are not."""
 
 import array
@@ -13,11 +13,11 @@ import torch
 from torch.distributions import constraints
 
 import ppl_vae
-from ppl_vae.estimators.compile import JitFallbackWarning, TraceOnce, inductor_unavailable
-from ppl_vae.estimators.jit import TracedELBO, check_jit
 from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
+from ppl_vae.recording.compile import JitFallbackWarning, TraceOnce, inductor_unavailable
+from ppl_vae.recording.jit import TracedELBO, check_jit
 from ppl_vae.train.state import init_state, update
 
 SETTINGS = {"shift": 0.0}
@@ -36,7 +36,7 @@ def guide(x):
     pyro.sample("mu", dist.Normal(loc, scale))
 
 
-# State the guards (ppl_vae.estimators.guards) cannot see: items of a C array.
+# State the guards (ppl_vae.recording.guards) cannot see: items of a C array.
 HIDDEN = array.array("d", [0.0])
 
 
@@ -239,14 +239,14 @@ def test_compile_matches_eager_on_a_tiny_program():
     counters.clear()
     data = _batches()
     state, compiled = _train(model, "compile", data, steps=4)
-    # With torch's Adam on the CPU the step is fused (ppl_vae.train.fused): its own recorder,
+    # With torch's Adam on the CPU the step is fused (ppl_vae.recording.fused): its own recorder,
     # replayed as recorded for the two checked steps, then compiled with the optimizer.
     assert state.fused is not None and state.fused.eager_reason is None
     assert state.fused.recorder.num_traces == 1 and state.fused.compile_seconds > 0
     assert state.fused.num_compiled == 1
     # One graph: the fused step runs without autograd (with autograd on, dynamo would also
     # capture a grad mode of its own as a second graph); none through dynamo at all when
-    # Inductor takes the recorded graph directly (ppl_vae.train.fused._compile).
+    # Inductor takes the recorded graph directly (ppl_vae.recording.fused._compile).
     # AOTAutograd's own count is not asserted: it differs with the state of Inductor's caches
     # (1 with a warm cache, 2 in a fresh clone).
     assert counters["stats"]["unique_graphs"] <= 1

@@ -1,5 +1,5 @@
 """The default step (``jit="auto"``) has eager semantics on impure programs
-(``tests/programs/impure.py``, ``ppl_vae.estimators.guards``): Python values the programs read
+(``tests/programs/impure.py``, ``ppl_vae.recording.guards``): Python values the programs read
 are guarded (the step is recorded again when one changes), programs that keep state or draw
 from Python's ``random`` train eagerly with one warning, their exceptions reach the caller with
 the epoch and step, and non-finite losses, parameters and validation ELBOs stop training."""
@@ -15,8 +15,8 @@ from programs import impure
 
 import ppl_vae
 from ppl_vae.cli import main
-from ppl_vae.estimators.compile import JitFallbackWarning, TraceOnce
-from ppl_vae.estimators.guards import Watch, freeze
+from ppl_vae.recording.compile import JitFallbackWarning, TraceOnce
+from ppl_vae.recording.guards import Watch, freeze
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ppl_vae.train.epoch import STEP_NOTE
 from ppl_vae.train.result import TrainingDivergedError
@@ -239,7 +239,7 @@ def test_a_value_changing_at_every_step_is_recorded_8_times_then_given_up(fallba
 
 
 def test_the_fused_compiled_step_follows_a_schedule_set_in_python():
-    from ppl_vae.estimators.compile import inductor_unavailable
+    from ppl_vae.recording.compile import inductor_unavailable
 
     if inductor_unavailable():
         pytest.skip(inductor_unavailable())

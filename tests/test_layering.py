@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # The flow, in order. The zoo is made of programs.
-STAGES = ["data", "programs", "estimators", "train", "evaluation", "diagnostics", "reporting",
-          "cli"]
+STAGES = ["data", "programs", "estimators", "recording", "train", "evaluation", "diagnostics",
+          "reporting", "cli"]
 ALIASES = {"models": "programs", "guides": "programs"}
 
 

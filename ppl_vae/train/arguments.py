@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ppl_vae.data.tensors import resolve_device
-from ppl_vae.estimators.jit import check_jit
+from ppl_vae.estimators.registry import check_jit
 from ppl_vae.train.loggers import check_loggers
 from ppl_vae.train.state import OPTIMIZERS
 from ppl_vae.train.threads import check_threads

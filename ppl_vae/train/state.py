@@ -16,12 +16,12 @@ import pyro
 import torch
 from pyro import poutine
 
-from ppl_vae.estimators.jit import TracedELBO
 from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 from ppl_vae.programs.util import trainable_parameters
-from ppl_vae.train.fused import FusedAdamStep, fusable
+from ppl_vae.recording.fused import FusedAdamStep, fusable
+from ppl_vae.recording.jit import TracedELBO
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
@@ -54,7 +54,7 @@ class TrainState:
         The plate whose sites are scaled by N / batch size (resolved by ``init_state``).
     fused : FusedAdamStep or None
         With ``jit="compile"`` and Adam on the CPU, the step with the optimizer compiled into
-        it (:mod:`ppl_vae.train.fused`); ``None``: loss, ``backward()`` and ``optimizer.step()``.
+        it (:mod:`ppl_vae.recording.fused`); ``None``: loss, ``backward()`` and ``optimizer.step()``.
     """
 
     loss_fn: torch.nn.Module

@@ -34,13 +34,13 @@ from collections.abc import Callable, Sequence
 import pyro
 import torch
 from pyro import poutine
-from torch.fx.experimental.proxy_tensor import make_fx
 
-from ppl_vae.estimators.graph_rewrites import fold_constants, merge_duplicates, simplify
-from ppl_vae.estimators.guards import Watch, python_rng_kept
-from ppl_vae.estimators.inductor import _compiled, _first_line, inductor_unavailable
-from ppl_vae.estimators.value_reads import ValueReads
 from ppl_vae.programs.util import module_parameters
+from ppl_vae.recording.graph_rewrites import fold_constants, merge_duplicates, simplify
+from ppl_vae.recording.guards import Watch, python_rng_kept
+from ppl_vae.recording.inductor import _compiled, _first_line, inductor_unavailable
+from ppl_vae.recording.private import record
+from ppl_vae.recording.value_reads import ValueReads
 
 __all__ = ["TraceOnce", "JitFallbackWarning", "simplify", "inductor_unavailable"]
 
@@ -269,13 +269,13 @@ class TraceOnce:
 
         tensors = [args[i] for i in tensor_positions]
         # Pyro's ELBOs read .item() for the *reported* loss value in places; that value is
-        # not what the recorded graph returns (see ppl_vae.estimators.jit), so data-dependent
+        # not what the recorded graph returns (see ppl_vae.recording.jit), so data-dependent
         # reads are allowed while recording and the first replays are checked instead.
         try:
             with pyro.validation_enabled(False), _grad_mode(with_grad), torch.random.fork_rng(
                 devices=_cuda_devices(args)
             ), python_rng_kept():
-                graph = make_fx(loss_and_grads, _error_on_data_dependent_ops=False)(leaves, tensors)
+                graph = record(loss_and_grads, leaves, tensors)
         except Exception as error:  # noqa: BLE001 - the eager run above succeeded: a tracing limit
             if self.fallback is None:
                 raise

@@ -14,7 +14,7 @@ The first two steps of each batch shape run unfused (they are where the recordin
 against the eager programs). The first fused step is checked too: against the recorded graph
 followed by torch's own ``torch.optim.adam.adam`` on copies, same random numbers. A failure to
 compile or a mismatch restores the parameters and state, warns once
-(:class:`~ppl_vae.estimators.compile.JitFallbackWarning`) and trains unfused from then on.
+(:class:`~ppl_vae.recording.compile.JitFallbackWarning`) and trains unfused from then on.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ppl_vae.estimators.compile import JitFallbackWarning, TraceOnce, _close
+from ppl_vae.recording.compile import JitFallbackWarning, TraceOnce, _close
+from ppl_vae.recording.private import adam_step_dtype, compile_fx
 
 __all__ = ["FusedAdamStep", "fusable"]
 
@@ -66,7 +67,7 @@ class FusedAdamStep:
     ----------
     recorder : TraceOnce
         Records the loss and gradient per batch signature, uncompiled
-        (:meth:`ppl_vae.estimators.jit.TracedELBO.step_recorder`).
+        (:meth:`ppl_vae.recording.jit.TracedELBO.step_recorder`).
     optimizer : torch.optim.Adam
         Checked by :func:`fusable`; its state tensors are the ones updated.
     max_entries : int
@@ -163,7 +164,7 @@ class FusedAdamStep:
             state = self.optimizer.state[p]
             if not state:
                 # What torch's fused Adam keeps its step counter in, on the parameter's device.
-                state["step"] = torch.zeros((), dtype=_adam._get_scalar_dtype(is_fused=True),
+                state["step"] = torch.zeros((), dtype=adam_step_dtype(),
                                             device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -344,12 +345,9 @@ _OPTIONS = {"fallback_random": True, "cpp_wrapper": True}
 
 
 def _compile_direct(recorded: torch.fx.GraphModule, example: list) -> Callable:
-    from torch._inductor.compile_fx import compile_fx
-
     for node in recorded.graph.nodes:
         node.meta.clear()  # make_fx's recorded values: compile_fx traces its own
-    with torch._inductor.config.patch(_OPTIONS), torch.no_grad():
-        return compile_fx(recorded, example)
+    return compile_fx(recorded, example, _OPTIONS)
 
 
 def _compile(recorded: torch.fx.GraphModule, example: list) -> Callable:
