@@ -22,6 +22,7 @@ from ppl_vae.programs.plates import choose_data_plate, observed_outside, program
 from ppl_vae.programs.util import trainable_parameters
 from ppl_vae.recording.fused import FusedAdamStep, fusable
 from ppl_vae.recording.jit import TracedELBO
+from ppl_vae.recording.padding import Padding, pad_programs
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
 
@@ -55,6 +56,11 @@ class TrainState:
     fused : FusedAdamStep or None
         With ``jit="compile"`` and Adam on the CPU, the step with the optimizer compiled into
         it (:mod:`ppl_vae.recording.fused`); ``None``: loss, ``backward()`` and ``optimizer.step()``.
+    padding : Padding or None
+        With a recorded step and a ragged last batch, pads every batch to the batch size with
+        rows of weight zero (:mod:`ppl_vae.recording.padding`): one graph per run.
+    padding_note : str or None
+        Whether the last batch is padded, or why not.
     """
 
     loss_fn: torch.nn.Module
@@ -64,6 +70,8 @@ class TrainState:
     step: int = 0
     data_plate: str = "data"
     fused: FusedAdamStep | None = None
+    padding: Padding | None = None
+    padding_note: str | None = None
 
 
 def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Tensor]):
@@ -120,12 +128,15 @@ def init_state(
     data_plate: str | None = None,
     optimizer="adam",
     lr: float = 1e-3,
+    batch_size: int | None = None,
 ) -> TrainState:
     """Check the programs on ``batch``, create their parameters, and build the optimizer.
 
     ``data_plate`` names the plate over data points; None finds it (the one plate whose size is
     the batch's, see :func:`~ppl_vae.programs.checks.resolve_data_plate`). The name used is
-    ``state.data_plate``.
+    ``state.data_plate``. ``batch_size``: the rows of the batches training takes; with a recorded
+    step (``jit != False``) and a ragged last batch, every batch is padded to it
+    (``state.padding``) so that one graph serves the run.
 
     Raises
     ------
@@ -155,16 +166,22 @@ def init_state(
             "nothing to train: the model and guide own no parameters (use pyro.param, "
             "pyro.module, a PyroModule, or pass a torch.nn.Module as model or guide)"
         )
+    (scaled_model, scaled_guide), padding, note = pad_programs(
+        elbo, model_trace, guide_trace, (scaled_model, scaled_guide), batch, params,
+        num_data=num_data, batch_size=batch_size, data_plate=data_plate)
     loss_fn = elbo(scaled_model, scaled_guide)
     optim = make_optimizer(optimizer, params, lr)
     fused = None
     if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
         fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
-    return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused)
+    return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused,
+                      padding=padding, padding_note=note)
 
 
 def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState, torch.Tensor]:
     """One gradient step. Returns the state and the loss (a 0-dim tensor; no host sync)."""
+    if state.padding is not None:
+        batch = state.padding(batch, state.params[0])
     if state.fused is not None:
         loss = state.fused(batch)
         state.step += 1
