@@ -26,6 +26,8 @@ then on; with a fallback, a program that reads a tensor's value on the host is n
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import time
 import warnings
 from collections import OrderedDict
@@ -36,6 +38,7 @@ import torch
 from pyro import poutine
 
 from ppl_vae.programs.util import module_parameters
+from ppl_vae.recording.background import compile_in_background
 from ppl_vae.recording.graph_rewrites import fold_constants, merge_duplicates, simplify
 from ppl_vae.recording.guards import Watch, python_rng_kept
 from ppl_vae.recording.inductor import _compiled, _first_line, inductor_unavailable
@@ -95,6 +98,8 @@ class _Entry:
         self.with_grad = with_grad
         self.compiled = compiled
         self.calls = 0
+        self.job = None  # a background compile under way (ppl_vae.recording.background)
+        self.background_done = False  # tried: compiled, refused or failed
 
 
 class TraceOnce:
@@ -115,6 +120,10 @@ class TraceOnce:
     backend : str, optional
         ``torch.compile`` backend for the recorded graph (``"inductor"``: C++/OpenMP on the CPU,
         Triton plus CUDA graphs on a GPU); ``None`` replays the graph as recorded.
+    background : bool
+        Compile each graph with Inductor in a worker thread once its checks passed, replaying
+        the recorded graph meanwhile, and switch when the compiled one is ready and agrees with
+        it on a step (:mod:`ppl_vae.recording.background`); ``jit="auto"``'s default.
     fallback : callable, optional
         The eager loss, ``fallback(*args)``. When given, a step that cannot be recorded, reads
         a tensor value on the host, or disagrees with eager makes this recorder warn once
@@ -130,6 +139,12 @@ class TraceOnce:
     compile_seconds : float
         Wall time of each signature's first call: recording, compiling (``torch.compile`` runs
         lazily, on that call) and the checks against eager.
+    num_compiled : int
+        Graphs compiled so far (with ``backend``, or in the background and switched to).
+    background_seconds : float
+        Wall time of the background compiles (spent beside training, not in it).
+    background_note : str or None
+        Why a background compile was not used (no compiler, a failure, a mismatch).
 
     Notes
     -----
@@ -139,7 +154,8 @@ class TraceOnce:
 
     def __init__(self, fn: Callable[..., torch.Tensor], programs: Sequence, *,
                  max_entries: int = 8, backend: str | None = None,
-                 fallback: Callable[..., torch.Tensor] | None = None, max_rerecords: int = 8):
+                 fallback: Callable[..., torch.Tensor] | None = None, max_rerecords: int = 8,
+                 background: bool = False):
         self.fn = fn
         self.programs = list(programs)
         self.max_entries = int(max_entries)
@@ -151,6 +167,10 @@ class TraceOnce:
         self.compile_seconds = 0.0
         self.max_rerecords = int(max_rerecords)
         self.rerecords = 0
+        self.background = bool(background) and backend is None
+        self.num_compiled = 0
+        self.background_seconds = 0.0
+        self.background_note: str | None = None
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.eager_reason is not None:
@@ -184,6 +204,11 @@ class TraceOnce:
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         entry.calls += 1
         if entry.calls > 2:
+            if self.background and not entry.background_done and (
+                    entry.job is not None or entry.calls > background_after()):
+                switched = self._switch(entry, leaves, tensors, args)
+                if switched is not None:
+                    return switched
             return self._replay(entry, leaves, tensors)
         t0 = time.perf_counter()
         loss = self._checked_replay(entry, leaves, args, kwargs, tensors)
@@ -298,8 +323,54 @@ class TraceOnce:
         compiled = self.backend is not None
         if compiled:
             graph = _compiled(graph, self.backend, tensors[0].device if tensors else None)
+            self.num_compiled += 1
         self.num_traces += 1
         return _Entry(graph, names, module_params, with_grad, compiled, guards, expected)
+
+    # -- background compile ----------------------------------------------------------------
+    def _switch(self, entry: _Entry, leaves, tensors, args) -> torch.Tensor | None:
+        """Start the entry's background compile, or, once it is ready, check it on this step and
+        switch to it. The step's loss (the check's), or ``None``: replay as recorded."""
+        if entry.job is None:
+            entry.job = compile_in_background(entry.graph, leaves, tensors,
+                                              tensors[0].device if tensors else None)
+            if entry.job is None:
+                entry.background_done = True
+                self.background_note = inductor_unavailable() or "no compiler"
+            return None
+        if not entry.job.ready():
+            return None
+        job, entry.job, entry.background_done = entry.job, None, True
+        self.background_seconds += job.seconds
+        if job.error is not None:
+            self.background_note = f"the background compile failed ({job.error})"
+            return None
+        compiled = job.result
+
+        def run(leaves, tensors):
+            return list(compiled(*leaves, *tensors))
+
+        # The first compiled step, checked against the recorded graph on the same inputs and
+        # random numbers; the step's outputs are the compiled ones when they agree.
+        with torch.no_grad():
+            with torch.random.fork_rng(devices=_cuda_devices(args)):
+                want = entry.graph(list(leaves), list(tensors))
+            try:
+                got = run(list(leaves), list(tensors))
+            except Exception as error:  # noqa: BLE001 - the artifact does not run here
+                self.background_note = f"the compiled step failed ({_first_line(error)})"
+                got = None
+        reason = None if got is None else _disagree(got, want)
+        if reason is not None:
+            self.background_note = f"the compiled step disagreed with the recorded one ({reason})"
+        if got is None or reason is not None:
+            got = want
+        else:
+            entry.graph, entry.compiled = run, True
+            self.num_compiled += 1
+        if not entry.with_grad:
+            return got[0]
+        return _Replay.apply(lambda *_: got, len(leaves), *leaves, *tensors)
 
     # -- replay ----------------------------------------------------------------------------
     def _replay(self, entry: _Entry, leaves, tensors) -> torch.Tensor:
@@ -345,6 +416,30 @@ class TraceOnce:
         if not entry.with_grad:
             return outputs[0]
         return _Replay.apply(lambda *_: outputs, len(leaves), *leaves, *tensors)
+
+
+#: Replays of a graph before its background compile starts: a compile costs seconds and a
+#: replayed step milliseconds, so a run shorter than this gains nothing from one.
+BACKGROUND_AFTER = 50
+#: ``PPL_VAE_BACKGROUND_COMPILE=0`` switches background compiles off (a test suite of many short
+#: runs); a number sets :data:`BACKGROUND_AFTER`.
+BACKGROUND_ENV = "PPL_VAE_BACKGROUND_COMPILE"
+
+
+def background_after() -> float:
+    """Replays before a background compile starts (infinite when switched off)."""
+    value = os.environ.get(BACKGROUND_ENV, "").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return math.inf
+    return int(value) if value.isdigit() else BACKGROUND_AFTER
+
+
+def _disagree(got: list, want: list) -> str | None:
+    """Which output of a step differs (loss, then gradient i), or ``None``."""
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        if (g is None) != (w is None) or (g is not None and not _close(g, w)):
+            return "the loss" if i == 0 else f"the gradient of parameter {i - 1}"
+    return None
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> bool:

@@ -113,6 +113,9 @@ class TracedELBO(pyro.infer.ELBO):
         self.mode = mode
         self.max_programs = int(max_programs)
         self._recorders: OrderedDict[tuple[int, int], tuple] = OrderedDict()
+        # jit="auto" compiles in the background (ppl_vae.recording.background); False: the
+        # recorded step only (tests of recording alone, benchmarks of it).
+        self.background = True
 
     def recorder(self, model, guide) -> TraceOnce:
         """The :class:`TraceOnce` for this (model, guide) pair (created on first use)."""
@@ -129,7 +132,8 @@ class TracedELBO(pyro.infer.ELBO):
 
         recorder = TraceOnce(self._traceable(model, guide), (model, guide),
                              backend="inductor" if self.mode == "compile" else None,
-                             fallback=eager if self.mode == "auto" else None)
+                             fallback=eager if self.mode == "auto" else None,
+                             background=self.mode == "auto" and self.background)
         self._recorders[key] = (model, guide, recorder)
         while len(self._recorders) > self.max_programs:
             self._recorders.popitem(last=False)

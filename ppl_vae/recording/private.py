@@ -16,7 +16,7 @@ import torch
 
 __all__ = ["elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
            "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx", "adam_step_dtype",
-           "record", "compile_cache_dir", "compile_cache"]
+           "record", "record_fake", "compile_cache_dir", "compile_cache"]
 
 
 # -- Pyro ------------------------------------------------------------------------------------
@@ -136,3 +136,13 @@ def compile_cache():
             yield
     finally:
         os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+
+def record_fake(fn: Callable, example: list) -> torch.fx.GraphModule:
+    """``make_fx(fn, tracing_mode="fake")`` (``torch.fx.experimental``): ``fn`` recorded on
+    fake copies of ``example``, so that no op runs and no random number is drawn (safe in a
+    worker thread while training draws from the same generator). The private
+    ``_allow_non_fake_inputs``: the recorded graph's folded constants are real tensors."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*example)
