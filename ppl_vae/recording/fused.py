@@ -87,6 +87,7 @@ class FusedAdamStep:
         self.max_entries = int(max_entries)
         self.eager_reason: str | None = None
         self.compile_seconds = 0.0
+        self.num_built = 0  # fused steps compiled (kept or since evicted)
         self._steps: OrderedDict[tuple, tuple] = OrderedDict()
         # Per recorded graph, its prepared inputs (_Plan): building them walks every tensor and
         # its optimizer state, which costs a tenth of a small model's step. Loading a state
@@ -195,6 +196,7 @@ class FusedAdamStep:
         self.compile_seconds += time.perf_counter() - t0
         self._current = None
         if reason is None:
+            self.num_built += 1
             self._steps[key] = (graph, step)
             while len(self._steps) > self.max_entries:
                 self._steps.popitem(last=False)

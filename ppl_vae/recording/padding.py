@@ -134,7 +134,8 @@ def padding_refused(loss_name: str | None, model_trace, guide_trace, data_plate:
             if msg["type"] != "sample":
                 continue
             for frame in msg["cond_indep_stack"]:
-                if frame.name == data_plate and frame_full_size(frame, msg) != rows:
+                subsampled = frame.full_size not in (None, -1, frame.size)
+                if frame.name == data_plate and (subsampled or frame_full_size(frame, msg) != rows):
                     return f"the plate {data_plate!r} subsamples the data itself"
     return None
 

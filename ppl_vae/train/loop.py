@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.programs.digest import program_digests
+from ppl_vae.recording.summary import step_summary
 from ppl_vae.train.arguments import FitConfig, check_arguments
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
@@ -289,6 +290,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
                              resume=config.resume)
         records, settings = _resume_and_train(model, guide, state, prepared, config, engine,
                                               settings, stopper, warmup)
+        settings["compile"] = step_summary(state.recorder, state.fused, state.padding_note)
         result = FitResult(
             model=model, guide=guide, history=pd.DataFrame.from_records(records),
             params=capture_params(model, guide, state.param_names), settings=settings,

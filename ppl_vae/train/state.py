@@ -20,6 +20,7 @@ from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 from ppl_vae.programs.util import trainable_parameters
+from ppl_vae.recording.compile import TraceOnce
 from ppl_vae.recording.fused import FusedAdamStep, fusable
 from ppl_vae.recording.jit import TracedELBO
 from ppl_vae.recording.padding import Padding, pad_programs
@@ -61,6 +62,9 @@ class TrainState:
         rows of weight zero (:mod:`ppl_vae.recording.padding`): one graph per run.
     padding_note : str or None
         Whether the last batch is padded, or why not.
+    recorder : TraceOnce or None
+        The recorded step of ``loss_fn`` (``jit != False``): its graphs, compiles and notes
+        (:func:`ppl_vae.recording.summary.step_summary`).
     """
 
     loss_fn: torch.nn.Module
@@ -72,6 +76,7 @@ class TrainState:
     fused: FusedAdamStep | None = None
     padding: Padding | None = None
     padding_note: str | None = None
+    recorder: TraceOnce | None = None
 
 
 def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Tensor]):
@@ -174,8 +179,9 @@ def init_state(
     fused = None
     if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
         fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
+    recorder = elbo.recorder(scaled_model, scaled_guide) if isinstance(elbo, TracedELBO) else None
     return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused,
-                      padding=padding, padding_note=note)
+                      padding=padding, padding_note=note, recorder=recorder)
 
 
 def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState, torch.Tensor]:
