@@ -216,6 +216,13 @@ class TraceOnce:
             self.compile_seconds += time.perf_counter() - t0
         return self._give_up(loss, args, kwargs) if isinstance(loss, str) else loss
 
+    def wait_for_compiles(self, timeout: float | None = None) -> bool:
+        """Block until the background compiles under way finished (benchmarks and tests:
+        training never waits); whether they all did within ``timeout`` seconds each. The next
+        step checks and switches to what finished."""
+        return all(entry.job.wait(timeout) for entry in list(self._entries.values())
+                   if entry.job is not None)
+
     def recorded(self, *args) -> tuple[torch.fx.GraphModule, list[torch.Tensor]] | None:
         """The recorded loss-and-gradient graph for ``args`` and the leaves it takes, once both
         of its checked replays against eager have passed; ``None`` before that, for a signature

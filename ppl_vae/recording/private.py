@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
+__all__ = ["CACHE_ENV", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
            "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx", "adam_step_dtype",
            "record", "record_fake", "compile_cache_dir", "compile_cache"]
 
