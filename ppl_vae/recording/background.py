@@ -70,12 +70,13 @@ class Job:
 
 
 def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: list,
-                          device) -> Job | None:
-    """Start compiling ``graph(leaves, tensors) -> [loss, *grads]`` with Inductor; ``None``
-    where no compiler is available. The compiled step is called as
-    ``compiled(*leaves, *tensors)`` and returns the same list."""
-    if device is not None and device.type == "cpu" and inductor_unavailable() is not None:
-        return None
+                          device) -> Job | str:
+    """Start compiling ``graph(leaves, tensors) -> [loss, *grads]`` with Inductor. The compiled
+    step is called as ``compiled(*leaves, *tensors)`` and returns the same list. Where no compiler is available,
+    the reason instead of a job."""
+    missing = inductor_unavailable() if device is None or device.type == "cpu" else None
+    if missing is not None:
+        return missing
     with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
         warnings.simplefilter("ignore", FutureWarning)
         graph = copy.deepcopy(graph)  # the training thread replays the original meanwhile

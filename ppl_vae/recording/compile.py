@@ -339,11 +339,13 @@ class TraceOnce:
         """Start the entry's background compile, or, once it is ready, check it on this step and
         switch to it. The step's loss (the check's), or ``None``: replay as recorded."""
         if entry.job is None:
-            entry.job = compile_in_background(entry.graph, leaves, tensors,
-                                              tensors[0].device if tensors else None)
-            if entry.job is None:
+            job = compile_in_background(entry.graph, leaves, tensors,
+                                        tensors[0].device if tensors else None)
+            if isinstance(job, str):  # no compiler here: the recorded step, as it was
                 entry.background_done = True
-                self.background_note = inductor_unavailable() or "no compiler"
+                self.background_note = job
+            else:
+                entry.job = job
             return None
         if not entry.job.ready():
             return None
