@@ -19,6 +19,7 @@ import ppl_vae.recording.background as background
 from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.recording.compile import JitFallbackWarning
 from ppl_vae.recording.inductor import inductor_unavailable
+from ppl_vae.recording.summary import step_summary
 from ppl_vae.train.state import init_state, update
 
 D, Z = 6, 2
@@ -42,7 +43,7 @@ class VAE(nn.Module):
             pyro.sample("z", dist.Normal(h[:, :Z], h[:, Z:].exp()).to_event(1))
 
 
-def _losses(monkeypatch, *, background_on: bool, steps=12, wait=True):
+def _losses(monkeypatch, *, background_on: bool, steps=12, wait=True, optimizer="adam"):
     """Losses of ``steps`` steps from one seed; with ``background_on`` the compile starts after
     3 replays and (``wait``) the test waits for it before the next step, so that the switch
     happens at the same step on every machine."""
@@ -52,15 +53,15 @@ def _losses(monkeypatch, *, background_on: bool, steps=12, wait=True):
     vae = VAE()
     x = torch.randn(32, D)
     state = init_state(vae.model, vae.guide, make_elbo("analytic", jit="auto"), (x[:8],),
-                       num_data=32, batch_size=8)
+                       num_data=32, batch_size=8, optimizer=optimizer)
     losses = []
     for i in range(steps):
         state, loss = update(state, (x[8 * (i % 4): 8 * (i % 4) + 8],))
         losses.append(float(loss))
-        for entry in state.recorder._entries.values():
-            if wait and entry.job is not None:
-                assert entry.job.wait(600), "the background compile did not finish in 10 min"
-    return losses, state.recorder
+        if wait:
+            step = state.recorder if state.fused is None else state.fused
+            assert step.wait_for_compiles(600), "the background compile took over 10 min"
+    return losses, step_summary(state.recorder, state.fused, None)
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +76,24 @@ def switched(tmp_path_factory):
 
 
 def test_switches_to_the_compiled_step_with_the_recorded_losses(switched):
-    (compiled, recorder), (recorded, plain) = switched
-    assert recorder.num_compiled == 1 and recorder.background_note is None
-    assert recorder.background_seconds > 0
-    assert plain.num_compiled == 0 and plain.background_note is None
+    (compiled, summary), (recorded, plain) = switched
+    # Adam fused into the compiled step (torch's Adam on the CPU), built in the background.
+    assert summary["graphs_compiled"] == 1 and summary["note"] is None, summary
+    assert summary["background_seconds"] > 0 and summary["graphs_recorded"] == 1
+    assert plain["graphs_compiled"] == 0 and plain["note"] is None
     # Same seed, same random numbers: the same history up to the kernels' rounding.
     torch.testing.assert_close(torch.tensor(compiled), torch.tensor(recorded), rtol=1e-4,
                                atol=1e-3)
 
 
-def test_no_compiler_keeps_the_recorded_step_without_a_warning(monkeypatch):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])  # unfused; Adam fused into the step
+def test_no_compiler_keeps_the_recorded_step_without_a_warning(monkeypatch, optimizer):
     monkeypatch.setattr(background, "inductor_unavailable", lambda: "no C++ compiler (test)")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        losses, recorder = _losses(monkeypatch, background_on=True, steps=8)
-    assert recorder.num_compiled == 0 and recorder.background_note == "no C++ compiler (test)"
-    assert recorder.eager_reason is None and all(map(torch.isfinite, torch.tensor(losses)))
+        losses, summary = _losses(monkeypatch, background_on=True, steps=8, optimizer=optimizer)
+    assert summary["graphs_compiled"] == 0 and summary["note"] == "no C++ compiler (test)"
+    assert summary["eager"] is None and torch.isfinite(torch.tensor(losses)).all()
 
 
 def test_a_stateful_program_stays_eager(monkeypatch):

@@ -31,7 +31,7 @@ import torch
 from ppl_vae.recording.inductor import _first_line, inductor_unavailable
 from ppl_vae.recording.private import compile_cache, compile_fx, record_fake
 
-__all__ = ["Job", "compile_in_background", "OPTIONS"]
+__all__ = ["Job", "compile_in_background", "detached_copy", "OPTIONS"]
 
 # Torch's generator for random ops (fallback_random): the compiled step draws eager's numbers.
 # cpp_wrapper: the kernels and their calls in one C++ library (one compiler run, no Python
@@ -69,6 +69,13 @@ class Job:
         return self._done.wait(timeout)
 
 
+def detached_copy(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A deep copy of a recorded graph for a worker (a compiler may rewrite what it is given)."""
+    with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(graph)
+
+
 def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: list,
                           device) -> Job | str:
     """Start compiling ``graph(leaves, tensors) -> [loss, *grads]`` with Inductor. The compiled
@@ -77,9 +84,7 @@ def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: li
     missing = inductor_unavailable() if device is None or device.type == "cpu" else None
     if missing is not None:
         return missing
-    with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
-        warnings.simplefilter("ignore", FutureWarning)
-        graph = copy.deepcopy(graph)  # the training thread replays the original meanwhile
+    graph = detached_copy(graph)  # the training thread replays the original meanwhile
     example = [t.detach().clone() for t in (*leaves, *tensors)]
     num_leaves = len(leaves)
 

@@ -24,5 +24,6 @@ def step_summary(recorder: TraceOnce | None, fused: FusedAdamStep | None,
     note = recorder.background_note if fused is None else fused.eager_reason
     return {"graphs_recorded": recorder.num_traces, "graphs_compiled": compiled,
             "compile_seconds": round(seconds, 3),
-            "background_seconds": round(recorder.background_seconds, 3),
+            "background_seconds": round(recorder.background_seconds + (
+                0.0 if fused is None else fused.background_seconds), 3),
             "padding": padding_note, "eager": recorder.eager_reason, "note": note}

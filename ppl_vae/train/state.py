@@ -179,6 +179,13 @@ def init_state(
     fused = None
     if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
         fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
+    elif isinstance(elbo, TracedELBO) and elbo.mode == "auto" and elbo.background and \
+            fusable(optim, params) is None:
+        # jit="auto": Adam fused into the step, built in the background (the recorded step
+        # trains meanwhile; its own background compile would be a second one).
+        recorder = elbo.recorder(scaled_model, scaled_guide)
+        recorder.background = False
+        fused = FusedAdamStep(recorder, optim, background=True)
     recorder = elbo.recorder(scaled_model, scaled_guide) if isinstance(elbo, TracedELBO) else None
     return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused,
                       padding=padding, padding_note=note, recorder=recorder)
