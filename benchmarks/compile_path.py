@@ -126,25 +126,34 @@ _RUN = textwrap.dedent("""
                              lr=1e-3, progress=False)
         print(json.dumps({"train_s": time.perf_counter() - t1, "wall_s": time.perf_counter() - t0,
                           "epoch_s": result.history["seconds"].round(3).tolist(),
-                          "compile": result.settings["compile"]}))
+                          "compile": result.settings.get("compile")}))
     sys.stdout.flush()
 """)
 
 
-def _run(cache: str, which: str) -> dict:
+def _run(cache: str, which: str, tree: str | None = None) -> dict:
+    """One 5-epoch digits run in a fresh process; ``tree``: another checkout's package (the
+    before of a comparison), imported from its root."""
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    if tree is not None:
+        env["PYTHONPATH"] = tree
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", _RUN, cache, which], capture_output=True,
-                         text=True, env=env, check=True)
+                         text=True, env=env, check=True, cwd=tree)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_s"] = round(time.perf_counter() - t, 2)
     return result
 
 
-def main_job_runs() -> dict:
+def main_job_runs(before: str | None = None) -> dict:
+    """Pyro's eager loop, the default cold (fresh cache folder) and warm, Pyro again; with
+    ``before``, that checkout's default too."""
     cache = tempfile.mkdtemp(prefix="ppl-vae-inductor-")
     out = {"pyro_eager": _run(cache, "pyro"), "default_cold": _run(cache, "fit"),
-           "default_warm": _run(cache, "fit"), "pyro_eager_again": _run(cache, "pyro")}
+           "default_warm": _run(cache, "fit")}
+    if before is not None:
+        out["before_default"] = _run(cache, "fit", before)
+    out["pyro_eager_again"] = _run(cache, "pyro")
     return out
 
 
@@ -154,9 +163,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--part", choices=["steady", "runs", "all"], default="all")
     parser.add_argument("--data", nargs="+", default=["digits", "784"])
+    parser.add_argument("--before", help="root of another checkout to run the default of")
     args = parser.parse_args(argv)
     if args.part in ("runs", "all"):
-        print(json.dumps(main_job_runs()), flush=True)
+        print(json.dumps(main_job_runs(args.before)), flush=True)
     if args.part in ("steady", "all"):
         for data in args.data:
             print(json.dumps(steady_state(data, args.steps, args.rounds)), flush=True)
