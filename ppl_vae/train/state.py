@@ -8,6 +8,7 @@ happens once, before the first step; the step itself never synchronises with the
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 from ppl_vae.programs.util import trainable_parameters
-from ppl_vae.recording.compile import TraceOnce
+from ppl_vae.recording.compile import TraceOnce, background_after
 from ppl_vae.recording.fused import FusedAdamStep, fusable
 from ppl_vae.recording.jit import TracedELBO
 from ppl_vae.recording.padding import Padding, pad_programs
@@ -180,7 +181,7 @@ def init_state(
     if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
         fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
     elif isinstance(elbo, TracedELBO) and elbo.mode == "auto" and elbo.background and \
-            fusable(optim, params) is None:
+            background_after() < math.inf and fusable(optim, params) is None:
         # jit="auto": Adam fused into the step, built in the background (the recorded step
         # trains meanwhile; its own background compile would be a second one).
         recorder = elbo.recorder(scaled_model, scaled_guide)
