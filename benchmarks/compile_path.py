@@ -27,6 +27,7 @@ import time
 import torch
 
 from benchmarks.contenders import Setting, make_contender
+from ppl_vae.recording.summary import step_summary
 from benchmarks.timing import case_inputs
 
 LR = 1e-3
@@ -51,7 +52,10 @@ def _default_step(setting, weights, num_data, models):
         state, loss = update(state, (x,))
         return loss
 
-    return step, state.recorder
+    def wait(timeout):
+        return (state.recorder if state.fused is None else state.fused).wait_for_compiles(timeout)
+
+    return step, wait, state
 
 
 def steady_state(data: str, steps: int, rounds: int) -> dict:
@@ -64,7 +68,7 @@ def steady_state(data: str, steps: int, rounds: int) -> dict:
     setting = Setting("analytic", 1, False, 128, data)
     num_data, batches, weights = case_inputs(setting, "cpu", torch.float32)
     models = (VAE, MLPEncoder)
-    default, recorder = _default_step(setting, weights, num_data, models)
+    default, wait, state = _default_step(setting, weights, num_data, models)
     contenders = {"torch": make_contender("torch", setting, weights, num_data, LR, models),
                   "default": default,
                   "compile": make_contender("ppl_vae_compile", setting, weights, num_data, LR,
@@ -72,7 +76,7 @@ def steady_state(data: str, steps: int, rounds: int) -> dict:
     t0 = time.perf_counter()
     for i in range(5):
         default(batches[i % 8])
-    recorder.wait_for_compiles(900)
+    wait(900)
     waited = time.perf_counter() - t0
     for step in contenders.values():  # warm-up: recordings, compiles, checks, the switch
         for i in range(8):
@@ -87,7 +91,7 @@ def steady_state(data: str, steps: int, rounds: int) -> dict:
     median = {name: statistics.median(v) for name, v in times.items()}
     return {"data": data, "ms_per_step": {k: round(v * 1e3, 3) for k, v in median.items()},
             "ratio_to_torch": {k: round(v / median["torch"], 3) for k, v in median.items()},
-            "default_compiled": recorder.num_compiled, "default_note": recorder.background_note,
+            "default": step_summary(state.recorder, state.fused, state.padding_note),
             "background_compile_s": round(waited, 1)}
 
 

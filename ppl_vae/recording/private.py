@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
+__all__ = ["CACHE_ENV", "COMPILING", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
            "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx", "adam_step_dtype",
            "record", "record_fake", "compile_cache_dir", "compile_cache"]
 
@@ -73,6 +74,12 @@ def record(fn: Callable, *args) -> torch.fx.GraphModule:
 
 
 # -- torch: Inductor -------------------------------------------------------------------------
+#: Held by every compile of the wing: Inductor's ``config.patch`` keeps one global patcher, so
+#: two compiles at once (a background one and ``jit="compile"``'s) would undo each other's
+#: settings (``CURRENT_PATCHER is None``).
+COMPILING = threading.RLock()
+
+
 def cpp_compiler() -> str | None:
     """``torch._inductor.cpp_builder.get_cpp_compiler()``: the C++ compiler Inductor would
     use (raises when there is none); torch has no public probe."""
@@ -88,7 +95,7 @@ def compile_fx(graph: torch.fx.GraphModule, example: list, options: dict) -> Cal
     import torch._inductor.config as inductor_config
     from torch._inductor.compile_fx import compile_fx as inductor_compile_fx
 
-    with inductor_config.patch(options), torch.no_grad():
+    with COMPILING, inductor_config.patch(options), torch.no_grad():
         return inductor_compile_fx(graph, example)
 
 
@@ -117,25 +124,27 @@ def compile_cache_dir() -> Path:
 def compile_cache():
     """Inductor's FX graph cache and AOT autograd cache (``torch._inductor.config`` /
     ``torch._functorch.config``, on by default in torch 2.13) kept in :func:`compile_cache_dir`
-    while the wing compiles. Inductor reads the folder from ``TORCHINDUCTOR_CACHE_DIR`` on each
-    lookup; a user's own setting of it wins, and the variable is restored afterwards."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        yield
-        return
-    folder = compile_cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only home: Inductor's own default (a temporary folder)
-        yield
-        return
-    import torch._inductor.config as inductor_config
-
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    try:
-        with inductor_config.patch(fx_graph_cache=True):
+    while the wing compiles (one compile at a time: :data:`COMPILING`). Inductor reads the folder
+    from ``TORCHINDUCTOR_CACHE_DIR`` on each lookup; a user's own setting of it wins, and the
+    variable is restored afterwards."""
+    with COMPILING:
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # the user's, or an enclosing call's
             yield
-    finally:
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            return
+        folder = compile_cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # read-only home: Inductor's own default (a temporary folder)
+            yield
+            return
+        import torch._inductor.config as inductor_config
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+        try:
+            with inductor_config.patch(fx_graph_cache=True):
+                yield
+        finally:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
 
 def record_fake(fn: Callable, example: list) -> torch.fx.GraphModule:
