@@ -27,8 +27,8 @@ import time
 import torch
 
 from benchmarks.contenders import Setting, make_contender
-from ppl_vae.recording.summary import step_summary
 from benchmarks.timing import case_inputs
+from ppl_vae.recording.summary import step_summary
 
 LR = 1e-3
 
