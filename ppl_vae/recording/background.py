@@ -20,6 +20,7 @@ one seed agree to float tolerance, not bit for bit.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import threading
 import time
@@ -29,7 +30,7 @@ from collections.abc import Callable
 import torch
 
 from ppl_vae.recording.inductor import _first_line, inductor_unavailable
-from ppl_vae.recording.private import compile_cache, compile_fx, record_fake
+from ppl_vae.recording.private import compile_cache, compile_fx, raise_in_thread, record_fake
 
 __all__ = ["Job", "compile_in_background", "detached_copy", "OPTIONS"]
 
@@ -37,6 +38,28 @@ __all__ = ["Job", "compile_in_background", "detached_copy", "OPTIONS"]
 # cpp_wrapper: the kernels and their calls in one C++ library (one compiler run, no Python
 # between kernels).
 OPTIONS = {"fallback_random": True, "cpp_wrapper": True}
+
+
+class Abandoned(BaseException):
+    """Raised in a compile thread still running at exit (:func:`_abandon`)."""
+
+
+_RUNNING: set = set()  # the jobs whose threads are alive
+
+
+def _abandon() -> None:
+    """At exit, stop the compile threads still running: a thread left inside Inductor while
+    the interpreter finalises aborts the process (``terminate called without an active
+    exception``). Each gets :class:`Abandoned` raised at its next Python instruction; a thread
+    waiting on the C++ compiler ends when that run ends."""
+    jobs = list(_RUNNING)
+    for job in jobs:
+        raise_in_thread(job._thread, Abandoned)
+    for job in jobs:
+        job._thread.join()
+
+
+atexit.register(_abandon)
 
 
 class Job:
@@ -49,6 +72,7 @@ class Job:
         self.seconds = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(build,), name=name, daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     def _run(self, build) -> None:
@@ -57,8 +81,11 @@ class Job:
             self.result = build()
         except Exception as error:  # noqa: BLE001 - any compiler failure: keep the recorded step
             self.error = f"{type(error).__name__}: {_first_line(error)}"
+        except Abandoned:
+            self.error = "abandoned at exit"
         finally:
             self.seconds = time.perf_counter() - t0
+            _RUNNING.discard(self)
             self._done.set()
 
     def ready(self) -> bool:
