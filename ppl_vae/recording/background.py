@@ -1,15 +1,19 @@
 """Compiling in the background: ``jit="auto"`` trains on the recorded step while Inductor
-compiles it in a worker thread, and switches once the compiled step is ready and has passed the
+compiles it in a worker process, and switches once the compiled step is ready and has passed the
 first-step check.
 
-Thread safety: the worker only sees copies (a deep copy of the recorded graph, clones of its
-inputs) and never touches the param store, the optimizer or a random generator: it re-records the
-graph with fake tensors (no op runs, no random number is drawn) and Inductor compiles from fake
-tensors too. The training thread reads the artifact only after the worker has finished with it
-(:class:`Job`'s event), and checks it before using it. A daemon thread: a run that ends first
-abandons it (nothing joins it at exit), and a compile that fails leaves the recorded step as it
-was, with the reason in the run's settings (no warning: it is an optimisation that did not
-happen).
+Why a process, not a thread: recording and compiling patch torch's globals for their duration
+(``torch.fx`` wraps ``nn.Module.__call__``, ``config.patch`` keeps one global patcher), so a
+compile in a thread breaks the training thread's replays (``module is not installed as a
+submodule``), and a thread still inside Inductor when the interpreter exits aborts the process.
+The worker (``spawn``: a fresh interpreter) gets a pickled copy of the recorded graph and of its
+inputs, compiles it into the persistent compile cache (:func:`ppl_vae.recording.private.
+compile_cache`) and reports success or a one-line error. The training thread then runs the same
+compile itself, which finds every artifact in the cache and only loads it, and checks the result
+on a step before it switches. The worker never touches the param store, the optimizer or the
+random generators of training; a run that ends first leaves it behind (a daemon process,
+terminated at exit). A compile that fails leaves the recorded step as it was, with the reason in
+the run's settings (no warning: an optimisation that did not happen).
 
 Determinism: the compiled step draws its random numbers with torch's generator, as the recorded
 one (``fallback_random``), so the same seed gives the same history up to the rounding difference
@@ -20,19 +24,18 @@ one seed agree to float tolerance, not bit for bit.
 
 from __future__ import annotations
 
-import atexit
 import copy
-import threading
+import importlib
+import multiprocessing
 import time
 import warnings
-from collections.abc import Callable
 
 import torch
 
 from ppl_vae.recording.inductor import _first_line, inductor_unavailable
-from ppl_vae.recording.private import compile_cache, compile_fx, raise_in_thread, record_fake
+from ppl_vae.recording.private import compile_cache, compile_fx, record_fake
 
-__all__ = ["Job", "compile_in_background", "detached_copy", "OPTIONS"]
+__all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS"]
 
 # Torch's generator for random ops (fallback_random): the compiled step draws eager's numbers.
 # cpp_wrapper: the kernels and their calls in one C++ library (one compiler run, no Python
@@ -40,92 +43,108 @@ __all__ = ["Job", "compile_in_background", "detached_copy", "OPTIONS"]
 OPTIONS = {"fallback_random": True, "cpp_wrapper": True}
 
 
-class Abandoned(BaseException):
-    """Raised in a compile thread still running at exit (:func:`_abandon`)."""
-
-
-_RUNNING: set = set()  # the jobs whose threads are alive
-
-
-def _abandon() -> None:
-    """At exit, stop the compile threads still running: a thread left inside Inductor while
-    the interpreter finalises aborts the process (``terminate called without an active
-    exception``). Each gets :class:`Abandoned` raised at its next Python instruction; a thread
-    waiting on the C++ compiler ends when that run ends."""
-    jobs = list(_RUNNING)
-    for job in jobs:
-        raise_in_thread(job._thread, Abandoned)
-    for job in jobs:
-        job._thread.join()
-
-
-atexit.register(_abandon)
+def _worker(connection, where: tuple[str, str], args: tuple) -> None:
+    """In the worker process: ``module.function(*args)`` (which fills the compile cache), then
+    ``None`` or a one-line error through ``connection``."""
+    try:
+        module, name = where
+        getattr(importlib.import_module(module), name)(*args)
+        message = None
+    except Exception as error:  # noqa: BLE001 - reported to the training process
+        message = f"{type(error).__name__}: {_first_line(error)}"
+    connection.send(message)
+    connection.close()
 
 
 class Job:
-    """A build run in a daemon thread: ``ready()`` once it finished, then ``result`` (or
-    ``error``, a one-line reason). ``seconds``: its wall time."""
+    """``function(*args)`` (``where = (module, function)``, a compile) run first in a worker
+    process, which fills the compile cache, then, by :meth:`finish`, in this one, where it only
+    loads. ``ready()`` once the worker finished; after :meth:`finish`, ``result`` or ``error``.
 
-    def __init__(self, build: Callable[[], object], *, name: str = "ppl-vae compile"):
+    Attributes
+    ----------
+    seconds : float
+        Wall time of the worker (the compile, beside training).
+    load_seconds : float
+        Wall time of :meth:`finish`'s own call (the load from the cache, in training).
+    """
+
+    def __init__(self, where: tuple[str, str], args: tuple):
         self.result = None
         self.error: str | None = None
-        self.seconds = 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(build,), name=name, daemon=True)
-        _RUNNING.add(self)
-        self._thread.start()
-
-    def _run(self, build) -> None:
-        t0 = time.perf_counter()
-        try:
-            self.result = build()
-        except Exception as error:  # noqa: BLE001 - any compiler failure: keep the recorded step
-            self.error = f"{type(error).__name__}: {_first_line(error)}"
-        except Abandoned:
-            self.error = "abandoned at exit"
-        finally:
-            self.seconds = time.perf_counter() - t0
-            _RUNNING.discard(self)
-            self._done.set()
+        self.seconds = self.load_seconds = 0.0
+        self._where, self._args = where, args
+        context = multiprocessing.get_context("spawn")
+        self._receive, send = context.Pipe(duplex=False)
+        self._t0 = time.perf_counter()
+        self._process = context.Process(target=_worker, args=(send, where, args),
+                                        name="ppl-vae compile", daemon=True)
+        self._process.start()
+        send.close()
 
     def ready(self) -> bool:
-        return self._done.is_set()
+        return self._receive.poll()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job finished (tests and benchmarks; training never waits)."""
-        return self._done.wait(timeout)
+        """Block until the worker finished (tests and benchmarks; training never waits)."""
+        return self._receive.poll(timeout)
+
+    def finish(self) -> None:
+        """After :meth:`ready`: the worker's answer, then the compile in this process (a load
+        from the cache)."""
+        try:
+            message = self._receive.recv()
+        except EOFError:
+            self._process.join(5)
+            message = f"the compile process ended (exit code {self._process.exitcode})"
+        self.seconds = time.perf_counter() - self._t0
+        self._process.join(5)
+        if message is not None:
+            self.error = message
+            return
+        t0 = time.perf_counter()
+        try:
+            module, name = self._where
+            self.result = getattr(importlib.import_module(module), name)(*self._args)
+        except Exception as error:  # noqa: BLE001 - as in the worker
+            self.error = f"{type(error).__name__}: {_first_line(error)}"
+        self.load_seconds = time.perf_counter() - t0
 
 
 def detached_copy(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """A deep copy of a recorded graph for a worker (a compiler may rewrite what it is given)."""
+    """A deep copy of a recorded graph for a compile (a compiler may rewrite what it is given)."""
     with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
         warnings.simplefilter("ignore", FutureWarning)
         return copy.deepcopy(graph)
 
 
+def compile_recorded(graph: torch.fx.GraphModule, example: list, num_leaves: int,
+                     device_type: str):
+    """``graph(leaves, tensors) -> [loss, *grads]`` compiled with Inductor as a flat function,
+    ``compiled(*leaves, *tensors) -> list`` (re-recorded on fake tensors: no op runs, no random
+    number is drawn); the same in the worker and in training, so the second finds the first's
+    artifacts in the cache."""
+    def flat(*inputs):
+        return graph(list(inputs[:num_leaves]), list(inputs[num_leaves:]))
+
+    with torch.no_grad():
+        recorded = record_fake(flat, example)
+    for node in recorded.graph.nodes:
+        node.meta.clear()  # make_fx's recorded values: compile_fx traces its own
+    # No CUDA graphs: their outputs live in a pool the next replay overwrites.
+    options = OPTIONS if device_type == "cpu" else {"fallback_random": True}
+    with compile_cache():
+        return compile_fx(recorded, example, options)
+
+
 def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: list,
                           device) -> Job | str:
-    """Start compiling ``graph(leaves, tensors) -> [loss, *grads]`` with Inductor. The compiled
-    step is called as ``compiled(*leaves, *tensors)`` and returns the same list. Where no compiler is available,
-    the reason instead of a job."""
-    missing = inductor_unavailable() if device is None or device.type == "cpu" else None
+    """Start compiling ``graph(leaves, tensors) -> [loss, *grads]`` with Inductor
+    (:func:`compile_recorded`); where no compiler is available, the reason instead of a job."""
+    device_type = "cpu" if device is None else device.type
+    missing = inductor_unavailable() if device_type == "cpu" else None
     if missing is not None:
         return missing
-    graph = detached_copy(graph)  # the training thread replays the original meanwhile
     example = [t.detach().clone() for t in (*leaves, *tensors)]
-    num_leaves = len(leaves)
-
-    def build():
-        def flat(*inputs):
-            return graph(list(inputs[:num_leaves]), list(inputs[num_leaves:]))
-
-        with torch.no_grad():
-            recorded = record_fake(flat, example)
-        for node in recorded.graph.nodes:
-            node.meta.clear()  # make_fx's recorded values: compile_fx traces its own
-        # No CUDA graphs: their outputs live in a pool the next replay overwrites.
-        options = OPTIONS if device is None or device.type == "cpu" else {"fallback_random": True}
-        with compile_cache():
-            return compile_fx(recorded, example, options)
-
-    return Job(build)
+    return Job((__name__, "compile_recorded"),
+               (detached_copy(graph), example, len(leaves), device_type))

@@ -350,11 +350,13 @@ class TraceOnce:
         if not entry.job.ready():
             return None
         job, entry.job, entry.background_done = entry.job, None, True
+        job.finish()  # the compile again, here: a load from the cache the worker filled
         self.background_seconds += job.seconds
         if job.error is not None:
             self.background_note = f"the background compile failed ({job.error})"
             return None
         compiled = job.result
+        self.compile_seconds += job.load_seconds
 
         def run(leaves, tensors):
             return list(compiled(*leaves, *tensors))

@@ -181,13 +181,15 @@ class FusedAdamStep:
                 hyper = {k: group[k] for k in ("betas", "eps", "weight_decay")}
                 hyper["decoupled_weight_decay"] = group.get("decoupled_weight_decay", False)
                 copied = detached_copy(graph)
-                self._jobs[key] = Job(lambda: _build(copied, trained, shapes, hyper, copies,
-                                                     fake=True))
+                self._jobs[key] = Job((__name__, "_build"),
+                                      (copied, trained, shapes, hyper, copies, True))
             return None
         if not job.ready():
             return None
         del self._jobs[key]
+        job.finish()  # the build again, here: a load from the cache the worker filled
         self.background_seconds += job.seconds
+        self.compile_seconds += job.load_seconds
         if job.error is not None:
             self.eager_reason = f"the background compile failed ({job.error})"
             return None

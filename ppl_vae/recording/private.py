@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "COMPILING", "raise_in_thread", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
+__all__ = ["CACHE_ENV", "COMPILING", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
            "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx", "adam_step_dtype",
            "record", "record_fake", "compile_cache_dir", "compile_cache"]
 
@@ -145,17 +145,6 @@ def compile_cache():
                 yield
         finally:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-
-
-def raise_in_thread(thread: threading.Thread, exception: type[BaseException]) -> None:
-    """Raise ``exception`` in ``thread`` at its next Python instruction
-    (``PyThreadState_SetAsyncExc`` of CPython's C API, through ctypes: Python has no public way
-    to stop a thread that runs a library's code)."""
-    import ctypes
-
-    if thread.ident is not None and thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                   ctypes.py_object(exception))
 
 
 def record_fake(fn: Callable, example: list) -> torch.fx.GraphModule:
