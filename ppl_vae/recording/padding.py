@@ -154,9 +154,13 @@ def padding_invisible(loss_fn: Callable, batch: Sequence[torch.Tensor], params: 
         if shift:  # other rows as padding: the last row of the cut instead of its first
             padded[:-1] = [torch.cat([t[:real], t[real - 1:real].expand_as(t[real:])])
                            for t in padded[:-1]]
-        with torch.random.fork_rng(devices=_cuda_devices(padded)), pyro.validation_enabled(False):
-            loss = loss_fn(*padded)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        try:
+            with torch.random.fork_rng(devices=_cuda_devices(padded)), \
+                    pyro.validation_enabled(False):
+                loss = loss_fn(*padded)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+        except Exception as error:  # noqa: BLE001 - the programs refuse a padded batch
+            return f"the programs failed on a padded batch ({type(error).__name__}: {error})"
         outputs.append((loss.detach(), grads))
     (loss_a, grads_a), (loss_b, grads_b) = outputs
     if not _close(loss_b, loss_a):
