@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import ppl_vae.recording.private as private
 from ppl_vae.recording.inductor import inductor_unavailable
 from ppl_vae.recording.private import CACHE_ENV, compile_cache, compile_cache_dir
 
@@ -30,11 +31,15 @@ def test_inductor_sees_the_folder_while_compiling_only(monkeypatch, tmp_path):
         assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
     assert (tmp_path / "cache").is_dir()
-    # A user's own Inductor cache folder wins.
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
+    # Inductor's own default, set by its first use, is replaced while compiling, then restored.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "default"))
     with compile_cache():
-        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "theirs")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "theirs")
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "default")
+    # A user's own Inductor cache folder (set before ppl-vae was imported) wins.
+    monkeypatch.setattr(private, "_USER_CACHE", str(tmp_path / "theirs"))
+    with compile_cache():
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "default")
 
 
 _COMPILE = textwrap.dedent("""

@@ -6,13 +6,12 @@ Why a process, not a thread: recording and compiling patch torch's globals for t
 (``torch.fx`` wraps ``nn.Module.__call__``, ``config.patch`` keeps one global patcher), so a
 compile in a thread breaks the training thread's replays (``module is not installed as a
 submodule``), and a thread still inside Inductor when the interpreter exits aborts the process.
-The worker (``spawn``: a fresh interpreter) gets a pickled copy of the recorded graph and of its
+The worker (a fresh interpreter) gets a pickled copy of the recorded graph and of its
 inputs, compiles it into the persistent compile cache (:func:`ppl_vae.recording.private.
 compile_cache`) and reports success or a one-line error. The training thread then runs the same
 compile itself, which finds every artifact in the cache and only loads it, and checks the result
 on a step before it switches. The worker never touches the param store, the optimizer or the
-random generators of training; a run that ends first leaves it behind (a daemon process,
-terminated at exit). A compile that fails leaves the recorded step as it was, with the reason in
+random generators of training; a run that ends first kills it at exit, without waiting. A compile that fails leaves the recorded step as it was, with the reason in
 the run's settings (no warning: an optimisation that did not happen).
 
 Determinism: the compiled step draws its random numbers with torch's generator, as the recorded
@@ -24,16 +23,20 @@ one seed agree to float tolerance, not bit for bit.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import importlib
-import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
 import time
 import warnings
 
 import torch
 
 from ppl_vae.recording.inductor import _first_line, inductor_unavailable
-from ppl_vae.recording.private import compile_cache, compile_fx, record_fake
+from ppl_vae.recording.private import compile_cache, compile_fx, prepare_unpickling, record_fake
 
 __all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS"]
 
@@ -43,23 +46,38 @@ __all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", 
 OPTIONS = {"fallback_random": True, "cpp_wrapper": True}
 
 
-def _worker(connection, where: tuple[str, str], args: tuple) -> None:
-    """In the worker process: ``module.function(*args)`` (which fills the compile cache), then
-    ``None`` or a one-line error through ``connection``."""
+def _worker() -> None:
+    """The worker process (``python -m ppl_vae.recording.background``): reads the pickled
+    ``(module, function, args)`` from stdin, runs ``module.function(*args)`` (which fills the
+    compile cache), and writes ``ok`` or a one-line error as its last line of stdout."""
     try:
-        module, name = where
+        prepare_unpickling()  # before unpickling a GraphModule in a fresh interpreter
+        module, name, args = pickle.loads(sys.stdin.buffer.read())
         getattr(importlib.import_module(module), name)(*args)
-        message = None
+        message = "ok"
     except Exception as error:  # noqa: BLE001 - reported to the training process
         message = f"{type(error).__name__}: {_first_line(error)}"
-    connection.send(message)
-    connection.close()
+    print(message, flush=True)
+
+
+_LIVE: set = set()  # worker processes still running
+
+
+@atexit.register
+def _abandon() -> None:
+    """A run that ends before its compile does leaves the worker: killed at exit, not waited
+    for (it only fills a cache)."""
+    for process in list(_LIVE):
+        process.kill()
 
 
 class Job:
     """``function(*args)`` (``where = (module, function)``, a compile) run first in a worker
     process, which fills the compile cache, then, by :meth:`finish`, in this one, where it only
     loads. ``ready()`` once the worker finished; after :meth:`finish`, ``result`` or ``error``.
+
+    The worker is ``python -m ppl_vae.recording.background`` fed through stdin, not a
+    ``multiprocessing`` process: ``spawn`` would run the user's script again in it.
 
     Attributes
     ----------
@@ -74,32 +92,40 @@ class Job:
         self.error: str | None = None
         self.seconds = self.load_seconds = 0.0
         self._where, self._args = where, args
-        context = multiprocessing.get_context("spawn")
-        self._receive, send = context.Pipe(duplex=False)
+        payload = pickle.dumps((*where, args))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._t0 = time.perf_counter()
-        self._process = context.Process(target=_worker, args=(send, where, args),
-                                        name="ppl-vae compile", daemon=True)
-        self._process.start()
-        send.close()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env)
+        _LIVE.add(self._process)
+        try:
+            self._process.stdin.write(payload)
+            self._process.stdin.close()
+        except OSError:  # the worker died at once: finish() reports its exit code
+            pass
 
     def ready(self) -> bool:
-        return self._receive.poll()
+        return self._process.poll() is not None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker finished (tests and benchmarks; training never waits)."""
-        return self._receive.poll(timeout)
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def finish(self) -> None:
         """After :meth:`ready`: the worker's answer, then the compile in this process (a load
         from the cache)."""
-        try:
-            message = self._receive.recv()
-        except EOFError:
-            self._process.join(5)
-            message = f"the compile process ended (exit code {self._process.exitcode})"
+        _LIVE.discard(self._process)
+        lines = self._process.stdout.read().decode(errors="replace").strip().splitlines()
+        self._process.stdout.close()
         self.seconds = time.perf_counter() - self._t0
-        self._process.join(5)
-        if message is not None:
+        message = lines[-1] if lines else \
+            f"the compile process ended (exit code {self._process.returncode})"
+        if message != "ok":
             self.error = message
             return
         t0 = time.perf_counter()
@@ -148,3 +174,7 @@ def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: li
     example = [t.detach().clone() for t in (*leaves, *tensors)]
     return Job((__name__, "compile_recorded"),
                (detached_copy(graph), example, len(leaves), device_type))
+
+
+if __name__ == "__main__":
+    _worker()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "COMPILING", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
+__all__ = ["CACHE_ENV", "COMPILING", "prepare_unpickling", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
            "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx", "adam_step_dtype",
            "record", "record_fake", "compile_cache_dir", "compile_cache"]
 
@@ -89,13 +89,20 @@ def cpp_compiler() -> str | None:
 
 
 def compile_fx(graph: torch.fx.GraphModule, example: list, options: dict) -> Callable:
-    """``torch._inductor.compile_fx.compile_fx`` under ``torch._inductor.config.patch``:
+    """``torch._inductor.compile_fx.compile_fx`` under ``torch._inductor.config.patch`` and a
+    ``torch._guards`` tracing context with a ``ShapeEnv`` (which the caches require):
     Inductor on an ATen graph without re-tracing it with dynamo (what ``torch.compile``'s
     backend calls once dynamo has traced)."""
     import torch._inductor.config as inductor_config
+    from torch._guards import TracingContext, tracing
     from torch._inductor.compile_fx import compile_fx as inductor_compile_fx
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    with COMPILING, inductor_config.patch(options), torch.no_grad():
+    # A tracing context with a shape environment, as dynamo gives Inductor: without one the
+    # FX graph and AOT autograd caches are bypassed ("No shape env"), so nothing persists.
+    context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
+    with COMPILING, inductor_config.patch(options), torch.no_grad(), tracing(context):
         return inductor_compile_fx(graph, example)
 
 
@@ -120,15 +127,20 @@ def compile_cache_dir() -> Path:
     return Path(base) / "ppl-vae" / "inductor"
 
 
+#: The user's own Inductor cache folder, read before Inductor runs (it sets the variable to its
+#: default on first use).
+_USER_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
 @contextmanager
 def compile_cache():
     """Inductor's FX graph cache and AOT autograd cache (``torch._inductor.config`` /
     ``torch._functorch.config``, on by default in torch 2.13) kept in :func:`compile_cache_dir`
     while the wing compiles (one compile at a time: :data:`COMPILING`). Inductor reads the folder
-    from ``TORCHINDUCTOR_CACHE_DIR`` on each lookup; a user's own setting of it wins, and the
-    variable is restored afterwards."""
+    from ``TORCHINDUCTOR_CACHE_DIR`` on each lookup; a user's own setting of it (when ppl-vae was
+    imported) wins, and the variable is restored afterwards."""
     with COMPILING:
-        if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # the user's, or an enclosing call's
+        if _USER_CACHE:
             yield
             return
         folder = compile_cache_dir()
@@ -139,12 +151,22 @@ def compile_cache():
             return
         import torch._inductor.config as inductor_config
 
+        before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
         try:
             with inductor_config.patch(fx_graph_cache=True):
                 yield
         finally:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+def prepare_unpickling() -> None:
+    """Import ``torch._higher_order_ops.triton_kernel_wrap``, which unpickling a GraphModule
+    (it re-traces the graph's code) reads as an attribute in a fresh interpreter."""
+    importlib.import_module("torch._higher_order_ops.triton_kernel_wrap")
 
 
 def record_fake(fn: Callable, example: list) -> torch.fx.GraphModule:
