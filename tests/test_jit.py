@@ -59,8 +59,9 @@ def reading_model(x):
 def _recorder(state) -> TraceOnce:
     elbo = state.loss_fn.elbo
     assert isinstance(elbo, TracedELBO)
-    (entry,) = elbo._recorders.values()
-    return entry[2]
+    # The training step's recorder (with a padded last batch, of the padded programs).
+    assert state.recorder is elbo.recorder(state.loss_fn.model, state.loss_fn.guide)
+    return state.recorder
 
 
 def _train(program, jit, data, steps=6, seed=3):

@@ -192,7 +192,8 @@ def pad_programs(elbo, model_trace, guide_trace, scaled: tuple, batch: Sequence[
     if reason is None:
         padded = tuple(PaddedProgram(s.program, data_plate) for s in scaled)
         padding = Padding(batch_size, num_data)
-        reason = padding_invisible(elbo(*padded), batch, params, padding, params[0])
+        # Eagerly (the inner ELBO): a check, not a step to record.
+        reason = padding_invisible(elbo.inner(*padded), batch, params, padding, params[0])
         if reason is None:
             return padded, padding, f"the last batch padded to {batch_size} rows"
     return scaled, None, f"not padded: {reason}; the last batch records a graph of its own"
