@@ -56,12 +56,15 @@ _COMPILE = textwrap.dedent("""
 
     w, x = torch.ones(3, 4), torch.ones(5, 3)
     job = compile_in_background(make_fx(step)([w], [x]), [w], [x], x.device)
-    assert job.wait(600) and job.error is None, job.error
-    print(job.seconds, counters["inductor"]["fxgraph_cache_hit"], flush=True)
+    assert job.wait(600)
+    job.finish()  # the same compile in this process, after the worker's
+    assert job.error is None, job.error
+    print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"],
+          flush=True)
 """)
 
 
-def test_a_second_process_starts_from_the_cache(tmp_path):
+def test_a_compile_is_loaded_from_the_cache_another_process_wrote(tmp_path):
     if inductor_unavailable() is not None:
         pytest.skip(inductor_unavailable())
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
@@ -69,6 +72,9 @@ def test_a_second_process_starts_from_the_cache(tmp_path):
                            text=True, timeout=600, env=env) for _ in range(2)]
     for run in runs:
         assert run.returncode == 0, run.stderr[-2000:]
-    (cold, cold_hits), (warm, warm_hits) = (map(float, r.stdout.split()) for r in runs)
-    assert cold_hits == 0 and warm_hits >= 1
-    assert any(tmp_path.rglob("*")), "nothing was written to the cache folder"
+    # The worker process compiled into the folder (the first run) or found it there (the
+    # second); the training process then only loaded the graph from it, never compiled it.
+    for run in runs:
+        hits, misses = map(int, run.stdout.split())
+        assert hits >= 1 and misses == 0, run.stdout
+    assert any((tmp_path / "fxgraph").rglob("*")), "nothing was written to the cache folder"
