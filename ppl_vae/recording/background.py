@@ -30,13 +30,21 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from ppl_vae.recording.inductor import _first_line, inductor_unavailable
-from ppl_vae.recording.private import compile_cache, compile_fx, prepare_unpickling, record_fake
+from ppl_vae.recording.private import (
+    compile_cache,
+    compile_fx,
+    prepare_unpickling,
+    record_fake,
+    user_cache,
+)
 
 __all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS"]
 
@@ -47,12 +55,15 @@ OPTIONS = {"fallback_random": True, "cpp_wrapper": True}
 
 
 def _worker() -> None:
-    """The worker process (``python -m ppl_vae.recording.background``): reads the pickled
-    ``(module, function, args)`` from stdin, runs ``module.function(*args)`` (which fills the
+    """The worker process (``python -m ppl_vae.recording.background PATH``): reads the pickled
+    ``(module, function, args)`` from the file PATH (and removes it), runs ``module.function(*args)`` (which fills the
     compile cache), and writes ``ok`` or a one-line error as its last line of stdout."""
     try:
         prepare_unpickling()  # before unpickling a GraphModule in a fresh interpreter
-        module, name, args = pickle.loads(sys.stdin.buffer.read())
+        path = Path(sys.argv[1])
+        payload = path.read_bytes()
+        path.unlink(missing_ok=True)
+        module, name, args = pickle.loads(payload)
         getattr(importlib.import_module(module), name)(*args)
         message = "ok"
     except Exception as error:  # noqa: BLE001 - reported to the training process
@@ -67,8 +78,9 @@ _LIVE: set = set()  # worker processes still running
 def _abandon() -> None:
     """A run that ends before its compile does leaves the worker: killed at exit, not waited
     for (it only fills a cache)."""
-    for process in list(_LIVE):
-        process.kill()
+    for job in list(_LIVE):
+        job._process.kill()
+        job._payload.unlink(missing_ok=True)
 
 
 class Job:
@@ -76,7 +88,7 @@ class Job:
     process, which fills the compile cache, then, by :meth:`finish`, in this one, where it only
     loads. ``ready()`` once the worker finished; after :meth:`finish`, ``result`` or ``error``.
 
-    The worker is ``python -m ppl_vae.recording.background`` fed through stdin, not a
+    The worker is ``python -m ppl_vae.recording.background`` given a file, not a
     ``multiprocessing`` process: ``spawn`` would run the user's script again in it.
 
     Attributes
@@ -91,19 +103,31 @@ class Job:
         self.result = None
         self.error: str | None = None
         self.seconds = self.load_seconds = 0.0
-        self._where, self._args = where, args
+        self._where = where
+        # Through a file, not the worker's stdin: a pipe holds 64 KiB, and the write of a larger
+        # graph would wait for the worker to have imported torch (seconds of a stalled step).
         payload = pickle.dumps((*where, args))
+        # This process compiles what the worker unpickles (a GraphModule is re-traced when
+        # unpickled): the same graph, so the same cache key.
+        prepare_unpickling()
+        with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
+            warnings.simplefilter("ignore", FutureWarning)
+            self._args = pickle.loads(payload)[2]
+        with tempfile.NamedTemporaryFile(prefix="ppl-vae-compile-", suffix=".pkl",
+                                         delete=False) as file:
+            file.write(payload)
+        self._payload = Path(file.name)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # The user's Inductor folder, not the default Inductor wrote into this environment:
+        # the worker must compile into the folder this process will load from.
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        if user_cache() is not None:
+            env["TORCHINDUCTOR_CACHE_DIR"] = user_cache()
         self._t0 = time.perf_counter()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=env)
-        _LIVE.add(self._process)
-        try:
-            self._process.stdin.write(payload)
-            self._process.stdin.close()
-        except OSError:  # the worker died at once: finish() reports its exit code
-            pass
+            [sys.executable, "-m", __name__, str(self._payload)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        _LIVE.add(self)
 
     def ready(self) -> bool:
         return self._process.poll() is not None
@@ -119,7 +143,8 @@ class Job:
     def finish(self) -> None:
         """After :meth:`ready`: the worker's answer, then the compile in this process (a load
         from the cache)."""
-        _LIVE.discard(self._process)
+        _LIVE.discard(self)
+        self._payload.unlink(missing_ok=True)
         lines = self._process.stdout.read().decode(errors="replace").strip().splitlines()
         self._process.stdout.close()
         self.seconds = time.perf_counter() - self._t0

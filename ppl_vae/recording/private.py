@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "COMPILING", "prepare_unpickling", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
+__all__ = ["CACHE_ENV", "COMPILING", "prepare_unpickling", "user_cache", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
            "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx", "adam_step_dtype",
            "record", "record_fake", "compile_cache_dir", "compile_cache"]
 
@@ -130,6 +130,11 @@ def compile_cache_dir() -> Path:
 #: The user's own Inductor cache folder, read before Inductor runs (it sets the variable to its
 #: default on first use).
 _USER_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+def user_cache() -> str | None:
+    """The user's own ``TORCHINDUCTOR_CACHE_DIR`` (as it was when ppl-vae was imported)."""
+    return _USER_CACHE or None
 
 
 @contextmanager
