@@ -127,9 +127,19 @@ def compile_cache_dir() -> Path:
     return Path(base) / "ppl-vae" / "inductor"
 
 
-#: The user's own Inductor cache folder, read before Inductor runs (it sets the variable to its
-#: default on first use).
+def _inductor_default() -> str:
+    """``torch._inductor.runtime.cache_dir_utils.default_cache_dir()``: the folder Inductor
+    writes into ``TORCHINDUCTOR_CACHE_DIR`` itself on first use."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(default_cache_dir())
+
+
+#: The user's own Inductor cache folder: the variable as set when ppl-vae was imported, unless
+#: it is the default Inductor put there itself (torch's dynamo or Inductor ran first).
 _USER_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+if _USER_CACHE and os.path.abspath(_USER_CACHE) == _inductor_default():
+    _USER_CACHE = None
 
 
 def user_cache() -> str | None:
