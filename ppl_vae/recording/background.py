@@ -169,23 +169,16 @@ def detached_copy(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
         return copy.deepcopy(graph)
 
 
-def compile_recorded(graph: torch.fx.GraphModule, example: list, num_leaves: int,
-                     device_type: str):
-    """``graph(leaves, tensors) -> [loss, *grads]`` compiled with Inductor as a flat function,
-    ``compiled(*leaves, *tensors) -> list`` (re-recorded on fake tensors: no op runs, no random
-    number is drawn); the same in the worker and in training, so the second finds the first's
+def compile_recorded(flat: torch.fx.GraphModule, example: list, device_type: str):
+    """A flat recorded step, ``flat(*leaves, *tensors) -> [loss, *grads]``, compiled with
+    Inductor; the same call in the worker and in training, so the second finds the first's
     artifacts in the cache."""
-    def flat(*inputs):
-        return graph(list(inputs[:num_leaves]), list(inputs[num_leaves:]))
-
-    with torch.no_grad():
-        recorded = record_fake(flat, example)
-    for node in recorded.graph.nodes:
+    for node in flat.graph.nodes:
         node.meta.clear()  # make_fx's recorded values: compile_fx traces its own
     # No CUDA graphs: their outputs live in a pool the next replay overwrites.
     options = OPTIONS if device_type == "cpu" else {"fallback_random": True}
     with compile_cache():
-        return compile_fx(recorded, example, options)
+        return compile_fx(flat, example, options)
 
 
 def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: list,
@@ -197,8 +190,17 @@ def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: li
     if missing is not None:
         return missing
     example = [t.detach().clone() for t in (*leaves, *tensors)]
-    return Job((__name__, "compile_recorded"),
-               (detached_copy(graph), example, len(leaves), device_type))
+    graph, num_leaves = detached_copy(graph), len(leaves)
+
+    def flat(*inputs):
+        return graph(list(inputs[:num_leaves]), list(inputs[num_leaves:]))
+
+    # Flat inputs, re-recorded on fake tensors (no op runs, no random number is drawn): a
+    # GraphModule that takes lists does not survive pickling (unpickled, it computed another
+    # loss), a flat one does.
+    with torch.no_grad():
+        recorded = record_fake(flat, example)
+    return Job((__name__, "compile_recorded"), (recorded, example, device_type))
 
 
 if __name__ == "__main__":

@@ -432,17 +432,19 @@ class TraceOnce:
 #: Replays of a graph before its background compile starts: a compile costs seconds and a
 #: replayed step milliseconds, so a run shorter than this gains nothing from one.
 BACKGROUND_AFTER = 50
-#: ``PPL_VAE_BACKGROUND_COMPILE=0`` switches background compiles off (a test suite of many short
-#: runs); a number sets :data:`BACKGROUND_AFTER`.
+#: ``PPL_VAE_BACKGROUND_COMPILE``: ``on`` (after :data:`BACKGROUND_AFTER` replays) or a number
+#: of replays switches background compiles on; unset or ``0``: off. Off by default for now: in
+#: the worker-process version the first compiled step disagreed with the recorded one on the
+#: test VAE (the check caught it and training stayed on the recorded step), not yet understood.
 BACKGROUND_ENV = "PPL_VAE_BACKGROUND_COMPILE"
 
 
 def background_after() -> float:
     """Replays before a background compile starts (infinite when switched off)."""
     value = os.environ.get(BACKGROUND_ENV, "").strip().lower()
-    if value in ("0", "false", "off", "no"):
-        return math.inf
-    return int(value) if value.isdigit() else BACKGROUND_AFTER
+    if value in ("on", "true", "yes"):
+        return BACKGROUND_AFTER
+    return int(value) if value.isdigit() and int(value) > 0 else math.inf
 
 
 def _disagree(got: list, want: list) -> str | None:

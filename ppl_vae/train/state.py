@@ -8,7 +8,6 @@ happens once, before the first step; the step itself never synchronises with the
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 from ppl_vae.programs.util import trainable_parameters
-from ppl_vae.recording.compile import TraceOnce, background_after
+from ppl_vae.recording.compile import TraceOnce
 from ppl_vae.recording.fused import FusedAdamStep, fusable
 from ppl_vae.recording.jit import TracedELBO
 from ppl_vae.recording.padding import Padding, pad_programs
@@ -180,13 +179,8 @@ def init_state(
     fused = None
     if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
         fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
-    elif isinstance(elbo, TracedELBO) and elbo.mode == "auto" and elbo.background and \
-            background_after() < math.inf and fusable(optim, params) is None:
-        # jit="auto": Adam fused into the step, built in the background (the recorded step
-        # trains meanwhile; its own background compile would be a second one).
-        recorder = elbo.recorder(scaled_model, scaled_guide)
-        recorder.background = False
-        fused = FusedAdamStep(recorder, optim, background=True)
+    # jit="auto": the recorded step compiles in the background without Adam fused into it
+    # (FusedAdamStep(background=True) failed its first-step check: see the recording wing).
     recorder = elbo.recorder(scaled_model, scaled_guide) if isinstance(elbo, TracedELBO) else None
     return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused,
                       padding=padding, padding_note=note, recorder=recorder)
