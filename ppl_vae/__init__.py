@@ -4,9 +4,9 @@ Train with the ELBO estimator of your choice (``fit``), measure it (``evaluate``
 the posterior you got (``diagnose``, ``report``).
 
 The subpackages follow the data flow, each using only those before it:
-``data`` -> ``storage`` -> ``parallel`` -> ``programs`` -> ``estimators`` -> ``train`` ->
-``evaluation`` -> ``diagnostics`` -> ``reporting`` -> ``runs`` -> ``cli`` (see
-docs/architecture.md).
+``compat`` -> ``data`` -> ``storage`` -> ``parallel`` -> ``programs`` -> ``estimators`` ->
+``recording`` -> ``train`` -> ``evaluation`` -> ``diagnostics`` -> ``reporting`` -> ``runs`` ->
+``cli`` (see docs/architecture.md).
 """
 
 import sys as _sys

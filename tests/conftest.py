@@ -1,8 +1,15 @@
 """Every test starts from a seeded RNG, Pyro validation on, and an empty param store."""
 
+import os
+
 import pyro
 import pytest
 import torch
+
+# Many short fits: jit="auto"'s background compiles would only compete with them for the two
+# cores (tests/test_background_compile.py switches them on); compiled graphs go to a cache of
+# the test session's own, never the user's (tests/test_compile_cache.py checks the default).
+os.environ.setdefault("PPL_VAE_BACKGROUND_COMPILE", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from ppl_vae.estimators.compile import TraceOnce
 from ppl_vae.estimators.registry import make_elbo
+from ppl_vae.recording.compile import TraceOnce
 from ppl_vae.train.state import init_state, update
 
 
@@ -103,7 +103,7 @@ def test_gradient_reaches_every_parameter():
 def test_simplify_moves_negations_off_large_tensors():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ppl_vae.estimators.compile import simplify
+    from ppl_vae.recording.compile import simplify
 
     def f(logits, x, g):
         ll = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
@@ -148,7 +148,7 @@ def _ops(graph, target):
 def test_fold_constants_stores_what_only_the_signature_fixes():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ppl_vae.estimators.graph_rewrites import fold_constants, simplify
+    from ppl_vae.recording.graph_rewrites import fold_constants, simplify
 
     aten = torch.ops.aten
 
@@ -190,7 +190,7 @@ def test_fold_constants_stores_what_only_the_signature_fixes():
 def test_merge_duplicates_merges_pure_ops_only():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ppl_vae.estimators.graph_rewrites import merge_duplicates
+    from ppl_vae.recording.graph_rewrites import merge_duplicates
 
     def f(x):
         a, b = (x * 2.0).sum(), (x * 2.0).sum()  # Pyro scores a site twice: value, surrogate
@@ -215,7 +215,7 @@ def test_merge_duplicates_merges_pure_ops_only():
 def test_fold_constants_keeps_a_tensor_filled_in_place_per_call():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ppl_vae.estimators.graph_rewrites import fold_constants
+    from ppl_vae.recording.graph_rewrites import fold_constants
 
     def f(x, label):
         # How Pyro's one-hot encodings are built: a fresh zeros tensor, scattered into in place.

@@ -1,4 +1,4 @@
-"""``jit="auto"`` / ``"compile"`` (``ppl_vae.estimators.jit.TracedELBO``): recorded where the
+"""``jit="auto"`` / ``"compile"`` (``ppl_vae.recording.jit.TracedELBO``): recorded where the
 programs are static, eager with one warning naming why where they are not."""
 
 import array
@@ -13,11 +13,11 @@ import torch
 from torch.distributions import constraints
 
 import ppl_vae
-from ppl_vae.estimators.compile import JitFallbackWarning, TraceOnce, inductor_unavailable
-from ppl_vae.estimators.jit import TracedELBO, check_jit
 from ppl_vae.estimators.registry import make_elbo
 from ppl_vae.guides import MLPEncoder
 from ppl_vae.models import VAE
+from ppl_vae.recording.compile import JitFallbackWarning, TraceOnce, inductor_unavailable
+from ppl_vae.recording.jit import TracedELBO, check_jit
 from ppl_vae.train.state import init_state, update
 
 SETTINGS = {"shift": 0.0}
@@ -36,7 +36,7 @@ def guide(x):
     pyro.sample("mu", dist.Normal(loc, scale))
 
 
-# State the guards (ppl_vae.estimators.guards) cannot see: items of a C array.
+# State the guards (ppl_vae.recording.guards) cannot see: items of a C array.
 HIDDEN = array.array("d", [0.0])
 
 
@@ -59,8 +59,9 @@ def reading_model(x):
 def _recorder(state) -> TraceOnce:
     elbo = state.loss_fn.elbo
     assert isinstance(elbo, TracedELBO)
-    (entry,) = elbo._recorders.values()
-    return entry[2]
+    # The training step's recorder (with a padded last batch, of the padded programs).
+    assert state.recorder is elbo.recorder(state.loss_fn.model, state.loss_fn.guide)
+    return state.recorder
 
 
 def _train(program, jit, data, steps=6, seed=3):
@@ -203,8 +204,9 @@ def test_fit_defaults_to_auto_and_records_the_zoo_vae(digits):
         warnings.simplefilter("error", JitFallbackWarning)
         result = ppl_vae.fit(model, guide, x, epochs=2, batch_size=40, progress=False)
     recorder = _recorder(result.state)
-    # Batches of 40, 40 and 16: two shapes recorded once each, no fallback.
-    assert recorder.eager_reason is None and recorder.num_traces == 2
+    # Batches of 40, 40 and 16, the last padded to 40 (ppl_vae.recording.padding): one shape
+    # recorded once, no fallback.
+    assert recorder.eager_reason is None and recorder.num_traces == 1
     assert result.settings["jit"] == "auto"
 
 
@@ -239,14 +241,14 @@ def test_compile_matches_eager_on_a_tiny_program():
     counters.clear()
     data = _batches()
     state, compiled = _train(model, "compile", data, steps=4)
-    # With torch's Adam on the CPU the step is fused (ppl_vae.train.fused): its own recorder,
+    # With torch's Adam on the CPU the step is fused (ppl_vae.recording.fused): its own recorder,
     # replayed as recorded for the two checked steps, then compiled with the optimizer.
     assert state.fused is not None and state.fused.eager_reason is None
     assert state.fused.recorder.num_traces == 1 and state.fused.compile_seconds > 0
     assert state.fused.num_compiled == 1
     # One graph: the fused step runs without autograd (with autograd on, dynamo would also
     # capture a grad mode of its own as a second graph); none through dynamo at all when
-    # Inductor takes the recorded graph directly (ppl_vae.train.fused._compile).
+    # Inductor takes the recorded graph directly (ppl_vae.recording.fused._compile).
     # AOTAutograd's own count is not asserted: it differs with the state of Inductor's caches
     # (1 with a warm cache, 2 in a fresh clone).
     assert counters["stats"]["unique_graphs"] <= 1

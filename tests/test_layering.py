@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The flow, in order. The zoo is made of programs. ``compat`` (private Pyro/torch names) is
 # below everything: any stage may use it.
-STAGES = ["compat", "data", "storage", "parallel", "programs", "estimators", "train", "evaluation",
-          "diagnostics", "reporting", "runs", "cli"]
+STAGES = ["compat", "data", "storage", "parallel", "programs", "estimators", "recording", "train",
+          "evaluation", "diagnostics", "reporting", "runs", "cli"]
 ALIASES = {"models": "programs", "guides": "programs"}
 
 

@@ -1,6 +1,6 @@
 """``jit="compile"`` on the corpus (``tests/programs``, Pyro's way of writing programs): every
 program whose estimator has a recorded variant trains through the fused compiled step
-(``ppl_vae.train.fused``) on exactly the trajectory of the recorded, unfused one."""
+(``ppl_vae.recording.fused``) on exactly the trajectory of the recorded, unfused one."""
 
 import warnings
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_programs_corpus import PROGRAMS, _cases, load
 
-from ppl_vae.estimators.compile import JitFallbackWarning, inductor_unavailable
 from ppl_vae.estimators.registry import ESTIMATORS, make_elbo
+from ppl_vae.recording.compile import JitFallbackWarning, inductor_unavailable
 from ppl_vae.train.state import init_state, update
 
 _NO_INDUCTOR = inductor_unavailable()

@@ -1,5 +1,5 @@
 """``jit="compile"`` with Adam on the CPU: loss, gradient and optimizer step as one compiled
-graph (``ppl_vae.train.fused``), the same trajectory as the unfused step."""
+graph (``ppl_vae.recording.fused``), the same trajectory as the unfused step."""
 
 import copy
 import functools
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
-import ppl_vae.train.fused as fused_module
-from ppl_vae.estimators.compile import JitFallbackWarning, inductor_unavailable
+import ppl_vae.recording.fused as fused_module
 from ppl_vae.estimators.registry import make_elbo
-from ppl_vae.train.fused import fusable
+from ppl_vae.recording.compile import JitFallbackWarning, inductor_unavailable
+from ppl_vae.recording.fused import fusable
 from ppl_vae.train.state import init_state, update
 
 _NO_INDUCTOR = inductor_unavailable()

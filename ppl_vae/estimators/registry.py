@@ -25,7 +25,6 @@ from pyro.poutine.util import prune_subsample_sites
 from ppl_vae.estimators._traces import refuse_guide_factors, refuse_non_reparameterized
 from ppl_vae.estimators.dreg import DoublyReparameterizedELBO
 from ppl_vae.estimators.iwae import ImportanceWeightedELBO
-from ppl_vae.estimators.jit import TracedELBO, check_jit, enum_loss, mc_loss, mean_field_loss
 from ppl_vae.estimators.kl import as_batch, monte_carlo_kl_sites
 from ppl_vae.estimators.mean_field import MeanFieldELBO
 from ppl_vae.estimators.score import ScoreFunctionELBO
@@ -36,8 +35,36 @@ from ppl_vae.estimators.vimco import VIMCO
 __all__ = [
     "ESTIMATORS", "EstimatorSpec", "SiteFacts", "get_spec", "make_elbo",
     "preflight_warnings",
-    "register_estimator", "unregister_estimator",
+    "register_estimator", "unregister_estimator", "check_jit", "JIT_CHOICES", "set_recorder",
 ]
+
+#: What ``make_elbo``/``fit`` accept as ``jit``.
+JIT_CHOICES = (False, True, "auto", "compile")
+
+
+def check_jit(jit) -> bool | str:
+    """``jit`` as one of :data:`JIT_CHOICES` (the CLI's ``"true"``/``"false"`` as booleans);
+    ``TypeError`` for another kind of value, ``ValueError`` for another string."""
+    if isinstance(jit, bool):
+        return jit
+    message = f"jit must be one of False, True, 'auto', 'compile'; got {jit!r}"
+    if not isinstance(jit, str):
+        raise TypeError(message)
+    if jit.lower() not in ("auto", "compile", "true", "false"):
+        raise ValueError(message)
+    return {"true": True, "false": False}.get(jit.lower(), jit.lower())
+
+
+# The recording wing (ppl_vae.recording) wraps an eager ELBO into a recorded one; it registers
+# itself here when training imports it, so that this registry never imports it.
+_RECORDER: list[Callable[..., pyro.infer.ELBO]] = []
+
+
+def set_recorder(record: Callable[..., pyro.infer.ELBO]) -> None:
+    """Install ``record(elbo, loss_name, jit) -> ELBO``, which :func:`make_elbo` calls for
+    ``jit != False`` on estimators whose spec names a ``recorded_loss``."""
+    _RECORDER[:] = [record]
+
 
 CLOSED_FORM, MONTE_CARLO, SCORE = "closed-form KL", "Monte Carlo KL", "score function"
 NO_RSAMPLE = "not supported: no rsample"
@@ -86,6 +113,10 @@ class EstimatorSpec:
         One line shown in ``ppl-vae estimators``, the report and the README.
     has_jit : bool
         Whether a ``jit=True`` variant exists.
+    recorded_loss : str, optional
+        The traceable loss of the recording wing (``"mc"``, ``"mean_field"``, ``"enum"``,
+        :data:`ppl_vae.recording.jit.LOSSES`) that records this estimator's step for
+        ``jit != False``; ``None``: ``build`` handles ``jit`` itself.
     objective : callable
         ``objective(num_particles) -> str``: what the estimator's loss estimates (``"ELBO"``,
         ``"IWAE (K=5)"``). Estimators with the same objective are compared with each other by
@@ -127,6 +158,7 @@ class EstimatorSpec:
     needs_rsample: bool = False
     enumerates: bool = False
     guide_factors: str = "refused"
+    recorded_loss: str | None = None
 
 
 def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELBO]:
@@ -139,15 +171,12 @@ def _pyro_elbo(eager: type, jitted: type | None) -> Callable[..., pyro.infer.ELB
     return build
 
 
-def _traced_elbo(eager: type, loss: Callable) -> Callable[..., pyro.infer.ELBO]:
-    # jit=True records the loss and its gradient once per input shape (ppl_vae.estimators.compile) instead
+def _traced_elbo(eager: type) -> Callable[..., pyro.infer.ELBO]:
+    # jit != False: the recording wing wraps this eager ELBO (its spec's recorded_loss) instead
     # of Pyro's JitTrace*_ELBO: those use the deprecated torch.jit.trace, and Pyro 1.9.2's
     # JitTraceMeanField_ELBO re-traces every step and leaks memory.
     def build(*, num_particles: int, vectorize_particles: bool, jit, **options):
-        elbo = eager(num_particles=num_particles, vectorize_particles=vectorize_particles, **options)
-        if jit is False:
-            return elbo
-        return TracedELBO(elbo, loss, mode="record" if jit is True else jit)
+        return eager(num_particles=num_particles, vectorize_particles=vectorize_particles, **options)
 
     return build
 
@@ -213,27 +242,28 @@ def _accepting_any_guide() -> list[str]:
 
 _REGISTRY: dict[str, EstimatorSpec] = {
     "mc": EstimatorSpec(
-        _traced_elbo(pyro.infer.Trace_ELBO, mc_loss),
+        _traced_elbo(pyro.infer.Trace_ELBO),
         "Monte Carlo estimate of the whole ELBO, log p(x, z) - log q(z | x) at reparameterized "
         "draws (Kingma & Welling 2014, estimator A; Pyro's Trace_ELBO)",
-        has_jit=True, guide_factors="any",
+        has_jit=True, guide_factors="any", recorded_loss="mc",
     ),
     "analytic": EstimatorSpec(
-        _traced_elbo(partial(MeanFieldELBO, accepting=_accepting_any_guide), mean_field_loss),
+        _traced_elbo(partial(MeanFieldELBO, accepting=_accepting_any_guide)),
         "closed-form KL(q || p) where torch registers one, Monte Carlo reconstruction "
         "(Kingma & Welling 2014, estimator B; Pyro's TraceMeanField_ELBO)",
         has_jit=True, plan=_analytic_plan, preflight=_analytic_preflight,
         variance_reference=True, needs_rsample=True, guide_factors="reparameterized",
+        recorded_loss="mean_field",
     ),
     "enum": EstimatorSpec(
-        _traced_elbo(pyro.infer.TraceEnum_ELBO, enum_loss),
+        _traced_elbo(pyro.infer.TraceEnum_ELBO),
         "Monte Carlo ELBO with discrete latent sites summed out exactly by enumeration "
         "(Pyro's TraceEnum_ELBO; mark sites with infer={'enumerate': 'parallel'})",
-        has_jit=True, enumerates=True,
+        has_jit=True, enumerates=True, recorded_loss="enum",
     ),
     # No jit=True variant for these: Pyro has none (JitTraceGraph_ELBO compiles only
     # loss_and_grads, not the differentiable_loss a torch training loop calls), and the traced
-    # losses of ppl_vae.estimators.jit cover mc, analytic and enum only.
+    # losses of ppl_vae.recording.jit cover mc, analytic and enum only.
     "score": EstimatorSpec(
         _pyro_elbo(ScoreFunctionELBO, None),
         "score-function (REINFORCE) gradient at every guide site, reparameterizable or not, "
@@ -375,7 +405,7 @@ def make_elbo(
         Python loop.
     jit : bool or {"auto", "compile"}
         ``True``: record the loss and its gradient once per input shape and replay the recorded
-        graph (``ppl_vae.estimators.compile.TraceOnce``; needs a static model structure, raises
+        graph (``ppl_vae.recording.compile.TraceOnce``; needs a static model structure, raises
         ``ValueError`` otherwise). ``"auto"``: the same where it is safe, and eager with one
         ``JitFallbackWarning`` naming why where it is not (programs that read tensor values,
         a recording that disagrees with eager); eager for estimators without a recorded variant.
@@ -397,9 +427,15 @@ def make_elbo(
     if jit in (True, "compile") and not spec.has_jit:
         raise ValueError(f"estimator {estimator!r} has no jit={jit!r} variant; use jit=False "
                          "or jit='auto'")
-    return spec.build(
+    elbo = spec.build(
         num_particles=int(num_particles),
         vectorize_particles=bool(vectorize_particles),
         jit=jit,
         **options,
     )
+    if jit is False or spec.recorded_loss is None:
+        return elbo
+    if not _RECORDER:
+        raise RuntimeError("jit != False needs the recording wing: import ppl_vae.recording "
+                           "(importing ppl_vae does)")
+    return _RECORDER[0](elbo, spec.recorded_loss, jit)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.programs.digest import program_digests
 from ppl_vae.storage.files import lock_run
+from ppl_vae.recording.summary import step_summary
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, setup_state, wants_engine
@@ -237,6 +238,7 @@ def run_fit(model, guide, data, validation_data, config: FitConfig, engine=None)
             start_fit_folder(folder, model, guide, prepared.dtype, resume=resume)
         records, settings, state = _resume_and_train(model, guide, state, prepared, config,
                                                      engine, settings, stopper, (clock, terms))
+        settings["compile"] = step_summary(state.recorder, state.fused, state.padding_note)
         result = FitResult(
             model=model, guide=guide, history=pd.DataFrame.from_records(records),
             params=capture_params(model, guide, state.param_names), settings=settings,

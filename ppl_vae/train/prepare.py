@@ -192,7 +192,9 @@ def preflight(model, guide, prepared: Prepared, config: FitConfig, world: int,
     # factor, a site without rsample) by name, not by an error from inside its loss.
     messages = estimator_preflight(config.estimator, model, guide, first)
     state = init_state(model, guide, elbo, first, num_data=prepared.num_data,
-                       data_plate=plate, optimizer=config.optimizer, lr=config.lr)
+                       data_plate=plate, optimizer=config.optimizer, lr=config.lr,
+                       # one process: its ragged last batch padded (one recorded graph per run)
+                       batch_size=config.batch_size if world == 1 else None)
     for message in messages:
         warn_user(message)
     if config.loop.patience is not None and not config.auto and prepared.validation is None:

@@ -16,12 +16,14 @@ import pyro
 import torch
 from pyro import poutine
 
-from ppl_vae.estimators.jit import TracedELBO
 from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 from ppl_vae.programs.util import trainable_parameters
-from ppl_vae.train.fused import FusedAdamStep, fusable
+from ppl_vae.recording.compile import TraceOnce
+from ppl_vae.recording.fused import FusedAdamStep, fusable
+from ppl_vae.recording.jit import TracedELBO
+from ppl_vae.recording.padding import Padding, pad_programs
 from ppl_vae.train.optimizers import OPTIMIZERS, make_optimizer  # noqa: F401 (moved there)
 
 __all__ = ["TrainState", "init_state", "update", "collect_params", "make_optimizer"]
@@ -53,7 +55,15 @@ class TrainState:
         The plate whose sites are scaled by N / batch size (resolved by ``init_state``).
     fused : FusedAdamStep or None
         With ``jit="compile"`` and Adam on the CPU, the step with the optimizer compiled into
-        it (:mod:`ppl_vae.train.fused`); ``None``: loss, ``backward()`` and ``optimizer.step()``.
+        it (:mod:`ppl_vae.recording.fused`); ``None``: loss, ``backward()`` and ``optimizer.step()``.
+    padding : Padding or None
+        With a recorded step and a ragged last batch, pads every batch to the batch size with
+        rows of weight zero (:mod:`ppl_vae.recording.padding`): one graph per run.
+    padding_note : str or None
+        Whether the last batch is padded, or why not.
+    recorder : TraceOnce or None
+        The recorded step of ``loss_fn`` (``jit != False``): its graphs, compiles and notes
+        (:func:`ppl_vae.recording.summary.step_summary`).
     """
 
     loss_fn: torch.nn.Module
@@ -63,6 +73,9 @@ class TrainState:
     step: int = 0
     data_plate: str = "data"
     fused: FusedAdamStep | None = None
+    padding: Padding | None = None
+    padding_note: str | None = None
+    recorder: TraceOnce | None = None
 
 
 def collect_params(model, guide, elbo: pyro.infer.ELBO, batch: Sequence[torch.Tensor]):
@@ -98,12 +111,15 @@ def init_state(
     data_plate: str | None = None,
     optimizer="adam",
     lr: float = 1e-3,
+    batch_size: int | None = None,
 ) -> TrainState:
     """Check the programs on ``batch``, create their parameters, and build the optimizer.
 
     ``data_plate`` names the plate over data points; None finds it (the one plate whose size is
     the batch's, see :func:`~ppl_vae.programs.checks.resolve_data_plate`). The name used is
-    ``state.data_plate``.
+    ``state.data_plate``. ``batch_size``: the rows of the batches training takes; with a recorded
+    step (``jit != False``) and a ragged last batch, every batch is padded to it
+    (``state.padding``) so that one graph serves the run.
 
     Raises
     ------
@@ -133,12 +149,19 @@ def init_state(
             "nothing to train: the model and guide own no parameters (use pyro.param, "
             "pyro.module, a PyroModule, or pass a torch.nn.Module as model or guide)"
         )
+    (scaled_model, scaled_guide), padding, note = pad_programs(
+        elbo, model_trace, guide_trace, (scaled_model, scaled_guide), batch, params,
+        num_data=num_data, batch_size=batch_size, data_plate=data_plate)
     loss_fn = elbo(scaled_model, scaled_guide)
     optim = make_optimizer(optimizer, params, lr)
     fused = None
     if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
         fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
-    return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused)
+    # jit="auto": the recorded step compiles in the background without Adam fused into it
+    # (FusedAdamStep(background=True) failed its first-step check: see the recording wing).
+    recorder = elbo.recorder(scaled_model, scaled_guide) if isinstance(elbo, TracedELBO) else None
+    return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused,
+                      padding=padding, padding_note=note, recorder=recorder)
 
 
 def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState, torch.Tensor]:
@@ -147,6 +170,8 @@ def update(state: TrainState, batch: Sequence[torch.Tensor]) -> tuple[TrainState
     ``state`` itself is left as it was; the one side effect is the optimizer's step on the
     parameters (and on its own moments), see :class:`TrainState`.
     """
+    if state.padding is not None:
+        batch = state.padding(batch, state.params[0])
     if state.fused is not None:
         loss = state.fused(batch)
         return replace(state, step=state.step + 1), loss

@@ -1,5 +1,5 @@
 """``jit=True`` / ``"auto"`` / ``"compile"``: Pyro's ELBOs recorded once per input signature
-(:class:`ppl_vae.estimators.compile.TraceOnce`).
+(:class:`ppl_vae.recording.compile.TraceOnce`).
 
 :class:`TracedELBO` wraps an eager Pyro ELBO. Its loss is a *traceable* function of the batch:
 one that computes the reported loss value from tensors instead of ``.item()`` (Pyro's eager
@@ -14,7 +14,7 @@ never sets) and leaks about 2 MiB per step.
 
 Modes: ``"record"`` (``jit=True``) replays the recorded graph and raises when the programs turn
 out not to be static; ``"auto"`` (``fit``'s default) does the same but falls back to the eager
-ELBO with one :class:`~ppl_vae.estimators.compile.JitFallbackWarning` naming why; ``"compile"``
+ELBO with one :class:`~ppl_vae.recording.compile.JitFallbackWarning` naming why; ``"compile"``
 (``jit="compile"``) also compiles the recorded graph with ``torch.compile`` (Inductor).
 """
 
@@ -27,35 +27,22 @@ import pyro.infer
 import torch
 from pyro.infer.util import is_identically_zero
 
-from ppl_vae.estimators.compile import TraceOnce
+from ppl_vae.estimators.registry import JIT_CHOICES, check_jit, set_recorder
+from ppl_vae.recording.compile import TraceOnce
+from ppl_vae.recording.private import elbo_trace, elbo_traces, particle_surrogate
 
-__all__ = ["TracedELBO", "MODES", "JIT_CHOICES", "check_jit", "mc_loss", "mean_field_loss",
-           "enum_loss"]
+__all__ = ["TracedELBO", "MODES", "JIT_CHOICES", "LOSSES", "check_jit", "mc_loss",
+           "mean_field_loss", "enum_loss", "record_elbo"]
 
 MODES = ("record", "auto", "compile")
-#: What ``make_elbo``/``fit`` accept as ``jit``.
-JIT_CHOICES = (False, True, "auto", "compile")
-
-
-def check_jit(jit) -> bool | str:
-    """``jit`` as one of :data:`JIT_CHOICES` (the CLI's ``"true"``/``"false"`` as booleans);
-    ``TypeError`` for another kind of value, ``ValueError`` for another string."""
-    if isinstance(jit, bool):
-        return jit
-    message = f"jit must be one of False, True, 'auto', 'compile'; got {jit!r}"
-    if not isinstance(jit, str):
-        raise TypeError(message)
-    if jit.lower() not in ("auto", "compile", "true", "false"):
-        raise ValueError(message)
-    return {"true": True, "false": False}.get(jit.lower(), jit.lower())
 
 
 def mc_loss(elbo: pyro.infer.Trace_ELBO, model, guide, *args, **kwargs) -> torch.Tensor:
     """Negative Monte Carlo ELBO, log q - log p summed over sites (Kingma & Welling 2014,
     estimator A), with the gradient of Pyro's surrogate (score-function terms included)."""
     value, surrogate, reparameterized = 0.0, 0.0, True
-    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        _, surrogate_particle = elbo._differentiable_loss_particle(model_trace, guide_trace)
+    for model_trace, guide_trace in elbo_traces(elbo, model, guide, args, kwargs):
+        surrogate_particle = particle_surrogate(elbo, model_trace, guide_trace)
         value = value + guide_trace.log_prob_sum() - model_trace.log_prob_sum()
         surrogate = surrogate + surrogate_particle
         reparameterized = reparameterized and not any(
@@ -75,8 +62,8 @@ def mean_field_loss(elbo: pyro.infer.TraceMeanField_ELBO, model, guide, *args, *
     """Negative ELBO with closed-form KL terms (Kingma & Welling 2014, estimator B). The
     mean-field ELBO needs reparameterized guides, so its surrogate *is* its value."""
     loss = 0.0
-    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        _, surrogate_particle = elbo._differentiable_loss_particle(model_trace, guide_trace)
+    for model_trace, guide_trace in elbo_traces(elbo, model, guide, args, kwargs):
+        surrogate_particle = particle_surrogate(elbo, model_trace, guide_trace)
         loss = loss + surrogate_particle
     return loss / elbo.num_particles
 
@@ -126,6 +113,9 @@ class TracedELBO(pyro.infer.ELBO):
         self.mode = mode
         self.max_programs = int(max_programs)
         self._recorders: OrderedDict[tuple[int, int], tuple] = OrderedDict()
+        # jit="auto" compiles in the background (ppl_vae.recording.background); False: the
+        # recorded step only (tests of recording alone, benchmarks of it).
+        self.background = True
 
     def recorder(self, model, guide) -> TraceOnce:
         """The :class:`TraceOnce` for this (model, guide) pair (created on first use)."""
@@ -142,7 +132,8 @@ class TracedELBO(pyro.infer.ELBO):
 
         recorder = TraceOnce(self._traceable(model, guide), (model, guide),
                              backend="inductor" if self.mode == "compile" else None,
-                             fallback=eager if self.mode == "auto" else None)
+                             fallback=eager if self.mode == "auto" else None,
+                             background=self.mode == "auto" and self.background)
         self._recorders[key] = (model, guide, recorder)
         while len(self._recorders) > self.max_programs:
             self._recorders.popitem(last=False)
@@ -151,7 +142,7 @@ class TracedELBO(pyro.infer.ELBO):
     def step_recorder(self, model, guide) -> TraceOnce:
         """A new recorder of this ELBO's loss and gradient for (model, guide) whose graphs are
         replayed as recorded, never compiled (same checks as :meth:`recorder`): what a fused
-        training step (:mod:`ppl_vae.train.fused`) compiles together with its optimizer."""
+        training step (:mod:`ppl_vae.recording.fused`) compiles together with its optimizer."""
         return TraceOnce(self._traceable(model, guide), (model, guide))
 
     def _traceable(self, model, guide) -> Callable[..., torch.Tensor]:
@@ -163,7 +154,7 @@ class TracedELBO(pyro.infer.ELBO):
         return fn
 
     def _get_trace(self, model, guide, args, kwargs):
-        return self.inner._get_trace(model, guide, args, kwargs)
+        return elbo_trace(self.inner, model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """Negative ELBO (0-dim tensor) whose gradient is the inner estimator's."""
@@ -181,3 +172,20 @@ class TracedELBO(pyro.infer.ELBO):
         if loss.requires_grad:
             loss.backward()
         return float(loss.detach())
+
+
+#: The traceable losses an :class:`~ppl_vae.estimators.registry.EstimatorSpec` can name as its
+#: ``recorded_loss``.
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "mc": mc_loss, "mean_field": mean_field_loss, "enum": enum_loss,
+}
+
+
+def record_elbo(elbo: pyro.infer.ELBO, loss_name: str, jit) -> TracedELBO:
+    """``elbo`` recorded with the loss :data:`LOSSES` names (``jit`` True, ``"auto"`` or
+    ``"compile"``): what :func:`ppl_vae.make_elbo` returns for ``jit != False``."""
+    return TracedELBO(elbo, LOSSES[loss_name], mode="record" if jit is True else jit)
+
+
+# Training opts into the wing by importing it: from then on make_elbo(jit=...) records.
+set_recorder(record_elbo)

@@ -1,5 +1,5 @@
 """Exact rewrites of a recorded ``torch.fx`` graph (:func:`simplify`), used by
-:class:`ppl_vae.estimators.compile.TraceOnce` after recording: they drop Pyro's bookkeeping
+:class:`ppl_vae.recording.compile.TraceOnce` after recording: they drop Pyro's bookkeeping
 identities and save full passes over large tensors, without changing a single bit of the result."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ from __future__ import annotations
 import operator
 
 import torch
-import torch.utils._pytree as pytree
 from torch.fx.node import map_arg
+
+from ppl_vae.recording.private import is_op_overload, op_schema, tree_leaves
 
 __all__ = ["simplify", "fold_constants", "merge_duplicates"]
 
@@ -24,7 +25,7 @@ def _val(node):
 def _mutates(node) -> bool:
     target = node.target
     return node.op != "call_function" or (
-        isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable)
+        is_op_overload(target) and op_schema(target).is_mutable)
 
 
 def simplify(graph: torch.fx.Graph) -> int:
@@ -146,7 +147,7 @@ _UNDEFINED = {_aten.empty.memory_format, _aten.empty_like.default, _aten.new_emp
 def _is_pure(target) -> bool:
     if target is operator.getitem:
         return True
-    return (isinstance(target, torch._ops.OpOverload) and not target._schema.is_mutable
+    return (is_op_overload(target) and not op_schema(target).is_mutable
             and torch.Tag.nondeterministic_seeded not in target.tags and target not in _UNDEFINED)
 
 
@@ -163,9 +164,9 @@ def _writes_and_views(node):
     target = node.target
     if target is operator.getitem:  # an element of a multi-output op (split): same storage
         return [], node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
-    if not isinstance(target, torch._ops.OpOverload):
+    if not is_op_overload(target):
         return [], None
-    schema = target._schema
+    schema = op_schema(target)
     written, source = [], None
     for i, argument in enumerate(schema.arguments):
         value = node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)
@@ -219,7 +220,7 @@ def fold_constants(gm: torch.fx.GraphModule, inputs) -> int:
     """
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    flat = pytree.tree_leaves(inputs)
+    flat = tree_leaves(inputs)
     if len(flat) != len(placeholders):
         return 0
     real = dict(zip(placeholders, flat, strict=True))

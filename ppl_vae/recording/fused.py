@@ -14,7 +14,7 @@ The first two steps of each batch shape run unfused (they are where the recordin
 against the eager programs). The first fused step is checked too: against the recorded graph
 followed by torch's own ``torch.optim.adam.adam`` on copies, same random numbers. A failure to
 compile or a mismatch restores the parameters and state, warns once
-(:class:`~ppl_vae.estimators.compile.JitFallbackWarning`) and trains unfused from then on.
+(:class:`~ppl_vae.recording.compile.JitFallbackWarning`) and trains unfused from then on.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ppl_vae.estimators.compile import JitFallbackWarning, TraceOnce, _close
+from ppl_vae.recording import background
+from ppl_vae.recording.background import Job, detached_copy
+from ppl_vae.recording.compile import JitFallbackWarning, TraceOnce, _close, background_after
+from ppl_vae.recording.private import adam_step_dtype, compile_cache, compile_fx, record_fake
 
 __all__ = ["FusedAdamStep", "fusable"]
 
@@ -66,11 +69,16 @@ class FusedAdamStep:
     ----------
     recorder : TraceOnce
         Records the loss and gradient per batch signature, uncompiled
-        (:meth:`ppl_vae.estimators.jit.TracedELBO.step_recorder`).
+        (:meth:`ppl_vae.recording.jit.TracedELBO.step_recorder`).
     optimizer : torch.optim.Adam
         Checked by :func:`fusable`; its state tensors are the ones updated.
     max_entries : int
         Compiled steps kept (one per batch signature), least recently used dropped.
+    background : bool
+        Build each fused step in a worker thread (``jit="auto"``): the unfused recorded step
+        trains meanwhile, and the first fused step is checked when the build is ready
+        (:mod:`ppl_vae.recording.background`); a failure is a note (``eager_reason``), not a
+        warning. ``False`` (``jit="compile"``): built on the spot.
 
     Attributes
     ----------
@@ -80,12 +88,18 @@ class FusedAdamStep:
         Recording and compilation time of the fused steps so far.
     """
 
-    def __init__(self, recorder: TraceOnce, optimizer: torch.optim.Adam, *, max_entries: int = 8):
+    def __init__(self, recorder: TraceOnce, optimizer: torch.optim.Adam, *, max_entries: int = 8,
+                 background: bool = False):
         self.recorder = recorder
+        self.background = bool(background)
+        self.background_seconds = 0.0
+        self._jobs: dict[tuple, Job] = {}
+        self._unfused_steps: dict[tuple, int] = {}
         self.optimizer = optimizer
         self.max_entries = int(max_entries)
         self.eager_reason: str | None = None
         self.compile_seconds = 0.0
+        self.num_built = 0  # fused steps compiled (kept or since evicted)
         self._steps: OrderedDict[tuple, tuple] = OrderedDict()
         # Per recorded graph, its prepared inputs (_Plan): building them walks every tensor and
         # its optimizer state, which costs a tenth of a small model's step. Loading a state
@@ -121,6 +135,10 @@ class FusedAdamStep:
         with torch.no_grad():
             return plan.step(*inputs)[0]
 
+    def wait_for_compiles(self, timeout: float | None = None) -> bool:
+        """Block until the background builds under way finished (benchmarks and tests)."""
+        return all(job.wait(timeout) for job in list(self._jobs.values()))
+
     def _forget(self) -> None:
         self._plans.clear()
         self._current = None
@@ -133,6 +151,8 @@ class FusedAdamStep:
                tuple(_hyper(group)), tuple(_layout(t) for part in inputs[:5] for t in part))
         found = self._steps.get(key)
         if found is None or found[0] is not graph:  # (an id can be reused after eviction)
+            if self.background:
+                return None, self._in_background(key, graph, leaves, inputs, group)
             return None, self._first(key, graph, leaves, inputs, group)
         self._steps.move_to_end(key)
         plan = _Plan(graph, list(leaves), [_layout(t) for t in inputs[1]], _hyper(group),
@@ -141,6 +161,39 @@ class FusedAdamStep:
         while len(self._plans) > self.max_entries:
             self._plans.pop(next(iter(self._plans)))
         return plan, None
+
+    def _in_background(self, key, graph, leaves, inputs, group) -> torch.Tensor | None:
+        """Start building the fused step for ``key`` in a worker thread (after
+        :func:`~ppl_vae.recording.compile.background_after` unfused steps), or, once built, take
+        its checked first step; ``None``: take an unfused step."""
+        job = self._jobs.get(key)
+        if job is None:
+            seen = self._unfused_steps[key] = self._unfused_steps.get(key, 0) + 1
+            if seen > background_after() and len(self._jobs) < self.max_entries:
+                missing = background.inductor_unavailable()
+                if missing is not None:  # no compiler here: the recorded step, as it was
+                    self.eager_reason = missing
+                    return None
+                # Copies made here, in the training thread: the worker never reads a live tensor.
+                shapes, trained = [tuple(p.shape) for p in leaves], list(self._trained)
+                copies = (*([t.detach().clone() for t in part] for part in inputs[:5]),
+                          inputs[5].clone())
+                hyper = {k: group[k] for k in ("betas", "eps", "weight_decay")}
+                hyper["decoupled_weight_decay"] = group.get("decoupled_weight_decay", False)
+                copied = detached_copy(graph)
+                self._jobs[key] = Job((__name__, "_build"),
+                                      (copied, trained, shapes, hyper, copies, True))
+            return None
+        if not job.ready():
+            return None
+        del self._jobs[key]
+        job.finish()  # the build again, here: a load from the cache the worker filled
+        self.background_seconds += job.seconds
+        self.compile_seconds += job.load_seconds
+        if job.error is not None:
+            self.eager_reason = f"the background compile failed ({job.error})"
+            return None
+        return self._first(key, graph, leaves, inputs, group, built=job.result)
 
     def _unfused(self, batch) -> torch.Tensor:
         self._current = None  # torch's Adam moves the step counts
@@ -163,7 +216,7 @@ class FusedAdamStep:
             state = self.optimizer.state[p]
             if not state:
                 # What torch's fused Adam keeps its step counter in, on the parameter's device.
-                state["step"] = torch.zeros((), dtype=_adam._get_scalar_dtype(is_fused=True),
+                state["step"] = torch.zeros((), dtype=adam_step_dtype(),
                                             device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -176,8 +229,9 @@ class FusedAdamStep:
                 [_flat(t) for t in steps],
                 _coefficients(torch.stack(steps).tolist() if steps else [], group, leaves[0]))
 
-    def _first(self, key, graph, leaves, inputs, group) -> torch.Tensor | None:
-        """Record, compile and check the fused step; its loss, or ``None`` after a failure."""
+    def _first(self, key, graph, leaves, inputs, group, built=None) -> torch.Tensor | None:
+        """Record, compile (unless ``built``) and check the fused step; its loss, or ``None``
+        after a failure."""
         t0 = time.perf_counter()
         parts = (inputs[0], *inputs[2:5])
         snapshot = [[t.detach().clone() for t in part] for part in parts]
@@ -185,7 +239,8 @@ class FusedAdamStep:
         try:
             shapes = [tuple(p.shape) for p in leaves]
             reference = _reference(graph, self._trained, shapes, group, inputs)
-            step = _build(graph, self._trained, shapes, group, inputs)
+            step = built if built is not None else _build(graph, self._trained, shapes, group,
+                                                          inputs)
             with torch.no_grad():
                 loss = step(*inputs)[0]
             reason = _compare(loss, reference, inputs)
@@ -194,6 +249,7 @@ class FusedAdamStep:
         self.compile_seconds += time.perf_counter() - t0
         self._current = None
         if reason is None:
+            self.num_built += 1
             self._steps[key] = (graph, step)
             while len(self._steps) > self.max_entries:
                 self._steps.popitem(last=False)
@@ -206,8 +262,9 @@ class FusedAdamStep:
                     t.copy_(s)
         torch.random.set_rng_state(rng)
         self.eager_reason = reason
-        warnings.warn(f"jit='compile': {reason}; the optimizer runs as a separate step",
-                      JitFallbackWarning, stacklevel=4)
+        if not self.background:  # in the background an optimisation that did not happen
+            warnings.warn(f"jit='compile': {reason}; the optimizer runs as a separate step",
+                          JitFallbackWarning, stacklevel=4)
         return None
 
 
@@ -307,7 +364,7 @@ def _pick(items, mask) -> list:
     return [item for item, ok in zip(items, mask, strict=True) if ok]
 
 
-def _build(graph, trained, shapes, group, inputs):
+def _build(graph, trained, shapes, group, inputs, fake: bool = False):
     """make_fx of graph-then-Adam (on copies: recording runs the ops), compiled by Inductor.
     ``trained[i]``: whether the i-th leaf is one of the optimizer's tensors; ``shapes[i]``: its
     shape as the recorded graph takes it. The compiled graph takes its tensors flat, so that no
@@ -326,8 +383,12 @@ def _build(graph, trained, shapes, group, inputs):
         return [outputs[0]]
 
     copies = [t.detach().clone() for part in inputs[:5] for t in part] + [inputs[5].clone()]
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        recorded = make_fx(fused)(*copies)
+    if fake:  # in a worker thread: no op runs, no random number is drawn
+        with torch.no_grad():
+            recorded = record_fake(fused, copies)
+    else:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            recorded = make_fx(fused)(*copies)
     # Torch's generator for random ops (fallback_random), as the unfused compiled step: the
     # fused step draws the numbers eager draws, which the first-step check relies on.
     compiled = _compile(recorded, copies)
@@ -344,12 +405,10 @@ _OPTIONS = {"fallback_random": True, "cpp_wrapper": True}
 
 
 def _compile_direct(recorded: torch.fx.GraphModule, example: list) -> Callable:
-    from torch._inductor.compile_fx import compile_fx
-
     for node in recorded.graph.nodes:
         node.meta.clear()  # make_fx's recorded values: compile_fx traces its own
-    with torch._inductor.config.patch(_OPTIONS), torch.no_grad():
-        return compile_fx(recorded, example)
+    with compile_cache():
+        return compile_fx(recorded, example, _OPTIONS)
 
 
 def _compile(recorded: torch.fx.GraphModule, example: list) -> Callable:

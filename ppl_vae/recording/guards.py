@@ -1,7 +1,7 @@
 """The Python a recorded step depends on: the values the programs read, guarded per recording
 (as ``torch.compile`` guards a frame), and what makes a program impure.
 
-A recorded graph (:class:`ppl_vae.estimators.compile.TraceOnce`) replays tensor ops only: the
+A recorded graph (:class:`ppl_vae.recording.compile.TraceOnce`) replays tensor ops only: the
 programs' Python never runs again. What that Python read (``self.kl_weight`` set by a callback,
 a global, a closure variable) stays at its recorded value, and what it did (count its calls,
 raise at the k-th, draw from Python's ``random``) never happens again. :class:`Watch` runs the
@@ -15,7 +15,7 @@ programs impure: they cannot be replayed at all.
 
 What is not seen: state read through objects more than two attribute levels away, C extension
 state, and code installed as a package (it is taken to be a library). Reads of tensor values on
-the host are :mod:`ppl_vae.estimators.value_reads`' business.
+the host are :mod:`ppl_vae.recording.value_reads`' business.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pyro
 import torch
+
+from ppl_vae.recording.private import tensor_version
 
 __all__ = ["Watch", "Guards", "freeze", "is_user_code", "python_rng_kept"]
 
@@ -73,7 +75,7 @@ def freeze(value, depth: int = 2):
         return ("nan",) if value != value else value
     if isinstance(value, torch.Tensor):
         # Trained tensors are graph inputs: their values are read at every replay.
-        return ("tensor", id(value)) if value.requires_grad else ("tensor", id(value), value._version)
+        return ("tensor", id(value)) if value.requires_grad else ("tensor", id(value), tensor_version(value))
     if isinstance(value, types.ModuleType | types.FunctionType | type | torch.nn.Module):
         return ("id", id(value))
     if depth and isinstance(value, tuple | list):
@@ -272,7 +274,7 @@ def _expect(value) -> tuple:
     if isinstance(value, _IMMUTABLE) or value is _MISSING:
         return (_SAME, value)
     if isinstance(value, torch.Tensor):
-        return (_SAME, value) if value.requires_grad else (_TENSOR, (value, value._version))
+        return (_SAME, value) if value.requires_grad else (_TENSOR, (value, tensor_version(value)))
     if type(value) in (list, tuple, dict) and all(
             type(v) in _SCALAR_TYPES or isinstance(v, _IMMUTABLE)
             for v in (value.values() if type(value) is dict else value)):
@@ -288,7 +290,7 @@ def _same(kind: int, want, value) -> bool:
     if kind == _SAME:
         return value is want
     if kind == _TENSOR:
-        return value is want[0] and value._version == want[1]
+        return value is want[0] and tensor_version(value) == want[1]
     if kind == _CONTAINER:
         return value is want[0] and value == want[1]
     return freeze(value) == want

@@ -1,6 +1,6 @@
 """Where a Pyro program reads a tensor's value on the host while it runs.
 
-A recorded graph (:class:`ppl_vae.estimators.compile.TraceOnce`) freezes whatever a program
+A recorded graph (:class:`ppl_vae.recording.compile.TraceOnce`) freezes whatever a program
 computed from such a read (``if x.mean() > 0``, ``.item()``, ``float(t)``) at its first value, so
 ``jit="auto"`` does not record programs that read one: :class:`ValueReads` notes the first read
 as ``file:line in function`` of the innermost caller outside torch.

@@ -1,4 +1,4 @@
-"""Inductor for a recorded graph (:class:`ppl_vae.estimators.compile.TraceOnce` with
+"""Inductor for a recorded graph (:class:`ppl_vae.recording.compile.TraceOnce` with
 ``backend="inductor"``, ``jit="compile"``), and whether this machine can build its CPU code."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from ppl_vae.recording.private import cpp_compiler
 
 __all__ = ["inductor_unavailable"]
 
@@ -39,9 +41,7 @@ def _compiled(graph: torch.fx.GraphModule, backend: str, device) -> Callable:
 def inductor_unavailable() -> str | None:
     """Why ``torch.compile(backend="inductor")`` cannot build CPU code here, or ``None``."""
     try:
-        from torch._inductor import cpp_builder
-
-        compiler = cpp_builder.get_cpp_compiler()
+        compiler = cpp_compiler()
     except Exception as error:  # noqa: BLE001 - any failure means no C++ compiler is usable
         return f"no C++ compiler for Inductor ({type(error).__name__}: {_first_line(error)})"
     return None if compiler else "no C++ compiler for Inductor"

@@ -1,0 +1,207 @@
+"""Compiling in the background: ``jit="auto"`` trains on the recorded step while Inductor
+compiles it in a worker process, and switches once the compiled step is ready and has passed the
+first-step check.
+
+Why a process, not a thread: recording and compiling patch torch's globals for their duration
+(``torch.fx`` wraps ``nn.Module.__call__``, ``config.patch`` keeps one global patcher), so a
+compile in a thread breaks the training thread's replays (``module is not installed as a
+submodule``), and a thread still inside Inductor when the interpreter exits aborts the process.
+The worker (a fresh interpreter) gets a pickled copy of the recorded graph and of its
+inputs, compiles it into the persistent compile cache (:func:`ppl_vae.recording.private.
+compile_cache`) and reports success or a one-line error. The training thread then runs the same
+compile itself, which finds every artifact in the cache and only loads it, and checks the result
+on a step before it switches. The worker never touches the param store, the optimizer or the
+random generators of training; a run that ends first kills it at exit, without waiting. A compile that fails leaves the recorded step as it was, with the reason in
+the run's settings (no warning: an optimisation that did not happen).
+
+Determinism: the compiled step draws its random numbers with torch's generator, as the recorded
+one (``fallback_random``), so the same seed gives the same history up to the rounding difference
+between the compiled and the recorded kernels (the first-step check bounds it: 1000 ulps of the
+scale of each gradient); when the switch happens depends on the machine's speed, so two runs of
+one seed agree to float tolerance, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import importlib
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from ppl_vae.recording.inductor import _first_line, inductor_unavailable
+from ppl_vae.recording.private import (
+    compile_cache,
+    compile_fx,
+    prepare_unpickling,
+    record_fake,
+    user_cache,
+)
+
+__all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS"]
+
+# Torch's generator for random ops (fallback_random): the compiled step draws eager's numbers.
+# cpp_wrapper: the kernels and their calls in one C++ library (one compiler run, no Python
+# between kernels).
+OPTIONS = {"fallback_random": True, "cpp_wrapper": True}
+
+
+def _worker() -> None:
+    """The worker process (``python -m ppl_vae.recording.background PATH``): reads the pickled
+    ``(module, function, args)`` from the file PATH (and removes it), runs ``module.function(*args)`` (which fills the
+    compile cache), and writes ``ok`` or a one-line error as its last line of stdout."""
+    try:
+        prepare_unpickling()  # before unpickling a GraphModule in a fresh interpreter
+        path = Path(sys.argv[1])
+        payload = path.read_bytes()
+        path.unlink(missing_ok=True)
+        module, name, args = pickle.loads(payload)
+        getattr(importlib.import_module(module), name)(*args)
+        message = "ok"
+    except Exception as error:  # noqa: BLE001 - reported to the training process
+        message = f"{type(error).__name__}: {_first_line(error)}"
+    print(message, flush=True)
+
+
+_LIVE: set = set()  # worker processes still running
+
+
+@atexit.register
+def _abandon() -> None:
+    """A run that ends before its compile does leaves the worker: killed at exit, not waited
+    for (it only fills a cache)."""
+    for job in list(_LIVE):
+        job._process.kill()
+        job._payload.unlink(missing_ok=True)
+
+
+class Job:
+    """``function(*args)`` (``where = (module, function)``, a compile) run first in a worker
+    process, which fills the compile cache, then, by :meth:`finish`, in this one, where it only
+    loads. ``ready()`` once the worker finished; after :meth:`finish`, ``result`` or ``error``.
+
+    The worker is ``python -m ppl_vae.recording.background`` given a file, not a
+    ``multiprocessing`` process: ``spawn`` would run the user's script again in it.
+
+    Attributes
+    ----------
+    seconds : float
+        Wall time of the worker (the compile, beside training).
+    load_seconds : float
+        Wall time of :meth:`finish`'s own call (the load from the cache, in training).
+    """
+
+    def __init__(self, where: tuple[str, str], args: tuple):
+        self.result = None
+        self.error: str | None = None
+        self.seconds = self.load_seconds = 0.0
+        self._where = where
+        # Through a file, not the worker's stdin: a pipe holds 64 KiB, and the write of a larger
+        # graph would wait for the worker to have imported torch (seconds of a stalled step).
+        payload = pickle.dumps((*where, args))
+        # This process compiles what the worker unpickles (a GraphModule is re-traced when
+        # unpickled): the same graph, so the same cache key.
+        prepare_unpickling()
+        with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
+            warnings.simplefilter("ignore", FutureWarning)
+            self._args = pickle.loads(payload)[2]
+        with tempfile.NamedTemporaryFile(prefix="ppl-vae-compile-", suffix=".pkl",
+                                         delete=False) as file:
+            file.write(payload)
+        self._payload = Path(file.name)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # The user's Inductor folder, not the default Inductor wrote into this environment:
+        # the worker must compile into the folder this process will load from.
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        if user_cache() is not None:
+            env["TORCHINDUCTOR_CACHE_DIR"] = user_cache()
+        self._t0 = time.perf_counter()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(self._payload)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        _LIVE.add(self)
+
+    def ready(self) -> bool:
+        return self._process.poll() is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker finished (tests and benchmarks; training never waits)."""
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def finish(self) -> None:
+        """After :meth:`ready`: the worker's answer, then the compile in this process (a load
+        from the cache)."""
+        _LIVE.discard(self)
+        self._payload.unlink(missing_ok=True)
+        lines = self._process.stdout.read().decode(errors="replace").strip().splitlines()
+        self._process.stdout.close()
+        self.seconds = time.perf_counter() - self._t0
+        message = lines[-1] if lines else \
+            f"the compile process ended (exit code {self._process.returncode})"
+        if message != "ok":
+            self.error = message
+            return
+        t0 = time.perf_counter()
+        try:
+            module, name = self._where
+            self.result = getattr(importlib.import_module(module), name)(*self._args)
+        except Exception as error:  # noqa: BLE001 - as in the worker
+            self.error = f"{type(error).__name__}: {_first_line(error)}"
+        self.load_seconds = time.perf_counter() - t0
+
+
+def detached_copy(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A deep copy of a recorded graph for a compile (a compiler may rewrite what it is given)."""
+    with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(graph)
+
+
+def compile_recorded(flat: torch.fx.GraphModule, example: list, device_type: str):
+    """A flat recorded step, ``flat(*leaves, *tensors) -> [loss, *grads]``, compiled with
+    Inductor; the same call in the worker and in training, so the second finds the first's
+    artifacts in the cache."""
+    for node in flat.graph.nodes:
+        node.meta.clear()  # make_fx's recorded values: compile_fx traces its own
+    # No CUDA graphs: their outputs live in a pool the next replay overwrites.
+    options = OPTIONS if device_type == "cpu" else {"fallback_random": True}
+    with compile_cache():
+        return compile_fx(flat, example, options)
+
+
+def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: list,
+                          device) -> Job | str:
+    """Start compiling ``graph(leaves, tensors) -> [loss, *grads]`` with Inductor
+    (:func:`compile_recorded`); where no compiler is available, the reason instead of a job."""
+    device_type = "cpu" if device is None else device.type
+    missing = inductor_unavailable() if device_type == "cpu" else None
+    if missing is not None:
+        return missing
+    example = [t.detach().clone() for t in (*leaves, *tensors)]
+    graph, num_leaves = detached_copy(graph), len(leaves)
+
+    def flat(*inputs):
+        return graph(list(inputs[:num_leaves]), list(inputs[num_leaves:]))
+
+    # Flat inputs, re-recorded on fake tensors (no op runs, no random number is drawn): a
+    # GraphModule that takes lists does not survive pickling (unpickled, it computed another
+    # loss), a flat one does.
+    with torch.no_grad():
+        recorded = record_fake(flat, example)
+    return Job((__name__, "compile_recorded"), (recorded, example, device_type))
+
+
+if __name__ == "__main__":
+    _worker()
