@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Bernoulli, Independent
 
+from ppl_vae.compat import validates_args
 from ppl_vae.programs.checks import data_dim
 
 __all__ = ["enabled", "guide_latents", "log_prob", "plain_path"]
@@ -67,7 +68,7 @@ def _bernoulli_logits(fn, value: torch.Tensor) -> torch.Tensor | None:
         return None
     base, r = fn.base_dist, fn.reinterpreted_batch_ndims
     if (not isinstance(base, Bernoulli) or type(base).log_prob is not Bernoulli.log_prob
-            or "logits" not in vars(base) or fn._validate_args or base._validate_args):
+            or "logits" not in vars(base) or validates_args(fn) or validates_args(base)):
         return None
     logits = base.logits
     event = logits.shape[logits.dim() - r:]

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.programs.digest import program_digests
-from ppl_vae.storage.files import lock_run
 from ppl_vae.recording.summary import step_summary
+from ppl_vae.storage.files import lock_run
 from ppl_vae.train.callbacks import Checkpointer, EarlyStopping
 from ppl_vae.train.checkpoint import CHECKPOINT_NAME, capture_params
 from ppl_vae.train.distributed import check_data_parallel, launch_fit, setup_state, wants_engine

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 from ppl_vae.data.tensors import resolve_device
-from ppl_vae.estimators.registry import check_jit
 from ppl_vae.estimators.pyro_elbos import estimator_label, resolve_estimator
+from ppl_vae.estimators.registry import check_jit
 from ppl_vae.train.arguments import (
     MAX_SEED,
     _as_name,
