@@ -39,18 +39,27 @@ def prior_means(model, batch: tuple, count: int = 10) -> pd.DataFrame | None:
         (the drawn value where the distribution has no closed-form mean); None when the model
         observes nothing.
     """
-    rows = tuple(t[:count] for t in batch)
-    with pyro.validation_enabled(False):
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(*rows)
+    try:
+        trace = _unconditioned_trace(model, tuple(t[:count] for t in batch))
+    except (IndexError, ValueError, RuntimeError):
+        # A program that sizes its plates itself (a plate of N with its own subsample_size
+        # indexes its data argument) needs all the rows: trace on them, keep the first ``count``.
+        trace = _unconditioned_trace(model, batch)
     for site in trace.nodes.values():
         if site["type"] == "sample" and site["infer"].get("was_observed"):
             try:
                 values = site["fn"].mean.expand(site["value"].shape)
             except (NotImplementedError, RuntimeError):
                 values = site["value"]
+            values = values[:count]
             flat = values.detach().cpu().double().reshape(values.shape[0], -1).numpy()
             return pd.DataFrame(flat, columns=[f"x{j}" for j in range(flat.shape[1])])
     return None
+
+
+def _unconditioned_trace(model, rows):
+    with pyro.validation_enabled(False):
+        return poutine.trace(poutine.uncondition(model)).get_trace(*rows)
 
 
 def prior_views(model, guide, data, tree) -> tuple:
