@@ -127,7 +127,9 @@ def verdict_table(verdicts) -> pd.DataFrame:
 ADVICE = {
     "train": "train longer: fit(..., epochs='auto') or more epochs (ppl-vae run --epochs auto)",
     "warmup": ("use KL warm-up or free bits: fit(..., objective=Objective(terms=[KLWarmup(...), "
-               "FreeBits(...)])) (--kl-warmup-epochs, --free-bits)"),
+               "FreeBits(...)])) (--kl-warmup-epochs, --free-bits); free bits make the code used "
+               "but may cost held-out log p(x) where the decoder explains x alone: "
+               "ppl_vae.compare (ppl-vae compare) shows both"),
     "family": "a richer guide family, such as the `flow` guide (--guide flow)",
     "particles": "more particles or an importance-weighted estimator (--num-particles, iwae)",
     "encoder": "a larger encoder or longer training (the encoder lags the per-point optimum)",
