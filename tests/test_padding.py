@@ -39,6 +39,20 @@ class VAE(nn.Module):
             pyro.sample("z", dist.Normal(h[..., :Z], h[..., Z:].exp()).to_event(1))
 
 
+@pytest.fixture(autouse=True)
+def _compiles(monkeypatch):
+    # Padding serves a step that will be compiled (jit="compile", or the background compile
+    # switched on; never reached in these short runs): the default recorded step is not padded.
+    monkeypatch.setenv("PPL_VAE_BACKGROUND_COMPILE", "1000000")
+
+
+def test_an_uncompiled_recorded_step_is_not_padded(monkeypatch, dtype):
+    monkeypatch.setenv("PPL_VAE_BACKGROUND_COMPILE", "0")
+    vae = VAE()
+    state = _state(vae, "analytic", torch.randn(21, D, dtype=dtype), 8, 21)
+    assert state.padding is None and "not compiled" in state.padding_note
+
+
 def _state(vae, estimator, x, batch_size, num_data):
     vae.to(x.dtype)
     return init_state(vae.model, vae.guide, make_elbo(estimator, jit=True), (x[:batch_size],),

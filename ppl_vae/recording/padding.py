@@ -20,6 +20,7 @@ batch mean all fail it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import pyro
@@ -181,8 +182,15 @@ def pad_programs(elbo, model_trace, guide_trace, scaled: tuple, batch: Sequence[
     """
     from ppl_vae.recording.jit import LOSSES, TracedELBO
 
+    from ppl_vae.recording.compile import background_after
+
     if not isinstance(elbo, TracedELBO):
         return scaled, None, None
+    if elbo.mode != "compile" and math.isinf(background_after()):
+        # Nothing will be compiled: a second recording costs milliseconds, and unpadded batches
+        # draw exactly eager's random numbers (a padded one draws for its padding rows too,
+        # which shifts every later draw: same objective, another sample path).
+        return scaled, None, "not needed: the recorded step is not compiled"
     if batch_size is None or batch_size >= num_data or num_data % batch_size == 0:
         return scaled, None, "not needed: every batch has the same rows"
     loss_name = next((k for k, f in LOSSES.items() if f is elbo.loss_function), None)
