@@ -28,7 +28,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from ppl_vae.programs.plates import frame_full_size, observed_outside
-from ppl_vae.recording.compile import _close, _cuda_devices
+from ppl_vae.recording.compile import _close, _cuda_devices, background_after
 
 __all__ = ["RowWeights", "PaddedProgram", "Padding", "ROW_SUM_LOSSES", "padding_refused",
            "padding_invisible"]
@@ -181,8 +181,6 @@ def pad_programs(elbo, model_trace, guide_trace, scaled: tuple, batch: Sequence[
     why); else :class:`PaddedProgram` versions of the programs they scale and a :class:`Padding`.
     """
     from ppl_vae.recording.jit import LOSSES, TracedELBO
-
-    from ppl_vae.recording.compile import background_after
 
     if not isinstance(elbo, TracedELBO):
         return scaled, None, None
