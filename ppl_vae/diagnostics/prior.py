@@ -14,13 +14,15 @@ from pyro import poutine
 
 from ppl_vae.data.tensors import as_tensors
 from ppl_vae.diagnostics.globals import global_table
+from ppl_vae.programs.analysis import analyze_programs
 from ppl_vae.programs.util import program_dtype
 
 __all__ = ["prior_means", "prior_views"]
 
 
 @torch.no_grad()
-def prior_means(model, batch: tuple, count: int = 10) -> pd.DataFrame | None:
+def prior_means(model, batch: tuple, count: int = 10, *,
+                subsamples: bool = False) -> pd.DataFrame | None:
     """E[x | z] of the first observed site, z from the prior, on the first ``count`` rows.
 
     Parameters
@@ -31,6 +33,9 @@ def prior_means(model, batch: tuple, count: int = 10) -> pd.DataFrame | None:
         Data rows in the model's dtype and device (the first ``count`` are used).
     count : int
         Rows to draw.
+    subsamples : bool
+        The model subsamples its data plate itself (the program analysis' sizing
+        ``"model-subsamples"``): it is given all the rows.
 
     Returns
     -------
@@ -39,12 +44,10 @@ def prior_means(model, batch: tuple, count: int = 10) -> pd.DataFrame | None:
         (the drawn value where the distribution has no closed-form mean); None when the model
         observes nothing.
     """
-    try:
-        trace = _unconditioned_trace(model, tuple(t[:count] for t in batch))
-    except (IndexError, ValueError, RuntimeError):
-        # A program that sizes its plates itself (a plate of N with its own subsample_size
-        # indexes its data argument) needs all the rows: trace on them, keep the first ``count``.
-        trace = _unconditioned_trace(model, batch)
+    # A model that subsamples its data plate itself (pyro.plate(name, len(x), subsample_size=b)
+    # indexes x with its own indices) needs all the rows: traced on them, the first ``count`` kept.
+    rows = batch if subsamples else tuple(t[:count] for t in batch)
+    trace = _unconditioned_trace(model, rows)
     for site in trace.nodes.values():
         if site["type"] == "sample" and site["infer"].get("was_observed"):
             try:
@@ -73,4 +76,6 @@ def prior_views(model, guide, data, tree) -> tuple:
     """
     dtype, device = program_dtype(model, guide)
     batch = as_tensors(data, dtype=dtype, device=device, name="data")
-    return global_table(tree, model, batch), prior_means(model, batch)
+    sizing = analyze_programs(model, guide, batch).data_plate.sizing
+    return global_table(tree, model, batch), prior_means(
+        model, batch, subsamples=sizing == "model-subsamples")
