@@ -31,6 +31,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -38,12 +39,13 @@ from pathlib import Path
 import torch
 
 from ppl_vae.recording.inductor import _first_line, inductor_unavailable
+from ppl_vae.recording.portable import PortableGraph, portable, rebuild
 from ppl_vae.recording.private import (
     compile_cache,
     compile_fx,
-    prepare_unpickling,
     record_fake,
     user_cache,
+    warm_inductor,
 )
 
 __all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS"]
@@ -59,16 +61,26 @@ def _worker() -> None:
     ``(module, function, args)`` from the file PATH (and removes it), runs ``module.function(*args)`` (which fills the
     compile cache), and writes ``ok`` or a one-line error as its last line of stdout."""
     try:
-        prepare_unpickling()  # before unpickling a GraphModule in a fresh interpreter
         path = Path(sys.argv[1])
         payload = path.read_bytes()
         path.unlink(missing_ok=True)
-        module, name, args = pickle.loads(payload)
+        module, name, args, threads = pickle.loads(payload)
+        # Inductor's cache key holds the thread count (its loops are written for it): the
+        # training process's, or the load there would miss the cache and compile again.
+        torch.set_num_threads(threads)
+        os.nice(10)  # behind training, on a machine with fewer cores than processes
         getattr(importlib.import_module(module), name)(*args)
         message = "ok"
     except Exception as error:  # noqa: BLE001 - reported to the training process
         message = f"{type(error).__name__}: {_first_line(error)}"
     print(message, flush=True)
+
+
+def _warm() -> None:
+    try:
+        warm_inductor()
+    except Exception:  # noqa: BLE001 - the load in finish() then pays it, or reports it
+        pass
 
 
 _LIVE: set = set()  # worker processes still running
@@ -106,13 +118,16 @@ class Job:
         self._where = where
         # Through a file, not the worker's stdin: a pipe holds 64 KiB, and the write of a larger
         # graph would wait for the worker to have imported torch (seconds of a stalled step).
-        payload = pickle.dumps((*where, args))
-        # This process compiles what the worker unpickles (a GraphModule is re-traced when
-        # unpickled): the same graph, so the same cache key.
-        prepare_unpickling()
-        with warnings.catch_warnings():  # torch's own deprecation inside its pytree specs
-            warnings.simplefilter("ignore", FutureWarning)
-            self._args = pickle.loads(payload)[2]
+        # Graphs travel as node lists (ppl_vae.recording.portable), never as pickled
+        # GraphModules: unpickling one re-traces it and runs, and folds, its random draws.
+        payload = pickle.dumps((*where, args, torch.get_num_threads()))
+        # This process compiles what the worker unpickles: the same graph, so the same cache key.
+        self._args = pickle.loads(payload)[2]
+        # Meanwhile a side thread pays what this process's first Inductor call costs before a
+        # cached graph loads (imports, the CPU's vector-instruction probe): finish() then only
+        # loads. Joined there, never waited for otherwise.
+        self._warm = threading.Thread(target=_warm, name="ppl-vae-warm-inductor", daemon=True)
+        self._warm.start()
         with tempfile.NamedTemporaryFile(prefix="ppl-vae-compile-", suffix=".pkl",
                                          delete=False) as file:
             file.write(payload)
@@ -154,6 +169,7 @@ class Job:
             self.error = message
             return
         t0 = time.perf_counter()
+        self._warm.join()
         try:
             module, name = self._where
             self.result = getattr(importlib.import_module(module), name)(*self._args)
@@ -169,10 +185,11 @@ def detached_copy(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
         return copy.deepcopy(graph)
 
 
-def compile_recorded(flat: torch.fx.GraphModule, example: list, device_type: str):
-    """A flat recorded step, ``flat(*leaves, *tensors) -> [loss, *grads]``, compiled with
-    Inductor; the same call in the worker and in training, so the second finds the first's
-    artifacts in the cache."""
+def compile_recorded(data: PortableGraph, example: list, device_type: str):
+    """A flat recorded step, ``flat(*leaves, *tensors) -> [loss, *grads]`` (as
+    :func:`~ppl_vae.recording.portable.portable` data), compiled with Inductor; the same call in
+    the worker and in training, so the second finds the first's artifacts in the cache."""
+    flat = rebuild(data)
     for node in flat.graph.nodes:
         node.meta.clear()  # make_fx's recorded values: compile_fx traces its own
     # No CUDA graphs: their outputs live in a pool the next replay overwrites.
@@ -195,12 +212,11 @@ def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: li
     def flat(*inputs):
         return graph(list(inputs[:num_leaves]), list(inputs[num_leaves:]))
 
-    # Flat inputs, re-recorded on fake tensors (no op runs, no random number is drawn): a
-    # GraphModule that takes lists does not survive pickling (unpickled, it computed another
-    # loss), a flat one does.
+    # Flat inputs, re-recorded on fake tensors (no op runs, no random number is drawn), then
+    # sent as its node list.
     with torch.no_grad():
         recorded = record_fake(flat, example)
-    return Job((__name__, "compile_recorded"), (recorded, example, device_type))
+    return Job((__name__, "compile_recorded"), (portable(recorded), example, device_type))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,7 @@ class TraceOnce:
         self.num_compiled = 0
         self.background_seconds = 0.0
         self.background_note: str | None = None
+        self.background_started = 0  # background compiles started (MAX_BACKGROUND per run)
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.eager_reason is not None:
@@ -205,7 +206,8 @@ class TraceOnce:
         entry.calls += 1
         if entry.calls > 2:
             if self.background and not entry.background_done and (
-                    entry.job is not None or entry.calls > background_after()):
+                    entry.job is not None or (entry.calls > background_after()
+                                              and self.background_started < MAX_BACKGROUND)):
                 switched = self._switch(entry, leaves, tensors, args)
                 if switched is not None:
                     return switched
@@ -346,6 +348,7 @@ class TraceOnce:
                 self.background_note = job
             else:
                 entry.job = job
+                self.background_started += 1
             return None
         if not entry.job.ready():
             return None
@@ -432,19 +435,22 @@ class TraceOnce:
 #: Replays of a graph before its background compile starts: a compile costs seconds and a
 #: replayed step milliseconds, so a run shorter than this gains nothing from one.
 BACKGROUND_AFTER = 50
-#: ``PPL_VAE_BACKGROUND_COMPILE``: ``on`` (after :data:`BACKGROUND_AFTER` replays) or a number
-#: of replays switches background compiles on; unset or ``0``: off. Off by default for now: in
-#: the worker-process version the first compiled step disagreed with the recorded one on the
-#: test VAE (the check caught it and training stayed on the recorded step), not yet understood.
+#: Background compiles per step (per recorder, per fused step): one compiled graph per run. The
+#: ragged last batch, or a graph recorded again after a guarded Python value changed, replays
+#: as recorded (milliseconds) instead of compiling again (seconds of a core, each).
+MAX_BACKGROUND = 1
+#: ``PPL_VAE_BACKGROUND_COMPILE``: ``0``/``off`` switches ``jit="auto"``'s background compile off
+#: (the recorded step only); a number of replays before the compile starts changes
+#: :data:`BACKGROUND_AFTER`; unset or ``on``: on, after :data:`BACKGROUND_AFTER` replays.
 BACKGROUND_ENV = "PPL_VAE_BACKGROUND_COMPILE"
 
 
 def background_after() -> float:
     """Replays before a background compile starts (infinite when switched off)."""
     value = os.environ.get(BACKGROUND_ENV, "").strip().lower()
-    if value in ("on", "true", "yes"):
-        return BACKGROUND_AFTER
-    return int(value) if value.isdigit() and int(value) > 0 else math.inf
+    if value in ("0", "off", "false", "no"):
+        return math.inf
+    return int(value) if value.isdigit() else BACKGROUND_AFTER
 
 
 def _disagree(got: list, want: list) -> str | None:

@@ -30,8 +30,15 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ppl_vae.recording import background
-from ppl_vae.recording.background import Job, detached_copy
-from ppl_vae.recording.compile import JitFallbackWarning, TraceOnce, _close, background_after
+from ppl_vae.recording.background import Job
+from ppl_vae.recording.compile import (
+    MAX_BACKGROUND,
+    JitFallbackWarning,
+    TraceOnce,
+    _close,
+    background_after,
+)
+from ppl_vae.recording.portable import PortableGraph, portable, rebuild
 from ppl_vae.recording.private import adam_step_dtype, compile_cache, compile_fx, record_fake
 
 __all__ = ["FusedAdamStep", "fusable"]
@@ -94,6 +101,7 @@ class FusedAdamStep:
         self.background = bool(background)
         self.background_seconds = 0.0
         self._jobs: dict[tuple, Job] = {}
+        self._started = 0  # background builds started (MAX_BACKGROUND per run)
         self._unfused_steps: dict[tuple, int] = {}
         self.optimizer = optimizer
         self.max_entries = int(max_entries)
@@ -169,7 +177,7 @@ class FusedAdamStep:
         job = self._jobs.get(key)
         if job is None:
             seen = self._unfused_steps[key] = self._unfused_steps.get(key, 0) + 1
-            if seen > background_after() and len(self._jobs) < self.max_entries:
+            if seen > background_after() and self._started < MAX_BACKGROUND:
                 missing = background.inductor_unavailable()
                 if missing is not None:  # no compiler here: the recorded step, as it was
                     self.eager_reason = missing
@@ -180,9 +188,11 @@ class FusedAdamStep:
                           inputs[5].clone())
                 hyper = {k: group[k] for k in ("betas", "eps", "weight_decay")}
                 hyper["decoupled_weight_decay"] = group.get("decoupled_weight_decay", False)
-                copied = detached_copy(graph)
+                # The graph as its node list: a pickled GraphModule is re-traced when unpickled,
+                # which runs (and freezes) its random draws (ppl_vae.recording.portable).
                 self._jobs[key] = Job((__name__, "_build"),
-                                      (copied, trained, shapes, hyper, copies, True))
+                                      (portable(graph), trained, shapes, hyper, copies, True))
+                self._started += 1
             return None
         if not job.ready():
             return None
@@ -370,6 +380,11 @@ def _build(graph, trained, shapes, group, inputs, fake: bool = False):
     shape as the recorded graph takes it. The compiled graph takes its tensors flat, so that no
     pytree is flattened on each call; the step returned takes them as ``inputs`` lays them out."""
     sizes = [len(part) for part in inputs[:5]]
+    if isinstance(graph, PortableGraph):  # from the training process: rebuilt flat
+        flat_graph = rebuild(graph)
+
+        def graph(leaves, tensors):
+            return flat_graph(*leaves, *tensors)
 
     def fused(*flat):
         parts, start = [], 0

@@ -125,14 +125,9 @@ class TracedELBO(pyro.infer.ELBO):
         if found is not None and found[0] is model and found[1] is guide:
             self._recorders.move_to_end(key)
             return found[2]
-        inner = self.inner
-
-        def eager(*args, **kwargs):
-            return inner.differentiable_loss(model, guide, *args, **kwargs)
-
         recorder = TraceOnce(self._traceable(model, guide), (model, guide),
                              backend="inductor" if self.mode == "compile" else None,
-                             fallback=eager if self.mode == "auto" else None,
+                             fallback=self._eager(model, guide) if self.mode == "auto" else None,
                              background=self.mode == "auto" and self.background)
         self._recorders[key] = (model, guide, recorder)
         while len(self._recorders) > self.max_programs:
@@ -141,9 +136,19 @@ class TracedELBO(pyro.infer.ELBO):
 
     def step_recorder(self, model, guide) -> TraceOnce:
         """A new recorder of this ELBO's loss and gradient for (model, guide) whose graphs are
-        replayed as recorded, never compiled (same checks as :meth:`recorder`): what a fused
-        training step (:mod:`ppl_vae.recording.fused`) compiles together with its optimizer."""
+        replayed as recorded, never compiled (same checks as :meth:`recorder`): what
+        ``jit="compile"``'s fused training step (:mod:`ppl_vae.recording.fused`) compiles
+        together with its optimizer (``jit="auto"``'s uses :meth:`recorder`, which does not
+        compile either)."""
         return TraceOnce(self._traceable(model, guide), (model, guide))
+
+    def _eager(self, model, guide) -> Callable[..., torch.Tensor]:
+        inner = self.inner
+
+        def eager(*args, **kwargs):
+            return inner.differentiable_loss(model, guide, *args, **kwargs)
+
+        return eager
 
     def _traceable(self, model, guide) -> Callable[..., torch.Tensor]:
         inner, loss = self.inner, self.loss_function

@@ -20,7 +20,6 @@ batch mean all fail it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import pyro
@@ -28,7 +27,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from ppl_vae.programs.plates import frame_full_size, observed_outside
-from ppl_vae.recording.compile import _close, _cuda_devices, background_after
+from ppl_vae.recording.compile import _close, _cuda_devices
 
 __all__ = ["RowWeights", "PaddedProgram", "Padding", "ROW_SUM_LOSSES", "padding_refused",
            "padding_invisible"]
@@ -174,21 +173,27 @@ def padding_invisible(loss_fn: Callable, batch: Sequence[torch.Tensor], params: 
 
 def pad_programs(elbo, model_trace, guide_trace, scaled: tuple, batch: Sequence[torch.Tensor],
                  params: list, *, num_data: int, batch_size: int | None,
-                 data_plate: str) -> tuple[tuple, Padding | None, str | None]:
+                 data_plate: str, pad: bool | None = None
+                 ) -> tuple[tuple, Padding | None, str | None]:
     """The programs a recorded step trains with ``batch_size``-row batches: ``((model, guide),
     padding, note)``. ``scaled``: the :class:`~ppl_vae.programs.handlers.ScaledProgram` pair,
     returned with ``padding=None`` where no padding is needed or it is refused (``note`` says
     why); else :class:`PaddedProgram` versions of the programs they scale and a :class:`Padding`.
+    ``pad``: ``None`` pads where the step is compiled at once (``jit="compile"``), ``True``
+    wherever it can, ``False`` never.
     """
     from ppl_vae.recording.jit import LOSSES, TracedELBO
 
     if not isinstance(elbo, TracedELBO):
         return scaled, None, None
-    if elbo.mode != "compile" and math.isinf(background_after()):
-        # Nothing will be compiled: a second recording costs milliseconds, and unpadded batches
-        # draw exactly eager's random numbers (a padded one draws for its padding rows too,
-        # which shifts every later draw: same objective, another sample path).
-        return scaled, None, "not needed: the recorded step is not compiled"
+    if pad is False:
+        return scaled, None, "not padded (pad=False)"
+    if pad is None and elbo.mode != "compile":
+        # jit="auto" keeps eager's sample path: unpadded batches draw exactly eager's random
+        # numbers (a padded one draws for its padding rows too, which shifts every later draw:
+        # same objective, another sample path). Its ragged last batch replays a second
+        # recording, never compiled (one background compile per run), which costs milliseconds.
+        return scaled, None, "not needed: the ragged last batch replays as recorded"
     if batch_size is None or batch_size >= num_data or num_data % batch_size == 0:
         return scaled, None, "not needed: every batch has the same rows"
     loss_name = next((k for k, f in LOSSES.items() if f is elbo.loss_function), None)

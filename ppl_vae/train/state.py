@@ -8,6 +8,7 @@ happens once, before the first step; the step itself never synchronises with the
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from ppl_vae.programs.checks import check_sites_agree, trace_pair
 from ppl_vae.programs.handlers import ScaledProgram
 from ppl_vae.programs.plates import choose_data_plate, observed_outside, program_plates
 from ppl_vae.programs.util import trainable_parameters
-from ppl_vae.recording.compile import TraceOnce
+from ppl_vae.recording.compile import TraceOnce, background_after
 from ppl_vae.recording.fused import FusedAdamStep, fusable
 from ppl_vae.recording.jit import TracedELBO
 from ppl_vae.recording.padding import Padding, pad_programs
@@ -112,14 +113,17 @@ def init_state(
     optimizer="adam",
     lr: float = 1e-3,
     batch_size: int | None = None,
+    pad: bool | None = None,
 ) -> TrainState:
     """Check the programs on ``batch``, create their parameters, and build the optimizer.
 
     ``data_plate`` names the plate over data points; None finds it (the one plate whose size is
     the batch's, see :func:`~ppl_vae.programs.checks.resolve_data_plate`). The name used is
-    ``state.data_plate``. ``batch_size``: the rows of the batches training takes; with a recorded
-    step (``jit != False``) and a ragged last batch, every batch is padded to it
-    (``state.padding``) so that one graph serves the run.
+    ``state.data_plate``. ``batch_size``: the rows of the batches training takes. ``pad``:
+    whether a recorded step (``jit != False``) pads the ragged last batch to ``batch_size`` rows
+    of weight zero (``state.padding``) so that one graph serves the run; ``None``: where the step
+    is compiled at once (``jit="compile"``). The default ``jit="auto"`` does not pad: a padded
+    batch draws for its padding rows too, another sample path than eager's.
 
     Raises
     ------
@@ -151,15 +155,22 @@ def init_state(
         )
     (scaled_model, scaled_guide), padding, note = pad_programs(
         elbo, model_trace, guide_trace, (scaled_model, scaled_guide), batch, params,
-        num_data=num_data, batch_size=batch_size, data_plate=data_plate)
+        num_data=num_data, batch_size=batch_size, data_plate=data_plate, pad=pad)
     loss_fn = elbo(scaled_model, scaled_guide)
     optim = make_optimizer(optimizer, params, lr)
-    fused = None
-    if isinstance(elbo, TracedELBO) and elbo.mode == "compile" and fusable(optim, params) is None:
-        fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
-    # jit="auto": the recorded step compiles in the background without Adam fused into it
-    # (FusedAdamStep(background=True) failed its first-step check: see the recording wing).
     recorder = elbo.recorder(scaled_model, scaled_guide) if isinstance(elbo, TracedELBO) else None
+    fused = None
+    # jit="compile": Adam fused into the compiled step at once. jit="auto": the same step built
+    # in a worker process while the recorded step trains, switched to once its first step
+    # agrees (ppl_vae.recording.background); it steps through the recorder that validation uses
+    # (one recording, one fallback to eager), whose own background compile it replaces. Other
+    # optimizers: the recorded loss-and-gradient graph alone compiles in the background.
+    if recorder is not None and fusable(optim, params) is None:
+        if elbo.mode == "compile":
+            fused = FusedAdamStep(elbo.step_recorder(scaled_model, scaled_guide), optim)
+        elif recorder.background and not math.isinf(background_after()):
+            recorder.background = False
+            fused = FusedAdamStep(recorder, optim, background=True)
     return TrainState(loss_fn, optim, params, names, data_plate=data_plate, fused=fused,
                       padding=padding, padding_note=note, recorder=recorder)
 
