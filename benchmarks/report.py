@@ -32,7 +32,9 @@ DESCRIPTIONS = {
     "pyro": "plain Pyro `SVI`",
     "pyro_jit": "Pyro's `JitTrace_ELBO`",
     "ppl_vae_eager": "the step `fit` runs with `jit=False`",
-    "ppl_vae": "the step `fit` runs by default (`jit=\"auto\"`: recorded where static)",
+    "ppl_vae": "the step `fit` runs by default (`jit=\"auto\"`: recorded where static, then "
+               "the Adam-fused step its background compile built, once it switched in; timed "
+               "after the switch, the compile itself runs beside training)",
     "ppl_vae_jit": "the same with `jit=True`",
     "ppl_vae_compile": "the same with `jit=\"compile\"` (the recorded graph through Inductor)",
     "numpyro": "NumPyro, the same VAE under `jax.jit`, in its own process on the same core "

@@ -24,6 +24,7 @@ one seed agree to float tolerance, not bit for bit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import importlib
 import os
@@ -64,12 +65,14 @@ def _worker() -> None:
         path = Path(sys.argv[1])
         payload = path.read_bytes()
         path.unlink(missing_ok=True)
-        module, name, args, threads = pickle.loads(payload)
+        module, name, args, threads, out = pickle.loads(payload)
         # Inductor's cache key holds the thread count (its loops are written for it): the
         # training process's, or the load there would miss the cache and compile again.
         torch.set_num_threads(threads)
         os.nice(10)  # behind training, on a machine with fewer cores than processes
-        getattr(importlib.import_module(module), name)(*args)
+        returned = getattr(importlib.import_module(module), name)(*args)
+        if out is not None:  # what the training process loads instead of compiling again
+            Path(out).write_bytes(pickle.dumps(returned))
         message = "ok"
     except Exception as error:  # noqa: BLE001 - reported to the training process
         message = f"{type(error).__name__}: {_first_line(error)}"
@@ -84,6 +87,9 @@ def _warm() -> None:
 
 
 _LIVE: set = set()  # worker processes still running
+#: Seconds of the worker's run after which training warms Inductor up (a warm-cache worker
+#: takes about 9 s on two cores, the warm-up about 3 s).
+WARM_AFTER_S = 4.0
 
 
 @atexit.register
@@ -92,7 +98,12 @@ def _abandon() -> None:
     for (it only fills a cache)."""
     for job in list(_LIVE):
         job._process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            job._process.wait(1.0)  # a killed process is reaped at once: no zombie, no warning
+        job._process.stdout.close()
         job._payload.unlink(missing_ok=True)
+        if job._out is not None:
+            job._out.unlink(missing_ok=True)
 
 
 class Job:
@@ -111,7 +122,8 @@ class Job:
         Wall time of :meth:`finish`'s own call (the load from the cache, in training).
     """
 
-    def __init__(self, where: tuple[str, str], args: tuple):
+    def __init__(self, where: tuple[str, str], args: tuple,
+                 load: tuple[str, str] | None = None):
         self.result = None
         self.error: str | None = None
         self.seconds = self.load_seconds = 0.0
@@ -120,14 +132,20 @@ class Job:
         # graph would wait for the worker to have imported torch (seconds of a stalled step).
         # Graphs travel as node lists (ppl_vae.recording.portable), never as pickled
         # GraphModules: unpickling one re-traces it and runs, and folds, its random draws.
-        payload = pickle.dumps((*where, args, torch.get_num_threads()))
+        handle, out = tempfile.mkstemp(prefix="ppl-vae-compiled-", suffix=".pkl")
+        os.close(handle)
+        self._out, self._load = (Path(out), load) if load is not None else (None, None)
+        payload = pickle.dumps((*where, args, torch.get_num_threads(),
+                                None if load is None else out))
+        if load is None:
+            os.unlink(out)
         # This process compiles what the worker unpickles: the same graph, so the same cache key.
         self._args = pickle.loads(payload)[2]
-        # Meanwhile a side thread pays what this process's first Inductor call costs before a
-        # cached graph loads (imports, the CPU's vector-instruction probe): finish() then only
-        # loads. Joined there, never waited for otherwise.
+        # A side thread pays what this process's first Inductor call costs before a cached
+        # graph loads (imports, the CPU's vector-instruction probe), so that finish() only
+        # loads. Started once the worker has run WARM_AFTER_S (a run that ends sooner never
+        # pays for it: the imports hold the interpreter lock for about 2 s); joined in finish().
         self._warm = threading.Thread(target=_warm, name="ppl-vae-warm-inductor", daemon=True)
-        self._warm.start()
         with tempfile.NamedTemporaryFile(prefix="ppl-vae-compile-", suffix=".pkl",
                                          delete=False) as file:
             file.write(payload)
@@ -136,6 +154,8 @@ class Job:
         # The user's Inductor folder, not the default Inductor wrote into this environment:
         # the worker must compile into the folder this process will load from.
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        # One compiler process (not Inductor's pool of one per core): training keeps its core.
+        env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
         if user_cache() is not None:
             env["TORCHINDUCTOR_CACHE_DIR"] = user_cache()
         self._t0 = time.perf_counter()
@@ -145,6 +165,8 @@ class Job:
         _LIVE.add(self)
 
     def ready(self) -> bool:
+        if self._warm.ident is None and time.perf_counter() - self._t0 > WARM_AFTER_S:
+            self._warm.start()
         return self._process.poll() is not None
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -165,14 +187,24 @@ class Job:
         self.seconds = time.perf_counter() - self._t0
         message = lines[-1] if lines else \
             f"the compile process ended (exit code {self._process.returncode})"
+        returned = None
+        if self._out is not None:
+            if message == "ok":
+                returned = pickle.loads(self._out.read_bytes())
+            self._out.unlink(missing_ok=True)
         if message != "ok":
             self.error = message
             return
         t0 = time.perf_counter()
+        if self._warm.ident is None:
+            self._warm.start()
         self._warm.join()
         try:
-            module, name = self._where
-            self.result = getattr(importlib.import_module(module), name)(*self._args)
+            # ``load(returned, *args)`` where the worker returned what it compiled (a load from
+            # the cache); else the worker's own call again, which then finds its artifacts.
+            module, name = self._where if self._load is None else self._load
+            args = self._args if self._load is None else (returned, *self._args)
+            self.result = getattr(importlib.import_module(module), name)(*args)
         except Exception as error:  # noqa: BLE001 - as in the worker
             self.error = f"{type(error).__name__}: {_first_line(error)}"
         self.load_seconds = time.perf_counter() - t0

@@ -190,8 +190,11 @@ class FusedAdamStep:
                 hyper["decoupled_weight_decay"] = group.get("decoupled_weight_decay", False)
                 # The graph as its node list: a pickled GraphModule is re-traced when unpickled,
                 # which runs (and freezes) its random draws (ppl_vae.recording.portable).
-                self._jobs[key] = Job((__name__, "_build"),
-                                      (portable(graph), trained, shapes, hyper, copies, True))
+                # The worker records graph-then-Adam too, and returns it: training then only
+                # loads the compiled step (no recording on the training thread).
+                self._jobs[key] = Job((__name__, "_build_in_worker"),
+                                      (portable(graph), trained, shapes, hyper, copies),
+                                      load=(__name__, "_load_built"))
                 self._started += 1
             return None
         if not job.ready():
@@ -374,11 +377,41 @@ def _pick(items, mask) -> list:
     return [item for item, ok in zip(items, mask, strict=True) if ok]
 
 
-def _build(graph, trained, shapes, group, inputs, fake: bool = False):
+def _build(graph, trained, shapes, group, inputs):
     """make_fx of graph-then-Adam (on copies: recording runs the ops), compiled by Inductor.
     ``trained[i]``: whether the i-th leaf is one of the optimizer's tensors; ``shapes[i]``: its
     shape as the recorded graph takes it. The compiled graph takes its tensors flat, so that no
     pytree is flattened on each call; the step returned takes them as ``inputs`` lays them out."""
+    recorded, copies = _record_fused(graph, trained, shapes, group, inputs, fake=False)
+    return _stepper(_compile(recorded, copies))
+
+
+def _build_in_worker(graph: PortableGraph, trained, shapes, group, inputs) -> PortableGraph:
+    """In the background compile's worker process: :func:`_build` on fake tensors, the recorded
+    graph-then-Adam compiled (into the cache) as it is rebuilt from its node list, and returned
+    as that list, for :func:`_load_built` in the training process."""
+    recorded, copies = _record_fused(graph, trained, shapes, group, inputs, fake=True)
+    data = portable(recorded)
+    _compile(rebuild(data), copies)
+    return data
+
+
+def _load_built(data: PortableGraph, graph, trained, shapes, group, inputs):
+    """In the training process: the worker's graph rebuilt and compiled again, the same graph
+    so the same cache key (a load, not a compile)."""
+    copies = [t.detach().clone() for part in inputs[:5] for t in part] + [inputs[5].clone()]
+    return _stepper(_compile(rebuild(data), copies))
+
+
+def _stepper(compiled):
+    def step(leaves, tensors, exp_avgs, exp_avg_sqs, steps, coefficients):
+        return compiled(*leaves, *tensors, *exp_avgs, *exp_avg_sqs, *steps, coefficients)
+
+    return step
+
+
+def _record_fused(graph, trained, shapes, group, inputs, fake: bool):
+    """(recorded graph-then-Adam taking its tensors flat, example copies of the inputs)."""
     sizes = [len(part) for part in inputs[:5]]
     if isinstance(graph, PortableGraph):  # from the training process: rebuilt flat
         flat_graph = rebuild(graph)
@@ -398,20 +431,15 @@ def _build(graph, trained, shapes, group, inputs, fake: bool = False):
         return [outputs[0]]
 
     copies = [t.detach().clone() for part in inputs[:5] for t in part] + [inputs[5].clone()]
-    if fake:  # in a worker thread: no op runs, no random number is drawn
+    if fake:  # in the worker: no op runs, no random number is drawn
         with torch.no_grad():
             recorded = record_fake(fused, copies)
     else:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             recorded = make_fx(fused)(*copies)
-    # Torch's generator for random ops (fallback_random), as the unfused compiled step: the
-    # fused step draws the numbers eager draws, which the first-step check relies on.
-    compiled = _compile(recorded, copies)
-
-    def step(leaves, tensors, exp_avgs, exp_avg_sqs, steps, coefficients):
-        return compiled(*leaves, *tensors, *exp_avgs, *exp_avg_sqs, *steps, coefficients)
-
-    return step
+    # Compiled with torch's generator for random ops (fallback_random), as the unfused compiled
+    # step: the fused step draws the numbers eager draws, which the first-step check relies on.
+    return recorded, copies
 
 
 # cpp_wrapper: the kernels and their calls in one C++ library, one compiler run instead of one

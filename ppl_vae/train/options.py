@@ -254,8 +254,10 @@ class Compute:
         "most the idle cores), a number, or none (torch's setting)",
         check=lambda n, v: check_threads(v), flag="--threads",
         cli=lambda text: text if text == "auto" else int(text), record=False)
-    jit: bool | str = option("auto", "auto: record the step where the programs are static; "
-                             "true: record or fail; compile: also compile it; false: eager",
+    jit: bool | str = option("auto", "auto: record the step where the programs are static, "
+                             "compile it in a background process and switch once it agrees "
+                             "(PPL_VAE_BACKGROUND_COMPILE=0: never compile); true: record or "
+                             "fail; compile: compile at once; false: eager",
                              check=lambda n, v: check_jit(v), flag="--jit",
                              choices=("auto", "true", "false", "compile"),
                              cli={"nargs": "?", "const": "true"})
