@@ -73,9 +73,12 @@ def steady_state(data: str, steps: int, rounds: int) -> dict:
                   "default": default,
                   "compile": make_contender("ppl_vae_compile", setting, weights, num_data, LR,
                                             models)}
-    t0 = time.perf_counter()
-    for i in range(5):
+    waiter = state.recorder if state.fused is None else state.fused
+    i = 0
+    while not waiter.background_started and i < 200:
         default(batches[i % 8])
+        i += 1
+    t0 = time.perf_counter()
     wait(900)
     waited = time.perf_counter() - t0
     for step in contenders.values():  # warm-up: recordings, compiles, checks, the switch

@@ -196,20 +196,23 @@ def make_ppl_vae(setting: Setting, weights, num_data: int, lr: float, *, jit=Fal
 
 def _switched(step: Callable, state: Callable, x0) -> None:
     """Run the default step until its background compile has started, wait for it, and take the
-    step that switches to it: the timings are the default's steady state (the compile itself
+    steps that switch to it: the timings are the default's steady state (the compile itself
     runs beside training; ``benchmarks.compile_path`` times it)."""
     from ppl_vae.recording.compile import background_after
 
-    after = background_after()
-    if math.isinf(after):
+    if math.isinf(background_after()):
         return
-    for _ in range(int(after) + 2):
-        step(x0)
     current = state()
     waiter = current.recorder if current.fused is None else current.fused
-    if waiter is not None and not waiter.wait_for_compiles(900):
+    if waiter is None:
+        return
+    for _ in range(int(background_after()) + 100):
+        if waiter.background_started:
+            break
+        step(x0)
+    if not waiter.wait_for_compiles(900):
         raise RuntimeError("the default's background compile took over 15 minutes")
-    for _ in range(2):
+    for _ in range(3):
         step(x0)
 
 

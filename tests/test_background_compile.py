@@ -45,7 +45,8 @@ class VAE(nn.Module):
             pyro.sample("z", dist.Normal(h[:, :Z], h[:, Z:].exp()).to_event(1))
 
 
-def _losses(monkeypatch, *, background_on: bool, steps=16, wait=True, optimizer="adam"):
+def _losses(monkeypatch, *, background_on: bool, steps=16, wait=True, optimizer="adam",
+            time_left=None):
     """Losses of ``steps`` steps from one seed, batches of 8, 8, 8 and a ragged 6 rows; with
     ``background_on`` the compile starts after 3 replays and (``wait``) the test waits for it
     before the next step, so that the switch happens at the same step on every machine."""
@@ -56,6 +57,8 @@ def _losses(monkeypatch, *, background_on: bool, steps=16, wait=True, optimizer=
     x = torch.randn(30, D)
     state = init_state(vae.model, vae.guide, make_elbo("analytic", jit="auto"), (x[:8],),
                        num_data=30, batch_size=8, optimizer=optimizer)
+    step = state.recorder if state.fused is None else state.fused
+    step.time_left = time_left
     losses = []
     for i in range(steps):
         state, loss = update(state, (x[8 * (i % 4): 8 * (i % 4) + 8],))
@@ -66,12 +69,17 @@ def _losses(monkeypatch, *, background_on: bool, steps=16, wait=True, optimizer=
     return losses, step_summary(state.recorder, state.fused, state.padding_note)
 
 
-@pytest.fixture(scope="module", params=["adam", "sgd"])  # Adam fused into the step; SGD apart
-def switched(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
     if inductor_unavailable() is not None:
         pytest.skip(inductor_unavailable())
+    return str(tmp_path_factory.mktemp("inductor"))
+
+
+@pytest.fixture(scope="module", params=["adam", "sgd"])  # Adam fused into the step; SGD apart
+def switched(request, cache):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PPL_VAE_COMPILE_CACHE", str(tmp_path_factory.mktemp("inductor")))
+        mp.setenv("PPL_VAE_COMPILE_CACHE", cache)
         compiled = _losses(mp, background_on=True, optimizer=request.param)
         recorded = _losses(mp, background_on=False, optimizer=request.param)
     return compiled, recorded
@@ -91,6 +99,26 @@ def test_switches_to_the_compiled_step_with_the_recorded_losses(switched):
     assert compiled[:4] == recorded[:4]
     torch.testing.assert_close(torch.tensor(compiled), torch.tensor(recorded), rtol=1e-5,
                                atol=1e-4)
+
+
+def test_a_compile_that_would_not_pay_back_is_not_switched_to(monkeypatch, cache, switched):
+    # (after `switched`: its compile is in the cache.) One second of training left: the switch
+    # (about 4 s) would cost more than the compiled step saves; the run stays recorded.
+    monkeypatch.setenv("PPL_VAE_COMPILE_CACHE", cache)
+    losses, summary = _losses(monkeypatch, background_on=True, time_left=lambda: 1.0)
+    recorded, _ = _losses(monkeypatch, background_on=False)
+    assert summary["graphs_compiled"] == 0 and summary["background_seconds"] > 0
+    assert summary["note"].startswith("compiled, but not switched to: about 1 s"), summary
+    assert losses == recorded  # never switched: the recorded step throughout, bit for bit
+
+
+def test_switch_pays_where_the_time_left_repays_its_cost():
+    cost, share = background.SWITCH_COST_S, background.SAVED_SHARE
+    assert background.switch_pays(None) == (True, None)  # fit's loop not driving: unknown
+    assert background.switch_pays(lambda: None) == (True, None)  # before the first epoch ended
+    assert background.switch_pays(lambda: 2 * cost / share)[0]
+    pays, note = background.switch_pays(lambda: 0.5 * cost / share)
+    assert not pays and "not switched to" in note
 
 
 def test_background_compiles_are_the_default(monkeypatch):

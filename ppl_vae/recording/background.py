@@ -32,9 +32,9 @@ import pickle
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,7 +49,8 @@ from ppl_vae.recording.private import (
     warm_inductor,
 )
 
-__all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS"]
+__all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS",
+           "switch_pays", "SWITCH_COST_S"]
 
 # Torch's generator for random ops (fallback_random): the compiled step draws eager's numbers.
 # cpp_wrapper: the kernels and their calls in one C++ library (one compiler run, no Python
@@ -79,17 +80,7 @@ def _worker() -> None:
     print(message, flush=True)
 
 
-def _warm() -> None:
-    try:
-        warm_inductor()
-    except Exception:  # noqa: BLE001 - the load in finish() then pays it, or reports it
-        pass
-
-
 _LIVE: set = set()  # worker processes still running
-#: Seconds of the worker's run after which training warms Inductor up (a warm-cache worker
-#: takes about 9 s on two cores, the warm-up about 3 s).
-WARM_AFTER_S = 4.0
 
 
 @atexit.register
@@ -141,11 +132,6 @@ class Job:
             os.unlink(out)
         # This process compiles what the worker unpickles: the same graph, so the same cache key.
         self._args = pickle.loads(payload)[2]
-        # A side thread pays what this process's first Inductor call costs before a cached
-        # graph loads (imports, the CPU's vector-instruction probe), so that finish() only
-        # loads. Started once the worker has run WARM_AFTER_S (a run that ends sooner never
-        # pays for it: the imports hold the interpreter lock for about 2 s); joined in finish().
-        self._warm = threading.Thread(target=_warm, name="ppl-vae-warm-inductor", daemon=True)
         with tempfile.NamedTemporaryFile(prefix="ppl-vae-compile-", suffix=".pkl",
                                          delete=False) as file:
             file.write(payload)
@@ -165,8 +151,6 @@ class Job:
         _LIVE.add(self)
 
     def ready(self) -> bool:
-        if self._warm.ident is None and time.perf_counter() - self._t0 > WARM_AFTER_S:
-            self._warm.start()
         return self._process.poll() is not None
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -176,6 +160,16 @@ class Job:
         except subprocess.TimeoutExpired:
             return False
         return True
+
+    def discard(self) -> None:
+        """After :meth:`ready`: drop the worker's result without loading it (the compiled step
+        would not pay back; the cache it filled stays for the next run)."""
+        _LIVE.discard(self)
+        self.seconds = time.perf_counter() - self._t0
+        self._process.stdout.close()
+        self._payload.unlink(missing_ok=True)
+        if self._out is not None:
+            self._out.unlink(missing_ok=True)
 
     def finish(self) -> None:
         """After :meth:`ready`: the worker's answer, then the compile in this process (a load
@@ -196,10 +190,13 @@ class Job:
             self.error = message
             return
         t0 = time.perf_counter()
-        if self._warm.ident is None:
-            self._warm.start()
-        self._warm.join()
         try:
+            # What this process's first Inductor call costs before a cached graph loads (the
+            # imports, the CPU's vector-instruction probe: about 3 s on two cores), paid here,
+            # once the worker is done. Not in a side thread while the worker runs: its imports
+            # hold the interpreter lock, and a run that ended before the worker (the main job on
+            # a cold cache: 16.8 s of training instead of 13.4 s) paid it for nothing.
+            warm_inductor()
             # ``load(returned, *args)`` where the worker returned what it compiled (a load from
             # the cache); else the worker's own call again, which then finds its artifacts.
             module, name = self._where if self._load is None else self._load
@@ -249,6 +246,26 @@ def compile_in_background(graph: torch.fx.GraphModule, leaves: list, tensors: li
     with torch.no_grad():
         recorded = record_fake(flat, example)
     return Job((__name__, "compile_recorded"), (portable(recorded), example, device_type))
+
+
+#: Seconds the training thread spends switching to a compiled step: Inductor's imports and the
+#: CPU probe of a process's first compile (about 3 s on two cores), then the load from the cache
+#: (about 1 s), measured on the digits VAE.
+SWITCH_COST_S = 4.0
+#: The share of a recorded step's time the compiled step saves, at least (measured, batch 128,
+#: one thread: 0.36 on the 784-dim VAE, 0.45 on digits).
+SAVED_SHARE = 0.35
+
+
+def switch_pays(time_left: Callable[[], float | None] | None) -> tuple[bool, str | None]:
+    """Whether switching to a compiled step pays back in the training time left
+    (``time_left()``: seconds, ``None`` when unknown, which switches), and the note when not."""
+    left = None if time_left is None else time_left()
+    if left is None or left * SAVED_SHARE > SWITCH_COST_S:
+        return True, None
+    return False, (f"compiled, but not switched to: about {left:.0f} s of training were left, "
+                   f"and the switch costs about {SWITCH_COST_S:.0f} s where the compiled step "
+                   f"saves about {SAVED_SHARE:.0%} of each step")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torch
 from pyro import poutine
 
 from ppl_vae.programs.util import module_parameters
-from ppl_vae.recording.background import compile_in_background
+from ppl_vae.recording.background import compile_in_background, switch_pays
 from ppl_vae.recording.graph_rewrites import fold_constants, merge_duplicates, simplify
 from ppl_vae.recording.guards import Watch, python_rng_kept
 from ppl_vae.recording.inductor import _compiled, _first_line, inductor_unavailable
@@ -172,6 +172,9 @@ class TraceOnce:
         self.background_seconds = 0.0
         self.background_note: str | None = None
         self.background_started = 0  # background compiles started (MAX_BACKGROUND per run)
+        # Seconds of training left (None: unknown), set by the training loop: a compile that
+        # finishes too late to pay back is not switched to (background.switch_pays).
+        self.time_left: Callable[[], float | None] | None = None
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.eager_reason is not None:
@@ -353,6 +356,12 @@ class TraceOnce:
         if not entry.job.ready():
             return None
         job, entry.job, entry.background_done = entry.job, None, True
+        pays, note = switch_pays(self.time_left)
+        if not pays:
+            job.discard()
+            self.background_seconds += job.seconds
+            self.background_note = note
+            return None
         job.finish()  # the compile again, here: a load from the cache the worker filled
         self.background_seconds += job.seconds
         if job.error is not None:

@@ -102,6 +102,9 @@ class FusedAdamStep:
         self.background_seconds = 0.0
         self._jobs: dict[tuple, Job] = {}
         self._started = 0  # background builds started (MAX_BACKGROUND per run)
+        # Seconds of training left (None: unknown), set by the training loop: a build that
+        # finishes too late to pay back is not switched to (background.switch_pays).
+        self.time_left: Callable[[], float | None] | None = None
         self._unfused_steps: dict[tuple, int] = {}
         self.optimizer = optimizer
         self.max_entries = int(max_entries)
@@ -115,6 +118,11 @@ class FusedAdamStep:
         self._plans: dict[int, _Plan] = {}
         self._current: _Plan | None = None  # the plan whose step counts are up to date
         optimizer.register_load_state_dict_post_hook(lambda _: self._forget())
+
+    @property
+    def background_started(self) -> int:
+        """Background builds started so far (at most one per run)."""
+        return self._started
 
     @property
     def num_compiled(self) -> int:
@@ -200,6 +208,12 @@ class FusedAdamStep:
         if not job.ready():
             return None
         del self._jobs[key]
+        pays, note = background.switch_pays(self.time_left)
+        if not pays:
+            job.discard()
+            self.background_seconds += job.seconds
+            self.eager_reason = note
+            return None
         job.finish()  # the build again, here: a load from the cache the worker filled
         self.background_seconds += job.seconds
         self.compile_seconds += job.load_seconds

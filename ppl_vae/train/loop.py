@@ -349,6 +349,9 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
     batch = max(config.batch_size // (1 if engine is None else engine.world_size), 1)
     threads = choose_threads(state.params, batch, config.compute.threads)
     spent = sum(r.get("seconds", 0.0) for r in records)
+    step = state.fused if state.fused is not None else state.recorder
+    if step is not None:  # a background compile switches in only where it pays back
+        step.time_left = _time_left(config, records, stopper, todo.start - 1)
     with pyro.validation_enabled(False), intra_op_threads(threads):
         for epoch in bar:
             state, record = epochs.train(state, epoch, records,
@@ -367,6 +370,30 @@ def _train(model, guide, state, epochs: Epochs, todo: range, records: list, sett
                 break
     bar.close()
     return state
+
+
+def _time_left(config, records: list, stopper: EarlyStopping | None, resumed: int):
+    """Seconds of training the run has left, as the default step's background compile weighs a
+    switch (``None`` before an epoch of this run ended): the epochs left at the mean epoch time
+    so far, counting, where patience may stop the run, only the epochs it surely still trains
+    (patience minus the epochs since the best one), and at most the time budget left."""
+    def time_left() -> float | None:
+        ours = [r for r in records if r["epoch"] > resumed]
+        if not ours:
+            return None
+        per_epoch = sum(r.get("seconds", 0.0) for r in ours) / len(ours)
+        last = ours[-1]["epoch"]
+        left = config.max_epochs - last
+        if stopper is not None and stopper.patience is not None:
+            # (patience counts from the best epoch, and not within the warm-up epochs)
+            left = min(left, stopper.patience - (last - max(stopper.best_epoch, stopper.warmup)))
+        seconds = max(left, 0) * per_epoch
+        if config.loop.time_budget is not None:
+            spent = sum(r.get("seconds", 0.0) for r in records)
+            seconds = min(seconds, max(config.loop.time_budget - spent, 0.0))
+        return seconds
+
+    return time_left
 
 
 class _Clock:
