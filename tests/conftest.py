@@ -7,8 +7,8 @@ import pytest
 import torch
 
 # Many short fits: jit="auto"'s background compiles would only compete with them for the two
-# cores (tests/test_background_compile.py switches them on); compiled graphs go to a cache of
-# the test session's own, never the user's (tests/test_compile_cache.py checks the default).
+# cores (tests/test_background_compile.py switches them on, with a cache folder of its own).
+# jit="compile" tests use the default compile cache (~/.cache/ppl-vae/inductor), as users do.
 os.environ.setdefault("PPL_VAE_BACKGROUND_COMPILE", "0")
 
 
