@@ -46,7 +46,6 @@ from ppl_vae.recording.private import (
     compile_fx,
     record_fake,
     user_cache,
-    warm_inductor,
 )
 
 __all__ = ["Job", "compile_in_background", "compile_recorded", "detached_copy", "OPTIONS",
@@ -191,12 +190,11 @@ class Job:
             return
         t0 = time.perf_counter()
         try:
-            # What this process's first Inductor call costs before a cached graph loads (the
-            # imports, the CPU's vector-instruction probe: about 3 s on two cores), paid here,
-            # once the worker is done. Not in a side thread while the worker runs: its imports
-            # hold the interpreter lock, and a run that ended before the worker (the main job on
-            # a cold cache: 16.8 s of training instead of 13.4 s) paid it for nothing.
-            warm_inductor()
+            # The load pays this process's first Inductor call (imports, the CPU's vector
+            # probe: about 3 s on two cores) here, once the worker is done. Not earlier in a
+            # side thread: its imports hold the interpreter lock, and a run that ended before
+            # the worker (the main job on a cold cache: 16.8 s of training instead of 13.4 s)
+            # paid it for nothing.
             # ``load(returned, *args)`` where the worker returned what it compiled (a load from
             # the cache); else the worker's own call again, which then finds its artifacts.
             module, name = self._where if self._load is None else self._load

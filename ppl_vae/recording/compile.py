@@ -221,6 +221,11 @@ class TraceOnce:
             self.compile_seconds += time.perf_counter() - t0
         return self._give_up(loss, args, kwargs) if isinstance(loss, str) else loss
 
+    @property
+    def compile_pending(self) -> bool:
+        """Whether a background compile is still under way."""
+        return any(entry.job is not None for entry in self._entries.values())
+
     def wait_for_compiles(self, timeout: float | None = None) -> bool:
         """Block until the background compiles under way finished (benchmarks and tests:
         training never waits); whether they all did within ``timeout`` seconds each. The next

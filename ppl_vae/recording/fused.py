@@ -120,6 +120,11 @@ class FusedAdamStep:
         optimizer.register_load_state_dict_post_hook(lambda _: self._forget())
 
     @property
+    def compile_pending(self) -> bool:
+        """Whether a background build is still under way."""
+        return bool(self._jobs)
+
+    @property
     def background_started(self) -> int:
         """Background builds started so far (at most one per run)."""
         return self._started

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["CACHE_ENV", "COMPILING", "prepare_unpickling", "user_cache", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
-           "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx", "warm_inductor",
+           "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx",
            "adam_step_dtype",
            "record", "record_fake", "compile_cache_dir", "compile_cache"]
 
@@ -105,18 +105,6 @@ def compile_fx(graph: torch.fx.GraphModule, example: list, options: dict) -> Cal
     context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
     with COMPILING, inductor_config.patch(options), torch.no_grad(), tracing(context):
         return inductor_compile_fx(graph, example)
-
-
-def warm_inductor() -> None:
-    """Import ``torch._inductor.compile_fx`` and run ``torch._inductor.cpu_vec_isa.
-    pick_vec_isa()`` (which compiles probe programs with the C++ compiler, once per process):
-    what a first Inductor call in a process pays before it can load a cached graph, about 3 s
-    on two cores. Neither patches torch's globals, so a side thread can pay it while training
-    runs (:mod:`ppl_vae.recording.background`)."""
-    import torch._inductor.compile_fx  # noqa: F401
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    pick_vec_isa()
 
 
 def adam_step_dtype() -> torch.dtype:

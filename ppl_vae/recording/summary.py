@@ -22,8 +22,7 @@ def step_summary(recorder: TraceOnce | None, fused: FusedAdamStep | None,
     compiled = recorder.num_compiled + (0 if fused is None else fused.num_built)
     seconds = recorder.compile_seconds + (0.0 if fused is None else fused.compile_seconds)
     note = recorder.background_note if fused is None else fused.eager_reason
-    pending = (fused is not None and fused._jobs) or any(
-        entry.job is not None for entry in recorder._entries.values())
+    pending = recorder.compile_pending or (fused is not None and fused.compile_pending)
     if note is None and pending:
         note = "the background compile was still under way when training ended"
     return {"graphs_recorded": recorder.num_traces, "graphs_compiled": compiled,
