@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "COMPILING", "prepare_unpickling", "user_cache", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
+__all__ = ["CACHE_ENV", "COMPILING", "user_cache", "elbo_traces", "particle_surrogate", "elbo_trace", "is_op_overload", "op_schema",
            "tree_leaves", "tensor_version", "cpp_compiler", "compile_fx",
            "adam_step_dtype",
            "record", "record_fake", "compile_cache_dir", "compile_cache"]
@@ -177,12 +177,6 @@ def compile_cache():
                 os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
             else:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
-
-
-def prepare_unpickling() -> None:
-    """Import ``torch._higher_order_ops.triton_kernel_wrap``, which unpickling a GraphModule
-    (it re-traces the graph's code) reads as an attribute in a fresh interpreter."""
-    importlib.import_module("torch._higher_order_ops.triton_kernel_wrap")
 
 
 def record_fake(fn: Callable, example: list) -> torch.fx.GraphModule:
