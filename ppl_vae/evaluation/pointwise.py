@@ -259,9 +259,14 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
     log_prior_g, log_q_g = zeros_kn[:, 0].clone(), zeros_kn[:, 0].clone()
     latents, observed, local_sites, global_sites, data_dims, lik_sites = {}, {}, [], [], {}, {}
     obs_dims, scales = {}, {}
-    summed = _summed_out(model_trace, rank, scales)
+    # Each site's log-density once (a 784-pixel likelihood over K x N draws is the pass's
+    # largest elementwise cost): the enumeration check and the sums below share it.
+    site_lps = {name: site_log_prob(site, scales) for name, site in model_trace.nodes.items()
+                if site["type"] == "sample" and not site_is_subsample(site)
+                and name != PARTICLE_PLATE}
+    summed = _summed_out(model_trace, rank, site_lps)
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or name == PARTICLE_PLATE:
+        if name not in site_lps:
             continue  # plates record themselves as sample sites; they are not latents
         dim = data_dim(site, data_plate)
         if name in summed:
@@ -269,7 +274,7 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
                 continue  # an enumerated site: its log p(a) is inside the marginal
             lp = reduce_to_points(summed[name], rank, dim, n)
         else:
-            lp = reduce_to_points(site_log_prob(site, scales), rank, dim, n)
+            lp = reduce_to_points(site_lps[name], rank, dim, n)
         if site["is_observed"]:
             observed[name] = site["value"]
             obs_dims[name] = (dim, len(site["fn"].event_shape))
@@ -304,7 +309,7 @@ def _score(guide_trace, model_trace, rank, n, num_points, data_plate, like) -> D
                  local_sites, global_sites, data_dims, lik_sites, obs_dims, rank, scales=scales)
 
 
-def _summed_out(model_trace, rank, scales: dict) -> dict:
+def _summed_out(model_trace, rank, site_lps: dict) -> dict:
     """Log-densities of the sites that depend on an enumerated dimension (left of the draws at
     ``-rank``), with those dimensions summed out: {first site that depends on them and is not
     enumerated itself: log sum_a p(a) p(. | a, ...)} (an observation's likelihood, or a latent's
@@ -312,10 +317,7 @@ def _summed_out(model_trace, rank, scales: dict) -> dict:
     ones, None for the enumerated sites (their terms are inside). Exact for enumerated sites
     that are independent given the draws (a mixture's assignment); Pyro's contraction order for
     ``pyro.markov`` chains is not reproduced."""
-    parts = {name: lp for name, site in model_trace.nodes.items()
-             if site["type"] == "sample" and not site_is_subsample(site)
-             and name != PARTICLE_PLATE
-             and (lp := site_log_prob(site, scales)).dim() > rank}
+    parts = {name: lp for name, lp in site_lps.items() if lp.dim() > rank}
     if not parts:
         return {}
     total = sum(parts.values())
