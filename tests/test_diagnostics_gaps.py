@@ -140,3 +140,42 @@ def test_gaps_of_a_sequence_model_with_its_own_plate_and_masked_steps():
                            num_samples=200, data_plate="sequences")
     assert len(table) == 6 and table.notna().all().all()
     assert (table["amortization_gap"] >= 0).all() and table["amortization_gap"].mean() > 0.1
+
+
+def test_the_recorded_refinement_is_the_eager_one(monkeypatch, recwarn):
+    # The refinement step and its checks replay recorded graphs with the trained weights held
+    # fixed: the same table as the eager ELBO gives, the weights untouched and trainable again.
+    import importlib
+
+    from ppl_vae.guides import MLPEncoder
+    from ppl_vae.models import VAE
+
+    gaps = importlib.import_module("ppl_vae.diagnostics.gaps")
+    torch.manual_seed(0)
+    vae, encoder = VAE(10, latent_dim=2, hidden=8), MLPEncoder(10, 2, 8)
+    x = (torch.rand(6, 10, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    before = {k: v.clone() for k, v in {**vae.state_dict(), **encoder.state_dict()}.items()}
+    made = []
+
+    class Spy(gaps.TraceOnce):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(gaps, "TraceOnce", Spy)
+    options = dict(num_points=6, steps=60, check_every=10, num_samples=200)
+    recorded = inference_gaps(vae, encoder, x, **options)
+    assert [r.num_traces for r in made] == [1, 1] and all(r.eager_reason is None for r in made)
+
+    def eager(fn, *args, fallback=None, **kwargs):
+        return fn
+
+    monkeypatch.setattr(gaps, "TraceOnce", eager)
+    plain = inference_gaps(vae, encoder, x, **options)
+    for column in plain:
+        assert recorded[column].to_numpy() == pytest.approx(plain[column].to_numpy(), rel=1e-5,
+                                                            abs=1e-4), column
+    after = {**vae.state_dict(), **encoder.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in [*vae.parameters(), *encoder.parameters()])
+    assert not [w for w in recwarn if "param store" in str(w.message)]

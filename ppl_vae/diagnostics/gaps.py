@@ -12,6 +12,9 @@ with many draws from the better of the two guides.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pandas as pd
 import pyro
 import torch
@@ -27,7 +30,9 @@ from ppl_vae.evaluation.chunks import ELEMENT_BUDGET, chunk_draws, global_draws,
 from ppl_vae.evaluation.pointwise import draw
 from ppl_vae.programs.analysis import analyze_programs
 from ppl_vae.programs.random import seeded
-from ppl_vae.programs.util import program_dtype, unwrap_distribution
+from ppl_vae.programs.util import module_parameters, program_dtype, unwrap_distribution
+from ppl_vae.recording.compile import TraceOnce
+from ppl_vae.recording.jit import mc_loss
 
 __all__ = ["inference_gaps", "log_evidence", "RefinedGuide"]
 
@@ -91,7 +96,8 @@ class RefinedGuide(Messenger):
                 event = value.shape[value.dim() - constraint.event_dim:]
                 value = value.expand(batch_shape + event)
                 transform = biject_to(constraint)
-                free = transform.inv(value).clone().requires_grad_(True)
+                # A Parameter, so that the refinement's recorded step takes it as an input.
+                free = torch.nn.Parameter(transform.inv(value).clone())
                 params[key] = (free, transform)
                 self.free[f"{name}.{key}"] = free
                 self.axes[f"{name}.{key}"] = len(site["fn"].batch_shape) + dim
@@ -198,7 +204,7 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
         refined_guide = refine(guide)
         draws = {"nesting": nesting, "data_plate": data_plate, "vectorized": vectorized,
                  "enumerate_model": bool(analysis.enumerated)}
-        taken = _refine(model, refined_guide, refine, batch, steps=steps, lr=lr,
+        taken = _refine(model, guide, refined_guide, refine, batch, steps=steps, lr=lr,
                         num_particles=num_particles, check_every=check_every,
                         tolerance=tolerance, num_check=num_check, draws=draws)
         amortized = _log_weights(model, guide, batch, num_samples, draws)
@@ -220,33 +226,74 @@ def inference_gaps(model, guide, data, *, num_points: int = 32, steps: int = 500
     return table
 
 
-def _point_elbo(model, guide, batch, num, draws: dict, seed) -> torch.Tensor:
-    """Per-point ELBO estimate (N,) with common random numbers (the same draws' noise on every
-    call, so two calls differ through the parameters only). ``draws``: ``draw``'s nesting,
-    data_plate and vectorized arguments."""
-    with seeded(seed):
-        return draw(model, guide, batch, num_samples=num, **draws).log_weights.double().mean(0)
-
-
-def _refine(model, refined_guide, refine, batch, *, steps, lr, num_particles,
+def _refine(model, guide, refined_guide, refine, batch, *, steps, lr, num_particles,
             check_every, tolerance, num_check, draws: dict) -> int:
     """Adam on the per-point parameters until every point's ELBO stops improving (see
-    :func:`inference_gaps`); leaves each point at its best check. Returns the steps taken."""
-    loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=draws["vectorized"],
+    :func:`inference_gaps`); leaves each point at its best check. Returns the steps taken.
+
+    The step is recorded (:class:`~ppl_vae.recording.compile.TraceOnce`, checked against the
+    eager ELBO, eager where the programs cannot be recorded) with the trained programs'
+    parameters held fixed: thousands of steps then replay the decoder on the draws and its
+    gradient for the per-point parameters alone, without Pyro's handlers, the encoder (whose
+    output the refined guide replaces) or the gradients of the trained weights."""
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=draws["vectorized"],
                       max_plate_nesting=draws["nesting"])
     params = refine.parameters()
+
+    def objective(*batch):
+        # Trace_ELBO's own differentiable_loss reads the loss on the host (its NaN warning),
+        # which no recording can replay: the same surrogate, kept on the device.
+        return mc_loss(elbo, model, refined_guide, *batch)
+
+    def point_elbos(*batch):
+        return draw(model, refined_guide, batch, num_samples=num_check, **draws).log_weights
+
+    holder = (torch.nn.ParameterList(params),)
+    loss = TraceOnce(objective, holder, fallback=objective, warn=False)
+    check = TraceOnce(point_elbos, holder, fallback=point_elbos, warn=False)
+    with _held_fixed(model, guide):
+        return _refine_loop(refine, batch, loss, check, params, steps=steps, lr=lr,
+                            check_every=check_every, tolerance=tolerance)
+
+
+@contextlib.contextmanager
+def _held_fixed(*programs):
+    """The programs' trained parameters (their modules' and the param store's) without
+    ``requires_grad`` for the block, then as they were."""
+    held = {id(p): p for p in module_parameters(*programs).values()}
+    held.update({id(p): p for p in pyro.get_param_store().values() if p.requires_grad})
+    for p in held.values():
+        p.requires_grad_(False)
+    try:
+        with warnings.catch_warnings():
+            # pyro.module's note that a parameter without requires_grad stays out of the
+            # param store: these are held fixed on purpose, for the block only.
+            warnings.filterwarnings("ignore", ".* was not registered in the param store")
+            yield
+    finally:
+        for p in held.values():
+            p.requires_grad_(True)
+
+
+def _refine_loop(refine, batch, loss, check, params, *, steps, lr, check_every,
+                 tolerance) -> int:
+    """:func:`_refine`'s loop: ``loss(*batch)`` its (recorded) step, ``check(*batch)`` the
+    (recorded) log weights (K, N) of its checks."""
     optim = torch.optim.Adam(params, lr=lr)
     check_seed = int(torch.randint(0, 2**31 - 1, ()))
 
     def score():
-        return _point_elbo(model, refined_guide, batch, num_check, draws, check_seed)
+        # Common random numbers: the same draws' noise on every check, so two checks differ
+        # through the parameters only.
+        with seeded(check_seed), torch.no_grad():
+            return check(*batch).double().mean(0)
 
     best, kept = score(), refine.snapshot()
     stale = torch.zeros_like(best, dtype=torch.long)
     taken, rate = 0, lr
     while taken < steps:
         for _ in range(min(check_every, steps - taken)):
-            value = loss.differentiable_loss(model, refined_guide, *batch)
+            value = loss(*batch)
             # Gradients only for the per-point copies: the trained programs stay untouched.
             for p, g in zip(params, torch.autograd.grad(value, params), strict=True):
                 p.grad = g

@@ -10,8 +10,9 @@ import pyro
 import torch
 from pyro import poutine
 
-from ppl_vae.evaluation.chunks import PointPlan, chunk_draws, global_draws, map_chunks
+from ppl_vae.evaluation.chunks import PointPlan, global_draws, map_chunks
 from ppl_vae.evaluation.pointwise import Draws, FixSubsample, in_draw_plate
+from ppl_vae.evaluation.recorded import ChunkDrawer
 from ppl_vae.programs.checks import data_dim
 from ppl_vae.programs.random import chunk_seed, seeded
 
@@ -200,9 +201,12 @@ def chain_pass(model, guide, tensors, plan: PointPlan, selected: np.ndarray, *, 
     starts = [s for s in plan.starts()
               if everything or np.any((selected >= s) & (selected < plan.stop(s)))]
 
+    world = 1 if engine is None else int(engine.world_size)
+    drawer = ChunkDrawer(plan, model, guide, tensors, num_draws=num_draws, seed=seed,
+                         globals_=globals_, key=key, num_chunks=-(-len(starts) // world))
+
     def one(start):
-        d = chunk_draws(plan, model, guide, tensors, start, num_draws=num_draws, seed=seed,
-                        globals_=globals_, key=key)
+        d = drawer(start)
         mine = selected[(selected >= start) & (selected < plan.stop(start))] - start
         arrays = (export_chunk(plan, model, d, tensors, start, mine,
                                with_replicates=with_replicates, seed=seed, key=key)

@@ -11,7 +11,8 @@ import torch
 
 from ppl_vae.data.tensors import as_tensors, check_finite
 from ppl_vae.estimators._bound import log_mean_exp
-from ppl_vae.evaluation.chunks import chunk_draws, global_draws, map_chunks, plan_points
+from ppl_vae.evaluation.chunks import global_draws, map_chunks, plan_points
+from ppl_vae.evaluation.recorded import ChunkDrawer
 from ppl_vae.programs.modes import eval_mode
 from ppl_vae.programs.util import program_dtype
 from ppl_vae.train.arguments import as_integer
@@ -118,9 +119,13 @@ def _evaluate(model, guide, tensors, num_samples, data_plate, batch_size, seed, 
                        chunk_size=batch_size)
     globals_ = global_draws(plan, model, guide, tensors, num_draws=num_samples, seed=seed)
 
+    starts = plan.starts()
+    world = 1 if engine is None else int(engine.world_size)
+    drawer = ChunkDrawer(plan, model, guide, tensors, num_draws=num_samples, seed=seed,
+                         globals_=globals_, num_chunks=-(-len(starts) // world))
+
     def one(start):
-        d = chunk_draws(plan, model, guide, tensors, start, num_draws=num_samples, seed=seed,
-                        globals_=globals_)
+        d = drawer(start)
         lw = d.log_weights.double()
         return {"bad": _non_finite(start, d),
                 "recon": float(d.log_lik.double().mean(0).sum()),
@@ -129,7 +134,7 @@ def _evaluate(model, guide, tensors, num_samples, data_plate, batch_size, seed, 
                 "global": (d.log_q_global - d.log_prior_global).double().cpu(),
                 "scales": d.scales}
 
-    parts = map_chunks(one, plan.starts(), engine=engine, desc="evaluate", progress=progress)
+    parts = map_chunks(one, starts, engine=engine, desc="evaluate", progress=progress)
     n = plan.num_points
     recon = sum(p["recon"] for p in parts)
     kl = sum(p["kl"] for p in parts)

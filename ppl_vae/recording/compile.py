@@ -90,8 +90,9 @@ class _Entry:
     (the first two calls are checked against eager)."""
 
     def __init__(self, graph, names, module_params, with_grad, compiled, guards=None,
-                 expected=None):
+                 expected=None, single=True):
         self.graph = graph
+        self.single = single  # fn returns one tensor (else a tuple of them, without gradients)
         self.guards, self.expected = guards, expected  # Python values read, as recorded
         self.names = names
         self.module_params = module_params
@@ -108,7 +109,8 @@ class TraceOnce:
     Parameters
     ----------
     fn : callable
-        ``fn(*args) -> torch.Tensor`` (0-dim); it may read ``pyro.param`` sites, ``PyroModule``
+        ``fn(*args) -> torch.Tensor`` (0-dim), or, called without gradients, a tuple of tensors
+        (a forward pass: the diagnostics' per-chunk draws); it may read ``pyro.param`` sites, ``PyroModule``
         and ``torch.nn.Module`` parameters, and draw random numbers (recorded as ops, so every
         replay draws fresh ones from torch's generator).
     programs : sequence of callables
@@ -124,6 +126,12 @@ class TraceOnce:
         Compile each graph with Inductor in a worker thread once its checks passed, replaying
         the recorded graph meanwhile, and switch when the compiled one is ready and agrees with
         it on a step (:mod:`ppl_vae.recording.background`); ``jit="auto"``'s default.
+    start_after : int, optional
+        Replays before the background compile starts (default :data:`BACKGROUND_AFTER`, or
+        ``PPL_VAE_BACKGROUND_COMPILE``'s number; its ``off`` wins over this).
+    warn : bool
+        With a ``fallback``: warn when falling back (training); ``False`` only keeps the
+        reason in ``eager_reason`` (an optimisation of a diagnostics pass that did not apply).
     fallback : callable, optional
         The eager loss, ``fallback(*args)``. When given, a step that cannot be recorded, reads
         a tensor value on the host, or disagrees with eager makes this recorder warn once
@@ -155,7 +163,7 @@ class TraceOnce:
     def __init__(self, fn: Callable[..., torch.Tensor], programs: Sequence, *,
                  max_entries: int = 8, backend: str | None = None,
                  fallback: Callable[..., torch.Tensor] | None = None, max_rerecords: int = 8,
-                 background: bool = False):
+                 background: bool = False, start_after: int | None = None, warn: bool = True):
         self.fn = fn
         self.programs = list(programs)
         self.max_entries = int(max_entries)
@@ -168,6 +176,8 @@ class TraceOnce:
         self.max_rerecords = int(max_rerecords)
         self.rerecords = 0
         self.background = bool(background) and backend is None
+        self.start_after = start_after
+        self.warn = bool(warn)
         self.num_compiled = 0
         self.background_seconds = 0.0
         self.background_note: str | None = None
@@ -209,7 +219,7 @@ class TraceOnce:
         entry.calls += 1
         if entry.calls > 2:
             if self.background and not entry.background_done and (
-                    entry.job is not None or (entry.calls > background_after()
+                    entry.job is not None or (entry.calls > background_after(self.start_after)
                                               and self.background_started < MAX_BACKGROUND)):
                 switched = self._switch(entry, leaves, tensors, args)
                 if switched is not None:
@@ -269,8 +279,9 @@ class TraceOnce:
             raise ValueError(f"jit=True: {reason}; use jit=False for these programs")
         self.eager_reason = reason
         self._entries.clear()
-        warnings.warn(f"jit='auto': {reason}; training these programs eagerly (jit=False)",
-                      JitFallbackWarning, stacklevel=4)
+        if self.warn:
+            warnings.warn(f"jit='auto': {reason}; training these programs eagerly (jit=False)",
+                          JitFallbackWarning, stacklevel=4)
         return self.fallback(*args, **kwargs)
 
     # -- recording -------------------------------------------------------------------------
@@ -284,7 +295,7 @@ class TraceOnce:
                 python_rng_kept():
             with poutine.trace(param_only=True) as capture, pyro.validation_enabled(False):
                 with reads if self.fallback is not None else contextlib.nullcontext(), watch:
-                    self.fn(*args, **kwargs)
+                    single = isinstance(self.fn(*args, **kwargs), torch.Tensor)
         if reads.sites:
             return (f"the programs read a tensor's value on the host ({reads.sites[0]}), so what "
                     "they compute may depend on the batch; a recording would freeze it")
@@ -297,6 +308,8 @@ class TraceOnce:
         module_params = list(module_parameters(*self.programs).values())
         leaves = _leaves(names, module_params)
         with_grad = with_grad and bool(leaves)  # nothing to differentiate: a forward graph
+        if with_grad and not single:
+            raise TypeError("TraceOnce: with gradients, fn must return one 0-dim loss tensor")
         tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
 
         def loss_and_grads(leaves, tensors):
@@ -305,7 +318,7 @@ class TraceOnce:
                 call_args[i] = t
             loss = self.fn(*call_args, **kwargs)
             if not with_grad:
-                return (loss.detach(),)
+                return (loss.detach(),) if single else tuple(t.detach() for t in loss)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             return (loss.detach(), *grads)
 
@@ -342,7 +355,7 @@ class TraceOnce:
             graph = _compiled(graph, self.backend, tensors[0].device if tensors else None)
             self.num_compiled += 1
         self.num_traces += 1
-        return _Entry(graph, names, module_params, with_grad, compiled, guards, expected)
+        return _Entry(graph, names, module_params, with_grad, compiled, guards, expected, single)
 
     # -- background compile ----------------------------------------------------------------
     def _switch(self, entry: _Entry, leaves, tensors, args) -> torch.Tensor | None:
@@ -397,14 +410,14 @@ class TraceOnce:
             entry.graph, entry.compiled = run, True
             self.num_compiled += 1
         if not entry.with_grad:
-            return got[0]
+            return _forward_result(entry, got)
         return _Replay.apply(lambda *_: got, len(leaves), *leaves, *tensors)
 
     # -- replay ----------------------------------------------------------------------------
     def _replay(self, entry: _Entry, leaves, tensors) -> torch.Tensor:
         if entry.with_grad:
             return _Replay.apply(entry.graph, len(leaves), *leaves, *tensors)
-        return entry.graph(leaves, tensors)[0]
+        return _forward_result(entry, entry.graph(leaves, tensors))
 
     def _checked_replay(self, entry: _Entry, leaves, args, kwargs, tensors):
         """Replay, checked against eager on the same random numbers: loss and gradients on the
@@ -415,7 +428,8 @@ class TraceOnce:
                 eager = self.fn(*args, **kwargs)
                 eager_grads = (torch.autograd.grad(eager, leaves, allow_unused=True)
                                if first and entry.with_grad else None)
-        eager = eager.detach()
+        if entry.single:
+            eager = eager.detach()
         # fork_rng restored the generator: the replay draws the same numbers as the eager run.
         try:
             # Without autograd, as _Replay.forward calls it: the graph already holds the backward
@@ -432,6 +446,12 @@ class TraceOnce:
                 raise RuntimeError(f"{reason}; use jit=True (not compiled) or jit=False") from error
             return reason
         where = "the recorded batch" if first else "a new batch of the same shape"
+        if not entry.single:
+            for i, (got, want) in enumerate(zip(outputs, eager, strict=True)):
+                if not _close(got, want.detach()):
+                    return (f"the recorded graph's output {i} (shape {tuple(want.shape)}) differs "
+                            f"from the eager program's on {where}")
+            return _forward_result(entry, outputs)
         if not _close(outputs[0], eager):
             return (f"the recorded graph gave a different loss than the eager program on {where} "
                     f"({float(outputs[0]):.6g} vs {float(eager):.6g}); the programs must have a "
@@ -459,12 +479,20 @@ MAX_BACKGROUND = 1
 BACKGROUND_ENV = "PPL_VAE_BACKGROUND_COMPILE"
 
 
-def background_after() -> float:
-    """Replays before a background compile starts (infinite when switched off)."""
+def background_after(default: int | None = None) -> float:
+    """Replays before a background compile starts (infinite when switched off): the
+    environment's number, else ``default``, else :data:`BACKGROUND_AFTER`."""
     value = os.environ.get(BACKGROUND_ENV, "").strip().lower()
     if value in ("0", "off", "false", "no"):
         return math.inf
-    return int(value) if value.isdigit() else BACKGROUND_AFTER
+    if value.isdigit():
+        return int(value)
+    return BACKGROUND_AFTER if default is None else default
+
+
+def _forward_result(entry: _Entry, outputs):
+    """A forward graph's outputs as ``fn`` returns them: its one tensor, or the tuple."""
+    return outputs[0] if entry.single else tuple(outputs)
 
 
 def _disagree(got: list, want: list) -> str | None:
