@@ -14,7 +14,7 @@ from torch import nn
 
 from ppl_vae.diagnostics.summary import pointwise_pass
 from ppl_vae.evaluation.chunks import chunk_draws, global_draws, plan_points
-from ppl_vae.evaluation.recorded import ChunkDrawer, worth_recording
+from ppl_vae.evaluation.recorded import ChunkDrawer, spare_core, worth_recording
 from ppl_vae.recording.compile import TraceOnce
 from ppl_vae.recording.inductor import inductor_unavailable
 
@@ -55,7 +55,7 @@ def _data(n, dtype, seed=1):
 @pytest.fixture
 def always(monkeypatch):
     """Record every pass, and never start a compile (the recorded graph alone)."""
-    monkeypatch.setattr(recorded, "worth_recording", lambda *a: True)
+    monkeypatch.setattr(recorded, "worth_recording", lambda *a, **k: True)
     monkeypatch.setenv("PPL_VAE_BACKGROUND_COMPILE", "1000000")
 
 
@@ -151,10 +151,37 @@ def test_recording_pays_only_for_a_long_pass():
     # 0.1 s chunks (53 784-dim points x 200 draws): 1,100 chunks (60,000 rows) pay, 100 do not.
     assert worth_recording(0.1, 1100) and not worth_recording(0.1, 100)
     assert not worth_recording(0.001, 10**4)
+    # Waiting for the compile (no core free beside the pass) needs a longer pass still.
+    assert worth_recording(0.1, 1100, waits=True) and not worth_recording(0.1, 700, waits=True)
+
+
+def test_a_core_is_spare_only_beside_fewer_threads_than_cores(monkeypatch):
+    monkeypatch.setattr(recorded.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(recorded.torch, "get_num_threads", lambda: 1)
+    assert spare_core(1) and not spare_core(2)
+    monkeypatch.setattr(recorded.torch, "get_num_threads", lambda: 2)
+    assert not spare_core(1)
+
+
+def test_without_a_spare_core_the_pass_waits_for_its_compile(cache, monkeypatch):
+    monkeypatch.setattr(recorded, "worth_recording", lambda *a, **k: True)
+    monkeypatch.setattr(recorded, "spare_core", lambda processes=1: False)
+    monkeypatch.setenv("PPL_VAE_BACKGROUND_COMPILE", "1")
+    vae = BinaryVAE(torch.float32)
+    x = _data(64, torch.float32)
+    plan = plan_points(vae.model, vae.guide, (x,), num_draws=K, chunk_size=8)
+    drawer = ChunkDrawer(plan, vae.model, vae.guide, (x,), num_draws=K, seed=3,
+                         num_chunks=len(plan.starts()))
+    drawer(0)
+    drawer.recorder.time_left = None  # millisecond chunks: switch even so
+    for start in plan.starts()[1:]:
+        drawer(start)
+    # Chunk 2 and 3 checked against eager, the compile started after chunk 4 and waited for.
+    assert drawer.recorder.num_compiled == 1, drawer.recorder.background_note
 
 
 def test_background_compiles_off_keep_every_pass_eager(monkeypatch):
-    monkeypatch.setattr(recorded, "worth_recording", lambda *a: True)
+    monkeypatch.setattr(recorded, "worth_recording", lambda *a, **k: True)
     monkeypatch.setenv("PPL_VAE_BACKGROUND_COMPILE", "0")
     vae = BinaryVAE(torch.float32)
     drawer, _ = _walk(vae.model, vae.guide, _data(30, torch.float32))
@@ -226,7 +253,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_the_compiled_pass_is_checked_and_switched_to(cache, monkeypatch):
-    monkeypatch.setattr(recorded, "worth_recording", lambda *a: True)
+    monkeypatch.setattr(recorded, "worth_recording", lambda *a, **k: True)
     monkeypatch.setenv("PPL_VAE_BACKGROUND_COMPILE", "1")  # compile after one replay
     vae = BinaryVAE(torch.float32)
     x = _data(64, torch.float32)

@@ -203,7 +203,8 @@ def chain_pass(model, guide, tensors, plan: PointPlan, selected: np.ndarray, *, 
 
     world = 1 if engine is None else int(engine.world_size)
     drawer = ChunkDrawer(plan, model, guide, tensors, num_draws=num_draws, seed=seed,
-                         globals_=globals_, key=key, num_chunks=-(-len(starts) // world))
+                         globals_=globals_, key=key, num_chunks=-(-len(starts) // world),
+                         processes=world)
 
     def one(start):
         d = drawer(start)

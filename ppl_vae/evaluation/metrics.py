@@ -122,7 +122,8 @@ def _evaluate(model, guide, tensors, num_samples, data_plate, batch_size, seed, 
     starts = plan.starts()
     world = 1 if engine is None else int(engine.world_size)
     drawer = ChunkDrawer(plan, model, guide, tensors, num_draws=num_samples, seed=seed,
-                         globals_=globals_, num_chunks=-(-len(starts) // world))
+                         globals_=globals_, num_chunks=-(-len(starts) // world),
+                         processes=world)
 
     def one(start):
         d = drawer(start)

@@ -13,8 +13,12 @@ likelihood's ``softplus``, its sum). :class:`ChunkDrawer` runs the whole chunk a
    programs' Python values, host reads, impure calls: any of them keeps the pass eager), and
    checks its first two replays against the eager pass on the same random numbers, every output;
 3. Inductor compiles the graph in a worker process (:mod:`ppl_vae.recording.background`) while
-   the chunks replay the recorded graph; once it is ready it is checked against the recorded
-   graph on a chunk and switched to, if enough of the pass is left to repay the switch.
+   the chunks replay the recorded graph, on a core the pass leaves free; once it is ready it is
+   checked against the recorded graph on a chunk and switched to, if enough of the pass is left
+   to repay the switch. Where the pass's processes and threads hold every core (``--devices``
+   as many as cores, or torch's default of one thread per core), a worker beside them would
+   only slow them down: the pass waits for the compile instead, where that pays back, and
+   otherwise stays eager.
 
 The random numbers are the eager pass's: each chunk is seeded as before, and the recorded and
 compiled graphs draw from torch's generator in the same order (Inductor's ``fallback_random``),
@@ -24,6 +28,7 @@ them. A chunk of another shape (the ragged last one) runs eagerly: one graph per
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -37,7 +42,8 @@ from ppl_vae.recording.background import SWITCH_COST_S
 from ppl_vae.recording.compile import TraceOnce, background_after
 from ppl_vae.recording.inductor import inductor_unavailable
 
-__all__ = ["ChunkDrawer", "worth_recording", "PASS_SAVED_SHARE", "COMPILE_GUESS_S"]
+__all__ = ["ChunkDrawer", "spare_core", "worth_recording", "PASS_SAVED_SHARE",
+           "COMPILE_GUESS_S"]
 
 #: Share of an eager chunk's time the compiled graph saves, at least (measured on the 784-dim
 #: VAE, 200 draws x 53 points per chunk, one thread: 95 ms eager, 65-77 ms compiled).
@@ -50,13 +56,26 @@ COMPILE_GUESS_S = 15.0
 RECORDING_CHUNKS = 5
 
 
-def worth_recording(chunk_seconds: float, chunks_left: int) -> bool:
+def worth_recording(chunk_seconds: float, chunks_left: int, *, waits: bool = False) -> bool:
     """Whether recording and compiling the pass pays back: the chunks left after the compile
-    (:data:`COMPILE_GUESS_S`, during which they replay at eager speed) save
-    :data:`PASS_SAVED_SHARE` of their time, more than the switch and the recording cost."""
+    (:data:`COMPILE_GUESS_S`, during which they replay at eager speed beside it, or, with
+    ``waits``, the pass waits for it) save :data:`PASS_SAVED_SHARE` of their time, more than
+    the switch and the recording cost."""
     left = chunk_seconds * chunks_left
-    saved = (left - COMPILE_GUESS_S) * PASS_SAVED_SHARE
-    return saved > SWITCH_COST_S + RECORDING_CHUNKS * chunk_seconds
+    cost = SWITCH_COST_S + RECORDING_CHUNKS * chunk_seconds
+    if waits:
+        return left * PASS_SAVED_SHARE > COMPILE_GUESS_S + cost
+    return (left - COMPILE_GUESS_S) * PASS_SAVED_SHARE > cost
+
+
+def spare_core(processes: int = 1) -> bool:
+    """Whether this machine has a core that ``processes`` processes of torch's current thread
+    count leave free (for a background compile)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return cores > processes * torch.get_num_threads()
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,10 @@ class ChunkDrawer:
     num_draws, seed, globals_, key
         As :func:`~ppl_vae.evaluation.chunks.chunk_draws`.
     num_chunks : int
-        Chunks this pass will draw (to decide whether recording pays).
+        Chunks this process will draw in this pass (to decide whether recording pays).
+    processes : int
+        Processes drawing the pass's chunks (``--devices``), to tell whether a core is free
+        for the compile.
 
     Attributes
     ----------
@@ -117,13 +139,14 @@ class ChunkDrawer:
     """
 
     def __init__(self, plan: PointPlan, model, guide, tensors, *, num_draws: int, seed,
-                 globals_=None, key=0, num_chunks: int):
+                 globals_=None, key=0, num_chunks: int, processes: int = 1):
         self.plan, self.model, self.guide, self.tensors = plan, model, guide, tensors
         self.num_draws, self.seed, self.globals_, self.key = num_draws, seed, globals_, key
         self.chunks_left = int(num_chunks)
         self.recorder: TraceOnce | None = None
         self._layout: _Layout | None = None
         self._decided = not _can_compile(plan, tensors)
+        self._waits = not self._decided and not spare_core(processes)
         self._seconds: list[float] = []
 
     @property
@@ -147,6 +170,8 @@ class ChunkDrawer:
         t0 = time.perf_counter()
         with seeded(chunk_seed(self.seed, "points", self.key, start)), torch.no_grad():
             flat = self.recorder(*batch, subsample)
+        if self._waits and self.recorder.compile_pending:
+            self.recorder.wait_for_compiles()  # no core to compile beside: the next switches
         self._seconds.append(time.perf_counter() - t0)
         return self._layout.unflatten(flat)
 
@@ -155,7 +180,7 @@ class ChunkDrawer:
         if self._decided or self.plan.stop(start) - start != self.plan.chunk_size:
             return
         self._decided = True
-        if not worth_recording(seconds, self.chunks_left):
+        if not worth_recording(seconds, self.chunks_left, waits=self._waits):
             return
         self._seconds = [seconds]
         self.recorder = TraceOnce(self._flat, (self.model, self.guide), fallback=self._flat,
