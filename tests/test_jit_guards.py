@@ -252,3 +252,27 @@ def test_the_fused_compiled_step_follows_a_schedule_set_in_python():
     torch.testing.assert_close(torch.tensor(compiled.history["train_elbo"].to_numpy()),
                                torch.tensor(eager.history["train_elbo"].to_numpy()),
                                rtol=1e-6, atol=0.0)
+
+
+def test_recording_under_cprofile_gives_the_profiler_back():
+    # A user profiling a run with cProfile: the guards' watch installs its own hook for the
+    # recording run and must hand the profiler back (getprofile returns the Profile object).
+    import cProfile
+    import sys
+
+    from ppl_vae.recording.compile import TraceOnce
+
+    def fn(x):
+        return (x * 2).sum()
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        with torch.no_grad():
+            for _ in range(3):
+                TraceOnce(fn, ())(torch.ones(3))
+        assert sys.getprofile() is profiler
+    finally:
+        profiler.disable()
+    # It kept profiling through the recordings: the program's calls are in its statistics.
+    assert any(getattr(entry.code, "co_name", "") == "fn" for entry in profiler.getstats())

@@ -163,7 +163,15 @@ class Watch:
         return self
 
     def __exit__(self, *exc) -> None:
-        sys.setprofile(self._previous)
+        previous = self._previous
+        if previous is not None and not callable(previous) and callable(
+                getattr(previous, "enable", None)):
+            # cProfile's profiler (the user profiling a run) is installed from C: getprofile
+            # returns the Profile object, which setprofile refuses; it puts itself back.
+            sys.setprofile(None)
+            previous.enable()
+        else:
+            sys.setprofile(previous)
 
     def _profile(self, frame, event, arg) -> None:
         if event == "c_call":
