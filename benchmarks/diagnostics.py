@@ -29,6 +29,12 @@ STAGES = ("evaluate", "to_arviz", "diagnose", "report")
 DEFAULT_SIZES = (1_000, 10_000, 60_000)
 PEAK_BOUND_MIB = 2048
 EXPONENT_BOUND = 1.15  # time ~ N^b; linear within the noise of a shared machine
+# Issue 24's goals for diagnose at the goal size: seconds in one process, and the share of that
+# with two processes (--devices 2).
+GOAL_N, GOAL_SECONDS, GOAL_TWO_SHARE = 60_000, 150.0, 0.6
+# Extra diagnose runs at the largest N: (label, extra worker arguments, environment).
+VARIANTS = (("--devices 2", ["--devices", "2"], {}),
+            ("recorded pass off", [], {"PPL_VAE_BACKGROUND_COMPILE": "0"}))
 
 
 def _data(n: int):
@@ -69,6 +75,7 @@ def _run_stage(stage: str, model, guide, x, folder: Path, devices=None) -> dict 
         write_diagnostics(folder, result, digest="benchmark", num_draws=200, points=100)
         out["nc_mib"] = (folder / "diagnostics.nc").stat().st_size / 2**20
         out["timings"] = result.timings
+        out["draws_path"] = result.tree.attrs.get("draws_path")
     elif stage == "report":
         result = read_diagnostics(folder, digest="benchmark")
         if result is None:
@@ -110,30 +117,43 @@ def worker(argv=None) -> dict:
 
 
 def measure_all(sizes=DEFAULT_SIZES, *, threads: int = 1, folder: str | None = None,
-                timeout: float = 3600) -> list[dict]:
-    """Every stage at every size, each in a fresh process (so that its peak is its own)."""
+                timeout: float = 3600, variants=VARIANTS) -> list[dict]:
+    """Every stage at every size, each in a fresh process (so that its peak is its own), then
+    ``diagnose`` at the largest size once per variant (rows with a ``variant`` label)."""
     import tempfile
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = []
     with tempfile.TemporaryDirectory(prefix="ppl-vae-bench-") as tmp:
         for n in sizes:
             where = Path(folder or tmp) / f"n{n}"
             for stage in STAGES:
-                cmd = [sys.executable, "-m", "benchmarks.diagnostics", "--stage", stage,
-                       "--n", str(n), "--folder", str(where), "--threads", str(threads)]
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                      cwd=root)
-                if done.returncode != 0:
-                    tail = done.stderr.strip().splitlines()[-1] if done.stderr else "failed"
-                    row = {"stage": stage, "n": n, "error": tail}
-                else:
-                    row = json.loads(done.stdout.strip().splitlines()[-1])
-                print("diagnostics " + (f"{stage} N={n}: {row['seconds']:.1f} s, peak "
-                                        f"{row['peak_rss_mib']:.0f} MiB" if "error" not in row
-                                        else f"{stage} N={n}: error {row['error']}"), flush=True)
-                rows.append(row)
+                rows.append(_measure(stage, n, where, threads, timeout))
+        n = max(sizes)
+        for label, extra, env in variants:
+            where = Path(folder or tmp) / f"n{n}-{len(rows)}"
+            rows.append(_measure("diagnose", n, where, threads, timeout, extra, env, label))
     return rows
+
+
+def _measure(stage, n, where, threads, timeout, extra=(), env=None, label=None) -> dict:
+    """One worker process: its JSON row, or ``error`` with the last line it printed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "benchmarks.diagnostics", "--stage", stage, "--n", str(n),
+           "--folder", str(where), "--threads", str(threads), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root,
+                          env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1] if done.stderr else "failed"
+        row = {"stage": stage, "n": n, "error": tail}
+    else:
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+    if label is not None:
+        row["variant"] = label
+    name = stage if label is None else f"{stage} ({label})"
+    print("diagnostics " + (f"{name} N={n}: {row['seconds']:.1f} s, peak "
+                            f"{row['peak_rss_mib']:.0f} MiB" if "error" not in row
+                            else f"{name} N={n}: error {row['error']}"), flush=True)
+    return row
 
 
 def compare_paths(n: int, *, repeats: int = 1, threads: int = 1, devices=None,
@@ -165,7 +185,8 @@ def compare_paths(n: int, *, repeats: int = 1, threads: int = 1, devices=None,
 def growth_exponent(rows: list[dict], stage: str) -> float:
     """Least-squares slope of log(seconds) on log(N) for one stage (NaN with < 2 sizes)."""
     pts = [(math.log(r["n"]), math.log(r["seconds"])) for r in rows
-           if r["stage"] == stage and "error" not in r and r["seconds"] > 0]
+           if r["stage"] == stage and "error" not in r and r["seconds"] > 0
+           and "variant" not in r]
     if len(pts) < 2:
         return float("nan")
     mx = sum(p[0] for p in pts) / len(pts)
@@ -184,11 +205,12 @@ def diagnostics_lines(rows: list[dict], command: str) -> list[str]:
     growth exponent and the bounds per stage."""
     body = []
     for r in rows:
+        stage = r["stage"] + (f" ({r['variant']})" if "variant" in r else "")
         if "error" in r:
-            body.append([r["stage"], f"{r['n']:,}", "error: " + r["error"], "", ""])
+            body.append([stage, f"{r['n']:,}", "error: " + r["error"], "", ""])
             continue
         nc = f"{r['nc_mib']:.1f}" if "nc_mib" in r else ""
-        body.append([r["stage"], f"{r['n']:,}", f"{r['seconds']:.1f}",
+        body.append([stage, f"{r['n']:,}", f"{r['seconds']:.1f}",
                      f"{r['peak_rss_mib']:.0f}", nc])
     lines = [f"Command: `{command}`. One fresh process per row; peak is the process's resident "
              "high-water mark (`VmHWM`), data and programs included.", ""]
@@ -198,13 +220,44 @@ def diagnostics_lines(rows: list[dict], command: str) -> list[str]:
     bounds = []
     for stage in STAGES:
         b = growth_exponent(rows, stage)
-        top = [r for r in rows if r["stage"] == stage and r["n"] == sizes[-1] and "error" not in r]
+        top = [r for r in rows if r["stage"] == stage and r["n"] == sizes[-1] and "error" not in r
+               and "variant" not in r]
         peak = top[0]["peak_rss_mib"] if top else float("nan")
         ok = (not math.isnan(b) and b <= EXPONENT_BOUND and peak < PEAK_BOUND_MIB)
         bounds.append([stage, f"{b:.2f}", f"<= {EXPONENT_BOUND}", f"{peak:.0f} MiB at "
                        f"N={sizes[-1]:,}", f"< {PEAK_BOUND_MIB} MiB", "met" if ok else "NOT met"])
     lines += _table(["stage", "growth exponent (time ~ N^b)", "bound", "peak", "bound",
                      "status"], bounds)
+    return lines + goal_lines(rows)
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    """Issue 24's goals for ``diagnose`` at :data:`GOAL_N` rows (nothing when not measured):
+    seconds in one process and, with ``--devices 2``, the share of them; then the seconds per
+    phase of each of those runs."""
+    def find(variant):
+        return next((r for r in rows if r["stage"] == "diagnose" and r["n"] == GOAL_N
+                     and r.get("variant") == variant and "error" not in r), None)
+
+    one, two = find(None), find("--devices 2")
+    if one is None:
+        return []
+    body = [[f"diagnose at {GOAL_N:,} rows, one process", f"<= {GOAL_SECONDS:.0f} s",
+             f"{one['seconds']:.1f} s", "met" if one["seconds"] <= GOAL_SECONDS else "NOT met"]]
+    if two is not None:
+        share = two["seconds"] / one["seconds"]
+        body.append([f"diagnose at {GOAL_N:,} rows, `--devices 2`",
+                     f"<= {GOAL_TWO_SHARE}x of one process", f"{share:.2f}x "
+                     f"({two['seconds']:.1f} s)", "met" if share <= GOAL_TWO_SHARE else "NOT met"])
+    lines = ["", "Goals of `diagnose` at the goal size:", ""]
+    lines += _table(["goal", "bound", "measured", "status"], body) + [""]
+    phases = [r for r in rows if r["stage"] == "diagnose" and r["n"] == GOAL_N
+              and "error" not in r and r.get("timings")]
+    names = list(dict.fromkeys(k for r in phases for k in r["timings"]))
+    lines += _table(["run", "total s", *[f"{k} s" for k in names]],
+                    [[r.get("variant") or "default", f"{r['seconds']:.1f}",
+                      *[f"{r['timings'].get(k, float('nan')):.1f}" for k in names]]
+                     for r in phases])
     return lines
 
 

@@ -289,3 +289,23 @@ def test_make_run_names_a_failing_command():
     r = main_job.make_run(["--epochs", "none-such"], timeout=600)
     assert "error" in r and "whole_s" not in r
     assert main_job._cli_command()[0].endswith(("ppl-vae", "python", "python3"))
+
+
+def test_diagnostics_goals_at_the_goal_size():
+    from benchmarks.diagnostics import GOAL_N, diagnostics_lines, growth_exponent
+
+    timings = {"draws": 100.0, "gaps": 20.0}
+    rows = [{"stage": "diagnose", "n": n, "seconds": s, "peak_rss_mib": 900.0,
+             "timings": timings} for n, s in ((10_000, 30.0), (GOAL_N, 160.0))]
+    rows += [{"stage": "diagnose", "n": GOAL_N, "seconds": 90.0, "peak_rss_mib": 900.0,
+              "variant": "--devices 2", "timings": timings},
+             {"stage": "diagnose", "n": GOAL_N, "seconds": 400.0, "peak_rss_mib": 900.0,
+              "variant": "recorded pass off", "timings": timings}]
+    # The variants are extra rows of the table, not points of the growth exponent.
+    assert growth_exponent(rows, "diagnose") == pytest.approx(
+        growth_exponent(rows[:2], "diagnose"))
+    text = "\n".join(diagnostics_lines(rows, "cmd"))
+    assert "| diagnose at 60,000 rows, one process | <= 150 s | 160.0 s | NOT met |" in text
+    assert "| diagnose at 60,000 rows, `--devices 2` | <= 0.6x of one process | 0.56x" in text
+    assert "| diagnose (recorded pass off) | 60,000 | 400.0 |" in text
+    assert "| --devices 2 | 90.0 | 100.0 | 20.0 |" in text

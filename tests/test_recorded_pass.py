@@ -89,7 +89,7 @@ def test_recorded_chunks_are_the_eager_chunks(always, dtype):
     # One graph for the full chunks; the first chunk (which decided) and the ragged last one
     # (6 rows) eager.
     assert drawer.recorder is not None and drawer.recorder.num_traces == 1
-    assert drawer.note is None
+    assert drawer.note is None and drawer.path == "recorded"
     for d, e in pairs:
         _assert_same(d, e, dtype)
 
@@ -122,6 +122,7 @@ def test_a_program_that_reads_a_value_on_the_host_stays_eager(always):
 
     drawer, pairs = _walk(model, vae.guide, _data(30, torch.float32))
     assert "read a tensor's value on the host" in drawer.note
+    assert drawer.path.startswith("eager: the programs read a tensor's value")
     for d, e in pairs:
         _assert_same(d, e, torch.float32)
 
@@ -145,6 +146,7 @@ def test_a_short_pass_is_not_recorded(monkeypatch):
     vae = BinaryVAE(torch.float32)
     drawer, _ = _walk(vae.model, vae.guide, _data(30, torch.float32))
     assert drawer.recorder is None  # 4 chunks of a millisecond: recording would not pay
+    assert drawer.path == "eager"
 
 
 def test_recording_pays_only_for_a_long_pass():
@@ -193,14 +195,16 @@ def test_the_pointwise_table_is_the_eager_one(always, monkeypatch):
     x = _data(120, torch.float64)
 
     def table():
-        _, pointwise = pointwise_pass([(vae.model, vae.guide, {})], x, num_draws=40, points=5,
-                                      num_worst=2, settings={}, data_plate=None, seed=0,
-                                      chunk_size=16, progress=False)
-        return pointwise
+        tree, pointwise = pointwise_pass([(vae.model, vae.guide, {})], x, num_draws=40,
+                                         points=5, num_worst=2, settings={}, data_plate=None,
+                                         seed=0, chunk_size=16, progress=False)
+        return pointwise, tree
 
-    fast = table()
+    fast, tree = table()
+    assert tree.attrs["draws_path"] == "recorded"
     monkeypatch.setenv("PPL_VAE_BACKGROUND_COMPILE", "0")
-    eager = table()
+    eager, tree = table()
+    assert tree.attrs["draws_path"] == "eager"
     for column in ("k_hat", "log_px", "elbo", "ess"):
         np.testing.assert_allclose(fast[column], eager[column], rtol=1e-10, atol=1e-10)
 
@@ -273,3 +277,4 @@ def test_the_compiled_pass_is_checked_and_switched_to(cache, monkeypatch):
     recorder = drawer.recorder
     assert recorder.num_compiled == 1, recorder.background_note
     assert recorder.background_note is None and recorder.background_seconds > 0
+    assert drawer.path == "compiled"

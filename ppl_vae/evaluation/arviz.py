@@ -247,6 +247,9 @@ def build_tree(passes: list[ChainPass], plan: PointPlan, selected: np.ndarray, *
         # Sites the program scales itself (poutine.scale) and their scale: log_p, log_q and
         # log_likelihood carry it, as in Pyro's ELBO (not normalized densities).
         "scaled_sites": json.dumps(meta.get("scales", {})),
+        # How the first chain's chunks were drawn (ppl_vae.evaluation.recorded): eager,
+        # recorded or compiled, the same numbers up to rounding.
+        "draws_path": meta.get("draws_path", "eager"),
         "settings": json.dumps(settings, default=str),
         "versions": json.dumps(_versions()),
         "leave_one_out": NO_LOO,

@@ -221,7 +221,8 @@ def chain_pass(model, guide, tensors, plan: PointPlan, selected: np.ndarray, *, 
     parts = map_chunks(one, starts, engine=engine, desc="draws", progress=progress)
     arrays, local = _merge([p[0] for p in parts if p[0] is not None])
     total = torch.stack([p[2] for p in parts]).sum(0) if everything else None
-    return ChainPass(arrays, [p[1] for p in parts], total, parts[0][3], local)
+    meta = {**parts[0][3], "draws_path": drawer.path}  # this process's
+    return ChainPass(arrays, [p[1] for p in parts], total, meta, local)
 
 
 def _merge(chunks: list[dict]) -> dict:

@@ -153,6 +153,20 @@ class ChunkDrawer:
     def note(self) -> str | None:
         return None if self.recorder is None else self.recorder.eager_reason
 
+    @property
+    def path(self) -> str:
+        """How the pass's chunks ran: ``eager``, ``recorded`` (with why no compiled graph took
+        over, where one was tried), ``compiled`` (from some chunk on), or ``eager: <why the
+        recording was not used>``."""
+        r = self.recorder
+        if r is None:
+            return "eager"
+        if r.eager_reason is not None:
+            return f"eager: {r.eager_reason}"
+        if r.num_compiled:
+            return "compiled"
+        return "recorded" + (f" ({r.background_note})" if r.background_note else "")
+
     def __call__(self, start: int) -> Draws:
         self.chunks_left -= 1
         if self.recorder is None:
