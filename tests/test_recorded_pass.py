@@ -278,3 +278,34 @@ def test_the_compiled_pass_is_checked_and_switched_to(cache, monkeypatch):
     assert recorder.num_compiled == 1, recorder.background_note
     assert recorder.background_note is None and recorder.background_seconds > 0
     assert drawer.path == "compiled"
+
+
+RECORDED = {"air_like", "scvi_plate", "ssvae", "vae_soft"}  # vectorized, several chunks
+CORPUS = ["air_like", "bayes_regression", "cvae", "dmm", "gmm", "prodlda", "scanvi",
+          "scvi_plate", "sparse_gamma_def", "ssvae", "subsampled", "vae_soft"]
+
+
+@pytest.mark.parametrize("name", CORPUS)
+def test_the_corpus_draws_the_same_chunks_recorded(always, name):
+    # Pyro's examples as their authors write them (size-less and subsampling plates, enumerated
+    # sites, globals beside locals, per-row parameters, RNN guides): every chunk the drawer
+    # returns is the eager chunk, whichever path it took, and a path it could not take is named.
+    program = importlib.import_module(f"programs.{name}")
+    pyro.clear_param_store()
+    model, guide = program.make(torch.float64)
+    tensors = program.data(torch.float64)
+    n = tensors[0].shape[0]
+    plan = plan_points(model, guide, tensors, num_draws=4, data_plate=program.DATA_PLATE,
+                       chunk_size=max(1, n // 3))
+    globals_ = global_draws(plan, model, guide, tensors, num_draws=4, seed=5)
+    drawer = ChunkDrawer(plan, model, guide, tensors, num_draws=4, seed=5, globals_=globals_,
+                         num_chunks=len(plan.starts()))
+    for start in plan.starts():
+        got = drawer(start)
+        want = chunk_draws(plan, model, guide, tensors, start, num_draws=4, seed=5,
+                           globals_=globals_)
+        _assert_same(got, want, torch.float64)
+    if name in RECORDED:
+        assert drawer.path == "recorded"
+    else:  # draws one at a time, one chunk only, or a scale read on the host (scANVI's)
+        assert drawer.path == "eager" or drawer.path.startswith("eager: ")

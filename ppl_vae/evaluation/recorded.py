@@ -148,6 +148,7 @@ class ChunkDrawer:
         self._decided = not _can_compile(plan, tensors)
         self._waits = not self._decided and not spare_core(processes)
         self._seconds: list[float] = []
+        self._shapes: list | None = None  # the recorded chunks' tensor shapes
 
     @property
     def note(self) -> str | None:
@@ -159,8 +160,8 @@ class ChunkDrawer:
         over, where one was tried), ``compiled`` (from some chunk on), or ``eager: <why the
         recording was not used>``."""
         r = self.recorder
-        if r is None:
-            return "eager"
+        if r is None or (r.num_traces == 0 and r.eager_reason is None):
+            return "eager"  # not decided to record, or no full chunk came after
         if r.eager_reason is not None:
             return f"eager: {r.eager_reason}"
         if r.num_compiled:
@@ -177,7 +178,10 @@ class ChunkDrawer:
             self._decide(start, time.perf_counter() - t0)
             return d
         batch, subsample = self.plan.chunk(self.tensors, start)
-        if batch[0].shape[0] != self.plan.chunk_size:  # the ragged last chunk: eager
+        shapes = [tuple(t.shape) for t in (*batch, subsample) if t is not None]
+        if self._shapes is None:
+            self._shapes = shapes
+        if shapes != self._shapes:  # the ragged last chunk: eager (one graph per pass)
             return chunk_draws(self.plan, self.model, self.guide, self.tensors, start,
                                num_draws=self.num_draws, seed=self.seed,
                                globals_=self.globals_, key=self.key)
