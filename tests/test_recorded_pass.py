@@ -249,11 +249,17 @@ def test_a_forward_recording_that_disagrees_falls_back_quietly(recwarn):
     assert not [w for w in recwarn if "jit" in str(w.message)]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
     if inductor_unavailable() is not None:
         pytest.skip(inductor_unavailable())
-    monkeypatch.setenv("PPL_VAE_COMPILE_CACHE", str(tmp_path))
+    return str(tmp_path_factory.mktemp("inductor"))
+
+
+@pytest.fixture
+def cache(cache_dir, monkeypatch):
+    """One compile cache for the module: the second test that compiles loads the first's."""
+    monkeypatch.setenv("PPL_VAE_COMPILE_CACHE", cache_dir)
 
 
 def test_the_compiled_pass_is_checked_and_switched_to(cache, monkeypatch):
