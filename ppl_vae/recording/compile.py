@@ -401,7 +401,7 @@ class TraceOnce:
             except Exception as error:  # noqa: BLE001 - the artifact does not run here
                 self.background_note = f"the compiled step failed ({_first_line(error)})"
                 got = None
-        reason = None if got is None else _disagree(got, want)
+        reason = None if got is None else _disagree(got, want, entry.with_grad)
         if reason is not None:
             self.background_note = f"the compiled step disagreed with the recorded one ({reason})"
         if got is None or reason is not None:
@@ -495,10 +495,13 @@ def _forward_result(entry: _Entry, outputs):
     return outputs[0] if entry.single else tuple(outputs)
 
 
-def _disagree(got: list, want: list) -> str | None:
-    """Which output of a step differs (loss, then gradient i), or ``None``."""
+def _disagree(got: list, want: list, with_grad: bool = True) -> str | None:
+    """Which output of a step differs (loss, then gradient i; output i of a forward graph),
+    or ``None``."""
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         if (g is None) != (w is None) or (g is not None and not _close(g, w)):
+            if not with_grad:
+                return f"output {i}"
             return "the loss" if i == 0 else f"the gradient of parameter {i - 1}"
     return None
 
