@@ -261,9 +261,10 @@ def switch_pays(time_left: Callable[[], float | None] | None) -> tuple[bool, str
     left = None if time_left is None else time_left()
     if left is None or left * SAVED_SHARE > SWITCH_COST_S:
         return True, None
-    return False, (f"compiled, but not switched to: about {left:.0f} s of training were left, "
-                   f"and the switch costs about {SWITCH_COST_S:.0f} s where the compiled step "
-                   f"saves about {SAVED_SHARE:.0%} of each step")
+    return False, (f"compiled, but not switched to: about {left:.0f} s of work (training, or "
+                   f"the diagnostics pass) were left, and the switch costs about "
+                   f"{SWITCH_COST_S:.0f} s where the compiled graph saves about "
+                   f"{SAVED_SHARE:.0%} of each call")
 
 
 if __name__ == "__main__":
