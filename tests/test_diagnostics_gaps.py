@@ -179,3 +179,29 @@ def test_the_recorded_refinement_is_the_eager_one(monkeypatch, recwarn):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.requires_grad for p in [*vae.parameters(), *encoder.parameters()])
     assert not [w for w in recwarn if "param store" in str(w.message)]
+
+
+def test_gaps_of_a_guide_with_constrained_param_store_parameters():
+    # Pyro's usual guide: pyro.param leaves, one of them positive (its value is computed from
+    # an unconstrained leaf). The refinement holds the leaves fixed and hands them back.
+    import pyro
+    import pyro.distributions as dist
+    from torch.distributions import constraints
+
+    def lin_model(x):
+        with pyro.plate("data"):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ x.new_ones(2, 3), 1.0).to_event(1), obs=x)
+
+    def lin_guide(x):
+        w = pyro.param("w", x.new_zeros(3, 2))
+        s = pyro.param("s", x.new_ones(2), constraint=constraints.positive)
+        with pyro.plate("data"):
+            pyro.sample("z", dist.Normal(x @ w, s).to_event(1))
+
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    lin_guide(x)
+    table = inference_gaps(lin_model, lin_guide, x, num_points=8, steps=50, num_samples=100)
+    assert len(table) == 8 and table["amortization_gap"].notna().all()
+    leaves = dict(pyro.get_param_store().named_parameters())
+    assert set(leaves) == {"w", "s"} and all(p.requires_grad for p in leaves.values())

@@ -261,7 +261,10 @@ def _held_fixed(*programs):
     """The programs' trained parameters (their modules' and the param store's) without
     ``requires_grad`` for the block, then as they were."""
     held = {id(p): p for p in module_parameters(*programs).values()}
-    held.update({id(p): p for p in pyro.get_param_store().values() if p.requires_grad})
+    # The store's unconstrained leaves: a constrained param's value is computed from its leaf,
+    # and only a leaf's requires_grad can be set.
+    held.update({id(p): p for _, p in pyro.get_param_store().named_parameters()
+                 if p.requires_grad})
     for p in held.values():
         p.requires_grad_(False)
     try:
