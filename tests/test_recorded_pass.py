@@ -270,7 +270,7 @@ def test_the_compiled_pass_is_checked_and_switched_to(cache, monkeypatch):
     plan = plan_points(vae.model, vae.guide, (x,), num_draws=K, chunk_size=8)
     drawer = ChunkDrawer(plan, vae.model, vae.guide, (x,), num_draws=K, seed=3,
                          num_chunks=len(plan.starts()))
-    for i, start in enumerate(plan.starts()):
+    for start in plan.starts():
         d = drawer(start)
         if drawer.recorder is not None:
             drawer.recorder.time_left = None  # millisecond chunks: switch even so

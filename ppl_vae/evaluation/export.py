@@ -201,10 +201,8 @@ def chain_pass(model, guide, tensors, plan: PointPlan, selected: np.ndarray, *, 
     starts = [s for s in plan.starts()
               if everything or np.any((selected >= s) & (selected < plan.stop(s)))]
 
-    world = 1 if engine is None else int(engine.world_size)
     drawer = ChunkDrawer(plan, model, guide, tensors, num_draws=num_draws, seed=seed,
-                         globals_=globals_, key=key, num_chunks=-(-len(starts) // world),
-                         processes=world)
+                         globals_=globals_, key=key, num_chunks=len(starts), engine=engine)
 
     def one(start):
         d = drawer(start)

@@ -120,10 +120,8 @@ def _evaluate(model, guide, tensors, num_samples, data_plate, batch_size, seed, 
     globals_ = global_draws(plan, model, guide, tensors, num_draws=num_samples, seed=seed)
 
     starts = plan.starts()
-    world = 1 if engine is None else int(engine.world_size)
     drawer = ChunkDrawer(plan, model, guide, tensors, num_draws=num_samples, seed=seed,
-                         globals_=globals_, num_chunks=-(-len(starts) // world),
-                         processes=world)
+                         globals_=globals_, num_chunks=len(starts), engine=engine)
 
     def one(start):
         d = drawer(start)

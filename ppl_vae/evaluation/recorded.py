@@ -125,10 +125,10 @@ class ChunkDrawer:
     num_draws, seed, globals_, key
         As :func:`~ppl_vae.evaluation.chunks.chunk_draws`.
     num_chunks : int
-        Chunks this process will draw in this pass (to decide whether recording pays).
-    processes : int
-        Processes drawing the pass's chunks (``--devices``), to tell whether a core is free
-        for the compile.
+        Chunks of the pass (this process draws its share: to decide whether recording pays).
+    engine : ppl_vae.parallel.engine.Engine, optional
+        The processes sharing the pass's chunks (``--devices``), also to tell whether a core
+        is free for the compile.
 
     Attributes
     ----------
@@ -139,10 +139,11 @@ class ChunkDrawer:
     """
 
     def __init__(self, plan: PointPlan, model, guide, tensors, *, num_draws: int, seed,
-                 globals_=None, key=0, num_chunks: int, processes: int = 1):
+                 globals_=None, key=0, num_chunks: int, engine=None):
         self.plan, self.model, self.guide, self.tensors = plan, model, guide, tensors
         self.num_draws, self.seed, self.globals_, self.key = num_draws, seed, globals_, key
-        self.chunks_left = int(num_chunks)
+        processes = 1 if engine is None else int(engine.world_size)
+        self.chunks_left = -(-int(num_chunks) // processes)  # map_chunks' share, rounded up
         self.recorder: TraceOnce | None = None
         self._layout: _Layout | None = None
         self._decided = not _can_compile(plan, tensors)
